@@ -1,0 +1,154 @@
+"""Masks and token spans -> per-UNet-level region bitmasks and size terms (pure, built once per edit).
+
+Bit ``r`` of a token's mask is set when the token lies in region ``r``; regions may overlap (a part
+inside an instance). Two tokens attend "positively" when their bitmasks share a bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
+MAX_REGIONS = 62  # bits of a signed int64, keeping the sign bit clear
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Layout at one UNet resolution with a per-frame token grid ``height × width``.
+
+    bits:        (F, h·w) int64 region bitmask of each image token.
+    self_share:  (F, h·w) float32, share of the token's self-attention keys (for the temporal mode)
+                 that share a region with it: the size term S of self-attention.
+    cross_share: (F, h·w) float32, share of the token's own frame that shares a region with it: the
+                 size term S of cross-attention.
+    """
+
+    index: int
+    height: int
+    width: int
+    bits: torch.Tensor
+    self_share: torch.Tensor
+    cross_share: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything the attention processors look up: one LevelLayout per UNet level, keyed by the
+    number of tokens per frame, and the text tokens' bitmask ``text_bits`` (L,) int64."""
+
+    levels: dict[int, LevelLayout]
+    text_bits: torch.Tensor
+    num_frames: int
+    temporal: str
+
+    def at(self, tokens_per_frame: int) -> LevelLayout:
+        return self.levels[tokens_per_frame]
+
+
+def region_share(bits: torch.Tensor, frames_of_keys: torch.Tensor) -> torch.Tensor:
+    """Share of each token's keys that share a region with it (the size term S).
+
+    bits: (F, n) int64 bitmasks; frames_of_keys: (F, K) frames whose tokens frame f's queries attend
+    to. Returns (F, n) float32. Works on the few distinct bitmask values, never an N × N map.
+    """
+    values = torch.unique(bits)  # (G,)
+    counts = (bits.unsqueeze(-1) == values).sum(1).float()  # (F, G) tokens per value and frame
+    key_counts = counts[frames_of_keys].sum(1)  # (F, G)
+    shares = ((values[:, None] & values[None, :]) != 0).float()  # (G, G)
+    share_per_value = key_counts @ shares.T / (frames_of_keys.shape[1] * bits.shape[1])  # (F, G)
+    return torch.gather(share_per_value, 1, torch.searchsorted(values, bits))
+
+
+def key_frames(num_frames: int, temporal: str) -> torch.Tensor:
+    """Frames whose tokens each frame's self-attention queries attend to: (F, K) int64.
+
+    full: every frame; sparse_causal: the first and the previous frame (frame 0 sees itself twice,
+    which leaves softmax unchanged); per_frame: the frame itself.
+    """
+    f = torch.arange(num_frames)
+    if temporal == "full":
+        return f.expand(num_frames, num_frames)
+    if temporal == "sparse_causal":
+        return torch.stack([torch.zeros_like(f), (f - 1).clamp(min=0)], dim=1)
+    if temporal == "per_frame":
+        return f[:, None]
+    raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
+
+
+def downsample_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(R, F, H, W) bool -> (R, F, height, width) bool: a token is in a region when at least half of
+    its pixels are. A region present in a frame never vanishes: if no token reaches half, the token
+    with the largest coverage is kept, so small parts stay controllable at coarse levels."""
+    cover = F.interpolate(masks.float(), size=(height, width), mode="area")  # (R, F, h, w)
+    down = cover >= 0.5
+    flat_cover = cover.flatten(2)
+    lost = ~down.flatten(2).any(-1) & (flat_cover.amax(-1) > 0)  # (R, F)
+    if lost.any():
+        best = flat_cover.argmax(-1)  # (R, F)
+        rescue = torch.zeros_like(flat_cover, dtype=torch.bool)
+        rescue.scatter_(-1, best.unsqueeze(-1), lost.unsqueeze(-1))
+        down = down | rescue.view_as(down)
+    return down
+
+
+def token_bits(masks: torch.Tensor) -> torch.Tensor:
+    """(R, F, h, w) bool -> (F, h·w) int64 bitmask."""
+    weights = torch.tensor([1 << r for r in range(masks.shape[0])], dtype=torch.int64)
+    return (masks.flatten(2).long() * weights[:, None, None]).sum(0)
+
+
+def text_token_bits(spans: list[tuple[int, int] | None], length: int) -> torch.Tensor:
+    """(L,) int64: bit r set on the tokens of region r's prompt span; start, end, padding and words
+    outside any region prompt stay 0."""
+    bits = torch.zeros(length, dtype=torch.int64)
+    for r, span in enumerate(spans):
+        if span is not None:
+            bits[span[0] : span[1]] |= 1 << r
+    return bits
+
+
+def build_layout(
+    masks: torch.Tensor,
+    spans: list[tuple[int, int] | None],
+    latent_size: tuple[int, int],
+    num_levels: int,
+    temporal: str = "full",
+    text_length: int = 77,
+) -> Layout:
+    """Precompute the ST-Layout lookup tables.
+
+    masks: (R, F, H, W) bool at pixel resolution; spans: one text span per region (None: no words);
+    latent_size: (h, w) of the latents, the grid of UNet level 0; level l has (h/2^l, w/2^l).
+    """
+    num_regions, num_frames = masks.shape[:2]
+    if num_regions > MAX_REGIONS:
+        raise ValueError(f"at most {MAX_REGIONS} regions are supported, got {num_regions}")
+    frames_of_keys = key_frames(num_frames, temporal)
+    levels = {}
+    for index in range(num_levels):
+        h, w = latent_size[0] >> index, latent_size[1] >> index
+        bits = token_bits(downsample_masks(masks, h, w))  # (F, hw)
+        levels[h * w] = LevelLayout(
+            index=index,
+            height=h,
+            width=w,
+            bits=bits,
+            self_share=region_share(bits, frames_of_keys),
+            cross_share=region_share(bits, key_frames(num_frames, "per_frame")),
+        )
+    return Layout(levels, text_token_bits(spans, text_length), num_frames, temporal)
+
+
+def blend_mask(masks: torch.Tensor, edited: list[bool], latent_size: tuple[int, int]) -> torch.Tensor:
+    """Per-frame union of the edited regions at latent resolution: (F, 1, h, w) float in {0, 1}.
+
+    A latent pixel counts as edited when any of its pixels is (max pooling), so the edit is never
+    clipped; outside this mask the latents follow the inversion trajectory.
+    """
+    chosen = masks[torch.tensor(edited, dtype=torch.bool)]
+    union = chosen.any(0) if len(chosen) else torch.zeros_like(masks[0])
+    pooled = F.adaptive_max_pool2d(union[:, None].float(), latent_size)
+    return pooled

@@ -1,0 +1,202 @@
+"""VideoGrainPipeline: encode -> layout -> DDIM inversion -> ST-Layout edit with latent blend -> decode."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+
+from .attention import AttentionRecorder, layout_processors
+from .inversion import ddim_invert
+from .layout import Layout, blend_mask, build_layout
+from .sampling import ddim_sample, guided_denoise_fn, latent_blend
+from .spec import ModulationSpec, SpecError
+from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def size_multiple(vae_config, unet_config) -> int:
+    """Frame sizes must be multiples of the model's total downsampling: VAE factor · 2^(levels − 1)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["block_out_channels"]) - 1)
+
+
+def model_size_multiple(model: str) -> int:
+    """``size_multiple`` read from a model's config files only (no weights loaded)."""
+    vae = AutoencoderKL.load_config(model, subfolder="vae")
+    unet = UNet2DConditionModel.load_config(model, subfolder="unet")
+    return size_multiple(vae, unet)
+
+
+@dataclass
+class EditOutput:
+    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; timings in seconds per stage."""
+
+    frames: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    recorder: AttentionRecorder | None = None
+    layout: Layout | None = None
+
+
+class VideoGrainPipeline(DiffusionPipeline):
+    """Multi-grained zero-shot video editing with a frozen SD 1.x/2.x checkpoint (papers/000).
+
+    Frames travel as the batch dimension; the spatio-temporal and layout-modulated attention lives in
+    processors installed for the duration of a call. Extra components of a Stable Diffusion folder
+    (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+    @property
+    def size_multiple(self) -> int:
+        return size_multiple(self.vae.config, self.unet.config)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.unet.config.block_out_channels)
+
+    def check_inputs(self, frames: torch.Tensor, masks: torch.Tensor, prompt: str, region_prompts: list[str]):
+        """Validate shapes and prompts; returns each region prompt's token span (None when empty)."""
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
+        height, width = frames.shape[-2:]
+        m = self.size_multiple
+        if height % m or width % m:
+            raise SpecError(
+                "video.size",
+                f"{width}x{height} is not a multiple of {m} (this model's total downsampling)",
+                f"use e.g. [{max(m, round(width / m) * m)}, {max(m, round(height / m) * m)}]",
+            )
+        if masks.dtype != torch.bool or masks.shape[1:] != (frames.shape[0], height, width):
+            raise ValueError(f"masks must be bool (R, {frames.shape[0]}, {height}, {width}), got {masks.dtype} {tuple(masks.shape)}")
+        if masks.shape[0] != len(region_prompts):
+            raise ValueError(f"{masks.shape[0]} mask sequences but {len(region_prompts)} region prompts")
+        return region_token_spans(self.tokenizer, prompt, region_prompts)
+
+    def _schedule(self, steps: int):
+        self.scheduler.set_timesteps(steps)
+        alphas = self.scheduler.alphas_cumprod
+        return self.scheduler.timesteps, alphas, float(self.scheduler.final_alpha_cumprod)
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, batch: int = 8) -> torch.Tensor:
+        """(F, 3, H, W) in [-1, 1] -> latents (F, 4, H/8, W/8) float32 (posterior mean, scaled)."""
+        out = []
+        for chunk in frames.split(batch):
+            posterior = self.vae.encode(chunk.to(self.device, self.vae.dtype)).latent_dist
+            out.append(posterior.mean.float() * self.vae.config.scaling_factor)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
+        """Latents (F, 4, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        out = []
+        for chunk in latents.split(batch):
+            image = self.vae.decode(chunk.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            out.append(image.float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def invert(self, latents: torch.Tensor, source_prompt: str, steps: int, temporal: str = "full") -> list[torch.Tensor]:
+        """DDIM-invert latents (F, 4, h, w) under ``source_prompt`` (guidance 1), with the same
+        spatio-temporal self-attention the edit uses. Returns the trajectory (see ``ddim_invert``)."""
+        timesteps, alphas, final = self._schedule(steps)
+        cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
+        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal)
+        self.set_progress_bar_config(desc="invert")
+        with layout_processors(self.unet), self.progress_bar(total=steps) as bar:
+            return ddim_invert(denoise, latents, timesteps, alphas, final, progress=bar)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        frames: torch.Tensor,
+        masks: torch.Tensor,
+        prompt: str,
+        region_prompts: list[str],
+        source_prompt: str = "",
+        negative_prompt: str = "",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        modulation: ModulationSpec | None = ModulationSpec(),
+        blend: bool = True,
+        record_attention: bool = False,
+    ) -> EditOutput:
+        """Edit ``frames`` (F, 3, H, W) in [-1, 1] so that region r of ``masks`` (R, F, H, W) bool shows
+        ``region_prompts[r]`` inside the scene described by ``prompt``.
+
+        A region with an empty prompt is kept (latent blend preserves it) but still separates the
+        others in self-attention. ``modulation=None`` runs the plain inversion + target-prompt baseline.
+        """
+        spans = self.check_inputs(frames, masks, prompt, region_prompts)
+        temporal = modulation.temporal if modulation is not None else "full"
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        latents = self.encode_frames(frames)
+        timings["encode"] = time.perf_counter() - clock
+        latent_size = tuple(latents.shape[-2:])
+        masks = masks.to(self.device)
+        layout = build_layout(masks, spans, latent_size, self.num_levels, temporal, self.tokenizer.model_max_length)
+
+        clock = time.perf_counter()
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal)
+        timings["invert"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        cond = regional_prompt_embeds(self.text_encoder, self.tokenizer, prompt, region_prompts, spans)
+        uncond = encode_prompt(self.text_encoder, self.tokenizer, negative_prompt) if guidance_scale > 1 else None
+        recorder = AttentionRecorder() if record_attention else None
+        denoise = guided_denoise_fn(
+            self.unet,
+            cond,
+            uncond,
+            guidance_scale,
+            frames.shape[0],
+            temporal,
+            layout if modulation is not None else None,
+            modulation,
+            recorder,
+            self.scheduler.config.num_train_timesteps,
+        )
+        callback = None
+        if blend:
+            edited = [bool(p.strip()) for p in region_prompts]
+            callback = latent_blend(trajectory, blend_mask(masks, edited, latent_size))
+        timesteps, alphas, final = self._schedule(num_inference_steps)
+        self.set_progress_bar_config(desc="edit")
+        with layout_processors(self.unet), self.progress_bar(total=num_inference_steps) as bar:
+            edited_latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, callback, progress=bar)
+        timings["edit"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        out = self.decode_latents(edited_latents)
+        timings["decode"] = time.perf_counter() - clock
+        return EditOutput(out, timings, recorder, layout)
+
+    @torch.no_grad()
+    def reconstruct(
+        self, frames: torch.Tensor, source_prompt: str = "", num_inference_steps: int = 50, temporal: str = "full"
+    ) -> torch.Tensor:
+        """Invert and re-sample under the source prompt with no edit: shows inversion fidelity.
+        frames (F, 3, H, W) in [-1, 1] -> (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        latents = self.encode_frames(frames)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal)
+        cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
+        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, frames.shape[0], temporal)
+        timesteps, alphas, final = self._schedule(num_inference_steps)
+        self.set_progress_bar_config(desc="reconstruct")
+        with layout_processors(self.unet), self.progress_bar(total=num_inference_steps) as bar:
+            latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, progress=bar)
+        return self.decode_latents(latents)

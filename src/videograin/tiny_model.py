@@ -1,0 +1,111 @@
+"""A tiny random-weight Stable-Diffusion-shaped model, built offline, for smoke tests and CI.
+
+Same classes and folder layout as SD 1.5 (AutoencoderKL with 8x downsampling, CLIP text encoder and
+tokenizer, UNet2DConditionModel with cross-attention at two levels, DDIM scheduler), a few MB in
+all. Its output is noise; every stage of an edit runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from tokenizers.pre_tokenizers import ByteLevel
+
+# Words that become single tokens; anything else is spelled out in characters (always tokenisable).
+WORDS = """a an and the of on in under over with at by to from near behind front left right top bottom
+man men woman women person people boy girl child dog dogs cat cats horse bird car cars bus truck bike
+ball balls apple orange lemon pear red green blue yellow white black gray grey orange purple pink brown
+gold silver tree trees cherry blossom blossoms flower flowers grass ground sky sea beach road street
+water snow sand forest mountain city wall house sunglasses hat glasses shirt jacket spiderman iron
+polar bear panda monkey robot superhero running jogging walking sitting standing rolling playing two
+one three big small circle square triangle star ring background""".split()
+
+
+def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """Write vocab.json and merges.txt of a byte-level BPE with WORDS as whole-word tokens."""
+    chars = sorted(ByteLevel.alphabet())  # the 256 byte-level symbols CLIP's BPE starts from
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = []
+    for word in dict.fromkeys(WORDS):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = parts[0]
+        for part in parts[1:]:
+            merge = f"{merged} {part}"
+            merged += part
+            if merge not in merges:
+                merges.append(merge)
+                vocab.append(merged)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(dict.fromkeys(vocab))}))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
+
+
+def make_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight SD-style pipeline (diffusers folder layout, safetensors) to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder / "tokenizer_source"
+    scratch.mkdir(exist_ok=True)
+    tokenizer = CLIPTokenizer(*map(str, _tokenizer_files(scratch)), model_max_length=77)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for file in scratch.iterdir():
+        file.unlink()
+    scratch.rmdir()
+    return folder

@@ -1,0 +1,93 @@
+"""Region prompts inside the global prompt: token spans and the regional embedding swap.
+
+A span ``(start, end)`` indexes the padded token sequence the text encoder sees (position 0 is the
+start token), so ``embeds[:, start:end]`` are the region prompt's words inside the global prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spec import SpecError
+
+Span = tuple[int, int]
+
+
+def _word_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without start/end tokens."""
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def _occurrences(sequence: list[int], sub: list[int]) -> list[int]:
+    n = len(sub)
+    return [i for i in range(len(sequence) - n + 1) if sequence[i : i + n] == sub]
+
+
+def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> list[Span | None]:
+    """Locate each region prompt as a token subsequence of ``prompt``.
+
+    Returns one span per region (``None`` for an empty region prompt). When a region prompt occurs
+    several times, regions take the occurrences in order (two regions "a dog" get the first and the
+    second dog). Raises SpecError when ``prompt`` exceeds the encoder's length or a region prompt is
+    not found.
+    """
+    ids = _word_ids(tokenizer, prompt)
+    limit = tokenizer.model_max_length - 2
+    if len(ids) > limit:
+        raise SpecError(
+            "prompt",
+            f"is {len(ids)} tokens long, the text encoder reads at most {limit}",
+            "shorten the prompt",
+        )
+    taken: set[int] = set()
+    spans: list[Span | None] = []
+    for i, region_prompt in enumerate(region_prompts):
+        if not region_prompt.strip():
+            spans.append(None)
+            continue
+        sub = _word_ids(tokenizer, region_prompt)
+        starts = _occurrences(ids, sub)
+        if not starts:
+            raise SpecError(
+                f"regions[{i}].prompt",
+                f"{region_prompt!r} does not occur in prompt {prompt!r} (compared as tokens)",
+                "write the region prompt word for word inside the global prompt",
+            )
+        start = next((s for s in starts if s not in taken), starts[0])
+        taken.add(start)
+        spans.append((start + 1, start + 1 + len(sub)))  # +1: the start token precedes the words
+    return spans
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder, tokenizer, text: str) -> torch.Tensor:
+    """CLIP embedding of ``text`` padded to the tokenizer's length: (1, L, D)."""
+    ids = tokenizer(
+        text,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+@torch.no_grad()
+def regional_prompt_embeds(
+    text_encoder, tokenizer, prompt: str, region_prompts: list[str], spans: list[Span | None]
+) -> torch.Tensor:
+    """Global prompt embedding with each region's span replaced by the region prompt encoded alone.
+
+    The causal CLIP encoder lets earlier words colour later ones ("Spiderman and Polar Bear": the
+    bear's tokens have seen Spiderman). Encoding each region prompt on its own and writing its word
+    embeddings into its span keeps every instance's words to their own meaning (papers/000 §3.4).
+    Returns (1, L, D).
+    """
+    embeds = encode_prompt(text_encoder, tokenizer, prompt).clone()
+    for region_prompt, span in zip(region_prompts, spans):
+        if span is None:
+            continue
+        start, end = span
+        local = encode_prompt(text_encoder, tokenizer, region_prompt)
+        embeds[:, start:end] = local[:, 1 : 1 + end - start]
+    return embeds
