@@ -1,0 +1,599 @@
+"""Reading inputs and writing outputs: the only module that touches files.
+
+Conventions (see DESIGN.md):
+- frames as numpy arrays are uint8 ``(F, H, W, 3)`` RGB; as tensors float32 ``(F, 3, H, W)`` in [-1, 1];
+- masks are bool ``(F, H, W)`` per region, ``(R, F, H, W)`` for all regions;
+- sizes are ``(width, height)``, boxes ``[x0, y0, x1, y1]`` in pixels with x1, y1 exclusive.
+
+Bad user input raises :class:`~videograin.spec.SpecError` naming the config field and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import av
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .spec import SpecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .spec import EditSpec
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FOLDER_FPS = 8.0  # frame rate assumed for a folder of images
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "FOLDER_FPS",
+    "VideoInputs",
+    "natural_key",
+    "list_images",
+    "count_frames",
+    "read_video",
+    "read_mask_folder",
+    "boxes_to_masks",
+    "resize_frames",
+    "resize_masks",
+    "load_inputs",
+    "write_video",
+    "write_gif",
+    "write_frames",
+    "write_png",
+    "write_json",
+    "output_folder",
+]
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``frame2.png`` before ``frame10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files (png/jpg/jpeg/webp/bmp) directly inside ``folder``, naturally sorted by file name.
+
+    Hidden files (names starting with ".") are skipped.
+    """
+    files = [
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _needed(start: int, frames: int, stride: int) -> int:
+    """Number of source frames needed to select ``frames`` frames from ``start`` every ``stride``."""
+    return start + (frames - 1) * stride + 1
+
+
+def _check_selection(start: int, frames: int, stride: int) -> None:
+    if frames < 1:
+        raise SpecError("video.frames", f"must be at least 1, got {frames}", "set video.frames to 1 or more")
+    if start < 0:
+        raise SpecError("video.start", f"must be 0 or more, got {start}", "set video.start to 0 or more")
+    if stride < 1:
+        raise SpecError("video.stride", f"must be at least 1, got {stride}", "set video.stride to 1 or more")
+
+
+def _too_few(what: str, total: int, start: int, frames: int, stride: int) -> SpecError:
+    """The ``video.frames`` error with values that fit ``total`` source frames."""
+    need = _needed(start, frames, stride)
+    options = []
+    if total > start:
+        options.append(f"frames: {(total - 1 - start) // stride + 1}")
+    if stride > 1 and total > start:
+        fitting = (total - 1 - start) // (frames - 1) if frames > 1 else stride
+        if 1 <= fitting < stride:
+            options.append(f"stride: {fitting}")
+    if start > 0:
+        latest = total - 1 - (frames - 1) * stride
+        if latest >= 0:
+            options.append(f"start: {latest}")
+    if not options:
+        options.append(f"start: 0, stride: 1, frames: {max(total, 1)}")
+    return SpecError(
+        "video.frames",
+        f"{what} has only {total} frames, but start={start}, stride={stride}, frames={frames} needs {need}",
+        "use " + " or ".join(options),
+    )
+
+
+def _video_fps(stream: Any) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return float(rate)
+    return FOLDER_FPS
+
+
+def _open_video(path: Path) -> Any:
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as err:
+        raise SpecError("video.path", f"cannot open {path} as a video ({err})", "give a readable video file") from None
+    if not container.streams.video:
+        container.close()
+        raise SpecError("video.path", f"{path} has no video stream", "give a video file with a video track")
+    return container
+
+
+def _check_source(path: Path) -> None:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError("video.path", f"{path} does not exist", "give the path of a video file or a folder of frames")
+    if path.is_file() and path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise SpecError(
+            "video.path",
+            f"{path.name} is not a supported video ({', '.join(VIDEO_SUFFIXES)})",
+            "convert it to mp4 or give a folder of image frames",
+        )
+
+
+def count_frames(path: Path) -> int:
+    """Number of frames of a video file (decoded to the end) or of a folder of images (listing only)."""
+    path = Path(path)
+    _check_source(path)
+    if path.is_dir():
+        return len(list_images(path))
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+    except av.FFmpegError as err:
+        raise SpecError("video.path", f"cannot decode {path} ({err})", "re-encode the video, e.g. to mp4") from None
+    finally:
+        container.close()
+
+
+def _read_rgb(path: Path, field: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as err:
+        raise SpecError(field, f"cannot read image {path} ({err})", "replace or remove the broken file") from None
+
+
+def read_video(path: Path, start: int, frames: int, stride: int) -> tuple[np.ndarray, float]:
+    """Read the frames ``start, start+stride, ...`` (``frames`` of them) of a video file or image folder.
+
+    Video files (mp4, webm, gif, mov, avi, mkv) are decoded with PyAV, stopping after the last selected
+    frame. A folder of images (png/jpg/jpeg/webp/bmp, natural sort by file name) is read with PIL and has
+    fps ``FOLDER_FPS`` (8). The returned fps is the source's; striding does not change it.
+
+    Returns ``(frames uint8 (F, H, W, 3) RGB, fps)``.
+    Raises SpecError("video.path") for a missing/unreadable source, SpecError("video.frames") when the
+    source has fewer than ``start + (frames-1)*stride + 1`` frames.
+    """
+    path = Path(path)
+    _check_selection(start, frames, stride)
+    _check_source(path)
+    need = _needed(start, frames, stride)
+    wanted = set(range(start, need, stride))
+    out: list[np.ndarray] = []
+
+    if path.is_dir():
+        files = list_images(path)
+        if len(files) < need:
+            if not files:
+                raise SpecError("video.path", f"folder {path} holds no images", f"put frames ({', '.join(IMAGE_SUFFIXES)}) in it")
+            raise _too_few(f"folder {path}", len(files), start, frames, stride)
+        for i in sorted(wanted):
+            out.append(_read_rgb(files[i], "video.path"))
+        fps = FOLDER_FPS
+    else:
+        container = _open_video(path)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = _video_fps(stream)
+            index = -1
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                if index + 1 >= need:
+                    break
+            total = index + 1
+        except av.FFmpegError as err:
+            raise SpecError("video.path", f"cannot decode {path} ({err})", "re-encode the video, e.g. to mp4") from None
+        finally:
+            container.close()
+        if total < need:
+            if total == 0:
+                raise SpecError("video.path", f"{path} has no decodable frames", "give a valid video")
+            raise _too_few(str(path), total, start, frames, stride)
+
+    shapes = {f.shape for f in out}
+    if len(shapes) != 1:
+        raise SpecError("video.path", f"frames of {path} differ in size: {sorted(shapes)}", "give frames of one size")
+    logger.debug("read %d frames %s from %s (fps %.3f)", len(out), out[0].shape, path, fps)
+    return np.stack(out), fps
+
+
+def _mask_from_image(im: Image.Image) -> np.ndarray:
+    """bool (H, W): True where any colour channel is nonzero (and the pixel is not fully transparent)."""
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        arr = np.asarray(im)
+        return (arr[..., :-1] != 0).any(axis=-1) & (arr[..., -1] != 0)
+    if im.mode == "1":
+        return np.asarray(im).astype(bool)
+    arr = np.asarray(im)
+    return arr != 0 if arr.ndim == 2 else (arr != 0).any(axis=-1)
+
+
+def read_mask_folder(
+    path: Path, start: int, frames: int, stride: int, total_source_frames: int, field: str
+) -> np.ndarray:
+    """Read one region's per-frame mask images. Returns bool ``(F, H, W)`` (F = ``frames``).
+
+    A pixel is in the region when any colour channel is nonzero (fully transparent pixels are not).
+    Images are naturally sorted by file name. If the folder holds exactly ``frames`` images they match the
+    selected frames in order; else if it holds exactly ``total_source_frames`` images the same
+    ``start``/``stride`` selection as for the video is applied; otherwise SpecError(``field``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SpecError(field, f"{path} is not a folder", "give a folder with one mask image per frame")
+    files = list_images(path)
+    if len(files) == frames:
+        chosen = files
+    elif len(files) == total_source_frames:
+        chosen = files[start : _needed(start, frames, stride) : stride]
+    else:
+        raise SpecError(
+            field,
+            f"{path} holds {len(files)} mask images, but the video selection has {frames} frames "
+            f"(source has {total_source_frames})",
+            f"give exactly {frames} masks (one per selected frame) or {total_source_frames} (one per source frame)",
+        )
+    masks = []
+    for file in chosen:
+        try:
+            with Image.open(file) as im:
+                masks.append(_mask_from_image(im))
+        except OSError as err:
+            raise SpecError(field, f"cannot read mask image {file} ({err})", "replace the broken file") from None
+    sizes = {(m.shape[1], m.shape[0]) for m in masks}
+    if len(sizes) != 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+        raise SpecError(field, f"mask images in {path} differ in size ({listed})", "export all masks at one size")
+    return np.stack(masks)
+
+
+def boxes_to_masks(boxes: Sequence[Sequence[int]], frames: int, height: int, width: int) -> np.ndarray:
+    """Rasterise boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive) into bool masks ``(F, H, W)``.
+
+    ``boxes`` is one static box (repeated on every frame) or one box per frame. Boxes are clipped to the
+    frame; a box with ``x1 <= x0`` or ``y1 <= y0`` (after clipping) is empty.
+    """
+    boxes = [tuple(int(v) for v in b) for b in boxes]
+    if any(len(b) != 4 for b in boxes):
+        raise ValueError(f"boxes must be [x0, y0, x1, y1], got {boxes}")
+    if len(boxes) == 1:
+        boxes = boxes * frames
+    elif len(boxes) != frames:
+        raise ValueError(f"need 1 static box or {frames} (one per frame), got {len(boxes)}")
+    masks = np.zeros((frames, height, width), dtype=bool)
+    for f, (x0, y0, x1, y1) in enumerate(boxes):
+        x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
+        y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
+        if x1 > x0 and y1 > y0:
+            masks[f, y0:y1, x0:x1] = True
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------- resizing
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 frames ``(F, H, W, 3)`` to ``size = (w, h)``; returns uint8 ``(F, h, w, 3)``.
+
+    INTER_AREA when shrinking in both directions, INTER_CUBIC otherwise. Never crops: the aspect ratio may
+    change. Pixel centres map onto pixel centres, as in :func:`resize_masks`.
+    """
+    frames = np.asarray(frames)
+    w, h = int(size[0]), int(size[1])
+    src_h, src_w = frames.shape[1:3]
+    if (w, h) == (src_w, src_h):
+        return frames.copy()
+    interp = cv2.INTER_AREA if (w <= src_w and h <= src_h) else cv2.INTER_CUBIC
+    out = np.empty((frames.shape[0], h, w, frames.shape[3]), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (w, h), interpolation=interp).reshape(h, w, -1)
+    return out
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index of each destination pixel, matching pixel centres: floor((i + 0.5) * src / dst)."""
+    idx = np.floor((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64)
+    return np.clip(idx, 0, src - 1)
+
+
+def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of bool masks ``(..., H, W)`` to ``size = (w, h)`` -> bool ``(..., h, w)``.
+
+    Pixel-centre aligned (unlike cv2.INTER_NEAREST, which shifts by half a pixel), so masks stay on the
+    content resized by :func:`resize_frames`.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    w, h = int(size[0]), int(size[1])
+    src_h, src_w = masks.shape[-2:]
+    if (w, h) == (src_w, src_h):
+        return masks.copy()
+    ys, xs = _nearest_index(src_h, h), _nearest_index(src_w, w)
+    return masks[..., ys[:, None], xs[None, :]]
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class VideoInputs:
+    """Everything the pipeline needs from disk, at the working size.
+
+    frames:        float32 ``(F, 3, H, W)`` in [-1, 1]
+    masks:         bool ``(R, F, H, W)``, regions in config order
+    frames_uint8:  uint8 ``(F, H, W, 3)`` RGB (the resized frames, for outputs and overlays)
+    fps:           source frame rate
+    source_size:   ``(w, h)`` of the source frames
+    size:          ``(w, h)`` working size (== W, H)
+    notes:         human-readable remarks (resizing, aspect change, frames where a region is empty)
+    """
+
+    frames: torch.Tensor
+    masks: torch.Tensor
+    frames_uint8: np.ndarray
+    fps: float
+    source_size: tuple[int, int]
+    size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_inputs(spec: "EditSpec", size: tuple[int, int]) -> VideoInputs:
+    """Read the video and every region's masks of ``spec`` and resize both to ``size = (w, h)``.
+
+    Mask folders must have the source frames' size; boxes are in source pixels and are rasterised at the
+    source size, then resized like the frames. Raises SpecError for: unreadable video / too few frames
+    (``video.*``), mask count or size mismatch (``regions[i].masks``), wrong number of boxes
+    (``regions[i].boxes``), a region empty in every frame after resizing (``regions[i].masks`` or
+    ``regions[i].boxes``).
+    """
+    video = spec.video
+    frames_u8, fps = read_video(video.path, video.start, video.frames, video.stride)
+    n, src_h, src_w = frames_u8.shape[:3]
+    w, h = int(size[0]), int(size[1])
+    notes: list[str] = []
+    total_source: int | None = None
+
+    region_masks = []
+    for i, region in enumerate(spec.regions):
+        if region.masks is not None:
+            fld = f"regions[{i}].masks"
+            folder = Path(region.masks)
+            if total_source is None and folder.is_dir() and len(list_images(folder)) != n:
+                total_source = count_frames(video.path)  # only needed when counts differ
+            m = read_mask_folder(
+                folder, video.start, n, video.stride, total_source if total_source is not None else n, fld
+            )
+            mh, mw = m.shape[1:]
+            if (mw, mh) != (src_w, src_h):
+                raise SpecError(
+                    fld,
+                    f"mask images are {mw}x{mh} but video frames are {src_w}x{src_h}",
+                    f"export the masks of region '{region.name}' at {src_w}x{src_h}",
+                )
+        elif region.boxes is not None:
+            fld = f"regions[{i}].boxes"
+            if len(region.boxes) not in (1, n):
+                raise SpecError(
+                    fld,
+                    f"has {len(region.boxes)} boxes for {n} frames",
+                    f"give one static box or {n} boxes (one per selected frame)",
+                )
+            m = boxes_to_masks(region.boxes, n, src_h, src_w)
+        else:
+            raise SpecError(f"regions[{i}]", f"region '{region.name}' has neither masks nor boxes", "set masks or boxes")
+        m = resize_masks(m, (w, h))
+        empty = [f for f in range(n) if not m[f].any()]
+        if len(empty) == n:
+            raise SpecError(
+                fld,
+                f"region '{region.name}' is empty in every frame at {w}x{h}",
+                "check the masks/boxes (nonzero pixels mark the region) or use a larger size",
+            )
+        if empty:
+            notes.append(f"region '{region.name}' is empty in frames {empty}")
+        region_masks.append(m)
+
+    if (w, h) != (src_w, src_h):
+        note = f"resized {src_w}x{src_h} -> {w}x{h}"
+        a_src, a_dst = src_w / src_h, w / h
+        if abs(a_src - a_dst) > 0.005 * a_src:
+            note += f": aspect ratio changed from {a_src:.3f} to {a_dst:.3f}"
+        notes.append(note)
+    resized = resize_frames(frames_u8, (w, h))
+    for note in notes:
+        logger.info(note)
+
+    masks = np.stack(region_masks) if region_masks else np.zeros((0, n, h, w), dtype=bool)
+    tensor = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+    return VideoInputs(
+        frames=tensor,
+        masks=torch.from_numpy(np.ascontiguousarray(masks)),
+        frames_uint8=resized,
+        fps=fps,
+        source_size=(src_w, src_h),
+        size=(w, h),
+        notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _as_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"expected uint8 frames (F, H, W, 3) with F >= 1, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def _rate(fps: float) -> Fraction:
+    if not fps > 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be positive, got {fps}")
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
+    """Write uint8 frames ``(F, H, W, 3)`` RGB as H.264 mp4 (libx264, yuv420p) at ``fps`` (may be fractional).
+
+    Odd widths/heights are padded by one replicated row/column (yuv420p needs even sizes); the stored
+    size is then ``(W + W % 2, H + H % 2)``. ``crf`` 0..51: lower is closer to lossless (12 is nearly
+    lossless, 18 visually lossless). Colour conversion is BT.601 limited range, the PyAV/swscale default,
+    so reading back with :func:`read_video` round-trips within a few levels.
+    """
+    frames = _as_frames(frames)
+    f, h, w = frames.shape[:3]
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        logger.info("padded %dx%d -> %dx%d for yuv420p", w, h, frames.shape[2], frames.shape[1])
+    container = av.open(str(path), mode="w")
+    try:
+        stream = container.add_stream("libx264", rate=_rate(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Write uint8 frames ``(F, H, W, 3)`` as an animated GIF looping forever (PIL, adaptive palette).
+
+    GIF delays are in 10 ms units, so the stored rate is approximate (e.g. 30 fps -> 30 ms or 40 ms).
+    """
+    frames = _as_frames(frames)
+    images = [Image.fromarray(frame) for frame in frames]
+    duration = max(int(round(1000.0 / float(fps))), 20)  # browsers slow delays < 20 ms down to 100 ms
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+
+
+def write_frames(folder: Path, frames: np.ndarray) -> list[Path]:
+    """Write uint8 frames ``(F, H, W, 3)`` as ``folder/00000.png, 00001.png, ...``; returns the paths.
+
+    ``folder`` is created if missing (its parent must exist).
+    """
+    frames = _as_frames(frames)
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(folder / f"{i:05d}.png")
+        write_png(paths[-1], frame)
+    return paths
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 image ``(H, W, 3)`` RGB (or ``(H, W)`` grey) as PNG."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"expected uint8 (H, W, 3) or (H, W), got {image.dtype} {image.shape}")
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, Fraction):
+        return float(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON, indent 2, keys in insertion order. Paths, numpy values, tensors are converted."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
+    """Write outputs into a temporary sibling folder and move it to ``final`` only on success.
+
+    Raises SpecError("output") if ``final`` exists and is not empty (or is a file) and ``overwrite`` is
+    false. Yields the temporary folder (same parent, name ``.<final.name>.<random>``). On normal exit the
+    old ``final`` (if any) is moved aside, the temporary folder renamed to ``final``, and the old one
+    removed. On an exception the temporary folder is deleted and the exception re-raised; ``final`` is
+    untouched. The parent of ``final`` is created if missing.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        if not final.is_dir():
+            raise SpecError("output", f"{final} is a file", "pass --overwrite or choose another folder")
+        if any(final.iterdir()):
+            raise SpecError("output", f"{final} is not empty", "pass --overwrite or choose another folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # mkdir (not mkdtemp) so the folder gets the usual umask permissions, not 0700
+        temp = final.parent / f".{final.name}.{secrets.token_hex(4)}"
+        try:
+            temp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield temp
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    old = None
+    try:
+        if final.exists() or final.is_symlink():
+            old = final.parent / f"{temp.name}.old"
+            os.replace(final, old)
+        os.replace(temp, final)
+    except BaseException:
+        if old is not None and not final.exists():
+            os.replace(old, final)
+            old = None
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    logger.info("wrote %s", final)

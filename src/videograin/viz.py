@@ -1,0 +1,110 @@
+"""Pictures for humans: mask overlays, frame grids, side-by-side comparisons. Arrays in, arrays out (no files).
+
+Frames are uint8 ``(F, H, W, 3)`` RGB; masks bool ``(R, F, H, W)``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+
+__all__ = ["PALETTE", "region_colors", "mask_overlay", "grid", "side_by_side"]
+
+# Fixed, well-separated colours (Tableau-10 order, most saturated first); more regions get golden-ratio hues.
+PALETTE = np.array(
+    [
+        (31, 119, 180),  # blue
+        (255, 127, 14),  # orange
+        (44, 160, 44),  # green
+        (214, 39, 40),  # red
+        (148, 103, 189),  # purple
+        (23, 190, 207),  # cyan
+        (227, 119, 194),  # pink
+        (188, 189, 34),  # olive
+        (140, 86, 75),  # brown
+        (127, 127, 127),  # grey
+    ],
+    dtype=np.uint8,
+)
+
+
+def region_colors(num_regions: int) -> np.ndarray:
+    """Distinct colours for ``num_regions`` regions: uint8 ``(R, 3)``, deterministic, palette first."""
+    colors = [tuple(c) for c in PALETTE[:num_regions]]
+    for k in range(len(colors), num_regions):
+        hue = (0.11 + k * 0.618033988749895) % 1.0
+        colors.append(tuple(int(round(255 * v)) for v in colorsys.hsv_to_rgb(hue, 0.85, 0.95)))
+    return np.array(colors, dtype=np.uint8).reshape(num_regions, 3)
+
+
+def _inner_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """bool ``(..., H, W)``: mask pixels within ``width`` px (4-neighbourhood) of a non-mask pixel.
+
+    The frame border does not count as outside, so a region touching the edge gets no line along it.
+    """
+    inner = mask.copy()
+    for _ in range(width):
+        p = np.pad(inner, [(0, 0)] * (inner.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+        inner = inner & p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:]
+    return mask & ~inner
+
+
+def mask_overlay(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: int = 1) -> np.ndarray:
+    """Tint each region of ``masks`` bool ``(R, F, H, W)`` over ``frames`` uint8 ``(F, H, W, 3)``.
+
+    Inside region r: ``(1 - alpha) * pixel + alpha * color_r`` (regions later in order tint on top), and an
+    ``outline``-px line in the region colour along the inside of its border. Pixels outside every mask
+    are returned unchanged. Returns uint8 ``(F, H, W, 3)``.
+    """
+    frames = np.asarray(frames)
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim == 3:
+        masks = masks[None]
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    if masks.shape[1:] != frames.shape[:3]:
+        raise ValueError(f"masks {masks.shape} do not match frames {frames.shape} (need (R, F, H, W))")
+    out = frames.astype(np.float32)
+    colors = region_colors(masks.shape[0]).astype(np.float32)
+    for mask, color in zip(masks, colors):
+        out[mask] = (1.0 - alpha) * out[mask] + alpha * color
+        if outline > 0:
+            out[_inner_outline(mask, outline)] = color
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _pick(num_frames: int, max_columns: int) -> np.ndarray:
+    n = max(1, min(num_frames, max_columns))
+    return np.unique(np.round(np.linspace(0, num_frames - 1, n)).astype(int))
+
+
+def grid(rows: list[np.ndarray], max_columns: int = 8, gap: int = 2) -> np.ndarray:
+    """One image from several clips: row i shows up to ``max_columns`` evenly spaced frames of ``rows[i]``.
+
+    ``rows``: list of uint8 ``(F_i, H_i, W_i, 3)`` (sizes may differ; rows are left-aligned).
+    Tiles are separated by ``gap`` px of white. Returns uint8 ``(H_total, W_total, 3)``.
+    """
+    if not rows:
+        raise ValueError("grid needs at least one row")
+    picked = [np.asarray(r)[_pick(len(r), max_columns)] for r in rows]
+    widths = [len(p) * p.shape[2] + (len(p) - 1) * gap for p in picked]
+    heights = [p.shape[1] for p in picked]
+    canvas = np.full((sum(heights) + gap * (len(rows) - 1), max(widths), 3), 255, dtype=np.uint8)
+    y = 0
+    for p in picked:
+        h, w = p.shape[1:3]
+        for j, tile in enumerate(p):
+            x = j * (w + gap)
+            canvas[y : y + h, x : x + w] = tile
+        y += h + gap
+    return canvas
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Clips ``a`` and ``b`` uint8 ``(F, H, W, 3)`` next to each other with a white gap: ``(F, H, 2W + gap, 3)``."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"side_by_side needs equal shapes, got {a.shape} and {b.shape}")
+    white = np.full(a.shape[:2] + (gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([a.astype(np.uint8), white, b.astype(np.uint8)], axis=2)
