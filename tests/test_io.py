@@ -45,12 +45,12 @@ def mask_folder(folder: Path, masks: np.ndarray, mode: str = "L") -> Path:
     return folder
 
 
-def make_spec(video: Path, regions, frames: int, start: int = 0, stride: int = 1):
+def make_spec(video: Path, regions, frames: int, start: int = 0, stride: int = 1, size=None):
     """Duck-typed EditSpec: load_inputs only reads .video and .regions."""
     regs = tuple(
         SimpleNamespace(name=f"r{i}", prompt="x", masks=m, boxes=b) for i, (m, b) in enumerate(regions)
     )
-    vid = SimpleNamespace(path=video, frames=frames, start=start, stride=stride, size=None)
+    vid = SimpleNamespace(path=video, frames=frames, start=start, stride=stride, size=size)
     return SimpleNamespace(video=vid, regions=regs)
 
 
@@ -209,9 +209,9 @@ def test_resize_keeps_masks_aligned_non_square(tmp_path):
     for f in range(3):
         Image.fromarray(frames[f]).save(folder / f"{f:03d}.png")
     mfolder = mask_folder(tmp_path / "mask", masks)
-    spec = make_spec(folder, [(mfolder, None), (None, ((40, 20, 60, 40),))], frames=3)
+    spec = make_spec(folder, [(mfolder, None), (None, ((40, 20, 60, 40),))], frames=3, size=(40, 40))
 
-    inputs = io.load_inputs(spec, (40, 40))
+    inputs = io.load_inputs(spec, 8)
     assert inputs.frames.shape == (3, 3, 40, 40) and inputs.masks.shape == (2, 3, 40, 40)
     assert inputs.masks.dtype.is_floating_point is False
     assert float(inputs.frames.min()) >= -1 and float(inputs.frames.max()) <= 1
@@ -251,11 +251,11 @@ def test_empty_mask_error(tmp_path):
     full = mask_folder(tmp_path / "full", np.ones((2, 32, 32), bool))
     empty = mask_folder(tmp_path / "empty", np.zeros((2, 32, 32), bool))
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(full, None), (empty, None)], frames=2), (32, 32))
+        io.load_inputs(make_spec(folder, [(full, None), (empty, None)], frames=2, size=(32, 32)), 8)
     assert exc.value.field == "regions[1].masks"
     # a box entirely outside the frame is empty too
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(None, ((40, 40, 50, 50),))], frames=2), (32, 32))
+        io.load_inputs(make_spec(folder, [(None, ((40, 40, 50, 50),))], frames=2, size=(32, 32)), 8)
     assert exc.value.field == "regions[0].boxes"
 
 
@@ -263,7 +263,7 @@ def test_mask_size_mismatch(tmp_path):
     folder = index_folder(tmp_path / "frames", 2, size=(32, 24))
     wrong = mask_folder(tmp_path / "m", np.ones((2, 24, 30), bool))
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(wrong, None)], frames=2), (32, 24))
+        io.load_inputs(make_spec(folder, [(wrong, None)], frames=2, size=(32, 24)), 8)
     assert exc.value.field == "regions[0].masks"
     assert "30x24" in str(exc.value) and "32x24" in str(exc.value)
 
@@ -360,3 +360,13 @@ def test_grid_and_side_by_side():
     assert (g[4:6] == 255).all()  # white gap between rows
     s = viz.side_by_side(a, a + 1)
     assert s.shape == (10, 4, 12, 3) and (s[:, :, 5:7] == 255).all() and (s[3, :, 7:] == 4).all()
+
+
+def test_fit_size_checks_requested_size_and_fits_default():
+    assert io.fit_size((1920, 1080), (512, 256), 64) == (512, 256)
+    with pytest.raises(SpecError) as exc:
+        io.fit_size((1920, 1080), (500, 288), 64)
+    assert exc.value.field == "video.size" and "448 or 512" in str(exc.value) and "256 or 320" in str(exc.value)
+    assert io.fit_size((1920, 1080), None, 64) == (512, 320)  # 288 rounds to the nearest multiple, 320
+    assert io.fit_size((192, 128), None, 16) == (192, 128)  # small sources keep their size
+    assert io.fit_size((100, 10), None, 64) == (128, 64)  # never below one multiple

@@ -373,8 +373,30 @@ class VideoInputs:
     notes: list[str] = field(default_factory=list)
 
 
-def load_inputs(spec: "EditSpec", size: tuple[int, int]) -> VideoInputs:
-    """Read the video and every region's masks of ``spec`` and resize both to ``size = (w, h)``.
+def fit_size(source: tuple[int, int], requested: tuple[int, int] | None, multiple: int, long_side: int = 512) -> tuple[int, int]:
+    """The (w, h) frames are resized to: ``requested`` if it is a multiple of ``multiple`` (else a
+    SpecError naming the nearest valid sizes); without a request, the source aspect ratio with the long
+    side at most ``long_side``, each side rounded to the nearest multiple."""
+    if requested is not None:
+        w, h = requested
+        if w % multiple or h % multiple:
+            def near(x: int) -> str:
+                low = max(multiple, x // multiple * multiple)
+                return f"{low} or {low + multiple}" if low < x else str(low)
+            raise SpecError(
+                "video.size",
+                f"{w}x{h} is not a multiple of {multiple}, the model's total downsampling",
+                f"use width {near(w)} and height {near(h)}",
+            )
+        return w, h
+    scale = min(1.0, long_side / max(source))
+    return tuple(max(multiple, int(side * scale / multiple + 0.5) * multiple) for side in source)
+
+
+def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
+    """Read the video and every region's masks of ``spec`` and resize both to the edit size:
+    ``spec.video.size`` (checked against ``multiple``, the model's total downsampling) or, when
+    unset, the source size fitted by ``fit_size``.
 
     Mask folders must have the source frames' size; boxes are in source pixels and are rasterised at the
     source size, then resized like the frames. Raises SpecError for: unreadable video / too few frames
@@ -385,7 +407,7 @@ def load_inputs(spec: "EditSpec", size: tuple[int, int]) -> VideoInputs:
     video = spec.video
     frames_u8, fps = read_video(video.path, video.start, video.frames, video.stride)
     n, src_h, src_w = frames_u8.shape[:3]
-    w, h = int(size[0]), int(size[1])
+    w, h = fit_size((src_w, src_h), video.size, multiple)
     notes: list[str] = []
     total_source: int | None = None
 

@@ -74,11 +74,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         height, width = frames.shape[-2:]
         m = self.size_multiple
         if height % m or width % m:
-            raise SpecError(
-                "video.size",
-                f"{width}x{height} is not a multiple of {m} (this model's total downsampling)",
-                f"use e.g. [{max(m, round(width / m) * m)}, {max(m, round(height / m) * m)}]",
-            )
+            raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (the model's total downsampling)")
         if masks.dtype != torch.bool or masks.shape[1:] != (frames.shape[0], height, width):
             raise ValueError(f"masks must be bool (R, {frames.shape[0]}, {height}, {width}), got {masks.dtype} {tuple(masks.shape)}")
         if masks.shape[0] != len(region_prompts):
