@@ -1,0 +1,417 @@
+"""ST-Layout attention (DESIGN.md "Method spec (VideoGrain)") against float64 references written here.
+
+The references implement DESIGN.md's first formula literally,
+
+    s'[x,y] = s + λ_x·( R·(rowmax − s) − (1−R)·(s − rowmin) ),   R = (q_bits[x] & k_bits[y]) ≠ 0,
+
+with plain float64 tensor ops, and never call the library's math.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import videograin.attention as vga
+from videograin.attention import LayoutAttnProcessor, StepContext, layout_attention, layout_processors
+from videograin.layout import build_layout
+
+ATOL = 1e-5
+B, H, N, D = 2, 3, 150, 16
+L_TEXT = 77
+FRAMES = 3
+# instance (bit 0), a part inside it (bits 0+1), a separate region (bit 2), nothing (0)
+SELF_BIT_VALUES = torch.tensor([0, 0b001, 0b011, 0b100, 0b101])
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 references
+
+
+def reference_attention(q, k, v, q_bits, k_bits, strength, scale=None) -> torch.Tensor:
+    """DESIGN.md's formula in float64. q: (B,H,Nq,D); k,v: (B,H,Nk,D); bits (N,) or (B,N);
+    strength scalar, (Nq,) or (B,Nq)."""
+    q, k, v = q.double(), k.double(), v.double()
+    b, _, n_q, d = q.shape
+    n_k = k.shape[-2]
+    scale = d**-0.5 if scale is None else scale
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    qb = torch.as_tensor(q_bits).reshape(-1, n_q).expand(b, n_q)
+    kb = torch.as_tensor(k_bits).reshape(-1, n_k).expand(b, n_k)
+    lam = torch.broadcast_to(torch.as_tensor(strength, dtype=torch.float64), (b, n_q))
+    r = ((qb[:, :, None] & kb[:, None, :]) != 0).double()[:, None]  # (B,1,Nq,Nk)
+    row_max = s.max(-1, keepdim=True).values
+    row_min = s.min(-1, keepdim=True).values
+    s_mod = s + lam[:, None, :, None] * (r * (row_max - s) - (1 - r) * (s - row_min))
+    e = torch.exp(s_mod - s_mod.max(-1, keepdim=True).values)
+    p = e / e.sum(-1, keepdim=True)
+    return p @ v
+
+
+def plain_attention(q, k, v, scale=None) -> torch.Tensor:
+    q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    e = torch.exp(q @ k.transpose(-1, -2) * scale)
+    return (e / e.sum(-1, keepdim=True)) @ v
+
+
+def random_bits(shape, values, generator) -> torch.Tensor:
+    return values[torch.randint(len(values), shape, generator=generator)]
+
+
+def text_bits_random(batch, generator) -> torch.Tensor:
+    """(batch, 77): most tokens 0, a few carry a region's bit."""
+    bits = torch.zeros(batch, L_TEXT, dtype=torch.int64)
+    bits[:, 2:4] = 0b001
+    bits[:, 5] = 0b010
+    bits[:, 7:9] = 0b100
+    flip = torch.rand(batch, L_TEXT, generator=generator) < 0.05
+    return torch.where(flip, random_bits((batch, L_TEXT), SELF_BIT_VALUES, generator), bits)
+
+
+def make_case(kind: str, strength_kind: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n_k = N if kind == "self" else L_TEXT
+    q = torch.randn(B, H, N, D, generator=g)
+    k = torch.randn(B, H, n_k, D, generator=g)
+    v = torch.randn(B, H, n_k, D, generator=g)
+    per_batch = strength_kind == "batch"
+    q_bits = random_bits((B, N) if per_batch else (N,), SELF_BIT_VALUES, g)
+    if kind == "self":
+        k_bits = random_bits((B, n_k) if per_batch else (n_k,), SELF_BIT_VALUES, g)
+    else:
+        k_bits = text_bits_random(B, g) if per_batch else text_bits_random(1, g)[0]
+    if strength_kind == "float":
+        strength = 0.37
+    elif strength_kind == "rows":
+        strength = torch.rand(N, generator=g)
+    else:
+        strength = torch.rand(B, N, generator=g)
+    return q, k, v, q_bits, k_bits, strength
+
+
+CASES = [(kind, sk) for kind in ("self", "cross") for sk in ("float", "rows", "batch")]
+
+
+# ----------------------------------------------------------------------------------------------
+# layout_attention
+
+
+@pytest.mark.parametrize("kind,strength_kind", CASES)
+def test_layout_attention_matches_float64_reference(kind, strength_kind):
+    q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind)
+    got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    want = reference_attention(q, k, v, q_bits, k_bits, strength)
+    assert got.shape == q.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+    # the modulation does something on these inputs (the test would catch a no-op)
+    assert (want - plain_attention(q, k, v)).abs().max() > 1e-2
+
+
+def test_layout_attention_explicit_scale():
+    q, k, v, q_bits, k_bits, strength = make_case("self", "rows", seed=3)
+    got = layout_attention(q, k, v, q_bits, k_bits, strength, scale=0.07)
+    want = reference_attention(q, k, v, q_bits, k_bits, strength, scale=0.07)
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind,strength_kind", [("self", "batch"), ("self", "rows"), ("cross", "float")])
+def test_layout_attention_chunked_queries(monkeypatch, kind, strength_kind):
+    q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind, seed=1)
+    n_k = k.shape[-2]
+    rows_per_chunk = 7  # 150 = 21·7 + 3: uneven last chunk
+    monkeypatch.setattr(vga, "DENSE_CHUNK_ELEMENTS", B * H * n_k * rows_per_chunk + 5)
+    calls = []
+    original = vga.modulated_scores
+
+    def spy(q_chunk, *args, **kwargs):
+        calls.append(q_chunk.shape[2])
+        return original(q_chunk, *args, **kwargs)
+
+    monkeypatch.setattr(vga, "modulated_scores", spy)
+    got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    assert calls == [rows_per_chunk] * 21 + [3]
+    want = reference_attention(q, k, v, q_bits, k_bits, strength)
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["self", "cross"])
+def test_layout_attention_strength_zero_is_softmax_attention(kind):
+    q, k, v, q_bits, k_bits, _ = make_case(kind, "float", seed=2)
+    got = layout_attention(q, k, v, q_bits, k_bits, 0.0)
+    want = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(D), -1) @ v.double()
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("positive", [[17], [0, 5, 6, 40, 77, 99]])
+def test_layout_attention_strength_one_known_answer(positive):
+    """λ = 1: every positive key's score becomes the row max, every negative key's the row min, so
+    out = (P·e^max·mean_P v + Q·e^min·mean_Q v) / (P·e^max + Q·e^min)."""
+    g = torch.Generator().manual_seed(5)
+    n_k = 100
+    q = torch.randn(1, 2, 30, 8, generator=g)
+    k = torch.randn(1, 2, n_k, 8, generator=g)
+    v = torch.randn(1, 2, n_k, 8, generator=g)
+    q_bits = torch.full((30,), 0b011)
+    k_bits = torch.full((n_k,), 0b100)  # negative
+    k_bits[::3] = 0  # negative, no region
+    k_bits[positive] = torch.tensor([0b001, 0b010, 0b111])[torch.arange(len(positive)) % 3]
+    got = layout_attention(q, k, v, q_bits, k_bits, 1.0).double()
+
+    mask = torch.zeros(n_k, dtype=torch.bool)
+    mask[positive] = True
+    n_pos, n_neg = int(mask.sum()), int((~mask).sum())
+    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(8)  # (1,2,30,n_k)
+    w_max = n_pos * torch.exp(s.max(-1).values)[..., None]  # (1,2,30,1)
+    w_min = n_neg * torch.exp(s.min(-1).values)[..., None]
+    mean_pos = v.double()[:, :, mask].mean(2, keepdim=True)  # (1,2,1,8)
+    mean_neg = v.double()[:, :, ~mask].mean(2, keepdim=True)
+    want = (w_max * mean_pos + w_min * mean_neg) / (w_max + w_min)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_layout_attention_no_region_query_at_strength_one_averages_values():
+    """A query in no region (bits 0) at λ = 1: every key goes to the row min -> uniform weights."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 20, 8, generator=g) for _ in range(3))
+    k_bits = random_bits((20,), SELF_BIT_VALUES, g)
+    got = layout_attention(q, k, v, torch.zeros(20, dtype=torch.int64), k_bits, 1.0)
+    want = v.double().mean(2, keepdim=True).expand_as(got)
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the processor on the tiny UNet
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_model_dir):
+    model = UNet2DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet").eval()
+    model.set_attn_processor(AttnProcessor2_0())
+    return model
+
+
+@pytest.fixture(scope="module")
+def unet_inputs():
+    g = torch.Generator().manual_seed(11)
+    latents = torch.randn(FRAMES, 4, 16, 16, generator=g)
+    text = torch.randn(FRAMES, L_TEXT, 32, generator=g)
+    return latents, torch.tensor(500), text
+
+
+def self_module(unet):
+    return unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+
+
+def cross_module(unet):
+    return unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+
+
+@torch.no_grad()
+def test_processor_without_context_reproduces_stock_unet(unet, unet_inputs):
+    latents, t, text = unet_inputs
+    stock = unet(latents, t, encoder_hidden_states=text).sample
+    with layout_processors(unet):
+        assert all(isinstance(p, LayoutAttnProcessor) for p in unet.attn_processors.values())
+        ours = unet(latents, t, encoder_hidden_states=text).sample
+        ctx = StepContext(num_frames=FRAMES, temporal="per_frame")
+        per_frame = unet(latents, t, encoder_hidden_states=text, cross_attention_kwargs={"videograin": ctx}).sample
+    torch.testing.assert_close(ours, stock, atol=ATOL, rtol=0)
+    torch.testing.assert_close(per_frame, stock, atol=ATOL, rtol=0)
+    # (test_full_frame_self_attention_module shows the context does change attention when full)
+
+
+def _linear64(layer, x):
+    return F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
+
+
+def _split_heads(x, heads):  # (B, N, C) -> (B, H, N, C/H)
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _merge_heads(x):  # (B, H, N, d) -> (B, N, H·d)
+    return x.transpose(1, 2).flatten(2)
+
+
+def full_frame_reference(attn, hidden, frames, modulate=None):
+    """Hand-written spatio-temporal self-attention in float64: each branch's F frames form one
+    sequence of F·n tokens. ``modulate(branch) -> (bits (F·n,), lam (F·n,))`` or None."""
+    heads = attn.heads
+    branches = hidden.shape[0] // frames
+    n = hidden.shape[1]
+    q, k, v = (_linear64(lin, hidden) for lin in (attn.to_q, attn.to_k, attn.to_v))  # (B·F, n, C)
+    seq = lambda x: _split_heads(x.reshape(branches, frames * n, -1), heads)  # (branches, H, F·n, d)
+    q, k, v = seq(q), seq(k), seq(v)
+    outs = []
+    for b in range(branches):
+        mod = modulate(b) if modulate is not None else None
+        if mod is None:
+            outs.append(plain_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1]))
+        else:
+            bits, lam = mod
+            outs.append(reference_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], bits, bits, lam))
+    out = _merge_heads(torch.cat(outs)).reshape(branches * frames, n, -1)
+    return _linear64(attn.to_out[0], out)
+
+
+@torch.no_grad()
+def test_full_frame_self_attention_module(unet):
+    attn = self_module(unet)
+    g = torch.Generator().manual_seed(12)
+    hidden = torch.randn(FRAMES, 64, attn.to_q.in_features, generator=g)
+    with layout_processors(unet):
+        got = attn(hidden, videograin=StepContext(num_frames=FRAMES, temporal="full"))
+        per_frame = attn(hidden)
+    want = full_frame_reference(attn, hidden, FRAMES)
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+    assert (per_frame.double() - want).abs().max() > 1e-4  # frames really see each other
+
+
+def random_masks(num_frames, size, generator) -> torch.Tensor:
+    """(3, F, size, size) bool: an instance, a part inside it, a separate region; moving per frame."""
+    masks = torch.zeros(3, num_frames, size, size, dtype=torch.bool)
+    for f in range(num_frames):
+        y, x = (int(i) for i in torch.randint(0, size // 3, (2,), generator=generator))
+        hh, ww = (int(i) for i in torch.randint(size // 3, size // 2, (2,), generator=generator))
+        masks[0, f, y : y + hh, x : x + ww] = True
+        masks[1, f, y + hh // 4 : y + hh // 2, x + ww // 4 : x + 3 * ww // 4] = True  # part of 0
+        masks[2, f, size - 1 - size // 4 - f * 4 : size - 1 - f * 4, size // 2 : size - 2] = True
+    return masks
+
+
+@pytest.fixture(scope="module")
+def layout():
+    g = torch.Generator().manual_seed(13)
+    masks = random_masks(FRAMES, 128, g)
+    return build_layout(masks, [(2, 4), (5, 6), None], latent_size=(16, 16), num_levels=2)
+
+
+def self_share_brute_force(bits_flat: torch.Tensor) -> torch.Tensor:
+    r = (bits_flat[:, None] & bits_flat[None, :]) != 0
+    return r.double().sum(1) / bits_flat.numel()
+
+
+@torch.no_grad()
+def test_modulated_self_attention_module(unet, layout):
+    attn = self_module(unet)
+    n = 256  # level 0: 16×16 tokens per frame
+    bits = layout.at(n).bits
+    assert bits.shape == (FRAMES, n)
+    assert len(torch.unique(bits)) >= 4  # none, instance, part, separate region all present
+    g = torch.Generator().manual_seed(14)
+    hidden = torch.randn(2 * FRAMES, n, attn.to_q.in_features, generator=g)
+    ctx = StepContext(num_frames=FRAMES, temporal="full", layout=layout, cond_branch=1, self_strength=0.4)
+    with layout_processors(unet):
+        got = attn(hidden, videograin=ctx)
+
+    flat = bits.flatten()  # frame-major, the order of the full-frame sequence
+    lam = 0.4 * (1 - self_share_brute_force(flat))
+    want = full_frame_reference(attn, hidden, FRAMES, modulate=lambda b: (flat, lam) if b == 1 else None)
+    plain = full_frame_reference(attn, hidden, FRAMES)
+    torch.testing.assert_close(got[:FRAMES].double(), plain[:FRAMES], atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[FRAMES:].double(), want[FRAMES:], atol=ATOL, rtol=0)
+    assert (want[FRAMES:] - plain[FRAMES:]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_modulated_self_attention_module_sparse_causal(unet):
+    """Sparse-causal keys: frame f attends to frames {0, f−1}; S_x is the share of those keys."""
+    frames, n = 4, 256
+    masks = random_masks(frames, 128, torch.Generator().manual_seed(15))
+    layout = build_layout(masks, [None, None, None], (16, 16), 2, temporal="sparse_causal")
+    attn = self_module(unet)
+    bits = layout.at(n).bits
+    hidden = torch.randn(2 * frames, n, attn.to_q.in_features, generator=torch.Generator().manual_seed(16))
+    ctx = StepContext(num_frames=frames, temporal="sparse_causal", layout=layout, cond_branch=0, self_strength=0.3)
+    with layout_processors(unet):
+        got = attn(hidden, videograin=ctx)
+
+    heads = attn.heads
+    q, k, v = (_split_heads(_linear64(lin, hidden), heads) for lin in (attn.to_q, attn.to_k, attn.to_v))
+    outs = []
+    for row in range(2 * frames):
+        branch, f = divmod(row, frames)
+        kf = sorted({0, max(f - 1, 0)})
+        base = branch * frames
+        ks = torch.cat([k[base + j] for j in kf], 1)[None]
+        vs = torch.cat([v[base + j] for j in kf], 1)[None]
+        if branch == 0:
+            k_bits = torch.cat([bits[j] for j in kf])
+            share = ((bits[f][:, None] & k_bits[None, :]) != 0).double().mean(1)
+            outs.append(reference_attention(q[row : row + 1], ks, vs, bits[f], k_bits, 0.3 * (1 - share)))
+        else:
+            outs.append(plain_attention(q[row : row + 1], ks, vs))
+    want = _linear64(attn.to_out[0], _merge_heads(torch.cat(outs)))
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_unmodulated_level_runs_plain(unet, layout):
+    """``levels`` excludes level 0: the level-0 module computes plain full-frame attention."""
+    attn = self_module(unet)
+    hidden = torch.randn(2 * FRAMES, 256, attn.to_q.in_features, generator=torch.Generator().manual_seed(17))
+    ctx = StepContext(
+        num_frames=FRAMES, layout=layout, cond_branch=1, self_strength=0.4, levels=frozenset({1})
+    )
+    with layout_processors(unet):
+        got = attn(hidden, videograin=ctx)
+    torch.testing.assert_close(got.double(), full_frame_reference(attn, hidden, FRAMES), atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_modulated_cross_attention_module(unet, layout):
+    attn = cross_module(unet)
+    n = 256
+    bits = layout.at(n).bits  # (F, n)
+    text_bits = layout.text_bits
+    expected_text_bits = torch.zeros(L_TEXT, dtype=torch.int64)
+    expected_text_bits[2:4] = 0b001
+    expected_text_bits[5] = 0b010
+    assert torch.equal(text_bits, expected_text_bits)
+    g = torch.Generator().manual_seed(18)
+    hidden = torch.randn(2 * FRAMES, n, attn.to_q.in_features, generator=g)
+    text = torch.randn(2 * FRAMES, L_TEXT, attn.to_k.in_features, generator=g)
+    ctx = StepContext(num_frames=FRAMES, layout=layout, cond_branch=1, cross_strength=1.0)
+    with layout_processors(unet):
+        got = attn(hidden, encoder_hidden_states=text, videograin=ctx)
+
+    heads = attn.heads
+    q = _split_heads(_linear64(attn.to_q, hidden), heads)
+    k = _split_heads(_linear64(attn.to_k, text), heads)
+    v = _split_heads(_linear64(attn.to_v, text), heads)
+    outs = []
+    for row in range(2 * FRAMES):
+        branch, f = divmod(row, FRAMES)
+        sl = slice(row, row + 1)
+        if branch == 1:
+            share = ((bits[f][:, None] & bits[f][None, :]) != 0).double().sum(1) / n  # own frame
+            outs.append(reference_attention(q[sl], k[sl], v[sl], bits[f], text_bits, 1.0 * (1 - share)))
+        else:
+            outs.append(plain_attention(q[sl], k[sl], v[sl]))
+    want = _linear64(attn.to_out[0], _merge_heads(torch.cat(outs)))
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+    unmodulated = [plain_attention(q[r : r + 1], k[r : r + 1], v[r : r + 1]) for r in range(2 * FRAMES)]
+    unmodulated = _linear64(attn.to_out[0], _merge_heads(torch.cat(unmodulated)))
+    assert (want[FRAMES:] - unmodulated[FRAMES:]).abs().max() > 1e-3
+
+
+def test_layout_processors_restores_original_processors(unet):
+    before = dict(unet.attn_processors)
+    assert len(before) > 0
+    with layout_processors(unet):
+        inside = unet.attn_processors
+        assert set(inside) == set(before)
+        assert all(isinstance(p, LayoutAttnProcessor) for p in inside.values())
+    after = unet.attn_processors
+    assert set(after) == set(before) and all(after[name] is before[name] for name in before)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with layout_processors(unet):
+            raise RuntimeError("boom")
+    after = unet.attn_processors
+    assert all(after[name] is before[name] for name in before)
