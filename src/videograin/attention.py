@@ -21,6 +21,10 @@ from .layout import Layout, key_frames
 
 #: Largest number of float32 scores a dense chunk may hold (256 MiB).
 DENSE_CHUNK_ELEMENTS = 64 * 2**20
+#: Scores the online kernel holds per block (16 MiB each; a few such temporaries live at once).
+ONLINE_BLOCK_ELEMENTS = 4 * 2**20
+#: Keys per block of the online kernel, at least (queries are blocked to keep this many).
+ONLINE_MIN_KEYS = 256
 
 
 def _broadcast_rows(x: torch.Tensor | float, q: torch.Tensor) -> torch.Tensor:
@@ -47,6 +51,76 @@ def modulated_scores(q, k, q_bits, k_bits, strength, scale=None) -> torch.Tensor
     return (1 - lam) * s + lam * target
 
 
+def dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
+    """Reference path: the modulated scores materialised, DENSE_CHUNK_ELEMENTS at a time (queries
+    chunked). Arguments as ``layout_attention`` with q_bits and lam (B|1, Nq). Returns float32."""
+    chunk = max(1, DENSE_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[-2]))
+    outputs = []
+    for start in range(0, q.shape[2], chunk):
+        rows = slice(start, start + chunk)
+        s = modulated_scores(q[:, :, rows], k, q_bits[:, rows], k_bits, lam[:, rows], scale)
+        outputs.append(torch.matmul(s.softmax(-1), v.float()))
+    return torch.cat(outputs, dim=2)
+
+
+def online_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
+    """O(N)-memory path: one pass over key blocks with an online softmax (FlashAttention style).
+
+    Keys are sorted by bitmask value so every key block lies in one group, positive or negative for
+    a whole query. Because s' = (1−λ)s + λ·c with c = rowmax (positive) or rowmin (negative), the
+    softmax splits into two sums accumulated separately, A± = Σ exp((1−λ)s)·v and Z± = Σ exp((1−λ)s),
+    combined at the end once the row max and min are known:
+
+        out = (e^{λ·max}·A₊ + e^{λ·min}·A₋) / (e^{λ·max}·Z₊ + e^{λ·min}·Z₋)
+
+    Arguments as ``layout_attention`` with q_bits and lam (B|1, Nq) and k_bits (Nk,). Holds at most
+    ONLINE_BLOCK_ELEMENTS scores at a time. Returns float32.
+    """
+    batch, heads, n_q, dim = q.shape
+    order = torch.argsort(k_bits, stable=True)
+    values, counts = torch.unique_consecutive(k_bits[order], return_counts=True)
+    k, v = k[:, :, order].float(), v[:, :, order].float()
+    q_block = max(1, ONLINE_BLOCK_ELEMENTS // (batch * heads * ONLINE_MIN_KEYS))
+    k_block = max(ONLINE_MIN_KEYS, ONLINE_BLOCK_ELEMENTS // (batch * heads * min(n_q, q_block)))
+    out = torch.empty(batch, heads, n_q, dim, dtype=torch.float32, device=q.device)
+    for q_start in range(0, n_q, q_block):
+        rows = slice(q_start, q_start + q_block)
+        qs = q[:, :, rows].float() * scale
+        keep = (1 - lam[:, rows])[:, None, :, None]  # (B|1, 1, n, 1)
+        n = qs.shape[2]
+        row_max = torch.full((batch, heads, n, 1), -torch.inf, device=q.device)
+        row_min = torch.full_like(row_max, torch.inf)
+        # per side (0: positive keys, 1: negative keys): running max of (1−λ)s, Z and A
+        run_max = torch.full((2, batch, heads, n, 1), -torch.inf, device=q.device)
+        total = torch.zeros_like(run_max)
+        acc = torch.zeros(2, batch, heads, n, dim, device=q.device)
+        k_start = 0
+        for value, count in zip(values.tolist(), counts.tolist()):
+            side = ((q_bits[:, rows] & value) == 0).long()[:, None, :, None].expand(batch, heads, n, 1)
+            for start in range(k_start, k_start + count, k_block):
+                stop = min(start + k_block, k_start + count)
+                s = torch.matmul(qs, k[:, :, start:stop].transpose(-1, -2))  # (B, H, n, c)
+                block_max, block_min = s.amax(-1, keepdim=True), s.amin(-1, keepdim=True)
+                row_max, row_min = torch.maximum(row_max, block_max), torch.minimum(row_min, block_min)
+                t = keep * s
+                old_max = run_max.gather(0, side[None]).squeeze(0)
+                new_max = torch.maximum(old_max, torch.where(keep >= 0, keep * block_max, keep * block_min))
+                p = torch.exp(t - new_max)
+                rescale = torch.exp(old_max - new_max)
+                new_total = total.gather(0, side[None]).squeeze(0) * rescale + p.sum(-1, keepdim=True)
+                new_acc = acc.gather(0, side[None].expand(1, -1, -1, -1, dim)).squeeze(0) * rescale
+                new_acc = new_acc + torch.matmul(p, v[:, :, start:stop])
+                run_max.scatter_(0, side[None], new_max[None])
+                total.scatter_(0, side[None], new_total[None])
+                acc.scatter_(0, side[None].expand(1, -1, -1, -1, dim), new_acc[None])
+            k_start += count
+        lam_rows = lam[:, rows][:, None, :, None]
+        log_weight = torch.stack([lam_rows * row_max, lam_rows * row_min]).expand_as(run_max) + run_max
+        weight = torch.exp(log_weight - log_weight.amax(0, keepdim=True)).nan_to_num(0.0)  # empty side: 0
+        out[:, :, rows] = (weight * acc).sum(0) / (weight * total).sum(0)
+    return out
+
+
 def layout_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -55,27 +129,38 @@ def layout_attention(
     k_bits: torch.Tensor,
     strength: torch.Tensor | float,
     scale: float | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
     """softmax(s + λ·M)·v with VideoGrain's layout modulation M (see module docstring).
 
     q: (B, H, Nq, D); k, v: (B, H, Nk, D); q_bits: (Nq,) or (B, Nq) int64; k_bits: (Nk,) or (B, Nk)
     int64; strength: λ as a float, (Nq,) or (B, Nq); scale defaults to D**-0.5. Row max and min are
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
-    softmax run in float32. Queries are processed in chunks so at most DENSE_CHUNK_ELEMENTS scores
-    exist at once.
+    softmax run in float32. ``method``: "dense" materialises the scores (the reference), "online"
+    never holds more than a block of them; "auto" takes dense only when all scores fit in one block.
     """
-    batch, heads, n_q, _ = q.shape
-    per_query = batch * heads * k.shape[-2]
-    chunk = max(1, DENSE_CHUNK_ELEMENTS // per_query)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
     lam = torch.as_tensor(strength, dtype=torch.float32, device=q.device)
-    lam = lam.expand(q_bits.shape[0], n_q) if lam.ndim < 2 else lam
-    outputs = []
-    for start in range(0, n_q, chunk):
-        rows = slice(start, start + chunk)
-        s = modulated_scores(q[:, :, rows], k, q_bits[:, rows], k_bits, lam[:, rows], scale)
-        outputs.append(torch.matmul(s.softmax(-1), v.float()))
-    return torch.cat(outputs, dim=2).to(q.dtype)
+    lam = lam.expand(q_bits.shape[0], q.shape[2]) if lam.ndim < 2 else lam
+    if method == "auto":
+        dense_elements = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+        method = "dense" if dense_elements <= ONLINE_BLOCK_ELEMENTS else "online"
+    if method == "dense":
+        out = dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+    elif method != "online":
+        raise ValueError(f"method must be 'auto', 'dense' or 'online', got {method!r}")
+    elif k_bits.ndim == 1:
+        out = online_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+    else:  # keys differ per batch element: sort each one's keys separately
+        pick = lambda x, b: x[b : b + 1] if x.shape[0] > 1 else x
+        out = torch.cat(
+            [
+                online_layout_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], pick(q_bits, b), k_bits[b], pick(lam, b), scale)
+                for b in range(q.shape[0])
+            ]
+        )
+    return out.to(q.dtype)
 
 
 @dataclass

@@ -35,9 +35,11 @@ def model_size_multiple(model: str) -> int:
 
 @dataclass
 class EditOutput:
-    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; timings in seconds per stage."""
+    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; latents: the edited latents (F, 4, h, w)
+    before decoding; timings in seconds per stage."""
 
     frames: torch.Tensor
+    latents: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     recorder: AttentionRecorder | None = None
     layout: Layout | None = None
@@ -179,7 +181,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         clock = time.perf_counter()
         out = self.decode_latents(edited_latents)
         timings["decode"] = time.perf_counter() - clock
-        return EditOutput(out, timings, recorder, layout)
+        return EditOutput(out, edited_latents, timings, recorder, layout)
 
     @torch.no_grad()
     def reconstruct(

@@ -25,24 +25,43 @@ polar bear panda monkey robot superhero running jogging walking sitting standing
 one three big small circle square triangle star ring background""".split()
 
 
+def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge every occurrence of the best-ranked pair."""
+    while len(parts) > 1:
+        best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, len(ranks)))
+        if best not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if tuple(parts[i : i + 2]) == best:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
 def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    """Write vocab.json and merges.txt of a byte-level BPE with WORDS as whole-word tokens."""
+    """Write vocab.json and merges.txt of a byte-level BPE in which each of WORDS is one token.
+
+    Each word gets the merges it still needs after the earlier words' merges have applied; a merge
+    added later ranks below all earlier ones, so it never changes how an earlier word splits.
+    """
     chars = sorted(ByteLevel.alphabet())  # the 256 byte-level symbols CLIP's BPE starts from
     vocab = chars + [c + "</w>" for c in chars]
-    merges = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(WORDS):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = parts[0]
-        for part in parts[1:]:
-            merge = f"{merged} {part}"
-            merged += part
-            if merge not in merges:
-                merges.append(merge)
-                vocab.append(merged)
+        parts = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(parts) > 1:
+            ranks[(parts[0], parts[1])] = len(ranks)
+            vocab.append(parts[0] + parts[1])
+            parts = _bpe(parts, ranks)
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     vocab_file.write_text(json.dumps({token: i for i, token in enumerate(dict.fromkeys(vocab))}))
-    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    merges_file.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in ranks) + "\n")
     return vocab_file, merges_file
 
 
