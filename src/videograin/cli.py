@@ -62,6 +62,9 @@ def _resolve(args) -> EditSpec:
         if args.steps < 1:
             raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
         spec = dataclasses.replace(spec, edit=dataclasses.replace(spec.edit, steps=args.steps))
+    if args.model is not None:
+        model = Path(args.model)
+        spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
     if args.out is not None:
         spec = dataclasses.replace(spec, output=Path(args.out).resolve())
     if spec.output is None:
@@ -159,7 +162,6 @@ def _run(args, reconstruct_only: bool) -> dict:
         timings["total"] = time.perf_counter() - started
         record.update(timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device))
         io.write_json(folder / "run.json", record)
-    logger.info("wrote %s", spec.output)
     return record
 
 
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("config", help="edit config (YAML)")
         sub.add_argument("--out", help="output folder (overrides `output:` in the config)")
+        sub.add_argument("--model", help="hub id or local diffusers folder (overrides `model:`)")
         sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         sub.add_argument("--device", help="cpu or cuda (default: cuda when available)")
         sub.add_argument("--steps", type=int, help="denoising steps (overrides edit.steps)")
