@@ -23,8 +23,10 @@ from .layout import Layout, key_frames
 DENSE_CHUNK_ELEMENTS = 64 * 2**20
 #: Scores the online kernel holds per block (16 MiB each; a few such temporaries live at once).
 ONLINE_BLOCK_ELEMENTS = 4 * 2**20
-#: Keys per block of the online kernel, at least (queries are blocked to keep this many).
-ONLINE_MIN_KEYS = 256
+#: Elements of q a fast kernel sees at once (batch × heads × Nq × D), bounding its O(N) temporaries.
+HEAD_BLOCK_ELEMENTS = 2**20
+#: Keys per block, at least (queries are blocked to keep this many; measured fastest on CPU).
+ONLINE_MIN_KEYS = 1024
 
 
 def _broadcast_rows(x: torch.Tensor | float, q: torch.Tensor) -> torch.Tensor:
@@ -121,6 +123,74 @@ def online_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor
     return out
 
 
+def _attention_with_lse(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q·kᵀ·scale)·v and its log-sum-exp: (B, H, Nq, D) and (B, H, Nq), float32.
+
+    On the CPU PyTorch's fused flash kernel returns both in O(N) memory; elsewhere the scores are
+    materialised DENSE_CHUNK_ELEMENTS at a time.
+    """
+    if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        return out, lse
+    chunk = max(1, DENSE_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[-2]))
+    outs, lses = [], []
+    for start in range(0, q.shape[2], chunk):
+        s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)) * scale
+        lses.append(s.logsumexp(-1))
+        outs.append(torch.matmul(torch.softmax(s, -1), v))
+    return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+def _row_max_min(q, k, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row max and min of q·kᵀ·scale, (B, H, Nq, 1) each, never holding more than a block of scores."""
+    batch, heads, n_q, _ = q.shape
+    q_block = max(1, ONLINE_BLOCK_ELEMENTS // (batch * heads * ONLINE_MIN_KEYS))
+    k_block = max(ONLINE_MIN_KEYS, ONLINE_BLOCK_ELEMENTS // (batch * heads * min(n_q, q_block)))
+    row_max = torch.full((batch, heads, n_q, 1), -torch.inf, device=q.device)
+    row_min = torch.full_like(row_max, torch.inf)
+    for q_start in range(0, n_q, q_block):
+        rows = slice(q_start, q_start + q_block)
+        for k_start in range(0, k.shape[2], k_block):
+            s = torch.matmul(q[:, :, rows], k[:, :, k_start : k_start + k_block].transpose(-1, -2))
+            # two reductions beat torch.aminmax here (measured on CPU)
+            row_max[:, :, rows] = torch.maximum(row_max[:, :, rows], s.amax(-1, keepdim=True))
+            row_min[:, :, rows] = torch.minimum(row_min[:, :, rows], s.amin(-1, keepdim=True))
+    return row_max * scale, row_min * scale
+
+
+def grouped_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
+    """O(N)-memory path built on fused attention kernels, one per key group.
+
+    Keys sharing a bitmask value form a group g that is wholly positive or negative for a query, so
+    s' = (1−λ)s + λ·c_g with c_g the row max or min: the modulated attention is a mixture of G plain
+    attentions of the queries scaled by (1−λ) over each group's keys, weighted by
+    exp(LSE_g + λ·c_g). A blocked pass finds the row max and min first. Arguments as
+    ``online_layout_attention``. Returns float32.
+    """
+    order = torch.argsort(k_bits, stable=True)
+    values, counts = torch.unique_consecutive(k_bits[order], return_counts=True)
+    q, k, v = q.float(), k[:, :, order].float(), v[:, :, order].float()
+    row_max, row_min = _row_max_min(q, k, scale)
+    lam4 = lam[:, None, :, None]  # (B|1, 1, Nq, 1)
+    scaled_q = q * (1 - lam4)
+    acc = torch.zeros_like(q)
+    total = torch.zeros_like(row_max)
+    run_max = torch.full_like(row_max, -torch.inf)
+    start = 0
+    for value, count in zip(values.tolist(), counts.tolist()):
+        keys = slice(start, start + count)
+        out, lse = _attention_with_lse(scaled_q, k[:, :, keys], v[:, :, keys], scale)
+        positive = ((q_bits & value) != 0)[:, None, :, None]
+        log_weight = lse.unsqueeze(-1) + lam4 * torch.where(positive, row_max, row_min)
+        new_max = torch.maximum(run_max, log_weight)
+        rescale, weight = torch.exp(run_max - new_max), torch.exp(log_weight - new_max)
+        acc.mul_(rescale).addcmul_(weight, out)
+        total.mul_(rescale).add_(weight)
+        run_max = new_max
+        start += count
+    return acc.div_(total)
+
+
 def layout_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -136,8 +206,9 @@ def layout_attention(
     q: (B, H, Nq, D); k, v: (B, H, Nk, D); q_bits: (Nq,) or (B, Nq) int64; k_bits: (Nk,) or (B, Nk)
     int64; strength: λ as a float, (Nq,) or (B, Nq); scale defaults to D**-0.5. Row max and min are
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
-    softmax run in float32. ``method``: "dense" materialises the scores (the reference), "online"
-    never holds more than a block of them; "auto" takes dense only when all scores fit in one block.
+    softmax run in float32. ``method``: "dense" materialises the scores (the reference); "online"
+    (one pass, pure PyTorch) and "grouped" (fused attention kernels per key group) never hold more
+    than a block of them; "auto" takes dense only when all scores fit in one block, else grouped.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
@@ -145,22 +216,27 @@ def layout_attention(
     lam = lam.expand(q_bits.shape[0], q.shape[2]) if lam.ndim < 2 else lam
     if method == "auto":
         dense_elements = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-        method = "dense" if dense_elements <= ONLINE_BLOCK_ELEMENTS else "online"
+        method = "dense" if dense_elements <= ONLINE_BLOCK_ELEMENTS else "grouped"
     if method == "dense":
-        out = dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
-    elif method != "online":
-        raise ValueError(f"method must be 'auto', 'dense' or 'online', got {method!r}")
-    elif k_bits.ndim == 1:
-        out = online_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
-    else:  # keys differ per batch element: sort each one's keys separately
-        pick = lambda x, b: x[b : b + 1] if x.shape[0] > 1 else x
-        out = torch.cat(
-            [
-                online_layout_attention(q[b : b + 1], k[b : b + 1], v[b : b + 1], pick(q_bits, b), k_bits[b], pick(lam, b), scale)
-                for b in range(q.shape[0])
-            ]
-        )
-    return out.to(q.dtype)
+        return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
+    kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
+    if method not in kernels:
+        raise ValueError(f"method must be 'auto', 'dense', 'online' or 'grouped', got {method!r}")
+    # Blocks of (batch, heads) small enough that the kernels' O(N·D) temporaries stay small; keys
+    # that differ per batch element are sorted per element, so those go one element at a time.
+    batch, heads, n_q, dim = q.shape
+    batch_step = batch if k_bits.ndim == 1 else 1
+    head_step = max(1, HEAD_BLOCK_ELEMENTS // (batch_step * n_q * dim))
+    out = torch.empty_like(q)
+    for b in range(0, batch, batch_step):
+        rows = slice(b, b + batch_step)
+        qb = q_bits[rows] if q_bits.shape[0] > 1 else q_bits
+        lb = lam[rows] if lam.shape[0] > 1 else lam
+        kb = k_bits if k_bits.ndim == 1 else k_bits[b]
+        for h in range(0, heads, head_step):
+            cols = slice(h, h + head_step)
+            out[rows, cols] = kernels[method](q[rows, cols], k[rows, cols], v[rows, cols], qb, kb, lb, scale)
+    return out
 
 
 @dataclass
