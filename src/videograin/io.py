@@ -572,6 +572,16 @@ def write_json(path: Path, obj: Any) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
+def check_output_folder(final: Path, overwrite: bool) -> None:
+    """SpecError("output") when ``final`` is a file or a non-empty folder and ``overwrite`` is false."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        if not final.is_dir():
+            raise SpecError("output", f"{final} is a file", "pass --overwrite or choose another folder")
+        if any(final.iterdir()):
+            raise SpecError("output", f"{final} is not empty", "pass --overwrite or choose another folder")
+
+
 @contextlib.contextmanager
 def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
     """Write outputs into a temporary sibling folder and move it to ``final`` only on success.
@@ -583,11 +593,7 @@ def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
     untouched. The parent of ``final`` is created if missing.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        if not final.is_dir():
-            raise SpecError("output", f"{final} is a file", "pass --overwrite or choose another folder")
-        if any(final.iterdir()):
-            raise SpecError("output", f"{final} is not empty", "pass --overwrite or choose another folder")
+    check_output_folder(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir (not mkdtemp) so the folder gets the usual umask permissions, not 0700
         temp = final.parent / f".{final.name}.{secrets.token_hex(4)}"
