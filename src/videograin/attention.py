@@ -352,18 +352,21 @@ class LayoutAttnProcessor:
             unfold = lambda x: x
             qs, ks, vs = q, gather_keys(k), gather_keys(v)
 
-        out = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
         level = self._level(ctx, n, ctx.self_strength)
-        if level is not None:
-            lam = ctx.self_strength * (1 - level.self_share.to(q.device))  # (F, n)
-            if ctx.temporal == "full":
-                rows = slice(ctx.cond_branch, ctx.cond_branch + 1)
-                q_bits, k_bits, lam = level.bits.flatten(), level.bits.flatten(), lam.flatten()
-            else:
-                rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
-                q_bits, k_bits = level.bits, level.bits[frames_of_keys.cpu()].flatten(1)
-            q_bits, k_bits = q_bits.to(q.device), k_bits.to(q.device)
-            out[rows] = layout_attention(qs[rows], ks[rows], vs[rows], q_bits, k_bits, lam, scale)
+        if level is None:
+            return unfold(F.scaled_dot_product_attention(qs, ks, vs, scale=scale))
+        lam = ctx.self_strength * (1 - level.self_share.to(q.device))  # (F, n)
+        if ctx.temporal == "full":
+            rows = slice(ctx.cond_branch, ctx.cond_branch + 1)
+            q_bits, k_bits, lam = level.bits.flatten(), level.bits.flatten(), lam.flatten()
+        else:
+            rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
+            q_bits, k_bits = level.bits, level.bits[frames_of_keys.to(level.bits.device)].flatten(1)
+        out = torch.empty_like(qs)
+        out[rows] = layout_attention(qs[rows], ks[rows], vs[rows], q_bits.to(q.device), k_bits.to(q.device), lam, scale)
+        for plain in (slice(0, rows.start), slice(rows.stop, None)):  # the other branches: unmodulated
+            if len(qs[plain]):
+                out[plain] = F.scaled_dot_product_attention(qs[plain], ks[plain], vs[plain], scale=scale)
         return unfold(out)
 
     def _cross(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
