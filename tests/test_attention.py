@@ -113,6 +113,44 @@ def test_layout_attention_matches_float64_reference(kind, strength_kind):
     assert (want - plain_attention(q, k, v)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("method", ["dense", "online", "grouped"])
+@pytest.mark.parametrize("kind,strength_kind", CASES)
+def test_every_path_matches_float64_reference_with_uneven_blocks(monkeypatch, method, kind, strength_kind):
+    """Tiny block sizes force many query and key blocks that end mid-group and mid-row, and one head
+    per block: each path must still equal the formula."""
+    monkeypatch.setattr(vga, "DENSE_CHUNK_ELEMENTS", 7 * H * B * (N if kind == "self" else L_TEXT) + 5)
+    monkeypatch.setattr(vga, "ONLINE_BLOCK_ELEMENTS", 37 * 23)  # 37 query rows x 23 keys per block
+    monkeypatch.setattr(vga, "ONLINE_MIN_KEYS", 23)
+    monkeypatch.setattr(vga, "HEAD_BLOCK_ELEMENTS", N * D)
+    q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind, seed=3)
+    got = layout_attention(q, k, v, q_bits, k_bits, strength, method=method)
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+
+
+def test_fast_paths_handle_strength_above_one_and_a_single_group():
+    """λ > 1 flips the sign of (1 − λ)·s (the online kernel's running max must follow) and keys that
+    all share one bitmask leave one side of the softmax empty."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 64, 8, generator=g) for _ in range(3))
+    q_bits = random_bits((64,), SELF_BIT_VALUES, g)
+    for k_bits in (random_bits((64,), SELF_BIT_VALUES, g), torch.full((64,), 0b010)):
+        want = reference_attention(q, k, v, q_bits, k_bits, 1.6)
+        for method in ("online", "grouped"):
+            got = layout_attention(q, k, v, q_bits, k_bits, 1.6, method=method)
+            torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
+
+
+def test_auto_takes_a_fast_path_on_large_inputs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(vga, "ONLINE_BLOCK_ELEMENTS", 1000)
+    original = vga._attention_with_lse
+    monkeypatch.setattr(vga, "_attention_with_lse", lambda *a: calls.append(1) or original(*a))
+    q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
+    got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    assert calls, "auto did not take the grouped path"
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+
+
 def test_layout_attention_explicit_scale():
     q, k, v, q_bits, k_bits, strength = make_case("self", "rows", seed=3)
     got = layout_attention(q, k, v, q_bits, k_bits, strength, scale=0.07)
