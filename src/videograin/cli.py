@@ -149,6 +149,7 @@ def _run(args, reconstruct_only: bool) -> dict:
                 guidance_scale=settings.guidance_scale,
                 modulation=settings.modulation,
                 blend=settings.blend,
+                record_attention=getattr(args, "eval", False),
             )
             timings.update(result.timings)
             edited = to_uint8(result.frames)
@@ -159,9 +160,101 @@ def _run(args, reconstruct_only: bool) -> dict:
             overlay = viz.mask_overlay(inputs.frames_uint8, inputs.masks.numpy())
             io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
             timings["write"] = time.perf_counter() - clock
+            if getattr(args, "eval", False):
+                clock = time.perf_counter()
+                record["eval"] = _eval_edit(args, spec, inputs, edited, result, device)
+                timings["eval"] = time.perf_counter() - clock
         timings["total"] = time.perf_counter() - started
         record.update(timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device))
         io.write_json(folder / "run.json", record)
+    return record
+
+
+def _eval_edit(args, spec: EditSpec, inputs: io.VideoInputs, edited: np.ndarray, result, device: str) -> dict:
+    """Metrics of a finished edit for `edit --eval` (in memory, attention mass included). A failure is
+    recorded in run.json and logged, so it never costs the edit."""
+    from . import metrics
+
+    try:
+        evaluation = metrics.evaluate(
+            edited, inputs.frames_uint8, inputs.masks, spec.prompt, [r.prompt for r in spec.regions],
+            [r.name for r in spec.regions], clip=args.clip or metrics.DEFAULT_CLIP, device=device,
+            recorder=result.recorder, layout=result.layout,
+        )
+    except Exception as err:  # noqa: BLE001 - keep the edit whatever the metrics do
+        logger.exception("evaluation failed")
+        return {"error": f"{type(err).__name__}: {err}"}
+    print(metrics.format_table(evaluation))
+    return evaluation.to_dict()
+
+
+def _read_all(path: Path, field: str, frames: int | None = None, spec: EditSpec | None = None) -> np.ndarray:
+    """Frames of a video for `eval`: all of them, or, when the count is not ``frames``, the config's
+    start/stride selection of ``frames``. Read errors name ``field``."""
+    try:
+        total = io.count_frames(path)
+        if frames is None or total == frames or spec is None:
+            return io.read_video(path, 0, total, 1)[0]
+        return io.read_video(path, spec.video.start, frames, spec.video.stride)[0]
+    except SpecError as err:
+        raise SpecError(field, err.problem, err.fix) from None
+
+
+def _eval(args) -> dict:
+    """`videograin eval`: metrics of an edited video against its source; writes metrics.json."""
+    import json
+
+    from . import metrics
+    from .spec import spec_from_dict
+
+    given = Path(args.edited)
+    if not given.exists():
+        raise SpecError("--edited", f"{given} does not exist", "give an output folder of `videograin edit` or a video")
+    if given.is_dir():
+        edited_path, default_out = given / "edited.mp4", given / "metrics.json"
+        if not edited_path.is_file():
+            raise SpecError("--edited", f"{given} has no edited.mp4", "give an output folder of `videograin edit`")
+        source_path = Path(args.source) if args.source else given / "source.mp4"
+        if args.config:
+            spec = load_spec(args.config)
+        elif (given / "run.json").is_file():
+            spec = spec_from_dict(json.loads((given / "run.json").read_text(encoding="utf-8"))["config"], given)
+        else:
+            raise SpecError("--config", f"{given} has no run.json", "pass --config CONFIG (the edit's config)")
+    else:
+        edited_path, default_out = given, given.parent / "metrics.json"
+        source_path = Path(args.source) if args.source else None
+        if not args.config:
+            raise SpecError("--config", "is needed when --edited is a video file", "pass --config CONFIG (the edit's config)")
+        spec = load_spec(args.config)
+    edited = _read_all(edited_path, "--edited")
+    count, height, width = edited.shape[:3]
+    if count != spec.video.frames:
+        raise SpecError("--edited", f"{edited_path} has {count} frames but the config selects {spec.video.frames}",
+                        "give the config the edit was made with")
+    inputs = io.load_inputs(spec, 1)  # masks (and the source when --source is not given) at the config's size
+    source = inputs.frames_uint8 if source_path is None else _read_all(source_path, "--source", count, spec)
+    if len(source) != count:
+        raise SpecError("--source", f"{source_path} gives {len(source)} frames, the edit has {count}",
+                        "give the source video the edit was made from")
+    masks = inputs.masks.numpy()
+    if source.shape[1:3] != (height, width):
+        source = io.resize_frames(source, (width, height))
+    if masks.shape[-2:] != (height, width):
+        masks = io.resize_masks(masks, (width, height))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    evaluation = metrics.evaluate(
+        edited, source, masks, spec.prompt, [r.prompt for r in spec.regions], [r.name for r in spec.regions],
+        clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
+    )
+    record = evaluation.to_dict()
+    record["inputs"] = {"edited": edited_path.resolve(), "source": (source_path or spec.video.path).resolve(),
+                        "frames": count, "size": [width, height]}
+    out = Path(args.out) if args.out else default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(out, record)
+    print(metrics.format_table(evaluation))
+    logger.info("wrote %s", out)
     return record
 
 
@@ -182,6 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--steps", type=int, help="denoising steps (overrides edit.steps)")
         if name == "edit":
             sub.add_argument("--reconstruct", action="store_true", help="also write reconstruction.mp4")
+            sub.add_argument("--eval", action="store_true", help="compute the metrics after the edit into run.json")
+            sub.add_argument("--clip", help="CLIP model id or folder for --eval (default openai/clip-vit-large-patch14)")
+    evaluate = commands.add_parser("eval", help="metrics of an edit (CLIP-T/F, Warp-Err, masked PSNR/SSIM, ...)")
+    evaluate.add_argument("--edited", required=True, help="output folder of `videograin edit`, or the edited video")
+    evaluate.add_argument("--source", help="source video (default: the folder's source.mp4, else the config's video)")
+    evaluate.add_argument("--config", help="the edit's config (default: the folder's run.json)")
+    evaluate.add_argument("--out", help="metrics JSON to write (default: metrics.json next to the edited video)")
+    evaluate.add_argument("--clip", help="CLIP model id or folder (default openai/clip-vit-large-patch14)")
+    evaluate.add_argument("--pickscore", default="yuvalkirstain/PickScore_v1", help="PickScore model id or folder")
+    evaluate.add_argument("--flow", choices=["dis", "raft"], default="dis", help="optical flow for Warp-Err")
+    evaluate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     tiny = commands.add_parser("make-tiny-model", help="write a tiny random-weight SD-style model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
@@ -193,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             from .tiny_model import make_tiny_model
 
             logger.info("wrote %s", make_tiny_model(args.folder, args.seed))
+        elif args.command == "eval":
+            _eval(args)
         else:
             _run(args, reconstruct_only=args.command == "reconstruct")
     except SpecError as err:

@@ -1,0 +1,792 @@
+"""Evaluation: the paper's metrics (CLIP-T, CLIP-F, Warp-Err, Q-edit, PickScore), masked fidelity,
+per-instance accuracy and attention mass.
+
+Inputs follow the package conventions: frames are uint8 ``(F, H, W, 3)`` RGB arrays or float tensors
+``(F, 3, H, W)`` in [-1, 1]; masks are bool ``(R, F, H, W)``, regions in config order; a region is
+*edited* when its prompt is not empty. Every function returns plain Python numbers (JSON-ready).
+
+Metrics that need weights (CLIP, PickScore, LPIPS, RAFT) load them with the library's own
+``from_pretrained`` (or the package's loader); when that fails (offline, not installed) they raise
+:class:`WeightsUnavailable`, and :func:`evaluate` records the reason under ``skipped`` while the other
+metrics still run. Nothing here reads or writes files other than model weights.
+
+Scales: CLIP-T, CLIP-F and Warp-Err are ×100 as in the paper (Warp-Err on pixels in [0, 1]); PSNR is
+in dB and capped at :data:`PSNR_CAP_DB` where the pixels are identical (JSON has no infinity).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+DEFAULT_PICKSCORE = "yuvalkirstain/PickScore_v1"
+#: PickScore_v1 ships the model only; its tokenizer is the one of the CLIP it was fine-tuned from.
+DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+PSNR_CAP_DB = 100.0
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FLOW_BACKENDS = ("dis", "raft")
+DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
+MIN_VOCAB = 256  # a byte-level BPE has at least its 256 byte symbols; fewer means no vocabulary was read
+CROP_FILL = 128  # grey put outside a region's mask (and around non-square boxes) in instance crops
+
+__all__ = [
+    "DEFAULT_CLIP",
+    "DEFAULT_PICKSCORE",
+    "DEFAULT_PICKSCORE_PROCESSOR",
+    "PSNR_CAP_DB",
+    "FLOW_BACKENDS",
+    "WeightsUnavailable",
+    "ImageTextScorer",
+    "ClipScorer",
+    "clip_text_score",
+    "clip_frame_consistency",
+    "pick_score",
+    "optical_flow",
+    "consistency_mask",
+    "warp_error",
+    "psnr_masked",
+    "ssim_map",
+    "load_lpips",
+    "masked_fidelity",
+    "edited_union",
+    "region_crops",
+    "instance_accuracy",
+    "attention_mass",
+    "EvalResult",
+    "evaluate",
+    "format_table",
+]
+
+
+class WeightsUnavailable(OSError):
+    """A metric's model or package could not be loaded; ``str(err)`` says which and why, in one line."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def as_uint8_frames(frames: Any) -> np.ndarray:
+    """uint8 ``(F, H, W, 3)`` numpy from uint8 ``(F, H, W, 3)`` or float ``(F, 3, H, W)`` in [-1, 1]."""
+    if isinstance(frames, torch.Tensor):
+        if frames.dtype == torch.uint8:
+            frames = frames.cpu().numpy()
+        else:
+            if frames.ndim != 4 or frames.shape[1] != 3:
+                raise ValueError(f"float frames must be (F, 3, H, W) in [-1, 1], got {tuple(frames.shape)}")
+            return ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def _as_masks(masks: Any) -> np.ndarray:
+    masks = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if masks.ndim != 4:
+        raise ValueError(f"masks must be (R, F, H, W), got {masks.shape}")
+    return masks.astype(bool)
+
+
+def _check_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
+
+
+# ----------------------------------------------------------------------------------------------- CLIP
+
+
+class ImageTextScorer(Protocol):
+    """What the CLIP-based metrics need; :class:`ClipScorer` is the real one, tests may pass stubs.
+
+    ``embed_images`` takes uint8 ``(H, W, 3)`` images (sizes may differ) and returns unit-norm
+    embeddings ``(N, D)``; ``embed_texts`` returns unit-norm ``(T, D)``; ``logit_scale`` turns cosine
+    similarities into softmax logits (CLIP: 100).
+    """
+
+    logit_scale: float
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+class ClipScorer:
+    """A ``transformers`` CLIPModel with its tokenizer and a torch image preprocessing.
+
+    Images are resized (bicubic, antialiased) so the short side is the model's ``image_size``,
+    centre-cropped and normalised with CLIP's mean and std, as CLIPImageProcessor does, without
+    torchvision. ``model`` may be any CLIPModel (a random-weight one built from a small CLIPConfig in
+    tests); :meth:`from_pretrained` loads one.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_size: int | None = None,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        batch_size: int = 16,
+        name: str | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size or model.config.vision_config.image_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.batch_size = batch_size
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.logit_scale = float(model.logit_scale.detach().exp())
+
+    @classmethod
+    def from_pretrained(
+        cls, model_id: str, tokenizer_id: str | None = None, device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None, **kwargs,
+    ) -> "ClipScorer":
+        """Load ``CLIPModel.from_pretrained(model_id)`` (safetensors) and the CLIP tokenizer of
+        ``tokenizer_id`` (else, or when that fails, of ``model_id``). Raises WeightsUnavailable when the
+        model or every tokenizer source cannot be read."""
+        from transformers import CLIPModel, CLIPTokenizer
+
+        try:
+            model = CLIPModel.from_pretrained(model_id, use_safetensors=True)
+        except OSError as err:
+            raise WeightsUnavailable(f"cannot load CLIP model {model_id!r}: {_first_line(err)}") from err
+        tokenizer, errors = None, []
+        for source in dict.fromkeys([tokenizer_id or model_id, model_id]):  # then the model's own, if any
+            try:
+                candidate = CLIPTokenizer.from_pretrained(source)
+            except OSError as err:
+                errors.append(f"{source!r}: {_first_line(err)}")
+                continue
+            # transformers 5 returns an empty tokenizer (special tokens only) when it finds no files
+            if len(candidate) >= MIN_VOCAB:
+                tokenizer = candidate
+                break
+            errors.append(f"{source!r}: no tokenizer files found ({len(candidate)} tokens)")
+        if tokenizer is None:
+            raise WeightsUnavailable(f"cannot load a CLIP tokenizer ({'; '.join(errors)})")
+        model = model.to(device or "cpu", dtype or torch.float32)
+        return cls(model, tokenizer, name=model_id, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 ``(H, W, 3)`` images -> normalised ``(N, 3, S, S)`` float32 (S = image_size)."""
+        size, out = self.image_size, []
+        for image in images:
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)[None]
+            h, w = x.shape[-2:]
+            # short side to `size`, long side truncated, as transformers' get_resize_output_image_size
+            new_h, new_w = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
+            if (new_h, new_w) != (h, w):
+                x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+            top, left = (new_h - size) // 2, (new_w - size) // 2
+            x = x[0, :, top : top + size, left : left + size].clamp(0, 1)
+            out.append((x - self.mean) / self.std)
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Unit-norm image embeddings ``(N, D)`` float32 on the CPU."""
+        chunks = []
+        dtype = next(self.model.parameters()).dtype
+        for start in range(0, len(images), self.batch_size):
+            pixels = self.preprocess(images[start : start + self.batch_size]).to(self.device, dtype)
+            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)))
+        return F.normalize(torch.cat(chunks).float().cpu(), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings ``(T, D)`` float32 on the CPU (prompts truncated to 77 tokens)."""
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        return F.normalize(_features(self.model.get_text_features(**tokens)).float().cpu(), dim=-1)
+
+
+def _features(output) -> torch.Tensor:
+    """CLIPModel.get_*_features returns a tensor (transformers 4) or an output whose pooler_output is
+    the projected embedding (transformers 5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def clip_text_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
+    """CLIP-T: mean over frames of cos(frame, prompt) × 100."""
+    images = list(as_uint8_frames(frames))
+    return float((scorer.embed_images(images) @ scorer.embed_texts([prompt]).T).mean() * 100)
+
+
+def clip_frame_consistency(scorer: ImageTextScorer, frames: Any) -> dict[str, float]:
+    """CLIP-F: mean cos of consecutive frames × 100 (``clip_f``) and of all frame pairs i < j
+    (``clip_f_all_pairs``). Needs at least 2 frames."""
+    frames = as_uint8_frames(frames)
+    if len(frames) < 2:
+        raise ValueError("frame consistency needs at least 2 frames")
+    emb = scorer.embed_images(list(frames))
+    sims = emb @ emb.T
+    consecutive = sims.diagonal(offset=1)
+    i, j = torch.triu_indices(len(frames), len(frames), offset=1)
+    return {"clip_f": float(consecutive.mean() * 100), "clip_f_all_pairs": float(sims[i, j].mean() * 100)}
+
+
+def pick_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
+    """PickScore: mean over frames of logit_scale · cos(frame, prompt) with the PickScore model."""
+    images = list(as_uint8_frames(frames))
+    return float((scorer.embed_images(images) @ scorer.embed_texts([prompt]).T).mean() * scorer.logit_scale)
+
+
+# ----------------------------------------------------------------------------------------------- flow
+
+
+def _dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if min(frames.shape[1:3]) < DIS_MIN_SIZE:
+        raise ValueError(f"DIS flow needs frames of at least {DIS_MIN_SIZE}x{DIS_MIN_SIZE} pixels, got {frames.shape[2]}x{frames.shape[1]}")
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+    forward = [dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)]
+    backward = [dis.calc(grey[t + 1], grey[t], None) for t in range(len(grey) - 1)]
+    return np.stack(forward).astype(np.float32), np.stack(backward).astype(np.float32)
+
+
+def _raft_flow(frames: np.ndarray, device: str | torch.device | None) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+    except ImportError as err:
+        raise WeightsUnavailable("RAFT needs torchvision, which is not installed (pip install torchvision)") from err
+    try:
+        model = raft_large(weights=Raft_Large_Weights.DEFAULT, progress=False)
+    except Exception as err:  # offline: URLError (an OSError); a broken cache: RuntimeError
+        raise WeightsUnavailable(f"RAFT weights could not be loaded: {_first_line(err)}") from err
+    device = torch.device(device or "cpu")
+    model = model.eval().to(device)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # RAFT needs sizes divisible by 8
+    forward, backward = [], []
+    with torch.no_grad():
+        for t in range(len(frames) - 1):
+            a, b = x[t : t + 1].to(device), x[t + 1 : t + 2].to(device)
+            flows = model(torch.cat([a, b]), torch.cat([b, a]))[-1][..., :h, :w]  # (2, 2, h, w)
+            flows = flows.permute(0, 2, 3, 1).float().cpu().numpy()
+            forward.append(flows[0])
+            backward.append(flows[1])
+    return np.stack(forward), np.stack(backward)
+
+
+def optical_flow(frames: Any, backend: str = "dis", device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward optical flow of consecutive frames, each ``(F-1, H, W, 2)`` float32 (x, y):
+    ``frame[t](p) ≈ frame[t+1](p + forward[t](p))`` and ``frame[t+1](p) ≈ frame[t](p + backward[t](p))``.
+
+    backend ``"dis"``: OpenCV DIS (medium preset) on grey frames, no weights; ``"raft"``: torchvision
+    RAFT-large (raises WeightsUnavailable without torchvision or its weights).
+    """
+    frames = as_uint8_frames(frames)
+    if len(frames) < 2:
+        raise ValueError("optical flow needs at least 2 frames")
+    if backend == "dis":
+        return _dis_flow(frames)
+    if backend == "raft":
+        return _raft_flow(frames, device)
+    raise ValueError(f"flow backend must be one of {FLOW_BACKENDS}, got {backend!r}")
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def consistency_mask(forward: np.ndarray, backward: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
+    """Pixels of frame t+1 whose backward flow is trusted: bool ``(H, W)``.
+
+    forward, backward: ``(H, W, 2)`` flows t→t+1 and t+1→t. A pixel p is valid when p + b(p) lies inside
+    the frame and the round trip closes (Sundaram et al. 2010):
+    ``|b(p) + f(p + b(p))|² ≤ alpha·(|b(p)|² + |f(p + b(p))|²) + beta``; occluded pixels fail it.
+    """
+    h, w = backward.shape[:2]
+    xs, ys = _grid(h, w)
+    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    f_at = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    loop = ((backward + f_at) ** 2).sum(-1)
+    bound = alpha * ((backward**2).sum(-1) + (f_at**2).sum(-1)) + beta
+    return inside & (loop <= bound)
+
+
+def warp_error(
+    edited: Any, source: Any | None = None, backend: str = "dis", flows: tuple[np.ndarray, np.ndarray] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Warp-Err: each edited frame t is warped onto frame t+1 with the flow of the *source* video
+    (bilinear, backward flow t+1→t), and the absolute difference to edited frame t+1 is averaged over
+    channels and over the pixels valid under forward-backward consistency, pooled over all frame pairs;
+    pixels in [0, 1], result ×100.
+
+    Give ``source`` (flow computed with ``backend``) or precomputed ``flows`` from :func:`optical_flow`.
+    Returns ``{"warp_err", "valid_share" (share of pixels used), "flow" (backend)}``.
+    """
+    edited = as_uint8_frames(edited)
+    if len(edited) < 2:
+        raise ValueError("Warp-Err needs at least 2 frames")
+    if flows is None:
+        if source is None:
+            raise ValueError("give the source frames or their flows")
+        source = as_uint8_frames(source)
+        _check_same(edited, source, "Warp-Err edited vs source")
+        flows = optical_flow(source, backend, device)
+    forward, backward = flows
+    if forward.shape != (len(edited) - 1, *edited.shape[1:3], 2):
+        raise ValueError(f"flows {forward.shape} do not fit frames {edited.shape}")
+    h, w = edited.shape[1:3]
+    xs, ys = _grid(h, w)
+    images = edited.astype(np.float32) / 255.0
+    total, count = 0.0, 0
+    for t in range(len(edited) - 1):
+        warped = cv2.remap(images[t], xs + backward[t, ..., 0], ys + backward[t, ..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        valid = consistency_mask(forward[t], backward[t])
+        error = np.abs(warped - images[t + 1]).mean(-1)
+        total += float(error[valid].sum())
+        count += int(valid.sum())
+    pixels = (len(edited) - 1) * h * w
+    value = total / count * 100 if count else float("nan")
+    return {"warp_err": value, "valid_share": count / pixels, "flow": backend}
+
+
+# ----------------------------------------------------------------------------------------------- fidelity
+
+
+def psnr_masked(a: Any, b: Any, mask: np.ndarray | None = None, cap: float = PSNR_CAP_DB) -> tuple[float, bool]:
+    """PSNR in dB between uint8 frames over the pixels where ``mask`` (F, H, W) is True (all channels),
+    and whether it was capped: identical pixels give ``cap`` (default 100 dB) instead of infinity.
+    Returns ``(nan, False)`` for an empty mask."""
+    a, b = as_uint8_frames(a), as_uint8_frames(b)
+    _check_same(a, b, "PSNR")
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    if mask is not None:
+        diff = diff[np.asarray(mask, dtype=bool)]
+    if diff.size == 0:
+        return float("nan"), False
+    mse = float(np.mean(diff**2))
+    if mse == 0:
+        return cap, True
+    value = 10 * math.log10(255.0**2 / mse)
+    return (cap, True) if value >= cap else (value, False)
+
+
+def ssim_map(a: Any, b: Any) -> np.ndarray:
+    """Per-pixel SSIM (Wang et al. 2004: 11×11 Gaussian window, σ 1.5, K1 0.01, K2 0.03, pixels in
+    [0, 1]) averaged over RGB channels: float64 ``(F, H, W)``. Its mean over a mask is masked SSIM;
+    pixels within ~5 px of a change see it through the window."""
+    a, b = as_uint8_frames(a), as_uint8_frames(b)
+    _check_same(a, b, "SSIM")
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    out = np.empty(a.shape[:3], dtype=np.float64)
+    for f in range(len(a)):
+        x, y = a[f].astype(np.float64) / 255.0, b[f].astype(np.float64) / 255.0
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        out[f] = s.mean(-1)
+    return out
+
+
+def load_lpips(net: str = "alex"):
+    """The ``lpips`` package's LPIPS (spatial output) or WeightsUnavailable. Not a dependency: install
+    ``lpips`` (its linear layers ship with it; the ``net`` backbone weights come through torchvision)."""
+    try:
+        import lpips
+    except ImportError as err:
+        raise WeightsUnavailable("the lpips package is not installed (pip install lpips)") from err
+    try:
+        return lpips.LPIPS(net=net, spatial=True, verbose=False).eval()
+    except Exception as err:  # offline backbone download (URLError), missing torchvision, ...
+        raise WeightsUnavailable(f"LPIPS ({net}) weights could not be loaded: {_first_line(err)}") from err
+
+
+@torch.no_grad()
+def _lpips_map(model, a: np.ndarray, b: np.ndarray, batch: int = 8) -> np.ndarray:
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+    device = next(model.parameters()).device
+    maps = [model(tensor(a[i : i + batch]).to(device), tensor(b[i : i + batch]).to(device))[:, 0].float().cpu()
+            for i in range(0, len(a), batch)]
+    return torch.cat(maps).numpy()
+
+
+def edited_union(masks: Any, region_prompts: Sequence[str]) -> np.ndarray:
+    """Per-frame union of the edited regions (non-empty prompt): bool ``(F, H, W)``."""
+    masks = _as_masks(masks)
+    if len(region_prompts) != len(masks):
+        raise ValueError(f"{len(masks)} mask sequences but {len(region_prompts)} region prompts")
+    chosen = [m for m, p in zip(masks, region_prompts) if p.strip()]
+    return np.any(chosen, axis=0) if chosen else np.zeros(masks.shape[1:], dtype=bool)
+
+
+def masked_fidelity(source: Any, edited: Any, union: np.ndarray, lpips_model=None) -> tuple[dict[str, float], list[str]]:
+    """PSNR (dB), SSIM and, with ``lpips_model``, LPIPS between source and edit inside and outside
+    ``union`` (F, H, W) bool, the edited area. Returns ``(metrics, notes)``; keys
+    ``psnr_inside_db, psnr_outside_db, ssim_inside, ssim_outside[, lpips_inside, lpips_outside]``; an
+    empty side is left out. Notes say when a PSNR was capped at PSNR_CAP_DB."""
+    source, edited = as_uint8_frames(source), as_uint8_frames(edited)
+    _check_same(source, edited, "masked fidelity")
+    union = np.asarray(union, dtype=bool)
+    if union.shape != source.shape[:3]:
+        raise ValueError(f"mask {union.shape} does not fit frames {source.shape}")
+    ssim = ssim_map(source, edited)
+    lp = _lpips_map(lpips_model, source, edited) if lpips_model is not None else None
+    out: dict[str, float] = {}
+    notes: list[str] = []
+    for side, where in (("inside", union), ("outside", ~union)):
+        if not where.any():
+            continue
+        value, capped = psnr_masked(source, edited, where)
+        out[f"psnr_{side}_db"] = value
+        if capped:
+            notes.append(f"psnr_{side}_db: source and edit are identical there; reported as the cap {PSNR_CAP_DB:g} dB")
+        out[f"ssim_{side}"] = float(ssim[where].mean())
+        if lp is not None:
+            out[f"lpips_{side}"] = float(lp[where].mean())
+    return out, notes
+
+
+# ----------------------------------------------------------------------------------------------- instances
+
+
+def region_crops(frames: Any, mask: Any, fill: int = CROP_FILL) -> list[tuple[int, np.ndarray]]:
+    """Square crops of one region: for each frame where ``mask`` (F, H, W) is non-empty, the mask's
+    bounding box widened to a square around its centre, pixels outside the mask (or the frame) set to
+    ``fill`` grey. Returns ``[(frame index, uint8 (S, S, 3)), ...]``."""
+    frames = as_uint8_frames(frames)
+    mask = np.asarray(mask, dtype=bool)
+    out = []
+    for f in range(len(frames)):
+        ys, xs = np.nonzero(mask[f])
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        side = max(y1 - y0, x1 - x0)
+        top, left = (y0 + y1 - side) // 2, (x0 + x1 - side) // 2
+        crop = np.full((side, side, 3), fill, dtype=np.uint8)
+        src = np.where(mask[f][..., None], frames[f], np.uint8(fill))
+        sy0, sy1 = max(top, 0), min(top + side, frames.shape[1])
+        sx0, sx1 = max(left, 0), min(left + side, frames.shape[2])
+        crop[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = src[sy0:sy1, sx0:sx1]
+        out.append((f, crop))
+    return out
+
+
+def instance_accuracy(
+    scorer: ImageTextScorer, frames: Any, masks: Any, region_prompts: Sequence[str],
+    region_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Per-instance accuracy (cross-instance confusion) of the edited regions.
+
+    Every frame's crop of edited region r (:func:`region_crops`) is scored against every edited region's
+    prompt; it is a hit when its own prompt scores highest. Returns ``accuracy`` (hits / crops),
+    ``per_region`` accuracies, and two confusion matrices with rows = regions, columns = prompts (same
+    order, ``regions``/``prompts``): ``confusion_hits`` (how often each prompt scored highest) and
+    ``confusion_softmax`` (mean softmax over prompts of logit_scale · cos). Needs 2+ edited regions.
+    """
+    frames, masks = as_uint8_frames(frames), _as_masks(masks)
+    if len(region_prompts) != len(masks):
+        raise ValueError(f"{len(masks)} mask sequences but {len(region_prompts)} region prompts")
+    names = list(region_names) if region_names is not None else [f"region{r}" for r in range(len(masks))]
+    edited = [r for r, p in enumerate(region_prompts) if p.strip()]
+    if len(edited) < 2:
+        raise ValueError(f"needs at least 2 edited regions (non-empty prompts), got {len(edited)}")
+    prompts = [region_prompts[r] for r in edited]
+    texts = scorer.embed_texts(prompts)  # (K, D)
+    k = len(edited)
+    hits = np.zeros((k, k), dtype=np.int64)
+    soft = np.zeros((k, k), dtype=np.float64)
+    per_region, crops_per_region = {}, {}
+    for row, r in enumerate(edited):
+        crops = [crop for _, crop in region_crops(frames, masks[r])]
+        crops_per_region[names[r]] = len(crops)
+        if not crops:
+            per_region[names[r]] = float("nan")
+            continue
+        sims = scorer.embed_images(crops) @ texts.T  # (N, K)
+        hits[row] = np.bincount(sims.argmax(-1).numpy(), minlength=k)
+        soft[row] = (sims * scorer.logit_scale).softmax(-1).mean(0).double().numpy()
+        per_region[names[r]] = float(hits[row, row] / len(crops))
+    total = int(hits.sum())
+    return {
+        "accuracy": float(np.trace(hits) / total) if total else float("nan"),
+        "per_region": per_region,
+        "regions": [names[r] for r in edited],
+        "prompts": prompts,
+        "crops": crops_per_region,
+        "confusion_hits": hits.tolist(),
+        "confusion_softmax": soft.tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def attention_mass(recorder, layout, region_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Share of each region prompt's cross-attention that falls inside the region's mask.
+
+    recorder: AttentionRecorder, ``recorder.mean(step, level)`` (F, h, w, L) probabilities averaged over
+    heads and layers; layout: the edit's Layout (region r ↔ bit r of the per-level token bits and of
+    ``text_bits``). For region r, step s, level l: with A(p) = Σ_{j in r's prompt tokens} attention of
+    token p to j, mass = Σ_{p in r} A(p) / Σ_p A(p), pooled over frames. Regions without prompt tokens
+    are left out. ``area_share`` (share of tokens inside the mask) is what flat attention would give.
+
+    Returns ``{"steps", "levels", "regions": {name: {"mean", "area_share": {level: v},
+    "per_level": {level: [mass per step]}}}, "mean"}`` (levels as strings, JSON keys).
+    """
+    by_index = {lv.index: lv for lv in layout.levels.values()}
+    keys = sorted(recorder.maps)
+    steps = sorted({s for s, _ in keys})
+    levels = sorted({lv for _, lv in keys})
+    text_bits = layout.text_bits
+    num_regions = len(region_names) if region_names is not None else int(text_bits.max()).bit_length()
+    names = list(region_names) if region_names is not None else [f"region{r}" for r in range(num_regions)]
+    regions: dict[str, Any] = {}
+    for r in range(num_regions):
+        tokens = (text_bits & (1 << r)) != 0  # (L,)
+        if not tokens.any():
+            continue
+        per_level, area = {}, {}
+        for level in levels:
+            grid = by_index[level]
+            inside = (grid.bits & (1 << r)) != 0  # (F, h·w)
+            area[str(level)] = float(inside.float().mean())
+            values = []
+            for step in steps:
+                if (step, level) not in recorder.maps:
+                    continue
+                maps = recorder.mean(step, level)  # (F, h, w, L)
+                span = maps[..., tokens[: maps.shape[-1]]].sum(-1).flatten(1)  # (F, h·w)
+                total = float(span.sum())
+                values.append(float(span[inside].sum()) / total if total > 0 else float("nan"))
+            per_level[str(level)] = values
+        flat = [v for vs in per_level.values() for v in vs if not math.isnan(v)]
+        regions[names[r]] = {
+            "mean": float(np.mean(flat)) if flat else float("nan"),
+            "area_share": area,
+            "per_level": per_level,
+        }
+    means = [v["mean"] for v in regions.values() if not math.isnan(v["mean"])]
+    return {"steps": steps, "levels": levels, "regions": regions, "mean": float(np.mean(means)) if means else float("nan")}
+
+
+# ----------------------------------------------------------------------------------------------- all
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` found: ``metrics`` (name -> number), ``skipped`` (name -> reason),
+    ``flow`` (backend used for Warp-Err, None if not run), ``notes`` and ``details`` (confusion
+    matrices, attention mass tables, valid-pixel share)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    flow: str | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "skipped": self.skipped, "flow": self.flow, "notes": self.notes,
+                "details": self.details}
+
+
+CLIP_METRICS = ("clip_t", "clip_f", "clip_f_all_pairs", "instance_accuracy")
+
+
+def _load_scorer(spec, what: str, tokenizer_id: str | None, device) -> tuple[ImageTextScorer | None, str | None]:
+    """A scorer object passes through; an id is loaded; None means disabled."""
+    if spec is None:
+        return None, f"{what} disabled"
+    if not isinstance(spec, str):
+        return spec, None
+    try:
+        return ClipScorer.from_pretrained(spec, tokenizer_id, device=device), None
+    except WeightsUnavailable as err:
+        logger.info("%s", err)
+        return None, f"{err} (give a local folder, or a hub id with network access or a filled cache)"
+
+
+def evaluate(
+    edited: Any,
+    source: Any,
+    masks: Any | None = None,
+    prompt: str | None = None,
+    region_prompts: Sequence[str] | None = None,
+    region_names: Sequence[str] | None = None,
+    *,
+    clip: str | ImageTextScorer | None = DEFAULT_CLIP,
+    pickscore: str | ImageTextScorer | None = DEFAULT_PICKSCORE,
+    pickscore_processor: str = DEFAULT_PICKSCORE_PROCESSOR,
+    flow: str = "dis",
+    lpips: bool | Any = True,
+    recorder=None,
+    layout=None,
+    device: str | None = None,
+) -> EvalResult:
+    """Run every metric that its inputs and weights allow; the rest are listed in ``skipped`` with why.
+
+    edited, source: uint8 (F, H, W, 3) or float (F, 3, H, W) in [-1, 1], same shape (source = the
+    frames that were edited, at the edit's size). masks: bool (R, F, H, W); prompt: the target prompt;
+    region_prompts: one per region ("" = not edited). clip / pickscore: a model id or folder to load, a
+    scorer object, or None to skip. flow: "dis" (default) or "raft" (falls back to DIS, with the reason
+    in ``skipped["flow_raft"]``, when RAFT cannot load). lpips: True to try the lpips package, a loaded
+    LPIPS model, or False. recorder + layout (from ``pipe(..., record_attention=True)``): attention mass.
+    """
+    edited, source = as_uint8_frames(edited), as_uint8_frames(source)
+    _check_same(edited, source, "edited vs source")
+    result = EvalResult()
+    metrics, skipped = result.metrics, result.skipped
+    region_prompts = list(region_prompts) if region_prompts is not None else None
+    if masks is not None:
+        masks = _as_masks(masks)
+        if masks.shape[1:] != edited.shape[:3]:
+            raise ValueError(f"masks {masks.shape} do not fit frames {edited.shape}")
+        if region_prompts is None or len(region_prompts) != len(masks):
+            raise ValueError("give one region prompt per mask sequence")
+    names = list(region_names) if region_names is not None else (
+        [f"region{r}" for r in range(len(region_prompts))] if region_prompts is not None else None)
+
+    # --- CLIP-based
+    scorer, reason = _load_scorer(clip, "CLIP", None, device)
+    if scorer is None:
+        skipped.update({name: reason for name in CLIP_METRICS})
+    else:
+        result.details["clip_model"] = getattr(scorer, "name", type(scorer).__name__)
+        if prompt:
+            metrics["clip_t"] = clip_text_score(scorer, edited, prompt)
+        else:
+            skipped["clip_t"] = "needs the target prompt"
+        if len(edited) >= 2:
+            metrics.update(clip_frame_consistency(scorer, edited))
+        else:
+            skipped["clip_f"] = skipped["clip_f_all_pairs"] = "needs at least 2 frames"
+        edited_count = sum(1 for p in region_prompts or [] if p.strip())
+        if masks is None:
+            skipped["instance_accuracy"] = "needs region masks and prompts"
+        elif edited_count < 2:
+            skipped["instance_accuracy"] = f"needs at least 2 edited regions, got {edited_count}"
+        else:
+            acc = instance_accuracy(scorer, edited, masks, region_prompts, names)
+            metrics["instance_accuracy"] = acc["accuracy"]
+            result.details["instance_accuracy"] = acc
+
+    # --- Warp-Err and Q-edit
+    if len(edited) < 2:
+        skipped["warp_err"] = "needs at least 2 frames"
+    elif min(edited.shape[1:3]) < DIS_MIN_SIZE:
+        skipped["warp_err"] = f"frames smaller than {DIS_MIN_SIZE}x{DIS_MIN_SIZE} pixels"
+    else:
+        backend = flow
+        try:
+            flows = optical_flow(source, backend, device)
+        except WeightsUnavailable as err:
+            if backend == "dis":
+                raise
+            skipped[f"flow_{backend}"] = f"{err}; used OpenCV DIS instead"
+            backend = "dis"
+            flows = optical_flow(source, backend)
+        warp = warp_error(edited, flows=flows)
+        warp["flow"] = result.flow = backend
+        metrics["warp_err"] = warp["warp_err"]
+        result.details["warp_err"] = warp
+    if "clip_t" in metrics and "warp_err" in metrics and metrics["warp_err"] > 0:
+        metrics["q_edit"] = metrics["clip_t"] / metrics["warp_err"]
+    else:
+        missing = [name for name in ("clip_t", "warp_err") if name in skipped]
+        skipped["q_edit"] = f"needs {' and '.join(missing)} (skipped)" if missing else "Warp-Err is 0"
+
+    # --- PickScore
+    if not prompt:
+        skipped["pickscore"] = "needs the target prompt"
+    else:
+        picker, reason = _load_scorer(pickscore, "PickScore", pickscore_processor, device)
+        if picker is None:
+            skipped["pickscore"] = reason
+        else:
+            metrics["pickscore"] = pick_score(picker, edited, prompt)
+
+    # --- masked fidelity
+    lpips_names = ("lpips_inside", "lpips_outside")
+    if masks is None:
+        for name in ("psnr_inside_db", "psnr_outside_db", "ssim_inside", "ssim_outside", *lpips_names):
+            skipped[name] = "needs region masks and prompts"
+    else:
+        lpips_model = None
+        if lpips is True:
+            try:
+                lpips_model = load_lpips()
+                if device:
+                    lpips_model = lpips_model.to(device)
+            except WeightsUnavailable as err:
+                skipped.update({name: str(err) for name in lpips_names})
+        elif lpips is False or lpips is None:
+            skipped.update({name: "LPIPS disabled" for name in lpips_names})
+        else:
+            lpips_model = lpips
+        union = edited_union(masks, region_prompts)
+        values, notes = masked_fidelity(source, edited, union, lpips_model)
+        metrics.update(values)
+        result.notes.extend(notes)
+        result.details["edited_area_share"] = float(union.mean())
+        for side in ("inside", "outside"):
+            if f"psnr_{side}_db" not in values:
+                reason = "no edited region" if side == "inside" else "the edited regions cover every pixel"
+                for name in (f"psnr_{side}_db", f"ssim_{side}", f"lpips_{side}"):
+                    skipped.setdefault(name, reason)
+
+    # --- attention mass
+    if recorder is None or layout is None:
+        skipped["attention_mass"] = "needs the attention recorder and layout of the edit (record_attention=True)"
+    elif not recorder.maps:
+        skipped["attention_mass"] = "the attention recorder is empty"
+    else:
+        mass = attention_mass(recorder, layout, names)
+        metrics["attention_mass"] = mass["mean"]
+        result.details["attention_mass"] = mass
+    return result
+
+
+def format_table(result: EvalResult | dict) -> str:
+    """A small two-column text table of the metrics, then the skipped ones with their reasons."""
+    data = result.to_dict() if isinstance(result, EvalResult) else result
+    rows = [(name, f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in data["metrics"].items()]
+    width = max([len(name) for name, _ in rows] + [len(n) for n in data["skipped"]] + [6])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    if data.get("flow"):
+        lines.append(f"{'flow':<{width}}  {data['flow']}")
+    if data["skipped"]:
+        lines.append("skipped:")
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in data["skipped"].items():
+            by_reason.setdefault(reason, []).append(name)
+        lines += [f"  {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+    for note in data.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
