@@ -1,4 +1,4 @@
-"""The `videograin` command: edit, reconstruct, make-tiny-model.
+"""The `videograin` command: edit, reconstruct, eval, make-tiny-model.
 
 Reads the config, validates everything it can before loading weights, runs the pipeline, and writes
 the output folder (edited.mp4, frames/, source.mp4, masks_overlay.mp4, comparison.gif/png, run.json)
@@ -79,15 +79,19 @@ def _check_model(spec: EditSpec) -> int:
     from .pipeline import model_size_multiple
     from .tokens import region_token_spans
 
+    fix = "give a local diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/) or a hub id"
+    local = Path(spec.model)
+    if local.is_dir():
+        missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
+        if missing:
+            raise SpecError("model", f"{local} lacks {', '.join(missing)}", fix)
     try:
         multiple = model_size_multiple(spec.model)
         tokenizer = CLIPTokenizer.from_pretrained(spec.model, subfolder="tokenizer")
-    except OSError as err:
-        raise SpecError(
-            "model",
-            f"cannot read {spec.model!r} ({str(err).splitlines()[0]})",
-            "give a local diffusers folder, or a hub id with network access or a filled cache",
-        ) from err
+    except (OSError, ValueError) as err:
+        raise SpecError("model", f"cannot read {spec.model!r} ({str(err).splitlines()[0]})", fix) from err
+    if len(tokenizer) < 256:  # transformers 5 returns an empty tokenizer instead of raising when none is found
+        raise SpecError("model", f"no tokenizer found for {spec.model!r} (offline, or not a diffusers model?)", fix)
     region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
     return multiple
 
@@ -96,7 +100,7 @@ def _load_pipeline(spec: EditSpec, device: str):
     from .pipeline import VideoGrainPipeline
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    return VideoGrainPipeline.from_pretrained(spec.model, torch_dtype=dtype).to(device)
+    return VideoGrainPipeline.from_pretrained(spec.model).to(device, dtype)
 
 
 def _write_inputs(folder: Path, inputs: io.VideoInputs) -> None:
@@ -109,10 +113,11 @@ def _run(args, reconstruct_only: bool) -> dict:
     started = time.perf_counter()
     spec = _resolve(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    io.check_output_folder(spec.output, args.overwrite)
+    inputs = io.load_inputs(spec, _check_model(spec))
+    pipe = _load_pipeline(spec, device)
+    timings = {"load": time.perf_counter() - started}
     with io.output_folder(spec.output, args.overwrite) as folder:
-        inputs = io.load_inputs(spec, _check_model(spec))
-        pipe = _load_pipeline(spec, device)
-        timings = {"load": time.perf_counter() - started}
         torch.manual_seed(spec.edit.seed)
         settings = spec.edit
         record = {
