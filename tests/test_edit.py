@@ -134,3 +134,37 @@ def test_same_config_and_seed_give_identical_frames(example_config, tmp_path):
     for i in (0, 7, 15):
         a = (tmp_path / "a" / "frames" / f"{i:05d}.png").read_bytes()
         assert a == (tmp_path / "b" / "frames" / f"{i:05d}.png").read_bytes()
+
+
+def test_record_attention_writes_heat_maps_of_edited_regions(example_config, tmp_path):
+    config = yaml.safe_load(example_config.read_text())
+    config["edit"]["record_attention"] = True
+    config["video"]["frames"] = 4
+    example_config.write_text(yaml.safe_dump(config))
+    assert main(["edit", str(example_config), "--steps", "2"]) == 0
+    attention = tmp_path / "out" / "attention"
+    assert sorted(p.name for p in attention.iterdir()) == ["grid.png", "left_ball.mp4", "right_ball.mp4"]
+    heat, _ = io.read_video(attention / "left_ball.mp4", 0, 4, 1)
+    assert heat.shape == (4, 128, 192, 3)
+
+
+def test_prompt_attention_reads_the_span_and_normalises():
+    from videograin.attention import AttentionRecorder
+    from videograin.viz import heatmap_overlay, prompt_attention
+
+    recorder = AttentionRecorder()
+    maps = torch.zeros(1, 2, 2, 5)  # (F, h, w, L)
+    maps[0, 0, 1, 2] = 0.8  # word 2 attends the top-right token
+    maps[0, 1, 0, 3] = 0.4  # word 3 the bottom-left one
+    recorder.add(0, 0, maps)
+    recorder.add(0, 0, maps * 0.5)  # mean over layers: 0.75 x maps
+    heat = prompt_attention(recorder, [(2, 3), (2, 4), None], (2, 2))
+    assert heat.shape == (3, 1, 2, 2)
+    np.testing.assert_allclose(heat[0, 0], [[0, 1], [0, 0]], atol=1e-6)
+    np.testing.assert_allclose(heat[1, 0], [[0, 1], [0.5, 0]], atol=1e-6)  # words 2+3, scaled by the max
+    assert not heat[2].any()
+    frames = np.full((1, 2, 2, 3), 100, np.uint8)
+    assert (heatmap_overlay(frames, heat[0], alpha=0.0) == frames).all()
+    hot = heatmap_overlay(frames, heat[0], alpha=1.0)
+    assert hot[0, 0, 1, 0] > 100 > hot[0, 0, 1, 2]  # jet at 1 is red, at 0 blue
+    assert hot[0, 1, 0, 2] > 100 > hot[0, 1, 0, 0]

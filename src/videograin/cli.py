@@ -1,8 +1,9 @@
 """The `videograin` command: edit, reconstruct, eval, make-tiny-model.
 
 Reads the config, validates everything it can before loading weights, runs the pipeline, and writes
-the output folder (edited.mp4, frames/, source.mp4, masks_overlay.mp4, comparison.gif/png, run.json)
-through a temporary folder renamed on success. Input errors end with one line and exit code 2.
+the output folder (edited.mp4, frames/, source.mp4, masks_overlay.mp4, comparison.gif/png, run.json,
+attention/ when recorded) through a temporary folder renamed on success. Input errors end with one
+line and exit code 2.
 """
 
 from __future__ import annotations
@@ -103,10 +104,27 @@ def _load_pipeline(spec: EditSpec, device: str):
     return VideoGrainPipeline.from_pretrained(spec.model).to(device, dtype)
 
 
-def _write_inputs(folder: Path, inputs: io.VideoInputs) -> None:
+def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
+    """Write source.mp4 and masks_overlay.mp4; return the overlay frames (F, H, W, 3) uint8."""
     io.write_video(folder / "source.mp4", inputs.frames_uint8, inputs.fps)
     overlay = viz.mask_overlay(inputs.frames_uint8, inputs.masks.numpy())
     io.write_video(folder / "masks_overlay.mp4", overlay, inputs.fps)
+    return overlay
+
+
+def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
+    """attention/<region>.mp4: each region prompt's cross-attention over the source; attention/grid.png."""
+    from .tokens import region_token_spans
+
+    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+    heat = viz.prompt_attention(recorder, spans, tuple(inputs.frames.shape[-2:]))
+    (folder / "attention").mkdir()
+    rows = [inputs.frames_uint8]
+    for region, span, region_heat in zip(spec.regions, spans, heat):
+        if span is not None:
+            rows.append(viz.heatmap_overlay(inputs.frames_uint8, region_heat))
+            io.write_video(folder / "attention" / f"{region.name}.mp4", rows[-1], inputs.fps)
+    io.write_png(folder / "attention" / "grid.png", viz.grid(rows))
 
 
 def _run(args, reconstruct_only: bool) -> dict:
@@ -133,7 +151,7 @@ def _run(args, reconstruct_only: bool) -> dict:
             "fps": inputs.fps,
             "notes": inputs.notes,
         }
-        _write_inputs(folder, inputs)
+        overlay = _write_inputs(folder, inputs)
         if reconstruct_only or args.reconstruct:
             clock = time.perf_counter()
             recon = to_uint8(
@@ -154,7 +172,7 @@ def _run(args, reconstruct_only: bool) -> dict:
                 guidance_scale=settings.guidance_scale,
                 modulation=settings.modulation,
                 blend=settings.blend,
-                record_attention=getattr(args, "eval", False),
+                record_attention=settings.record_attention or getattr(args, "eval", False),
             )
             timings.update(result.timings)
             edited = to_uint8(result.frames)
@@ -162,8 +180,9 @@ def _run(args, reconstruct_only: bool) -> dict:
             io.write_video(folder / "edited.mp4", edited, inputs.fps)
             io.write_frames(folder / "frames", edited)
             io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
-            overlay = viz.mask_overlay(inputs.frames_uint8, inputs.masks.numpy())
             io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
+            if settings.record_attention:
+                _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
             timings["write"] = time.perf_counter() - clock
             if getattr(args, "eval", False):
                 clock = time.perf_counter()
@@ -263,6 +282,15 @@ def _eval(args) -> dict:
     return record
 
 
+def _convert_config(args) -> None:
+    """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML."""
+    from .official_config import convert_config
+
+    result = convert_config(args.official, args.out, root=args.root, prompt_index=args.index, overwrite=args.overwrite)
+    logger.info("wrote %s (%d regions; %d official option(s) not applied, listed at its top)",
+                result.path, len(result.spec.regions), len(result.unsupported))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="videograin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"videograin {__version__}")
@@ -294,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny = commands.add_parser("make-tiny-model", help="write a tiny random-weight SD-style model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
+    convert = commands.add_parser("convert-config", help="convert an official VideoGrain config (knightyxp/VideoGrain)")
+    convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml)")
+    convert.add_argument("--out", help="spec YAML to write (default: <name>.videograin.yaml in the current folder)")
+    convert.add_argument("--root", help="folder its relative paths start from: the official repository root "
+                         "(default: the current folder)")
+    convert.add_argument("--index", type=int, default=0, help="which editing_config.editing_prompts entry (default 0)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -302,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             from .tiny_model import make_tiny_model
 
             logger.info("wrote %s", make_tiny_model(args.folder, args.seed))
+        elif args.command == "convert-config":
+            _convert_config(args)
         elif args.command == "eval":
             _eval(args)
         else:

@@ -24,7 +24,7 @@ TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
 _TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "output")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt")
-_EDIT_KEYS = ("steps", "guidance_scale", "seed", "blend", "modulation")
+_EDIT_KEYS = ("steps", "guidance_scale", "seed", "blend", "record_attention", "modulation")
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -95,6 +95,7 @@ class EditSettings:
     guidance_scale: float = 7.5
     seed: int = 0
     blend: bool = True
+    record_attention: bool = False  # write cross-attention heat maps of the region prompts
     modulation: ModulationSpec = ModulationSpec()
 
 
@@ -278,6 +279,7 @@ def _edit(value: Any) -> EditSettings:
         guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
+        record_attention=_bool(data.get("record_attention", EditSettings.record_attention), "edit.record_attention"),
         modulation=_modulation(data.get("modulation")),
     )
 

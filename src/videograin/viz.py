@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import colorsys
 
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["PALETTE", "region_colors", "mask_overlay", "grid", "side_by_side"]
+__all__ = ["PALETTE", "region_colors", "mask_overlay", "grid", "side_by_side", "prompt_attention", "heatmap_overlay"]
 
 # Fixed, well-separated colours (Tableau-10 order, most saturated first); more regions get golden-ratio hues.
 PALETTE = np.array(
@@ -108,3 +111,33 @@ def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 2) -> np.ndarray:
         raise ValueError(f"side_by_side needs equal shapes, got {a.shape} and {b.shape}")
     white = np.full(a.shape[:2] + (gap, 3), 255, dtype=np.uint8)
     return np.concatenate([a.astype(np.uint8), white, b.astype(np.uint8)], axis=2)
+
+
+def prompt_attention(recorder, spans: list[tuple[int, int] | None], size: tuple[int, int]) -> np.ndarray:
+    """Cross-attention of each region prompt's words, float32 ``(R, F, H, W)`` in [0, 1].
+
+    recorder: an AttentionRecorder (maps per (step, level) of shape (F, h, w, L)); spans: the region
+    prompts' token spans (None: no words, all zeros); size: (H, W). Each level's map is resized to
+    (H, W), then levels and steps are averaged, and each region is scaled to its maximum over the video.
+    """
+    keys = list(recorder.maps)
+    out = []
+    for span in spans:
+        if span is None or not keys:
+            out.append(None)
+            continue
+        total = 0
+        for step, level in keys:
+            words = recorder.mean(step, level)[..., span[0] : span[1]].sum(-1)  # (F, h, w)
+            total = total + F.interpolate(words[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        heat = total / len(keys)
+        out.append((heat / heat.max().clamp(min=1e-12)).numpy())
+    frames = next((h.shape[0] for h in out if h is not None), 0)
+    return np.stack([h if h is not None else np.zeros((frames, *size), np.float32) for h in out])
+
+
+def heatmap_overlay(frames: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Frames uint8 ``(F, H, W, 3)`` with ``heat`` ``(F, H, W)`` in [0, 1] as a jet colour map on top."""
+    colored = np.stack([cv2.applyColorMap(np.uint8(np.clip(h, 0, 1) * 255), cv2.COLORMAP_JET) for h in heat])
+    colored = colored[..., ::-1].astype(np.float32)  # BGR -> RGB
+    return np.uint8(np.round((1 - alpha) * frames.astype(np.float32) + alpha * colored))
