@@ -172,7 +172,7 @@ INVALID = {
     "typo edit": ("edit.gudiance_scale", 7.5, "edit.gudiance_scale", "did you mean 'guidance_scale'"),
     "typo modulation": ("edit.modulation.self_strenght", 0.3, "edit.modulation.self_strenght",
                         "did you mean 'self_strength'"),
-    "unknown key lists valid": ("edit.zzz", 1, "edit.zzz", "steps, guidance_scale, seed, blend, modulation"),
+    "unknown key lists valid": ("edit.zzz", 1, "edit.zzz", "steps, guidance_scale, seed, blend, record_attention, modulation"),
     # sections of the wrong kind
     "video not mapping": ("video", "clip.mp4", "video", "key: value"),
     "edit not mapping": ("edit", [1], "edit", "key: value"),
@@ -207,6 +207,7 @@ INVALID = {
     # booleans
     "blend string": ("edit.blend", "yes", "edit.blend", "true or false"),
     "blend int": ("edit.blend", 1, "edit.blend", "true or false"),
+    "record_attention string": ("edit.record_attention", "yes", "edit.record_attention", "true or false"),
     # levels and temporal
     "levels word": ("edit.modulation.levels", "some", "edit.modulation.levels", "levels: all"),
     "levels empty": ("edit.modulation.levels", [], "edit.modulation.levels", "levels: all"),
