@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_balls"
+
+
+def copy_example(folder: Path, model: Path, frames: int | None = None, **top_level) -> Path:
+    """Copy the bundled example into ``folder`` with its config pointing at ``model``; ``frames``
+    shortens the clip, ``top_level`` sets other top-level keys. Returns the config path."""
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("out"))
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config.update(model=str(model), **top_level)
+    if frames is not None:
+        config["video"]["frames"] = frames
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +39,9 @@ def tiny_pipe(tiny_model_dir):
     pipe = VideoGrainPipeline.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture()
+def example_config(tmp_path, tiny_model_dir) -> Path:
+    """A copy of the bundled example on the tiny model, writing to ``tmp_path / "out"``."""
+    return copy_example(tmp_path / "two_balls", tiny_model_dir, output=str(tmp_path / "out"))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,19 +15,8 @@ from videograin import io
 from videograin.cli import main, psnr, to_uint8
 from videograin.spec import ModulationSpec, load_spec
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_balls"
+from conftest import EXAMPLE
 
-
-@pytest.fixture()
-def example_config(tmp_path, tiny_model_dir) -> Path:
-    """A copy of the bundled example whose config points at the tiny model."""
-    folder = tmp_path / "two_balls"
-    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("out"))
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    config["model"] = str(tiny_model_dir)
-    config["output"] = str(tmp_path / "out")
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    return folder / "config.yaml"
 
 
 @pytest.fixture(scope="module")

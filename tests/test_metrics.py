@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from videograin import metrics as M
 from videograin.attention import AttentionRecorder
 from videograin.layout import Layout, LevelLayout
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_balls"
+from conftest import EXAMPLE, copy_example
+
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -393,13 +392,7 @@ def test_evaluate_with_a_local_clip_folder_and_missing_weights(tmp_path, clip_to
 @pytest.fixture()
 def short_example(tmp_path, tiny_model_dir) -> Path:
     """The bundled example on the tiny model, cut to 4 frames (the masks select the same frames)."""
-    folder = tmp_path / "two_balls"
-    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("out"))
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    config["model"] = str(tiny_model_dir)
-    config["video"]["frames"] = 4
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    return folder / "config.yaml"
+    return copy_example(tmp_path / "two_balls", tiny_model_dir, frames=4)
 
 
 def test_cli_edit_eval_and_eval_subcommand_offline(short_example, tmp_path, offline, capsys):

@@ -13,7 +13,7 @@ from .attention import AttentionRecorder, layout_processors
 from .inversion import ddim_invert
 from .layout import Layout, blend_mask, build_layout
 from .sampling import ddim_sample, guided_denoise_fn, latent_blend
-from .spec import ModulationSpec, SpecError
+from .spec import ModulationSpec
 from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ import colorsys
 
 import cv2
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 __all__ = ["PALETTE", "region_colors", "mask_overlay", "grid", "side_by_side", "prompt_attention", "heatmap_overlay"]
