@@ -8,6 +8,8 @@ all. Its output is noise; every stage of an edit runs on it.
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -43,8 +45,9 @@ def _bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return parts
 
 
-def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    """Write vocab.json and merges.txt of a byte-level BPE in which each of WORDS is one token.
+def _tokenizer_files(folder: Path, words: Iterable[str] = WORDS) -> tuple[Path, Path]:
+    """Write vocab.json and merges.txt of a byte-level BPE in which each of ``words`` (default WORDS)
+    is one token.
 
     Each word gets the merges it still needs after the earlier words' merges have applied; a merge
     added later ranks below all earlier ones, so it never changes how an earlier word splits.
@@ -52,7 +55,7 @@ def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
     chars = sorted(ByteLevel.alphabet())  # the 256 byte-level symbols CLIP's BPE starts from
     vocab = chars + [c + "</w>" for c in chars]
     ranks: dict[tuple[str, str], int] = {}
-    for word in dict.fromkeys(WORDS):
+    for word in dict.fromkeys(words):
         parts = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
         while len(parts) > 1:
             ranks[(parts[0], parts[1])] = len(ranks)
@@ -63,6 +66,13 @@ def _tokenizer_files(folder: Path) -> tuple[Path, Path]:
     vocab_file.write_text(json.dumps({token: i for i, token in enumerate(dict.fromkeys(vocab))}))
     merges_file.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in ranks) + "\n")
     return vocab_file, merges_file
+
+
+def word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """A CLIPTokenizer whose BPE makes each of ``words`` (lower-case) one token; other text is spelled
+    out in characters. Built offline in a temporary folder; save it with ``save_pretrained``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return CLIPTokenizer(*map(str, _tokenizer_files(Path(scratch), list(words))), model_max_length=model_max_length)
 
 
 def make_tiny_model(folder: str | Path, seed: int = 0) -> Path:

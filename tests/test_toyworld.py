@@ -1,0 +1,182 @@
+"""Toy world: the generator's masks, the judge, the committed model and a quick editing benchmark (CPU)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # toyworld/ lives at the repository root
+
+from toyworld import bench, judge, world  # noqa: E402
+from toyworld.model import MODEL_DIR  # noqa: E402
+
+
+def _scenes(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [world.random_scene(rng) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------ world
+
+
+def test_masks_are_exactly_the_painted_pixels():
+    for scene in _scenes(300, seed=11):
+        frame, masks = world.render(scene)
+        bg = np.array(world.BACKGROUNDS[scene.background], np.uint8)
+        assert masks.shape == (len(scene.shapes), world.SIZE, world.SIZE)
+        assert (masks.sum(0) <= 1).all(), "shapes overlap"
+        assert (masks.sum((1, 2)) > 0).all(), "a shape has no pixels"
+        for shape, mask in zip(scene.shapes, masks):
+            assert (frame[mask] == world.COLORS[shape.color]).all()
+        assert (frame[~masks.any(0)] == bg).all()
+        assert ((frame != bg).any(-1) == masks.any(0)).all()
+
+
+def test_shapes_follow_their_caption():
+    rng = np.random.default_rng(3)
+    for scene in _scenes(300, seed=12):
+        places = sorted(s.place for s in scene.shapes)
+        expected = {1: None, 2: ["left", "right"], 3: ["left", "middle", "right"]}[len(scene.shapes)]
+        if expected:
+            assert places == expected
+        text = world.caption(scene, rng)
+        for s in scene.shapes:
+            assert f"a {s.color} {s.kind} {world.PLACE_PHRASE[s.place]}" in text
+        assert text.endswith(f"on a {scene.background} background")
+        plain = world.caption(scene, rng, positions=False)
+        assert not any(p in plain.split() for p in world.PLACES)
+
+
+def test_video_masks_match_frames_and_motion_is_smooth():
+    case = bench.CASES[1]
+    clip, masks = world.video(case.scene, list(case.motions), frames=12)
+    assert clip.shape == (12, world.SIZE, world.SIZE, 3) and masks.shape == (2, 12, world.SIZE, world.SIZE)
+    bg = np.array(world.BACKGROUNDS[case.scene.background], np.uint8)
+    for f in range(12):
+        assert ((clip[f] != bg).any(-1) == masks[:, f].any(0)).all()
+        for shape, m in zip(case.scene.shapes, masks[:, f]):
+            assert (clip[f][m] == world.COLORS[shape.color]).all()
+    ys, xs = np.nonzero(masks[0, 0])
+    start = xs.mean()
+    centroids = [np.nonzero(masks[0, f])[1].mean() for f in range(12)]
+    steps = np.diff(centroids)
+    assert centroids[-1] - start > 1.5 and np.abs(steps).max() < 1.0  # moves right, no jumps
+
+
+def test_tokenizer_has_every_world_word_as_one_token():
+    from toyworld.model import make_tokenizer
+
+    tok = make_tokenizer()
+    for w in world.WORDS:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    ids = tok("a red circle on the left", add_special_tokens=False).input_ids
+    assert len(ids) == 6
+
+
+def test_default_tiny_model_tokenizer_unchanged(tmp_path):
+    """Generalising _tokenizer_files over a word list keeps the default (WORDS) files byte for byte."""
+    from videograin import tiny_model
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    files_a = tiny_model._tokenizer_files(a)
+    files_b = tiny_model._tokenizer_files(b, tiny_model.WORDS)
+    for fa, fb in zip(files_a, files_b):
+        assert fa.read_bytes() == fb.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ judge
+
+
+def test_judge_reads_rendered_frames_exactly():
+    for scene in _scenes(400, seed=13):
+        frame, masks = world.render(scene)
+        bg, found = judge.detect(frame)
+        assert bg == scene.background
+        assert sorted((d.color, d.kind, d.place) for d in found) == sorted(
+            (s.color, s.kind, s.place) for s in scene.shapes
+        )
+        for shape, mask in zip(scene.shapes, masks):  # each detection's pixels are exactly its shape's
+            match = [d for d in found if (d.mask == mask).all()]
+            assert len(match) == 1 and match[0].identity == (shape.color, shape.kind)
+
+
+def test_judge_reads_every_bench_video_exactly():
+    for case in bench.CASES:
+        clip, region_masks, shape_masks = bench.case_inputs(case)
+        for f, (bg, found) in enumerate(judge.detect_video(clip)):
+            assert bg == case.scene.background
+            for s, shape in enumerate(case.scene.shapes):
+                d = judge.in_region(found, shape_masks[s, f])
+                assert d is not None and d.identity == (shape.color, shape.kind) and (d.mask == shape_masks[s, f]).all()
+
+
+def test_judge_tells_shapes_apart_and_ignores_specks():
+    frame = np.full((32, 32, 3), world.BACKGROUNDS["white"], np.uint8)
+    frame[2:4, 2:4] = world.COLORS["red"]  # 4 px: below MIN_AREA
+    assert judge.detect(frame) == ("white", [])
+    # a blurred, off-colour square is still a square of the nearest colour
+    scene = world.Scene((world.Shape("square", "blue", 16, 16, 6),), "gray")
+    frame, _ = world.render(scene)
+    noisy = np.clip(frame.astype(int) + np.random.default_rng(0).integers(-20, 21, frame.shape), 0, 255).astype(np.uint8)
+    bg, found = judge.detect(noisy)
+    assert bg == "gray" and [(d.color, d.kind, d.place) for d in found] == [("blue", "square", "middle")]
+
+
+def test_scores_of_a_perfect_and_of_a_swapped_edit():
+    """The benchmark's scoring on hand-made outputs: the target scene scores 1, a swapped one leaks."""
+    case = next(c for c in bench.CASES if c.name == "instance_shapes")
+    source, masks, shape_masks = bench.case_inputs(case)
+
+    def paint(colors_kinds):
+        out = source.copy()
+        bg = world.BACKGROUNDS[case.scene.background]
+        out[shape_masks.any(0)] = bg
+        for f in range(len(out)):
+            for s, (color, kind) in enumerate(colors_kinds):
+                ys, xs = np.nonzero(shape_masks[s, f])
+                shape = world.Shape(kind, color, xs.mean() + 0.5, ys.mean() + 0.5, (xs.max() - xs.min() + 1) / 2)
+                out[f][world.shape_mask(shape)] = world.COLORS[color]
+        return out
+
+    good = bench.score(case, source, paint([("red", "square"), ("blue", "triangle")]), masks)
+    assert good["instance_accuracy"] == 1.0 and good["leakage"] == 0.0 and good["temporal_stability"] == 1.0
+    assert good["background_change"] == 0.0
+    swapped = bench.score(case, source, paint([("blue", "triangle"), ("red", "square")]), masks)
+    assert swapped["instance_accuracy"] == 0.0 and swapped["leakage"] == 1.0
+
+
+# -------------------------------------------------------------------------------------- committed model
+
+
+needs_model = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").is_file(), reason="toyworld/model not built")
+
+
+@needs_model
+def test_committed_model_loads_with_the_toy_world_geometry():
+    from toyworld.model import load_pipeline
+
+    pipe = load_pipeline()
+    assert pipe.size_multiple == 4
+    assert pipe.unet.config.sample_size == world.SIZE // 2
+    cfg = pipe.scheduler.config
+    assert cfg.steps_offset == 1 and not cfg.set_alpha_to_one and not cfg.clip_sample
+
+
+@needs_model
+def test_quick_benchmark_videograin_beats_baseline():
+    """Two instance-level cases (same-class shapes edited into different things), blend on."""
+    from toyworld.model import load_pipeline
+
+    start = time.perf_counter()
+    pipe = load_pipeline()
+    cases = [c for c in bench.CASES if c.name in bench.QUICK_CASES]
+    methods = [m for m in bench.METHODS if m.name in ("baseline", "videograin")]
+    results, _, _ = bench.run(pipe, cases, methods, blends=(True,), steps=bench.QUICK_STEPS, log=lambda *_: None)
+    base, vg = results["summary"]["baseline+blend"], results["summary"]["videograin+blend"]
+    assert vg["instance_accuracy"] > base["instance_accuracy"], results["summary"]
+    assert time.perf_counter() - start < 180

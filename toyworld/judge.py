@@ -1,0 +1,131 @@
+"""A deterministic, learning-free judge: reads each shape's colour, class and place from uint8 frames.
+
+1. Background: the world's background colour nearest to the median of the frame border.
+2. Foreground: pixels farther than ``FG_DIST`` from the background colour; each gets the nearest of
+   the world's shape colours, and pixels far from every shape colour are dropped.
+3. Shapes: 8-connected components of equal colour label, at least ``MIN_AREA`` px.
+4. Class: the component is compared with a circle, a square and an (apex-up) triangle of its area,
+   rendered at its centroid as the world renders them; the best intersection-over-union wins.
+5. Place: the third of the frame width that holds the component's centroid.
+
+On frames rendered by :mod:`toyworld.world` the judge is exact (see tests/test_toyworld.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .world import BACKGROUNDS, COLORS, SHAPES, Shape, place_of, shape_mask
+
+FG_DIST = 60.0  # RGB distance from the background colour above which a pixel is foreground
+COLOR_DIST = 110.0  # a foreground pixel farther than this from every shape colour is ignored
+MIN_AREA = 10  # px; smaller components are noise
+_OFFSETS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # px searched around the centroid when fitting a shape
+
+_SHAPE_RGB = np.array(list(COLORS.values()), dtype=np.float32)
+_SHAPE_NAMES = list(COLORS)
+_BG_RGB = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
+_BG_NAMES = list(BACKGROUNDS)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected shape: colour and class names, centroid (x, y) in px, area, its mask (H, W) bool,
+    and ``score``: IoU with the best-fitting template."""
+
+    color: str
+    kind: str
+    x: float
+    y: float
+    area: int
+    mask: np.ndarray
+    score: float
+
+    @property
+    def place(self) -> str:
+        return place_of(self.x, self.mask.shape[1])
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.color, self.kind)
+
+
+def background_color(frame: np.ndarray) -> str:
+    """Name of the world background colour nearest to the median border pixel."""
+    f = np.asarray(frame, dtype=np.float32)
+    border = np.concatenate([f[0], f[-1], f[:, 0], f[:, -1]])
+    med = np.median(border, axis=0)
+    return _BG_NAMES[int(np.argmin(((_BG_RGB - med) ** 2).sum(1)))]
+
+
+def classify(mask: np.ndarray) -> tuple[str, float]:
+    """Class of one component mask (H, W) bool: each world shape is rendered (as the world renders it)
+    with the component's area, centred on its centroid (a triangle's centroid lies r/3 below its box
+    centre), over a small grid of sub-pixel offsets and sizes; the best intersection-over-union wins.
+    Returns (kind, IoU)."""
+    ys, xs = np.nonzero(mask)
+    area = len(ys)
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    r_of_area = {"circle": np.sqrt(area / np.pi), "square": np.sqrt(area) / 2, "triangle": np.sqrt(area / 2)}
+    pad = int(np.ceil(1.2 * max(r_of_area.values()))) + 2  # fit inside a window around the centroid
+    x0, y0w = max(int(cx) - pad, 0), max(int(cy) - pad, 0)
+    mask = mask[y0w : int(cy) + pad + 1, x0 : int(cx) + pad + 1]
+    cx, cy = cx - x0, cy - y0w
+    h, w = mask.shape
+    best, best_iou = SHAPES[0], -1.0
+    for kind in SHAPES:
+        r0 = r_of_area[kind]
+        y0 = cy - (r0 / 3 if kind == "triangle" else 0.0)
+        for r in (0.9 * r0, r0, 1.1 * r0):
+            for ox in _OFFSETS:
+                for oy in _OFFSETS:
+                    tmpl = shape_mask(Shape(kind, "", cx + ox, y0 + oy, r), h, w)
+                    iou = float((tmpl & mask).sum() / max((tmpl | mask).sum(), 1))
+                    if iou > best_iou:
+                        best, best_iou = kind, iou
+    return best, best_iou
+
+
+def detect(frame: np.ndarray) -> tuple[str, list[Detection]]:
+    """Background name and the shapes of one uint8 frame (H, W, 3), sorted by centroid x."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+    bg = background_color(frame)
+    f = frame.astype(np.float32)
+    fg = np.sqrt(((f - np.array(BACKGROUNDS[bg], dtype=np.float32)) ** 2).sum(-1)) > FG_DIST
+    dist = np.sqrt(((f[..., None, :] - _SHAPE_RGB) ** 2).sum(-1))  # (H, W, C)
+    label = dist.argmin(-1)
+    ok = fg & (dist.min(-1) <= COLOR_DIST)
+    found = []
+    for c, name in enumerate(_SHAPE_NAMES):
+        layer = (ok & (label == c)).astype(np.uint8)
+        if not layer.any():
+            continue
+        n, comp, stats, cents = cv2.connectedComponentsWithStats(layer, connectivity=8)
+        for i in range(1, n):
+            area = int(stats[i, cv2.CC_STAT_AREA])
+            if area < MIN_AREA:
+                continue
+            m = comp == i
+            kind, score = classify(m)
+            found.append(Detection(name, kind, float(cents[i][0]) + 0.5, float(cents[i][1]) + 0.5, area, m, score))
+    return bg, sorted(found, key=lambda d: d.x)
+
+
+def detect_video(frames: np.ndarray) -> list[tuple[str, list[Detection]]]:
+    """``detect`` for every frame of uint8 (F, H, W, 3)."""
+    return [detect(f) for f in frames]
+
+
+def in_region(detections: list[Detection], region: np.ndarray) -> Detection | None:
+    """The detection overlapping the bool mask ``region`` (H, W) most (None when none overlaps)."""
+    best, best_overlap = None, 0
+    for d in detections:
+        overlap = int((d.mask & region).sum())
+        if overlap > best_overlap:
+            best, best_overlap = d, overlap
+    return best

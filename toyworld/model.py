@@ -1,0 +1,125 @@
+"""The toy world's text-to-image model: stock diffusers / transformers classes at a tiny size.
+
+- AutoencoderKL with two blocks: 2x downsampling, 4 latent channels (32x32 frames -> 16x16 latents);
+- CLIPTextModel (64 wide, 2 layers) and a CLIPTokenizer in which every world word is one token;
+- UNet2DConditionModel with cross-attention at both of its levels (16x16 and 8x8) and the mid block,
+  one attention head (fastest on CPU at this width);
+- DDIMScheduler with Stable Diffusion's scaled-linear betas (steps_offset 1, set_alpha_to_one False,
+  clip_sample False).
+
+So the pipeline's size multiple is 2 (VAE) * 2 (UNet) = 4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from videograin.tiny_model import word_tokenizer
+
+from .world import SIZE, WORDS
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+TEXT_WIDTH = 64
+
+
+def make_tokenizer():
+    return word_tokenizer(WORDS, model_max_length=77)
+
+
+def make_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=SIZE,
+        mid_block_add_attention=False,  # local decoder: an edit cannot shift far-away pixels
+    )
+
+
+def make_text_encoder(tokenizer) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=2 * TEXT_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def make_unet(channels: tuple[int, int] = (32, 64)) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=1,  # diffusers' legacy name: the number of heads
+        norm_num_groups=16,
+    )
+
+
+def make_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> Path:
+    """Save as a Stable Diffusion folder (safetensors) that ``VideoGrainPipeline.from_pretrained`` loads."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def load_pipeline(folder: str | Path = MODEL_DIR):
+    """The saved toy model as a VideoGrainPipeline (CPU, eval mode, progress bars off)."""
+    from videograin.pipeline import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(str(folder))
+    # VideoGrainPipeline.invert/__call__ call set_progress_bar_config(desc=...), which replaces the
+    # whole config (diffusers), so a plain disable=True would not last: keep it on every call.
+    def quiet(**kwargs):
+        VideoGrainPipeline.set_progress_bar_config(pipe, **{**kwargs, "disable": True})
+
+    pipe.set_progress_bar_config = quiet
+    quiet()
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+        module.eval()
+    return pipe
+
+
+def token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """(B, 77) token ids, padded as the pipeline pads them."""
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
