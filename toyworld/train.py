@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--decoder-steps", type=int, default=1500, help="phase 3: decoder-only fine-tuning steps")
+    p.add_argument("--decoder-steps", type=int, default=1200, help="phase 3: decoder-only fine-tuning steps")
     p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--decoder-only", action="store_true",
                    help="run only phase 3 on the model already in --out (same result as in a full run)")
-    p.add_argument("--steps", type=int, default=1200, help="diffusion training steps")
+    p.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--channels", type=int, nargs=2, default=[32, 64])
