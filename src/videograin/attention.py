@@ -208,7 +208,9 @@ def layout_attention(
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
     softmax run in float32. ``method``: "dense" materialises the scores (the reference); "online"
     (one pass, pure PyTorch) and "grouped" (fused attention kernels per key group) never hold more
-    than a block of them; "auto" takes dense only when all scores fit in one block, else grouped.
+    than a block of them; "auto" takes dense only when all scores fit in one block, else grouped,
+    and dense whenever gradients are needed (the O(N) kernels accumulate in place, so they are not
+    differentiable: ReAtCo's guidance runs them under autograd; windows keep N small there).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
@@ -216,7 +218,8 @@ def layout_attention(
     lam = lam.expand(q_bits.shape[0], q.shape[2]) if lam.ndim < 2 else lam
     if method == "auto":
         dense_elements = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-        method = "dense" if dense_elements <= ONLINE_BLOCK_ELEMENTS else "grouped"
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        method = "dense" if needs_grad or dense_elements <= ONLINE_BLOCK_ELEMENTS else "grouped"
     if method == "dense":
         return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
     kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
@@ -242,19 +245,46 @@ def layout_attention(
 @dataclass
 class AttentionRecorder:
     """Collects cross-attention probabilities of the conditional branch, averaged over heads and
-    over the layers of a level: ``maps[(step, level)]`` is (F, h, w, L) float32."""
+    over the layers of a level: ``maps[(step, level)]`` is (F, h, w, L) float32.
 
+    ``level`` set: only that UNet level is recorded. ``keep_graph``: maps stay on their device inside
+    the autograd graph (ReAtCo's loss differentiates them); otherwise they are detached to the CPU.
+    """
+
+    level: int | None = None
+    keep_graph: bool = False
     maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
 
+    def wants(self, level: int) -> bool:
+        return self.level is None or self.level == level
+
     def add(self, step: int, level: int, probs: torch.Tensor) -> None:
+        if not self.wants(level):
+            return
         key = (step, level)
-        probs = probs.detach().float().cpu()
+        probs = probs.float() if self.keep_graph else probs.detach().float().cpu()
         self.maps[key] = self.maps[key] + probs if key in self.maps else probs
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def mean(self, step: int, level: int) -> torch.Tensor:
         return self.maps[(step, level)] / self.counts[(step, level)]
+
+    @classmethod
+    def merge(cls, parts: list[tuple[slice, AttentionRecorder]], num_frames: int) -> AttentionRecorder:
+        """One recorder for the whole video from per-window recorders ((frames, recorder) pairs):
+        each map averaged over the windows covering a frame."""
+        merged = cls()
+        for key in parts[0][1].maps:
+            total, count = None, torch.zeros(num_frames)
+            for frames, recorder in parts:
+                part = recorder.mean(*key)
+                if total is None:
+                    total = part.new_zeros((num_frames, *part.shape[1:]))
+                total[frames] += part
+                count[frames] += 1
+            merged.maps[key], merged.counts[key] = total / count.view(-1, 1, 1, 1), 1
+        return merged
 
 
 @dataclass(frozen=True)
@@ -374,7 +404,10 @@ class LayoutAttnProcessor:
         frames, n = ctx.num_frames, q.shape[2]
         level = self._level(ctx, n, ctx.cross_strength)
         rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
-        if level is None and ctx.recorder is None:
+        recorder = ctx.recorder if ctx.layout is not None else None
+        if recorder is not None and not recorder.wants(ctx.layout.at(n).index):
+            recorder = None
+        if level is None and recorder is None:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         if level is None:  # recording only: plain probabilities of the conditional branch
@@ -384,11 +417,12 @@ class LayoutAttnProcessor:
             k_bits = ctx.layout.text_bits.to(q.device)
             lam = ctx.cross_strength * (1 - level.cross_share.to(q.device))  # (F, n)
             probs = modulated_scores(q[rows], k[rows], q_bits, k_bits, lam, scale).softmax(-1)
-            out[rows] = torch.matmul(probs, v[rows].float()).to(out.dtype)
-        if ctx.recorder is not None and ctx.layout is not None:
+            modulated = torch.matmul(probs, v[rows].float()).to(out.dtype)
+            out = torch.cat([out[: rows.start], modulated, out[rows.stop :]])  # not in place: autograd
+        if recorder is not None:
             grid = ctx.layout.at(n)
             maps = probs.mean(1).unflatten(1, (grid.height, grid.width))  # (F, h, w, L)
-            ctx.recorder.add(ctx.step, grid.index, maps)
+            recorder.add(ctx.step, grid.index, maps)
         return out
 
 

@@ -75,10 +75,11 @@ def _resolve(args) -> EditSpec:
 
 def _check_model(spec: EditSpec) -> int:
     """Check prompts against the model's tokenizer; return its size multiple. Reads no weights."""
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     from .pipeline import model_size_multiple
-    from .tokens import region_token_spans
+    from .tokens import region_token_spans, word_token_indices
 
     fix = "give a local diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/) or a hub id"
     local = Path(spec.model)
@@ -93,7 +94,12 @@ def _check_model(spec: EditSpec) -> int:
         raise SpecError("model", f"cannot read {spec.model!r} ({str(err).splitlines()[0]})", fix) from err
     if len(tokenizer) < 256:  # transformers 5 returns an empty tokenizer instead of raising when none is found
         raise SpecError("model", f"no tokenizer found for {spec.model!r} (offline, or not a diffusers model?)", fix)
-    region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+    levels = len(UNet2DConditionModel.load_config(spec.model, subfolder="unet")["block_out_channels"])
+    if spec.edit.uses_reatco and spec.edit.reatco.level is not None and spec.edit.reatco.level >= levels:
+        raise SpecError("edit.reatco.level", f"{spec.edit.reatco.level} does not exist: the model's UNet has "
+                        f"levels 0..{levels - 1}", "pick one of those, or leave `level` out for the paper's H/32 level")
+    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+    word_token_indices(tokenizer, spec.prompt, spans, [r.word for r in spec.regions])
     return multiple
 
 
@@ -170,11 +176,17 @@ def _run(args, reconstruct_only: bool) -> dict:
                 negative_prompt=spec.negative_prompt,
                 num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance_scale,
-                modulation=settings.modulation,
+                modulation=settings.modulation if settings.uses_videograin else None,
                 blend=settings.blend,
                 record_attention=settings.record_attention or getattr(args, "eval", False),
+                reatco=settings.reatco if settings.uses_reatco else None,
+                words=[r.word for r in spec.regions],
+                window=settings.window,
+                generator=torch.Generator().manual_seed(settings.seed),
             )
             timings.update(result.timings)
+            if settings.uses_reatco:
+                record["reatco_losses"] = result.guidance
             edited = to_uint8(result.frames)
             clock = time.perf_counter()
             io.write_video(folder / "edited.mp4", edited, inputs.fps)

@@ -47,6 +47,12 @@ class Layout:
     def at(self, tokens_per_frame: int) -> LevelLayout:
         return self.levels[tokens_per_frame]
 
+    def region_masks(self, level: int, regions: list[int]) -> torch.Tensor:
+        """The given regions at UNet ``level`` as (len(regions), F, h, w) bool."""
+        grid = next(g for g in self.levels.values() if g.index == level)
+        bits = grid.bits.view(-1, grid.height, grid.width)
+        return torch.stack([(bits >> r) & 1 == 1 for r in regions]) if regions else torch.zeros(0, *bits.shape, dtype=torch.bool)
+
 
 def region_share(bits: torch.Tensor, frames_of_keys: torch.Tensor) -> torch.Tensor:
     """Share of each token's keys that share a region with it (the size term S).

@@ -12,9 +12,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from .attention import AttentionRecorder, layout_processors
 from .inversion import ddim_invert
 from .layout import Layout, blend_mask, build_layout
-from .sampling import ddim_sample, guided_denoise_fn, latent_blend
-from .spec import ModulationSpec
-from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds
+from .reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes, temporal_windows
+from .sampling import ddim_sample, guided_denoise_fn, latent_blend, noise_levels, windowed_denoise_fn
+from .spec import ModulationSpec, ReAtCoSpec, WindowSpec
+from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds, word_token_indices
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,14 @@ def model_size_multiple(model: str) -> int:
 @dataclass
 class EditOutput:
     """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; latents: the edited latents (F, 4, h, w)
-    before decoding; timings in seconds per stage."""
+    before decoding; timings in seconds per stage; guidance: ReAtCo's L_IR and L_OR per guided step."""
 
     frames: torch.Tensor
     latents: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     recorder: AttentionRecorder | None = None
     layout: Layout | None = None
+    guidance: list[dict] = field(default_factory=list)
 
 
 class VideoGrainPipeline(DiffusionPipeline):
@@ -66,6 +68,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         return size_multiple(self.vae.config, self.unet.config)
 
     @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def num_levels(self) -> int:
         return len(self.unet.config.block_out_channels)
 
@@ -82,6 +88,11 @@ class VideoGrainPipeline(DiffusionPipeline):
         if masks.shape[0] != len(region_prompts):
             raise ValueError(f"{masks.shape[0]} mask sequences but {len(region_prompts)} region prompts")
         return region_token_spans(self.tokenizer, prompt, region_prompts)
+
+    def _progress(self, total: int, desc: str):
+        """The diffusers progress bar, labelled, keeping the user's other settings (e.g. disable)."""
+        self._progress_bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": desc}
+        return self.progress_bar(total=total)
 
     def _schedule(self, steps: int):
         self.scheduler.set_timesteps(steps)
@@ -112,8 +123,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         timesteps, alphas, final = self._schedule(steps)
         cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
         denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal)
-        self.set_progress_bar_config(desc="invert")
-        with layout_processors(self.unet), self.progress_bar(total=steps) as bar:
+        with layout_processors(self.unet), self._progress(steps, "invert") as bar:
             return ddim_invert(denoise, latents, timesteps, alphas, final, progress=bar)
 
     @torch.no_grad()
@@ -130,14 +140,27 @@ class VideoGrainPipeline(DiffusionPipeline):
         modulation: ModulationSpec | None = ModulationSpec(),
         blend: bool = True,
         record_attention: bool = False,
+        reatco: ReAtCoSpec | None = None,
+        words: list[str | None] | None = None,
+        window: WindowSpec | None = None,
+        generator: torch.Generator | None = None,
     ) -> EditOutput:
         """Edit ``frames`` (F, 3, H, W) in [-1, 1] so that region r of ``masks`` (R, F, H, W) bool shows
         ``region_prompts[r]`` inside the scene described by ``prompt``.
 
         A region with an empty prompt is kept (latent blend preserves it) but still separates the
-        others in self-attention. ``modulation=None`` runs the plain inversion + target-prompt baseline.
+        others in self-attention. ``modulation=None`` turns VideoGrain's ST-Layout attention off (with
+        ``reatco=None`` too: the plain inversion + target-prompt baseline). ``reatco`` adds ReAtCo's
+        RAD guidance towards each region's word of interest (``words[r]``, None: its prompt's last
+        word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
+        ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
         """
         spans = self.check_inputs(frames, masks, prompt, region_prompts)
+        token_indices = word_token_indices(self.tokenizer, prompt, spans, words or [None] * len(spans))
+        if reatco is not None:
+            level = reatco.level if reatco.level is not None else rad_level(self.vae_factor, self.num_levels)
+            if level >= self.num_levels:
+                raise ValueError(f"reatco.level {level} does not exist: the UNet has levels 0..{self.num_levels - 1}")
         temporal = modulation.temporal if modulation is not None else "full"
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -146,7 +169,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         timings["encode"] = time.perf_counter() - clock
         latent_size = tuple(latents.shape[-2:])
         masks = masks.to(self.device)
-        layout = build_layout(masks, spans, latent_size, self.num_levels, temporal, self.tokenizer.model_max_length)
+        text_length = self.tokenizer.model_max_length
+        layout = build_layout(masks, spans, latent_size, self.num_levels, temporal, text_length)
 
         clock = time.perf_counter()
         trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal)
@@ -155,33 +179,58 @@ class VideoGrainPipeline(DiffusionPipeline):
         clock = time.perf_counter()
         cond = regional_prompt_embeds(self.text_encoder, self.tokenizer, prompt, region_prompts, spans)
         uncond = encode_prompt(self.text_encoder, self.tokenizer, negative_prompt) if guidance_scale > 1 else None
-        recorder = AttentionRecorder() if record_attention else None
-        denoise = guided_denoise_fn(
-            self.unet,
-            cond,
-            uncond,
-            guidance_scale,
-            frames.shape[0],
-            temporal,
-            layout if modulation is not None else None,
-            modulation,
-            recorder,
-            self.scheduler.config.num_train_timesteps,
+        num_frames = frames.shape[0]
+        windows = temporal_windows(num_frames, window.size, window.stride) if window else [slice(0, num_frames)]
+        layouts = [layout] if len(windows) == 1 else [
+            build_layout(masks[:, w], spans, latent_size, self.num_levels, temporal, text_length) for w in windows
+        ]
+        recorders = [AttentionRecorder() if record_attention else None for _ in windows]
+
+        def window_denoise_fn(w: slice, window_layout: Layout, negative, recorder):
+            return guided_denoise_fn(
+                self.unet, cond, negative, guidance_scale, w.stop - w.start, temporal, window_layout, modulation,
+                recorder, self.scheduler.config.num_train_timesteps,
+            )
+
+        denoise = windowed_denoise_fn(
+            [(w, window_denoise_fn(w, lay, uncond, rec)) for w, lay, rec in zip(windows, layouts, recorders)]
         )
-        callback = None
-        if blend:
-            edited = [bool(p.strip()) for p in region_prompts]
-            callback = latent_blend(trajectory, blend_mask(masks, edited, latent_size))
         timesteps, alphas, final = self._schedule(num_inference_steps)
-        self.set_progress_bar_config(desc="edit")
-        with layout_processors(self.unet), self.progress_bar(total=num_inference_steps) as bar:
-            edited_latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, callback, progress=bar)
+        edited_mask = blend_mask(masks, [bool(p.strip()) for p in region_prompts], latent_size)
+        callback = None
+        if reatco is not None and reatco.irjs:
+            levels = noise_levels(timesteps, alphas, final)
+            callback = invariant_region_sampling(latents, edited_mask, levels, generator)
+        elif blend:
+            callback = latent_blend(trajectory, edited_mask)
+        guide, guidance = None, []
+        if reatco is not None:
+            regions = [r for r, index in enumerate(token_indices) if index is not None]
+            rad_windows = []
+            for w, window_layout in zip(windows, layouts):
+                recorder = AttentionRecorder(level=level, keep_graph=True)
+                attend = window_denoise_fn(w, window_layout, None, recorder)  # conditional branch only
+                rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(level, regions)))
+            guide = rad_guide(
+                rad_windows,
+                [token_indices[r] for r in regions],
+                step_sizes(num_inference_steps, reatco.step_size),
+                reatco.steps,
+                reatco.iterations,
+                reatco.top_k,
+                guidance,
+            )
+        with layout_processors(self.unet), self._progress(num_inference_steps, "edit") as bar:
+            edited_latents = ddim_sample(
+                denoise, trajectory[0], timesteps, alphas, final, callback, progress=bar, guide=guide
+            )
         timings["edit"] = time.perf_counter() - clock
+        recorder = AttentionRecorder.merge(list(zip(windows, recorders)), num_frames) if record_attention else None
 
         clock = time.perf_counter()
         out = self.decode_latents(edited_latents)
         timings["decode"] = time.perf_counter() - clock
-        return EditOutput(out, edited_latents, timings, recorder, layout)
+        return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
 
     @torch.no_grad()
     def reconstruct(
@@ -194,7 +243,6 @@ class VideoGrainPipeline(DiffusionPipeline):
         cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
         denoise = guided_denoise_fn(self.unet, cond, None, 1.0, frames.shape[0], temporal)
         timesteps, alphas, final = self._schedule(num_inference_steps)
-        self.set_progress_bar_config(desc="reconstruct")
-        with layout_processors(self.unet), self.progress_bar(total=num_inference_steps) as bar:
+        with layout_processors(self.unet), self._progress(num_inference_steps, "reconstruct") as bar:
             latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, progress=bar)
         return self.decode_latents(latents)

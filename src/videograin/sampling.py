@@ -2,6 +2,7 @@
 
 A ``denoise_fn(latents, t, step) -> eps`` predicts the noise of latents (F, 4, h, w) at timestep t;
 ``step`` is the index of t in the sampling schedule (the processors learn the step from it). A
+``guide(step, t, latents) -> latents`` moves the latents before they are denoised (ReAtCo's RAD); a
 ``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
 """
 
@@ -17,6 +18,7 @@ from .spec import ModulationSpec
 
 DenoiseFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], torch.Tensor]
+Guide = Callback
 
 
 def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
@@ -39,6 +41,7 @@ def ddim_sample(
     final_alpha: float,
     callback: Callback | None = None,
     progress=None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM from the noise level of ``timesteps[0]`` to clean latents.
 
@@ -46,6 +49,8 @@ def ddim_sample(
     """
     alphas = noise_levels(timesteps, alphas_cumprod, final_alpha)
     for step, t in enumerate(timesteps.tolist()):
+        if guide is not None:
+            latents = guide(step, t, latents)
         eps = denoise_fn(latents, t, step)
         latents = ddim_step(latents, eps, alphas[step], alphas[step + 1])
         if callback is not None:
@@ -53,6 +58,22 @@ def ddim_sample(
         if progress is not None:
             progress.update()
     return latents
+
+
+def windowed_denoise_fn(windows: list[tuple[slice, DenoiseFn]]) -> DenoiseFn:
+    """Temporal co-denoising: each (frames, denoise_fn) window predicts the noise of its frames and
+    frames covered by several windows take the mean. As a DDIM step is linear in ε for fixed
+    latents, this equals averaging the windows' next latents (papers/003's resource-friendly mode)."""
+
+    def denoise(latents: torch.Tensor, t: int, step: int) -> torch.Tensor:
+        total = torch.zeros_like(latents)
+        count = torch.zeros(latents.shape[0], 1, 1, 1, dtype=latents.dtype, device=latents.device)
+        for frames, denoise_fn in windows:
+            total[frames] += denoise_fn(latents[frames], t, step)
+            count[frames] += 1
+        return total / count
+
+    return denoise
 
 
 def latent_blend(trajectory: list[torch.Tensor], mask: torch.Tensor) -> Callback:

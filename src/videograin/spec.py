@@ -20,12 +20,15 @@ import yaml
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
+METHODS = ("videograin", "reatco", "videograin+reatco")
 
 _TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "output")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
-_REGION_KEYS = ("name", "masks", "prompt")
-_EDIT_KEYS = ("steps", "guidance_scale", "seed", "blend", "record_attention", "modulation")
+_REGION_KEYS = ("name", "masks", "prompt", "word")
+_EDIT_KEYS = ("steps", "guidance_scale", "seed", "blend", "record_attention", "method", "modulation", "reatco", "window")
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
+_REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
+_WINDOW_KEYS = ("size", "stride")
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -59,12 +62,14 @@ class RegionSpec:
     """One region and its prompt; located by a folder of per-frame mask PNGs or by boxes.
 
     ``boxes`` holds one (x0, y0, x1, y1) box in source-frame pixels for a static box, else one per frame.
+    ``word`` is the word of interest ReAtCo's guidance steers into the region (None: the prompt's last word).
     """
 
     name: str
     prompt: str
     masks: Path | None = None
     boxes: tuple[tuple[int, int, int, int], ...] | None = None
+    word: str | None = None
 
     def __post_init__(self) -> None:
         if (self.masks is None) == (self.boxes is None):
@@ -88,15 +93,51 @@ class ModulationSpec:
 
 
 @dataclass(frozen=True)
+class ReAtCoSpec:
+    """ReAtCo settings (papers/003): RAD guidance on the first ``steps`` denoising steps, ``iterations``
+    gradient steps each, of size ``step_size`` times a factor falling linearly from 1 to 0.5; top-K
+    share ``top_k`` of each mask's area; cross-attention maps of UNet ``level`` (None: the level at
+    H/32, the paper's, or the coarsest the model has); ``irjs``: invariant-region joint sampling."""
+
+    steps: int = 25
+    iterations: int = 1
+    step_size: float = 20.0
+    top_k: float = 0.2
+    level: int | None = None
+    irjs: bool = True
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Overlapping temporal windows of ``size`` frames, ``stride`` apart, denoised separately and
+    averaged where they overlap (ReAtCo's resource-friendly mode)."""
+
+    size: int = 4
+    stride: int = 2
+
+
+@dataclass(frozen=True)
 class EditSettings:
-    """Sampling settings of the edit pass."""
+    """Sampling settings of the edit pass. ``method`` picks VideoGrain's ST-Layout attention
+    (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once."""
 
     steps: int = 50
     guidance_scale: float = 7.5
     seed: int = 0
     blend: bool = True
     record_attention: bool = False  # write cross-attention heat maps of the region prompts
+    method: str = "videograin"
     modulation: ModulationSpec = ModulationSpec()
+    reatco: ReAtCoSpec = ReAtCoSpec()
+    window: WindowSpec | None = None
+
+    @property
+    def uses_videograin(self) -> bool:
+        return "videograin" in self.method.split("+")
+
+    @property
+    def uses_reatco(self) -> bool:
+        return "reatco" in self.method.split("+")
 
 
 @dataclass(frozen=True)
@@ -123,6 +164,7 @@ class EditSpec:
         del data["base_dir"]
         data["regions"] = [
             {"name": region.name, "masks": _plain(_masks_value(region)), "prompt": region.prompt}
+            | ({} if region.word is None else {"word": region.word})
             for region in self.regions
         ]
         return data
@@ -228,11 +270,17 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
     prompt = _text(_require(data, "prompt", prefix,
                             'add `prompt: <its words in the global prompt>` (`prompt: ""` keeps it unedited)'),
                    f"{prefix}.prompt")
+    word = data.get("word")
+    if word is not None:
+        word = _text(word, f"{prefix}.word", nonempty=True).strip()
+        if word not in prompt.split():
+            raise SpecError(f"{prefix}.word", f"{word!r} is not a word of the region prompt {prompt!r}",
+                            "name one word of the region's prompt (its head noun), or leave `word` out")
     field = f"{prefix}.masks"
     if isinstance(masks, str):
-        return RegionSpec(name=name, prompt=prompt, masks=_mask_folder(masks, field, base_dir))
+        return RegionSpec(name=name, prompt=prompt, masks=_mask_folder(masks, field, base_dir), word=word)
     if isinstance(masks, list):
-        return RegionSpec(name=name, prompt=prompt, boxes=_boxes(masks, field, frames))
+        return RegionSpec(name=name, prompt=prompt, boxes=_boxes(masks, field, frames), word=word)
     raise SpecError(field, f"must be a folder path or a box, got {_describe(masks)}",
                     "give a folder of per-frame PNGs, a box [x0, y0, x1, y1], or one such box per frame")
 
@@ -280,8 +328,44 @@ def _edit(value: Any) -> EditSettings:
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
         record_attention=_bool(data.get("record_attention", EditSettings.record_attention), "edit.record_attention"),
+        method=_choice(data.get("method", EditSettings.method), "edit.method", METHODS),
         modulation=_modulation(data.get("modulation")),
+        reatco=_reatco(data.get("reatco")),
+        window=_window(data.get("window")),
     )
+
+
+def _reatco(value: Any) -> ReAtCoSpec:
+    prefix = "edit.reatco"
+    data = _mapping(value, prefix, optional=True)
+    _check_keys(data, _REATCO_KEYS, prefix)
+    top_k = _number(data.get("top_k", ReAtCoSpec.top_k), f"{prefix}.top_k")
+    if not 0 < top_k <= 1:
+        raise SpecError(f"{prefix}.top_k", f"must be a share in (0, 1], got {top_k}",
+                        "write e.g. `top_k: 0.2` (20% of each mask's area, the paper's value)")
+    level = data.get("level", ReAtCoSpec.level)
+    return ReAtCoSpec(
+        steps=_int(data.get("steps", ReAtCoSpec.steps), f"{prefix}.steps", 0),
+        iterations=_int(data.get("iterations", ReAtCoSpec.iterations), f"{prefix}.iterations", 1),
+        step_size=_number(data.get("step_size", ReAtCoSpec.step_size), f"{prefix}.step_size"),
+        top_k=top_k,
+        level=None if level is None else _int(level, f"{prefix}.level", 0),
+        irjs=_bool(data.get("irjs", ReAtCoSpec.irjs), f"{prefix}.irjs"),
+    )
+
+
+def _window(value: Any) -> WindowSpec | None:
+    if value is None:
+        return None
+    prefix = "edit.window"
+    data = _mapping(value, prefix, fix="write `window: {size: 4, stride: 2}`, or leave it out to denoise all frames at once")
+    _check_keys(data, _WINDOW_KEYS, prefix)
+    size = _int(data.get("size", WindowSpec.size), f"{prefix}.size", 1)
+    stride = _int(data.get("stride", WindowSpec.stride), f"{prefix}.stride", 1)
+    if stride > size:
+        raise SpecError(f"{prefix}.stride", f"{stride} is larger than the window size {size}, so frames would be skipped",
+                        f"use a stride <= {size} (e.g. half the size, so windows overlap)")
+    return WindowSpec(size=size, stride=stride)
 
 
 def _modulation(value: Any) -> ModulationSpec:
@@ -312,8 +396,12 @@ def _levels(value: Any, field: str) -> str | tuple[int, ...]:
 
 
 def _temporal(value: Any, field: str) -> str:
-    if not isinstance(value, str) or value not in TEMPORAL_MODES:
-        raise SpecError(field, f"unknown mode {value!r}", _suggest(str(value), TEMPORAL_MODES, "choose one of"))
+    return _choice(value, field, TEMPORAL_MODES)
+
+
+def _choice(value: Any, field: str, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise SpecError(field, f"unknown value {value!r}", _suggest(str(value), options, "choose one of"))
     return value
 
 

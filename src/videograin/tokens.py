@@ -59,6 +59,33 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
     return spans
 
 
+def word_token_indices(
+    tokenizer, prompt: str, spans: list[Span | None], words: list[str | None]
+) -> list[int | None]:
+    """Each region's word of interest as a token index of the padded sequence (ReAtCo's j).
+
+    The index is the word's last token inside the region's span (for a word split into several
+    tokens, the one that has read the whole word); ``words[r]`` None takes the span's last token.
+    None for regions without a span. Raises SpecError when a word is not found in its span.
+    """
+    ids = [tokenizer.bos_token_id] + _word_ids(tokenizer, prompt)
+    indices: list[int | None] = []
+    for i, (span, word) in enumerate(zip(spans, words)):
+        if span is None:
+            indices.append(None)
+            continue
+        if word is None:
+            indices.append(span[1] - 1)
+            continue
+        sub = _word_ids(tokenizer, word)
+        starts = [span[0] + s for s in _occurrences(ids[span[0] : span[1]], sub)]
+        if not starts:
+            raise SpecError(f"regions[{i}].word", f"{word!r} is not among the tokens of the region prompt",
+                            "name a word of the region prompt exactly as written there")
+        indices.append(starts[-1] + len(sub) - 1)
+    return indices
+
+
 @torch.no_grad()
 def encode_prompt(text_encoder, tokenizer, text: str) -> torch.Tensor:
     """CLIP embedding of ``text`` padded to the tokenizer's length: (1, L, D)."""
