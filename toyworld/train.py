@@ -113,19 +113,26 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.lerp_(p, 1 - decay)
 
 
-def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=None):
-    """latents (N, 4, h, w) already scaled. Returns (ema_text_encoder, ema_unet, tokenizer, losses)."""
+def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=None, init=None, losses_out=None):
+    """latents (N, 4, h, w) already scaled. Returns (ema_text_encoder, ema_unet, tokenizer, losses).
+
+    ``init``: optional (text_encoder, unet) to start from (``--resume``); fresh models otherwise."""
     tokenizer = make_tokenizer()
-    text_encoder = make_text_encoder(tokenizer)
-    unet = make_unet(tuple(args.channels))
+    if init is None:
+        text_encoder = make_text_encoder(tokenizer)
+        unet = make_unet(tuple(args.channels))
+    else:
+        text_encoder, unet = init
+        text_encoder.train()
+        unet.train()
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     alphas = make_scheduler().alphas_cumprod.float()
-    losses = []
+    losses = [] if losses_out is None else losses_out
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, args.steps, args.lr, 100)
+            group["lr"] = _lr(step, args.steps, args.lr, args.warmup, args.lr_floor)
         idx = rng.integers(len(latents), size=args.batch)
         captions = []
         for i in idx:
@@ -176,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--position-prob", type=float, default=0.5)
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=100, help="diffusion learning-rate warmup steps")
+    p.add_argument("--lr-floor", type=float, default=0.1, help="cosine schedule ends at lr * floor")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="continue diffusion training from the model folder given (its EMA weights; fresh "
+                        "optimizer; its VAE kept as is, no VAE or decoder phase); saves to --out")
     p.add_argument("--snapshot-every", type=int, default=0, help="also save <out>_step<N> every N steps")
     args = p.parse_args(argv)
 
@@ -189,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.decoder_only:
         return _decoder_only(args, images, cpu0)
+    if args.resume is not None:
+        return _resume(args, images, scenes, cpu0, argv)
     vae, vae_losses = train_vae(images, args.vae_steps, args.vae_batch, args.vae_lr, rng)
     means = encode_all(vae, images)
     scale = float(1.0 / means.std())
@@ -248,6 +262,55 @@ def _decoder_only(args, images: torch.Tensor, cpu0: float) -> int:
     log_file.write_text(json.dumps(log, indent=2) + "\n")
     _log(f"decoder fine-tuned in {folder}: pixels off {before:.2%} -> {log['vae_pixels_off_after_decoder_finetune']:.2%}")
     return 0
+
+
+def _resume(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
+    """Phase 2 again, starting from the (EMA) UNet and text encoder saved in ``--resume``, on the latents
+    of the VAE saved there (its encoder is what phase 1 trained; phase 3 only touched the decoder, so the
+    posterior means are the latents the UNet was trained on). Data order: its own generator seeded by
+    ``(seed, 2)``, so a resumed run does not replay the first run's batches and is deterministic."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    src = Path(args.resume)
+    vae = AutoencoderKL.from_pretrained(src, subfolder="vae").eval()
+    text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
+    if text_encoder.config.vocab_size != len(make_tokenizer()):
+        raise SystemExit(f"{src}: text encoder vocabulary does not match the world's tokenizer")
+    scale = float(vae.config.scaling_factor)
+    latents = encode_all(vae, images) * scale
+    cpu_prep = time.process_time() - cpu0
+    _log(f"resuming from {src}: latents encoded (scaling {scale:.4f}), cpu {cpu_prep:.0f}s")
+    rng = np.random.default_rng([args.seed, 2])
+    old_file = src / "train_log.json"
+    old_log = old_file.read_text() if old_file.is_file() else "{}"  # read now: --out may be --resume
+
+    def snapshot(step, te, un, tok):
+        save_pipeline(Path(f"{args.out}_step{step}"), vae, te, tok, un)
+        _write_resume_log(Path(f"{args.out}_step{step}"), old_log, src, args, argv, losses_so_far[0], cpu0, cpu_prep, step)
+
+    losses_so_far = [[]]
+    te, un, tokenizer, losses = train_diffusion(latents, scenes, args, rng, snapshot, init=(text_encoder, unet),
+                                                losses_out=losses_so_far[0])
+    save_pipeline(args.out, vae, te, tokenizer, un)
+    _write_resume_log(Path(args.out), old_log, src, args, argv, losses, cpu0, cpu_prep, args.steps)
+    _log(f"saved {args.out}; cpu {time.process_time() - cpu0:.0f}s")
+    return 0
+
+
+def _write_resume_log(folder: Path, old_log: str, src: Path, args, argv, losses, cpu0: float, cpu_prep: float,
+                      step: int) -> None:
+    log = json.loads(old_log)
+    log.setdefault("resumed", []).append({
+        "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "from": str(src),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "steps_done": step,
+        "cpu_seconds": {"data_and_latents": round(cpu_prep, 1), "diffusion": round(time.process_time() - cpu0 - cpu_prep, 1)},
+        "loss_every_100": _every_100(losses),
+    })
+    (folder / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
 
 
 if __name__ == "__main__":
