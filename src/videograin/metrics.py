@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .flow import DIS_MIN_SIZE, FLOW_BACKENDS, optical_flow
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -35,8 +37,6 @@ DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PSNR_CAP_DB = 100.0
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FLOW_BACKENDS = ("dis", "raft")
-DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
 MIN_VOCAB = 256  # a byte-level BPE has at least its 256 byte symbols; fewer means no vocabulary was read
 CROP_FILL = 128  # grey put outside a region's mask (and around non-square boxes) in instance crops
 
@@ -256,56 +256,7 @@ def pick_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
 # ----------------------------------------------------------------------------------------------- flow
 
 
-def _dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if min(frames.shape[1:3]) < DIS_MIN_SIZE:
-        raise ValueError(f"DIS flow needs frames of at least {DIS_MIN_SIZE}x{DIS_MIN_SIZE} pixels, got {frames.shape[2]}x{frames.shape[1]}")
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
-    forward = [dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)]
-    backward = [dis.calc(grey[t + 1], grey[t], None) for t in range(len(grey) - 1)]
-    return np.stack(forward).astype(np.float32), np.stack(backward).astype(np.float32)
-
-
-def _raft_flow(frames: np.ndarray, device: str | torch.device | None) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
-    except ImportError as err:
-        raise WeightsUnavailable("RAFT needs torchvision, which is not installed (pip install torchvision)") from err
-    try:
-        model = raft_large(weights=Raft_Large_Weights.DEFAULT, progress=False)
-    except Exception as err:  # offline: URLError (an OSError); a broken cache: RuntimeError
-        raise WeightsUnavailable(f"RAFT weights could not be loaded: {_first_line(err)}") from err
-    device = torch.device(device or "cpu")
-    model = model.eval().to(device)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    h, w = x.shape[-2:]
-    x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # RAFT needs sizes divisible by 8
-    forward, backward = [], []
-    with torch.no_grad():
-        for t in range(len(frames) - 1):
-            a, b = x[t : t + 1].to(device), x[t + 1 : t + 2].to(device)
-            flows = model(torch.cat([a, b]), torch.cat([b, a]))[-1][..., :h, :w]  # (2, 2, h, w)
-            flows = flows.permute(0, 2, 3, 1).float().cpu().numpy()
-            forward.append(flows[0])
-            backward.append(flows[1])
-    return np.stack(forward), np.stack(backward)
-
-
-def optical_flow(frames: Any, backend: str = "dis", device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and backward optical flow of consecutive frames, each ``(F-1, H, W, 2)`` float32 (x, y):
-    ``frame[t](p) ≈ frame[t+1](p + forward[t](p))`` and ``frame[t+1](p) ≈ frame[t](p + backward[t](p))``.
-
-    backend ``"dis"``: OpenCV DIS (medium preset) on grey frames, no weights; ``"raft"``: torchvision
-    RAFT-large (raises WeightsUnavailable without torchvision or its weights).
-    """
-    frames = as_uint8_frames(frames)
-    if len(frames) < 2:
-        raise ValueError("optical flow needs at least 2 frames")
-    if backend == "dis":
-        return _dis_flow(frames)
-    if backend == "raft":
-        return _raft_flow(frames, device)
-    raise ValueError(f"flow backend must be one of {FLOW_BACKENDS}, got {backend!r}")
+# optical_flow, FLOW_BACKENDS and DIS_MIN_SIZE come from flow.py (the one place for DIS/RAFT).
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
