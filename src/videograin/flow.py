@@ -43,6 +43,8 @@ latent tokens for 512² frames, level 0); VideoGrain's ``flatten_res`` picks lev
 (1 → level 0, default; configs also use [1, 2, 4] = levels 0, 1, 2). When: at every step, in both DDIM
 inversion and denoising, on every batch entry (both classifier-free-guidance branches share the
 trajectories). Trajectories come from the source video's flow, computed once before inversion.
+(The official code also builds spatial-neighbour windows around each token, but its attention drops them:
+the keys are the token itself plus its trajectory, as here.)
 """
 
 from __future__ import annotations
