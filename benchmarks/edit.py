@@ -3,11 +3,14 @@
     python benchmarks/edit.py --model tiny --frames 16 --steps 20
     python benchmarks/edit.py --model sd15-shaped --frames 4 --size 256 256 --steps 4
     python benchmarks/edit.py --model tiny --frames 64 --steps 10 --variants videograin   # long clip
+    python benchmarks/edit.py --model tiny --frames 16 --steps 10 --variants reatco reatco_w8 reatco_w4 reatco_w2
 
 Variants, each in a fresh subprocess (peak memory is its own: CUDA max allocated, CPU max RSS):
   stock       DDIM inversion + CFG sampling with diffusers' stock processors (per-frame attention)
   fullframe   the same with videograin's spatio-temporal self-attention, no modulation
   videograin  the full edit: ST-Layout modulation for the first 30% of steps, latent blend
+  reatco      ReAtCo: RAD guidance (gradients through the UNet) on the first half of the steps, IRJS;
+              reatco_wN: the same in temporal windows of N frames, stride N/2
 Models: `tiny` (videograin make-tiny-model) or `sd15-shaped` (SD 1.5 UNet/VAE/CLIP configs with random
 weights, built in code, no download). Inputs: a synthetic clip with two moving objects.
 """
@@ -26,7 +29,7 @@ import time
 
 import torch
 
-VARIANTS = ("stock", "fullframe", "videograin")
+VARIANTS = ("stock", "fullframe", "videograin", "reatco", "reatco_w8", "reatco_w4", "reatco_w2")
 SD15_UNET = dict(
     sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
     attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -82,7 +85,7 @@ def synthetic_clip(frames: int, width: int, height: int):
 def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], steps: int, device: str) -> dict:
     from videograin.inversion import ddim_invert
     from videograin.sampling import ddim_sample
-    from videograin.spec import ModulationSpec
+    from videograin.spec import ModulationSpec, ReAtCoSpec, WindowSpec
     from videograin.tokens import encode_prompt
 
     pipe = build_pipeline(model, device)
@@ -110,6 +113,10 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
         with torch.no_grad():
             trajectory = ddim_invert(invert_fn, latents, timesteps, alphas, final)
             pipe.decode_latents(ddim_sample(edit_fn, trajectory[0], timesteps, alphas, final))
+    elif variant.startswith("reatco"):
+        size = int(variant.partition("_w")[2] or frames)
+        pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=None,
+             reatco=ReAtCoSpec(steps=steps // 2), window=WindowSpec(size, max(1, size // 2)))
     else:
         modulation = ModulationSpec(steps=0 if variant == "fullframe" else round(0.3 * steps))
         pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=modulation,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .flow import Trajectories, combine
 from .layout import Layout, key_frames
 
 #: Largest number of float32 scores a dense chunk may hold (256 MiB).
@@ -287,6 +288,20 @@ class AttentionRecorder:
         return merged
 
 
+@dataclass
+class FeatureStore:
+    """Plug-and-play features: self-attention queries and keys of the decoder (up-block) layers,
+    recorded during inversion and injected into the edit at the same step.
+    ``qk[(layer name, step)] = (q, k)``, each (F, heads, n, D) for one branch."""
+
+    qk: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @staticmethod
+    def takes(layer: str) -> bool:
+        """PnP injects the decoder's self-attention (papers/000 §4.1 uses PnP's choice of layers)."""
+        return layer.startswith("up_blocks") and ".attn1" in layer
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What the processors need for one UNet call, passed as ``cross_attention_kwargs={"videograin": ctx}``.
@@ -295,6 +310,8 @@ class StepContext:
     ``cond_branch`` is the branch modulated and recorded. ``self_strength``/``cross_strength`` are
     c·ξ(t) for this step (0 disables modulation); ``levels`` the modulated UNet level indices
     (None: all). Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
+    ``trajectories``: FLATTEN trajectories by tokens per frame for the levels where flow-guided
+    attention runs at this step. ``features`` with ``features_mode`` "record" or "inject": PnP.
     """
 
     num_frames: int
@@ -306,6 +323,9 @@ class StepContext:
     levels: frozenset[int] | None = None
     step: int = 0
     recorder: AttentionRecorder | None = None
+    trajectories: dict[int, Trajectories] | None = None
+    features: FeatureStore | None = None
+    features_mode: str = ""
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -317,9 +337,13 @@ class LayoutAttnProcessor:
     """Attention processor for ``unet.set_attn_processor``: spatio-temporal self-attention with
     ST-Layout modulation of self- and cross-attention on the conditional branch.
 
-    Stateless: everything per call arrives in ``videograin`` (a StepContext). Without it the processor
-    computes exactly what diffusers' stock AttnProcessor2_0 does (per-frame attention).
+    Stateless: everything per call arrives in ``videograin`` (a StepContext); ``layer`` is the name
+    of the attention layer it serves (for PnP's features). Without a context the processor computes
+    exactly what diffusers' stock AttnProcessor2_0 does (per-frame attention).
     """
+
+    def __init__(self, layer: str = ""):
+        self.layer = layer
 
     def __call__(
         self,
@@ -345,6 +369,8 @@ class LayoutAttnProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
 
+        if videograin is not None and not is_cross and videograin.features is not None:
+            q, k = self._plug_and_play(q, k, videograin)
         if videograin is None:
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         elif is_cross:
@@ -365,18 +391,40 @@ class LayoutAttnProcessor:
         level = ctx.layout.at(tokens_per_frame)
         return level if ctx.levels is None or level.index in ctx.levels else None
 
+    def _plug_and_play(self, q, k, ctx: StepContext):
+        """Record this layer's self-attention q, k (inversion) or replace them by the recorded ones,
+        for every branch (edit). q, k: (branches·F, H, n, D)."""
+        key = (self.layer, ctx.step)
+        if not FeatureStore.takes(self.layer):
+            return q, k
+        if ctx.features_mode == "record":
+            ctx.features.qk[key] = (q.detach().clone(), k.detach().clone())
+        elif ctx.features_mode == "inject" and key in ctx.features.qk:
+            branches = q.shape[0] // ctx.num_frames
+            q, k = (x.to(q).repeat(branches, 1, 1, 1) for x in ctx.features.qk[key])
+        return q, k
+
     def _self(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
-        """Spatio-temporal self-attention. q, k, v: (branches·F, H, n, D) -> same shape."""
+        """Spatio-temporal self-attention (then FLATTEN's trajectory attention where it runs).
+        q, k, v: (branches·F, H, n, D) -> same shape."""
         frames, n = ctx.num_frames, q.shape[2]
         frames_of_keys = key_frames(frames, ctx.temporal).to(q.device)  # (F, K)
+        fold = lambda x: x.unflatten(0, (-1, frames)).permute(0, 2, 1, 3, 4).flatten(2, 3)  # -> (branches, H, F·n, D)
+        unfold = lambda x: x.unflatten(2, (frames, n)).permute(0, 2, 1, 3, 4).flatten(0, 1)
+        out = self._spatio_temporal(q, k, v, scale, ctx, frames_of_keys, fold, unfold)
+        trajectories = ctx.trajectories.get(n) if ctx.trajectories else None
+        if trajectories is None:
+            return out
+        return unfold(combine(fold(out), trajectories))
+
+    def _spatio_temporal(self, q, k, v, scale, ctx: StepContext, frames_of_keys, fold, unfold) -> torch.Tensor:
+        frames, n = ctx.num_frames, q.shape[2]
 
         def gather_keys(x):  # (branches·F, H, n, D) -> (branches·F, H, K·n, D)
             x = x.unflatten(0, (-1, frames))[:, frames_of_keys]  # (branches, F, K, H, n, D)
             return x.permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(0, 1)
 
         if ctx.temporal == "full":  # one attention over all tokens of the video per branch
-            fold = lambda x: x.unflatten(0, (-1, frames)).permute(0, 2, 1, 3, 4).flatten(2, 3)
-            unfold = lambda x: x.unflatten(2, (frames, n)).permute(0, 2, 1, 3, 4).flatten(0, 1)
             qs, ks, vs = fold(q), fold(k), fold(v)  # (branches, H, F·n, D)
         else:
             unfold = lambda x: x
@@ -430,7 +478,7 @@ class LayoutAttnProcessor:
 def layout_processors(unet):
     """Install LayoutAttnProcessor on every attention layer of ``unet``; restore the originals after."""
     original = unet.attn_processors
-    unet.set_attn_processor(LayoutAttnProcessor())
+    unet.set_attn_processor({name: LayoutAttnProcessor(name.removesuffix(".processor")) for name in original})
     try:
         yield unet
     finally:

@@ -183,6 +183,7 @@ def _run(args, reconstruct_only: bool) -> dict:
                 words=[r.word for r in spec.regions],
                 window=settings.window,
                 generator=torch.Generator().manual_seed(settings.seed),
+                temporal_aids=settings.temporal_aids,
             )
             timings.update(result.timings)
             if settings.uses_reatco:

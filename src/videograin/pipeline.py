@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 
-from .attention import AttentionRecorder, layout_processors
+from .attention import AttentionRecorder, FeatureStore, layout_processors
+from .flow import token_grid, trajectories_for_levels, video_flow
 from .inversion import ddim_invert
 from .layout import Layout, blend_mask, build_layout
 from .reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes, temporal_windows
-from .sampling import ddim_sample, guided_denoise_fn, latent_blend, noise_levels, windowed_denoise_fn
-from .spec import ModulationSpec, ReAtCoSpec, WindowSpec
+from .sampling import TemporalAids, ddim_sample, guided_denoise_fn, latent_blend, noise_levels, windowed_denoise_fn
+from .spec import ModulationSpec, ReAtCoSpec, TemporalAidsSpec, WindowSpec
 from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds, word_token_indices
 
 logger = logging.getLogger(__name__)
@@ -117,12 +119,17 @@ class VideoGrainPipeline(DiffusionPipeline):
             out.append(image.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
-    def invert(self, latents: torch.Tensor, source_prompt: str, steps: int, temporal: str = "full") -> list[torch.Tensor]:
+    def invert(
+        self, latents: torch.Tensor, source_prompt: str, steps: int, temporal: str = "full", aids: TemporalAids | None = None
+    ) -> list[torch.Tensor]:
         """DDIM-invert latents (F, 4, h, w) under ``source_prompt`` (guidance 1), with the same
-        spatio-temporal self-attention the edit uses. Returns the trajectory (see ``ddim_invert``)."""
+        spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
+        on every step, PnP features recorded). Returns the trajectory (see ``ddim_invert``)."""
         timesteps, alphas, final = self._schedule(steps)
         cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
-        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal)
+        if aids is not None:
+            aids = TemporalAids(aids.trajectories, None, aids.features, "record", aids.pnp_steps)
+        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal, aids=aids)
         with layout_processors(self.unet), self._progress(steps, "invert") as bar:
             return ddim_invert(denoise, latents, timesteps, alphas, final, progress=bar)
 
@@ -144,6 +151,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         words: list[str | None] | None = None,
         window: WindowSpec | None = None,
         generator: torch.Generator | None = None,
+        temporal_aids: TemporalAidsSpec | None = None,
     ) -> EditOutput:
         """Edit ``frames`` (F, 3, H, W) in [-1, 1] so that region r of ``masks`` (R, F, H, W) bool shows
         ``region_prompts[r]`` inside the scene described by ``prompt``.
@@ -154,6 +162,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         RAD guidance towards each region's word of interest (``words[r]``, None: its prompt's last
         word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
         ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
+        ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
         """
         spans = self.check_inputs(frames, masks, prompt, region_prompts)
         token_indices = word_token_indices(self.tokenizer, prompt, spans, words or [None] * len(spans))
@@ -172,8 +181,9 @@ class VideoGrainPipeline(DiffusionPipeline):
         text_length = self.tokenizer.model_max_length
         layout = build_layout(masks, spans, latent_size, self.num_levels, temporal, text_length)
 
+        aids = self.temporal_aids(frames, latent_size, temporal_aids)
         clock = time.perf_counter()
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids)
         timings["invert"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -189,7 +199,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         def window_denoise_fn(w: slice, window_layout: Layout, negative, recorder):
             return guided_denoise_fn(
                 self.unet, cond, negative, guidance_scale, w.stop - w.start, temporal, window_layout, modulation,
-                recorder, self.scheduler.config.num_train_timesteps,
+                recorder, self.scheduler.config.num_train_timesteps, aids.frames(w),
             )
 
         denoise = windowed_denoise_fn(
@@ -231,6 +241,29 @@ class VideoGrainPipeline(DiffusionPipeline):
         out = self.decode_latents(edited_latents)
         timings["decode"] = time.perf_counter() - clock
         return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
+
+    def temporal_aids(
+        self, frames: torch.Tensor, latent_size: tuple[int, int], spec: TemporalAidsSpec | None
+    ) -> TemporalAids:
+        """The runtime aids of an edit: FLATTEN trajectories from the optical flow of ``frames``
+        (F, 3, H, W) at the chosen levels, and an empty PnP feature store to record into."""
+        trajectories = features = None
+        flow, pnp = (spec.flow, spec.pnp) if spec is not None else (None, None)
+        if flow is not None:
+            if max(flow.levels) >= self.num_levels:
+                raise ValueError(f"temporal_aids.flow.levels {list(flow.levels)}: the UNet has levels 0..{self.num_levels - 1}")
+            by_tokens = trajectories_for_levels(video_flow(frames), latent_size, max(flow.levels) + 1)
+            chosen = {math.prod(token_grid(latent_size, level)) for level in flow.levels}
+            trajectories = {n: t.to(self.device) for n, t in by_tokens.items() if n in chosen}
+        if pnp is not None and pnp.steps > 0:
+            features = FeatureStore()
+        return TemporalAids(
+            trajectories,
+            flow.steps if flow is not None else None,
+            features,
+            "inject",
+            pnp.steps if pnp is not None else 0,
+        )
 
     @torch.no_grad()
     def reconstruct(

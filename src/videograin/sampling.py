@@ -9,10 +9,12 @@ A ``denoise_fn(latents, t, step) -> eps`` predicts the noise of latents (F, 4, h
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionRecorder, StepContext
+from .attention import AttentionRecorder, FeatureStore, StepContext
+from .flow import Trajectories
 from .layout import Layout
 from .spec import ModulationSpec
 
@@ -97,6 +99,30 @@ def time_factor(t: int, num_train_timesteps: int) -> float:
     return (t / (num_train_timesteps - 1)) ** 5
 
 
+@dataclass(frozen=True)
+class TemporalAids:
+    """FLATTEN trajectories (by tokens per frame, the chosen levels only) used on steps below
+    ``flow_steps`` (None: every step); PnP ``features`` recorded or injected (``features_mode``)
+    on steps below ``pnp_steps``."""
+
+    trajectories: dict[int, Trajectories] | None = None
+    flow_steps: int | None = None
+    features: FeatureStore | None = None
+    features_mode: str = ""
+    pnp_steps: int = 0
+
+    def frames(self, window: slice) -> TemporalAids:
+        """The aids of a temporal window: trajectories and features cut to its frames."""
+        trajectories = features = None
+        if self.trajectories is not None:
+            trajectories = {
+                n: Trajectories(t.traj_id[window], t.count, t.height, t.width) for n, t in self.trajectories.items()
+            }
+        if self.features is not None:
+            features = FeatureStore({key: (q[window], k[window]) for key, (q, k) in self.features.qk.items()})
+        return TemporalAids(trajectories, self.flow_steps, features, self.features_mode, self.pnp_steps)
+
+
 def guided_denoise_fn(
     unet,
     cond: torch.Tensor,
@@ -108,12 +134,14 @@ def guided_denoise_fn(
     modulation: ModulationSpec | None = None,
     recorder: AttentionRecorder | None = None,
     num_train_timesteps: int = 1000,
+    aids: TemporalAids | None = None,
 ) -> DenoiseFn:
     """ε-prediction with classifier-free guidance and the per-step StepContext for the processors.
 
     cond, uncond: (1, L, D) text embeddings shared by all frames (uncond None: no guidance).
     Modulation is on for the first ``modulation.steps`` steps when a layout and modulation are given.
     """
+    aids = aids or TemporalAids()
     texts = [cond] if uncond is None else [uncond, cond]
     encoder_states = torch.cat([x.expand(num_frames, -1, -1) for x in texts])
     levels = None
@@ -133,6 +161,9 @@ def guided_denoise_fn(
             levels=levels,
             step=step,
             recorder=recorder,
+            trajectories=aids.trajectories if aids.flow_steps is None or step < aids.flow_steps else None,
+            features=aids.features if step < aids.pnp_steps else None,
+            features_mode=aids.features_mode,
         )
         model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
         eps = unet(

@@ -25,10 +25,16 @@ METHODS = ("videograin", "reatco", "videograin+reatco")
 _TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "output")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
-_EDIT_KEYS = ("steps", "guidance_scale", "seed", "blend", "record_attention", "method", "modulation", "reatco", "window")
+_EDIT_KEYS = (
+    "steps", "guidance_scale", "seed", "blend", "record_attention", "method", "modulation", "reatco", "window",
+    "temporal_aids",
+)
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
 _REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
 _WINDOW_KEYS = ("size", "stride")
+_AIDS_KEYS = ("flow", "pnp")
+_FLOW_KEYS = ("levels", "steps")
+_PNP_KEYS = ("steps",)
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -117,6 +123,31 @@ class WindowSpec:
 
 
 @dataclass(frozen=True)
+class FlowSpec:
+    """FLATTEN's flow-guided attention at UNet ``levels`` (0 = highest resolution): in every inversion
+    step and the first ``steps`` editing steps (None: all)."""
+
+    levels: tuple[int, ...] = (0,)
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class PnPSpec:
+    """Plug-and-play injection: the inversion's self-attention queries and keys replace the edit's
+    during its first ``steps`` steps."""
+
+    steps: int = 5
+
+
+@dataclass(frozen=True)
+class TemporalAidsSpec:
+    """Optional aids for temporal consistency used by the paper (§4.1); None: off."""
+
+    flow: FlowSpec | None = None
+    pnp: PnPSpec | None = None
+
+
+@dataclass(frozen=True)
 class EditSettings:
     """Sampling settings of the edit pass. ``method`` picks VideoGrain's ST-Layout attention
     (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once."""
@@ -130,6 +161,7 @@ class EditSettings:
     modulation: ModulationSpec = ModulationSpec()
     reatco: ReAtCoSpec = ReAtCoSpec()
     window: WindowSpec | None = None
+    temporal_aids: TemporalAidsSpec = TemporalAidsSpec()
 
     @property
     def uses_videograin(self) -> bool:
@@ -332,7 +364,28 @@ def _edit(value: Any) -> EditSettings:
         modulation=_modulation(data.get("modulation")),
         reatco=_reatco(data.get("reatco")),
         window=_window(data.get("window")),
+        temporal_aids=_temporal_aids(data.get("temporal_aids")),
     )
+
+
+def _temporal_aids(value: Any) -> TemporalAidsSpec:
+    prefix = "edit.temporal_aids"
+    data = _mapping(value, prefix, optional=True)
+    _check_keys(data, _AIDS_KEYS, prefix)
+    flow = pnp = None
+    if data.get("flow") is not None:
+        section = _mapping(data["flow"], f"{prefix}.flow", fix="write e.g. `flow: {levels: [0]}`")
+        _check_keys(section, _FLOW_KEYS, f"{prefix}.flow")
+        steps = section.get("steps")
+        flow = FlowSpec(
+            levels=_levels(section.get("levels", list(FlowSpec.levels)), f"{prefix}.flow.levels", allow_all=False),
+            steps=None if steps is None else _int(steps, f"{prefix}.flow.steps", 0),
+        )
+    if data.get("pnp") is not None:
+        section = _mapping(data["pnp"], f"{prefix}.pnp", fix="write e.g. `pnp: {steps: 5}`")
+        _check_keys(section, _PNP_KEYS, f"{prefix}.pnp")
+        pnp = PnPSpec(steps=_int(section.get("steps", PnPSpec.steps), f"{prefix}.pnp.steps", 0))
+    return TemporalAidsSpec(flow=flow, pnp=pnp)
 
 
 def _reatco(value: Any) -> ReAtCoSpec:
@@ -382,12 +435,13 @@ def _modulation(value: Any) -> ModulationSpec:
     )
 
 
-def _levels(value: Any, field: str) -> str | tuple[int, ...]:
-    if value == "all":
+def _levels(value: Any, field: str, allow_all: bool = True) -> str | tuple[int, ...]:
+    if value == "all" and allow_all:
         return "all"
     if not isinstance(value, list) or not value:
-        raise SpecError(field, f"must be 'all' or a non-empty list of UNet level indices, got {_describe(value)}",
-                        "write `levels: all`, or e.g. `levels: [0, 1, 2]` (0 = highest resolution)")
+        lead, fix = ("'all' or ", "`levels: all`, or ") if allow_all else ("", "")
+        raise SpecError(field, f"must be {lead}a non-empty list of UNet level indices, got {_describe(value)}",
+                        f"write {fix}e.g. `levels: [0, 1, 2]` (0 = highest resolution)")
     levels = tuple(_int(v, f"{field}[{i}]", 0) for i, v in enumerate(value))
     repeated = sorted({level for level in levels if levels.count(level) > 1})
     if repeated:

@@ -1,0 +1,107 @@
+"""Temporal aids in the edit (issue 7): FLATTEN flow-guided attention and PnP injection, tiny model, CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from videograin import io
+from videograin.attention import FeatureStore
+from videograin.cli import main
+from videograin.flow import Trajectories
+from videograin.sampling import TemporalAids
+from videograin.spec import FlowSpec, PnPSpec, SpecError, TemporalAidsSpec, WindowSpec, load_spec, spec_from_dict
+
+from conftest import EXAMPLE, copy_example
+
+
+@pytest.fixture(scope="module")
+def clip():
+    spec = load_spec(EXAMPLE / "config.yaml")
+    inputs = io.load_inputs(spec, 16)
+    return spec.prompt, [r.prompt for r in spec.regions], inputs.frames[:4], inputs.masks[:, :4]
+
+
+def _edit(pipe, clip, **kwargs):
+    prompt, region_prompts, frames, masks = clip
+    return pipe(frames, masks, prompt, region_prompts, num_inference_steps=4, **kwargs)
+
+
+def test_flow_guided_attention_changes_the_edit(tiny_pipe, clip):
+    base = _edit(tiny_pipe, clip)
+    flow = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(flow=FlowSpec(levels=(0, 1))))
+    assert (flow.latents - base.latents).abs().mean() > 1e-3
+
+
+def test_singleton_trajectories_leave_the_attention_unchanged(tiny_pipe, clip):
+    """A token alone on its trajectory attends only to itself, so FLATTEN's step returns the dense
+    output: the processors must then reproduce the run without flow exactly."""
+    prompt, region_prompts, frames, masks = clip
+    latents = tiny_pipe.encode_frames(frames)
+    h, w = latents.shape[-2:]
+    singles = {}
+    for level in range(tiny_pipe.num_levels):
+        n = (h >> level) * (w >> level)
+        singles[n] = Trajectories(torch.arange(4 * n).view(4, n), 4 * n, h >> level, w >> level)
+    original = tiny_pipe.temporal_aids
+    tiny_pipe.temporal_aids = lambda *args: TemporalAids(trajectories=singles)
+    try:
+        flat = _edit(tiny_pipe, clip)
+    finally:
+        tiny_pipe.temporal_aids = original
+    torch.testing.assert_close(flat.latents, _edit(tiny_pipe, clip).latents, rtol=0, atol=1e-5)
+
+
+def test_pnp_with_zero_steps_is_bit_for_bit_the_plain_run(tiny_pipe, clip):
+    base = _edit(tiny_pipe, clip)
+    zero = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=0)))
+    assert torch.equal(base.latents, zero.latents)
+    two = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=2)))
+    assert (two.latents - base.latents).abs().mean() > 1e-3
+
+
+def test_pnp_records_decoder_self_attention_of_the_first_steps(tiny_pipe, clip):
+    prompt, region_prompts, frames, masks = clip
+    latents = tiny_pipe.encode_frames(frames)
+    aids = tiny_pipe.temporal_aids(frames, tuple(latents.shape[-2:]), TemporalAidsSpec(pnp=PnPSpec(steps=2)))
+    tiny_pipe.invert(latents, "", 4, aids=aids)
+    layers = {layer for layer, _ in aids.features.qk}
+    expected = {name.removesuffix(".processor") for name in tiny_pipe.unet.attn_processors if FeatureStore.takes(name)}
+    assert layers == expected and all(name.startswith("up_blocks") and ".attn1" in name for name in layers)
+    assert {step for _, step in aids.features.qk} == {0, 1}
+    q, k = next(iter(aids.features.qk.values()))
+    assert q.shape[0] == 4 and q.shape == k.shape
+
+
+def test_aids_run_in_windows(tiny_pipe, clip):
+    aids = TemporalAidsSpec(flow=FlowSpec(levels=(0,)), pnp=PnPSpec(steps=2))
+    out = _edit(tiny_pipe, clip, temporal_aids=aids, window=WindowSpec(size=2, stride=1))
+    assert out.latents.isfinite().all()
+
+
+@pytest.mark.parametrize(("aids", "field"), [
+    ({"flow": {"levels": "all"}}, "edit.temporal_aids.flow.levels"),
+    ({"flow": {"level": [0]}}, "edit.temporal_aids.flow.level"),
+    ({"pnp": {"steps": -1}}, "edit.temporal_aids.pnp.steps"),
+    ({"optical": {}}, "edit.temporal_aids.optical"),
+])
+def test_temporal_aids_are_validated(tmp_path, aids, field):
+    (tmp_path / "video").mkdir()
+    config = {"prompt": "a cat", "video": {"path": "video", "frames": 2},
+              "regions": [{"name": "cat", "masks": [0, 0, 8, 8], "prompt": "a cat"}], "edit": {"temporal_aids": aids}}
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(config, tmp_path)
+    assert info.value.field == field
+
+
+def test_cli_edit_with_flow_and_pnp(tmp_path, tiny_model_dir):
+    config_path = copy_example(tmp_path / "ex", tiny_model_dir, frames=4, output=str(tmp_path / "out"))
+    config = yaml.safe_load(config_path.read_text())
+    config["edit"] = {"steps": 3, "temporal_aids": {"flow": {"levels": [0, 1], "steps": 2}, "pnp": {"steps": 1}}}
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["edit", str(config_path)]) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["config"]["edit"]["temporal_aids"] == {"flow": {"levels": [0, 1], "steps": 2}, "pnp": {"steps": 1}}
