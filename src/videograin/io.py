@@ -32,7 +32,7 @@ from PIL import Image
 from .spec import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .spec import EditSpec
+    from .spec import EditSpec, VideoSpec
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,17 @@ def fit_size(source: tuple[int, int], requested: tuple[int, int] | None, multipl
         return w, h
     scale = min(1.0, long_side / max(source))
     return tuple(max(multiple, int(side * scale / multiple + 0.5) * multiple) for side in source)
+
+
+def read_condition_images(path: Path, video: "VideoSpec", size: tuple[int, int]) -> np.ndarray:
+    """ControlNet condition images from a video file or image folder, selected like the source frames
+    (``video.start``/``frames``/``stride``) and resized to ``size`` (w, h): uint8 (F, H, W, 3).
+    Raises SpecError("control.condition") when they cannot be read or are too few."""
+    try:
+        images, _ = read_video(path, video.start, video.frames, video.stride)
+    except SpecError as err:
+        raise SpecError("control.condition", err.problem, "give condition images for every selected frame") from err
+    return resize_frames(images, size)
 
 
 def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:

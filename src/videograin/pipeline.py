@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 
 from .attention import AttentionRecorder, FeatureStore, layout_processors
+from .control import Control
 from .flow import token_grid, trajectories_for_levels, video_flow
 from .inversion import ddim_invert
 from .layout import Layout, blend_mask, build_layout
@@ -57,13 +58,24 @@ class VideoGrainPipeline(DiffusionPipeline):
     (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    _optional_components = ["controlnet"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, controlnet=None):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
             scheduler = DDIMScheduler.from_config(scheduler.config)
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
+        )
+
+    def _control(self, images: torch.Tensor | None, scale: float) -> Control | None:
+        """The ControlNet with its condition images (F, 3, H, W) in [0, 1], or None without images."""
+        if images is None:
+            return None
+        if self.controlnet is None:
+            raise ValueError("control images given but the pipeline has no controlnet (load it with controlnet=...)")
+        return Control(self.controlnet, images, scale)
 
     @property
     def size_multiple(self) -> int:
@@ -120,16 +132,23 @@ class VideoGrainPipeline(DiffusionPipeline):
         return torch.cat(out)
 
     def invert(
-        self, latents: torch.Tensor, source_prompt: str, steps: int, temporal: str = "full", aids: TemporalAids | None = None
+        self,
+        latents: torch.Tensor,
+        source_prompt: str,
+        steps: int,
+        temporal: str = "full",
+        aids: TemporalAids | None = None,
+        control: Control | None = None,
     ) -> list[torch.Tensor]:
         """DDIM-invert latents (F, 4, h, w) under ``source_prompt`` (guidance 1), with the same
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
-        on every step, PnP features recorded). Returns the trajectory (see ``ddim_invert``)."""
+        on every step, PnP features recorded; its ControlNet ``control``). Returns the trajectory
+        (see ``ddim_invert``)."""
         timesteps, alphas, final = self._schedule(steps)
         cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
         if aids is not None:
             aids = TemporalAids(aids.trajectories, None, aids.features, "record", aids.pnp_steps)
-        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal, aids=aids)
+        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal, aids=aids, control=control)
         with layout_processors(self.unet), self._progress(steps, "invert") as bar:
             return ddim_invert(denoise, latents, timesteps, alphas, final, progress=bar)
 
@@ -152,6 +171,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         window: WindowSpec | None = None,
         generator: torch.Generator | None = None,
         temporal_aids: TemporalAidsSpec | None = None,
+        control_images: torch.Tensor | None = None,
+        control_scale: float = 1.0,
     ) -> EditOutput:
         """Edit ``frames`` (F, 3, H, W) in [-1, 1] so that region r of ``masks`` (R, F, H, W) bool shows
         ``region_prompts[r]`` inside the scene described by ``prompt``.
@@ -163,8 +184,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
         ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
         ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
+        ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
         """
         spans = self.check_inputs(frames, masks, prompt, region_prompts)
+        control = self._control(control_images, control_scale)
         token_indices = word_token_indices(self.tokenizer, prompt, spans, words or [None] * len(spans))
         if reatco is not None:
             level = reatco.level if reatco.level is not None else rad_level(self.vae_factor, self.num_levels)
@@ -183,7 +206,7 @@ class VideoGrainPipeline(DiffusionPipeline):
 
         aids = self.temporal_aids(frames, latent_size, temporal_aids)
         clock = time.perf_counter()
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids, control)
         timings["invert"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -200,6 +223,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             return guided_denoise_fn(
                 self.unet, cond, negative, guidance_scale, w.stop - w.start, temporal, window_layout, modulation,
                 recorder, self.scheduler.config.num_train_timesteps, aids.frames(w),
+                control.frames(w) if control is not None else None,
             )
 
         denoise = windowed_denoise_fn(
@@ -267,14 +291,21 @@ class VideoGrainPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def reconstruct(
-        self, frames: torch.Tensor, source_prompt: str = "", num_inference_steps: int = 50, temporal: str = "full"
+        self,
+        frames: torch.Tensor,
+        source_prompt: str = "",
+        num_inference_steps: int = 50,
+        temporal: str = "full",
+        control_images: torch.Tensor | None = None,
+        control_scale: float = 1.0,
     ) -> torch.Tensor:
         """Invert and re-sample under the source prompt with no edit: shows inversion fidelity.
         frames (F, 3, H, W) in [-1, 1] -> (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        control = self._control(control_images, control_scale)
         latents = self.encode_frames(frames)
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control)
         cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
-        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, frames.shape[0], temporal)
+        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, frames.shape[0], temporal, control=control)
         timesteps, alphas, final = self._schedule(num_inference_steps)
         with layout_processors(self.unet), self._progress(num_inference_steps, "reconstruct") as bar:
             latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, progress=bar)

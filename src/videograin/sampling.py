@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionRecorder, FeatureStore, StepContext
+from .control import Control
 from .flow import Trajectories
 from .layout import Layout
 from .spec import ModulationSpec
@@ -135,11 +136,13 @@ def guided_denoise_fn(
     recorder: AttentionRecorder | None = None,
     num_train_timesteps: int = 1000,
     aids: TemporalAids | None = None,
+    control: Control | None = None,
 ) -> DenoiseFn:
     """ε-prediction with classifier-free guidance and the per-step StepContext for the processors.
 
     cond, uncond: (1, L, D) text embeddings shared by all frames (uncond None: no guidance).
     Modulation is on for the first ``modulation.steps`` steps when a layout and modulation are given.
+    ``control``: ControlNet residuals added to the UNet on every step and branch.
     """
     aids = aids or TemporalAids()
     texts = [cond] if uncond is None else [uncond, cond]
@@ -166,8 +169,11 @@ def guided_denoise_fn(
             features_mode=aids.features_mode,
         )
         model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
+        states = encoder_states.to(unet.dtype)
+        down, mid = control.residuals(model_in, t, states) if control is not None else (None, None)
         eps = unet(
-            model_in, t, encoder_hidden_states=encoder_states.to(unet.dtype), cross_attention_kwargs={"videograin": ctx}
+            model_in, t, encoder_hidden_states=states, cross_attention_kwargs={"videograin": ctx},
+            down_block_additional_residuals=down, mid_block_additional_residual=mid,
         ).sample.to(latents.dtype)
         if uncond is None:
             return eps

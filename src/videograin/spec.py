@@ -22,7 +22,9 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
 METHODS = ("videograin", "reatco", "videograin+reatco")
 
-_TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "output")
+_TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "control", "output")
+_CONTROL_KEYS = ("model", "condition", "scale")
+ANNOTATORS = ("canny", "depth", "pose")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
 _EDIT_KEYS = (
@@ -173,6 +175,17 @@ class EditSettings:
 
 
 @dataclass(frozen=True)
+class ControlSpec:
+    """ControlNet conditioning in inversion and editing: ``model`` a hub id or local ControlNet folder;
+    ``condition`` an annotator name (canny, depth, pose) computed from the source frames, or a video
+    file / folder of condition images (Path) aligned with the source; ``scale`` its strength."""
+
+    model: str
+    condition: str | Path
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class EditSpec:
     """A validated edit: paths are absolute; ``model`` is a hub id or an absolute local folder."""
 
@@ -183,6 +196,7 @@ class EditSpec:
     source_prompt: str = ""
     negative_prompt: str = ""
     edit: EditSettings = EditSettings()
+    control: ControlSpec | None = None
     output: Path | None = None
     base_dir: Path = Path(".")
 
@@ -238,6 +252,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
         edit=_edit(data.get("edit")),
+        control=_control(data.get("control"), base_dir),
         output=None if output is None else _path(output, "output", base_dir),
         base_dir=base_dir,
     )
@@ -388,6 +403,27 @@ def _temporal_aids(value: Any) -> TemporalAidsSpec:
     return TemporalAidsSpec(flow=flow, pnp=pnp)
 
 
+def _control(value: Any, base_dir: Path) -> ControlSpec | None:
+    if value is None:
+        return None
+    data = _mapping(value, "control", fix="write `control: {model: <ControlNet>, condition: canny}`")
+    _check_keys(data, _CONTROL_KEYS, "control")
+    model = _model(_require(data, "model", "control", "add `model: <ControlNet hub id or folder>` under control"),
+                   base_dir, "control.model")
+    condition = _text(_require(data, "condition", "control",
+                               f"add `condition:` ({', '.join(ANNOTATORS)}, or a folder/video of condition images)"),
+                      "control.condition", nonempty=True)
+    if condition not in ANNOTATORS:
+        path = _path(condition, "control.condition", base_dir)
+        if not path.exists():
+            raise SpecError("control.condition", f"{condition!r} is neither an annotator nor an existing path",
+                            f"use one of {', '.join(ANNOTATORS)}, or a folder/video of condition images "
+                            f"(relative paths are resolved against {base_dir})")
+        condition = path
+    return ControlSpec(model=model, condition=condition,
+                       scale=_number(data.get("scale", ControlSpec.scale), "control.scale"))
+
+
 def _reatco(value: Any) -> ReAtCoSpec:
     prefix = "edit.reatco"
     data = _mapping(value, prefix, optional=True)
@@ -459,14 +495,14 @@ def _choice(value: Any, field: str, options: tuple[str, ...]) -> str:
     return value
 
 
-def _model(value: Any, base_dir: Path) -> str:
-    name = _text(value, "model", nonempty=True)
+def _model(value: Any, base_dir: Path, field: str = "model") -> str:
+    name = _text(value, field, nonempty=True)
     local = (base_dir / Path(name).expanduser()).resolve()
     if local.exists():
         return str(local)
     # Hub ids look like "org/name"; anything else that names a path must exist locally.
     if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
-        raise SpecError("model", f"local model folder {local} does not exist",
+        raise SpecError(field, f"local model folder {local} does not exist",
                         f"fix the path, or give a Hugging Face hub id such as {DEFAULT_MODEL}")
     return name
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from tokenizers.pre_tokenizers import ByteLevel
 
@@ -75,8 +75,9 @@ def word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPToke
         return CLIPTokenizer(*map(str, _tokenizer_files(Path(scratch), list(words))), model_max_length=model_max_length)
 
 
-def make_tiny_model(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight SD-style pipeline (diffusers folder layout, safetensors) to ``folder``."""
+def make_tiny_model(folder: str | Path, seed: int = 0, controlnet: bool = False) -> Path:
+    """Write a tiny random-weight SD-style pipeline (diffusers folder layout, safetensors) to ``folder``;
+    ``controlnet`` adds a tiny ControlNet made from its UNet in ``folder/controlnet``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     scratch = folder / "tokenizer_source"
@@ -134,7 +135,21 @@ def make_tiny_model(folder: str | Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    if controlnet:
+        tiny_controlnet(unet).save_pretrained(folder / "controlnet", safe_serialization=True)
     for file in scratch.iterdir():
         file.unlink()
     scratch.rmdir()
     return folder
+
+
+def tiny_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
+    """A ControlNet copied from ``unet`` whose zero-initialised output convolutions get small random
+    weights, so that (unlike a fresh ControlNet) its conditions change the UNet's prediction."""
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.normal_(0, 0.1)
+    return controlnet

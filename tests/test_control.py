@@ -1,0 +1,74 @@
+"""ControlNet conditioning (issue 7): annotators, condition images, the edit with a tiny ControlNet."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel
+
+from videograin import io
+from videograin.control import annotate, condition_tensor
+from videograin.pipeline import VideoGrainPipeline
+from videograin.spec import SpecError, load_spec, spec_from_dict
+from videograin.tiny_model import make_tiny_model
+
+from conftest import EXAMPLE
+
+
+@pytest.fixture(scope="module")
+def control_model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_cn"), controlnet=True)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    spec = load_spec(EXAMPLE / "config.yaml")
+    inputs = io.load_inputs(spec, 16)
+    return spec.prompt, [r.prompt for r in spec.regions], inputs
+
+
+def test_canny_marks_the_edges_of_a_square():
+    frame = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    frame[:, 8:24, 8:24] = 255
+    edges = annotate("canny", frame)
+    assert edges.shape == (1, 32, 32, 3) and edges.dtype == np.uint8
+    on = edges[0, ..., 0] > 0
+    assert on[8:24, 7:9].any() and on[8:24, 23:25].any()  # both vertical sides
+    assert not on[12:20, 12:20].any() and not on[:4].any()  # flat inside and outside
+    assert condition_tensor(edges).max() == 1.0
+
+
+def test_missing_annotator_weights_give_a_one_line_error():
+    with pytest.raises(SpecError) as info:
+        annotate("depth", np.zeros((1, 8, 8, 3), dtype=np.uint8))
+    assert info.value.field == "control.condition" and "\n" not in str(info.value)
+
+
+def test_controlnet_conditions_change_the_edit_and_zero_scale_does_not(control_model_dir, clip):
+    prompt, region_prompts, inputs = clip
+    controlnet = ControlNetModel.from_pretrained(control_model_dir / "controlnet")
+    pipe = VideoGrainPipeline.from_pretrained(control_model_dir, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
+    images = condition_tensor(annotate("canny", inputs.frames_uint8[:4]))
+    run = lambda **kw: pipe(frames, masks, prompt, region_prompts, num_inference_steps=3, **kw).latents  # noqa: E731
+    plain = run()
+    assert (run(control_images=images) - plain).abs().mean() > 1e-2
+    torch.testing.assert_close(run(control_images=images, control_scale=0.0), plain, rtol=0, atol=1e-5)
+
+
+def test_control_spec_is_validated(tmp_path):
+    (tmp_path / "video").mkdir()
+    base = {"prompt": "a cat", "video": {"path": "video", "frames": 2},
+            "regions": [{"name": "cat", "masks": [0, 0, 8, 8], "prompt": "a cat"}]}
+    for control, field in [({"condition": "canny"}, "control.model"),
+                           ({"model": "org/cn", "condition": "edges"}, "control.condition"),
+                           ({"model": "org/cn", "condition": "canny", "scale": -1}, "control.scale")]:
+        with pytest.raises(SpecError) as info:
+            spec_from_dict({**base, "control": control}, tmp_path)
+        assert info.value.field == field
+    spec = spec_from_dict({**base, "control": {"model": "org/cn", "condition": "video"}}, tmp_path)
+    assert spec.control.condition == tmp_path / "video"
+    assert spec_from_dict(spec.to_dict(), tmp_path) == spec
