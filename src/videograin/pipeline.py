@@ -245,15 +245,8 @@ class VideoGrainPipeline(DiffusionPipeline):
                 recorder = AttentionRecorder(level=level, keep_graph=True)
                 attend = window_denoise_fn(w, window_layout, None, recorder)  # conditional branch only
                 rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(level, regions)))
-            guide = rad_guide(
-                rad_windows,
-                [token_indices[r] for r in regions],
-                step_sizes(num_inference_steps, reatco.step_size),
-                reatco.steps,
-                reatco.iterations,
-                reatco.top_k,
-                guidance,
-            )
+            alphas_rad = step_sizes(num_inference_steps, reatco.step_size)
+            guide = rad_guide(rad_windows, [token_indices[r] for r in regions], alphas_rad, reatco, guidance)
         with layout_processors(self.unet), self._progress(num_inference_steps, "edit") as bar:
             edited_latents = ddim_sample(
                 denoise, trajectory[0], timesteps, alphas, final, callback, progress=bar, guide=guide

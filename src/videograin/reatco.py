@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionRecorder
+from .spec import ReAtCoSpec
 
 logger = logging.getLogger(__name__)
 
@@ -98,19 +99,13 @@ class RadWindow:
         return rad_losses(maps, token_indices, self.masks, top_k)
 
 
-def rad_guide(
-    windows: list[RadWindow],
-    token_indices: list[int],
-    alphas: list[float],
-    steps: int,
-    iterations: int,
-    top_k: float,
-    log: list[dict],
-):
-    """A ``guide(step, t, latents) -> latents`` for ``ddim_sample``: on the first ``steps`` steps,
-    ``iterations`` gradient steps of size ``alphas[step]`` on L_IR + L_OR per window; windows that
-    overlap average their updated latents. Gradients flow through the UNet for one window at a time.
-    Appends {"step", "t", "L_IR", "L_OR"} (before the update, mean over windows) to ``log``."""
+def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[float], spec: ReAtCoSpec, log: list[dict]):
+    """A ``guide(step, t, latents) -> latents`` for ``ddim_sample``: on the first ``spec.steps``
+    steps, ``spec.iterations`` gradient steps of size ``alphas[step]`` on L_IR + L_OR (top-K share
+    ``spec.top_k``) per window; windows that overlap average their updated latents. Gradients flow
+    through the UNet for one window at a time. Appends {"step", "t", "L_IR", "L_OR"} (before the
+    update, mean over windows) to ``log``."""
+    steps, iterations, top_k = spec.steps, spec.iterations, spec.top_k
 
     def guide(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
         if step >= steps or not token_indices:
