@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from videograin import io
 from videograin.attention import layout_attention
-from videograin.cli import main
+from videograin.cli import main, psnr, to_uint8
 from videograin.reatco import invariant_region_sampling, rad_level, rad_losses, temporal_windows
 from videograin.sampling import windowed_denoise_fn
 from videograin.spec import ReAtCoSpec, SpecError, WindowSpec, load_spec, spec_from_dict
@@ -279,3 +281,22 @@ def test_cli_reatco_with_boxes_records_the_losses(tmp_path, tiny_model_dir):
     config_path.write_text(yaml.safe_dump(config))
     assert main(["edit", str(config_path), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("VIDEOGRAIN_TEST_MODEL"), reason=(
+    "needs trained SD 1.x weights: set VIDEOGRAIN_TEST_MODEL to a local diffusers folder (a random "
+    "VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked on it)"))
+def test_irjs_keeps_pixels_away_from_the_boxes_equal_to_the_vae_round_trip(example_inputs):
+    from videograin.pipeline import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(os.environ["VIDEOGRAIN_TEST_MODEL"])
+    pipe.set_progress_bar_config(disable=True)
+    spec, inputs = example_inputs
+    frames = inputs.frames[:4]
+    boxes = _box_regions(inputs.masks[:2, :4])
+    out = pipe(frames, boxes, spec.prompt, [r.prompt for r in spec.regions[:2]], num_inference_steps=20,
+               modulation=None, reatco=ReAtCoSpec(steps=10), generator=torch.Generator().manual_seed(0))
+    source = pipe.decode_latents(pipe.encode_frames(frames))
+    union = boxes.any(0).float()[:, None]
+    far = (F.max_pool2d(union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
+    assert psnr(to_uint8(out.frames)[far], to_uint8(source)[far]) >= 35
