@@ -18,7 +18,7 @@ from PIL import Image
 
 from videograin.cli import main
 from videograin.official_config import convert_config
-from videograin.spec import SpecError, load_spec
+from videograin.spec import ControlSpec, SpecError, load_spec
 
 # config/instance_level/running_two_man/4cls_spider_polar.yaml
 INSTANCE = """\
@@ -229,6 +229,25 @@ def check_against_official(spec, official: dict, root: Path, index: int = 0) -> 
     assert spec.edit.seed == official["seed"]
     assert spec.edit.blend is True  # the official sampler always blends with the layout masks
     assert spec.output == (root / official["logdir"] / "videograin").resolve()
+    check_aids_and_control(spec, official)
+
+
+def check_aids_and_control(spec, official: dict) -> None:
+    """FLATTEN, PnP and ControlNet as test.py and the pipeline use them: flatten_res factor 2^k -> flow
+    level k; use_pnp with inject_step N -> pnp on the first N steps; control type, scale."""
+    ed, control = official["editing_config"], official.get("control_config")
+    aids = spec.edit.temporal_aids
+    levels = sorted({f.bit_length() - 1 for f in ed.get("flatten_res") or []})
+    assert (aids.flow.levels if aids.flow else ()) == tuple(levels)
+    if aids.flow:
+        assert aids.flow.steps is None  # every step, as officially
+    inject = ed.get("inject_step") if ed.get("use_pnp") else 0
+    assert (aids.pnp.steps if aids.pnp else 0) == inject
+    if control and isinstance(spec.control.condition, str):
+        conditions = {"canny": "canny", "depth": "depth", "depth_zoe": "depth", "openpose": "pose", "dwpose": "pose"}
+        assert spec.control.condition == conditions[control["control_type"]]
+    if control:
+        assert spec.control.scale == control["controlnet_conditioning_scale"]
 
 
 @pytest.fixture
@@ -257,14 +276,18 @@ def test_instance_level(repo, tmp_path, caplog):
     assert written["output"] == ("../VideoGrain/result/run_two_man/instance_level/left2spider_right2polar_pnp5/"
                                  "videograin")
 
-    # ControlNet, FLATTEN and PnP are active in this config: listed at the top and logged; FreeU is off
+    # FLATTEN, PnP and the ControlNet are mapped; what of them does not map is listed at the top and logged
+    assert spec.edit.temporal_aids.flow.levels == (0,) and spec.edit.temporal_aids.pnp.steps == 5
+    assert written["edit"]["temporal_aids"] == {"flow": {"levels": [0]}, "pnp": {"steps": 5}}
+    # ./ckpt/control_v11p_sd15_openpose is absent: the hub model the official ckpt/download.sh clones
+    assert spec.control == ControlSpec(model="lllyasviel/control_v11p_sd15_openpose", condition="pose", scale=1.0)
     items = not_applied(out)
     assert len(items) == 3 and items == list(result.unsupported)
-    control, flatten, pnp = items
-    assert control.startswith("control_config:") and "dwpose" in control and "control_v11p_sd15_openpose" in control
-    assert flatten.startswith("editing_config.flatten_res: [1], old_qk: 1") and "FLATTEN" in flatten
-    assert pnp.startswith("editing_config.use_pnp: true, inject_step: 5") and "PnP" in pnp
-    assert not any("freeu" in line.lower() for line in items)
+    old_qk, pnp, hand = items
+    assert old_qk.startswith("editing_config.old_qk: 1") and "edit.temporal_aids.flow" in old_qk
+    assert pnp.startswith("editing_config.use_pnp: true, inject_step: 5") and "residual features" in pnp
+    assert hand.startswith("control_config.hand: true")
+    assert not any("freeu" in line.lower() or "flatten_res:" in line for line in items)
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for item in items:
         assert any(item in message for message in logged)
@@ -282,8 +305,10 @@ def test_part_level_and_non_square_frames(repo, tmp_path, caplog):
     assert spec.video.size == (512, 512)  # official default image_size
     assert spec.model == str((repo / "ckpt" / "stable-diffusion-v1-5").resolve())
     assert yaml.safe_load(out.read_text())["model"] == "VideoGrain/ckpt/stable-diffusion-v1-5"
+    assert spec.edit.temporal_aids.flow.levels == (0, 1, 2)  # flatten_res [1, 2, 4]: 64, 32, 16 tokens a side
+    assert spec.edit.temporal_aids.pnp.steps == 10
     items = not_applied(out)
-    assert any(i.startswith("editing_config.flatten_res: [1, 2, 4]") for i in items)
+    assert not any(i.startswith("editing_config.flatten_res") for i in items)
     assert any(i.startswith("editing_config.use_pnp: true, inject_step: 10") for i in items)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "48x32" in logged and "centre-crops" in logged
@@ -298,10 +323,11 @@ def test_class_level_other_edit_by_index(repo, tmp_path, caplog):
     assert spec.prompt == "A bear in the autum  forest" and spec.regions[0].prompt == "A bear"
     assert spec.video.start == 3  # from start_sample_frame
     items = not_applied(out)
-    assert len(items) == 2  # ControlNet and FLATTEN; use_pnp is false
-    assert "depth_zoe" in items[0] and "controlnet_conditioning_scale: 0.7" in items[0]
-    assert not any("use_pnp" in i for i in items)
+    assert len(items) == 1 and items[0].startswith("editing_config.old_qk: 1")  # use_pnp is false
+    assert spec.edit.temporal_aids.pnp is None
+    assert spec.control == ControlSpec(model="lllyasviel/sd-controlnet-depth", condition="depth", scale=0.7)
     logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "depth_zoe (ZoeDepth)" in logged  # mapped to videograin's depth annotator, with a warning
     assert "4 edits" in logged and "'A cute pig in the autum forest'" in logged and "--index" in logged
     assert "modulated_percentage" in "\n".join(header(out))
 
@@ -417,9 +443,22 @@ def test_freeu_blending_and_unknown_keys_are_listed(repo, tmp_path):
 
 
 def test_converted_instance_config_runs_edit(repo, tmp_path, tiny_model_dir, capsys):
-    official = make_repo(repo, INSTANCE.replace("n_sample_frame: 16", "n_sample_frame: 4"))  # test: fewer frames
+    from diffusers import UNet2DConditionModel
+
+    from videograin.tiny_model import tiny_controlnet
+
+    # test: fewer frames; canny conditions (the pose annotator needs weights) from a tiny local ControlNet
+    text = (INSTANCE.replace("n_sample_frame: 16", "n_sample_frame: 4")
+            .replace('control_type: "dwpose"', 'control_type: "canny"\n    low_threshold: 100\n    high_threshold: 200'))
+    official = make_repo(repo, text)
+    controlnet = repo / "ckpt" / "control_v11p_sd15_openpose"
+    tiny_controlnet(UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")).save_pretrained(controlnet)
     config = tmp_path / "spider_polar.yaml"
     assert main(["convert-config", str(official), "--out", str(config), "--root", str(repo)]) == 0
+    written = yaml.safe_load(config.read_text())
+    assert written["control"] == {"model": "VideoGrain/ckpt/control_v11p_sd15_openpose", "condition": "canny",
+                                  "scale": 1.0}
+    assert not_applied(config)[-1].startswith("editing_config.use_pnp")  # canny with the thresholds videograin uses
     out = tmp_path / "edit"
     code = main(["edit", str(config), "--model", str(tiny_model_dir), "--steps", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -427,3 +466,155 @@ def test_converted_instance_config_runs_edit(repo, tmp_path, tiny_model_dir, cap
     run = json.loads((out / "run.json").read_text())
     assert [r["name"] for r in run["config"]["regions"]] == ["left_man", "right_man", "ground", "full_trees"]
     assert run["config"]["video"]["frames"] == 4 and run["config"]["video"]["stride"] == 2
+    assert run["config"]["edit"]["temporal_aids"]["pnp"]["steps"] == 5
+
+
+# (control_config, editing_config) pairs of real official configs, put into INSTANCE (its own: dwpose, hand,
+# flatten_res [1], pnp 5): ControlNet path -> hub id, control type -> condition, NOT APPLIED lines expected
+REAL = {
+    # config/class_level/car/posche.yaml
+    "posche": (('control_type: "depth_zoe"\n    pretrained_controlnet_path: "./ckpt/sd-controlnet-depth"\n'
+               "    controlnet_conditioning_scale: 1.0"),
+               "inject_step: 10\n    old_qk: 1\n    flatten_res: [1]\n    use_pnp: true\n    use_freeu: false",
+               "lllyasviel/sd-controlnet-depth", "depth", ["old_qk", "use_pnp"]),
+    # config/instance_level/2_cars/left_firetruck_right_bus.yaml
+    "firetruck": (('control_type: "depth_zoe"\n    pretrained_controlnet_path: ./ckpt/control_v11f1p_sd15_depth\n'
+                  "    controlnet_conditioning_scale: 0.7"),
+                  "inject_step: 30\n    old_qk: 1\n    flatten_res: [1,2,4]\n    use_pnp: true\n    use_freeu: true",
+                  "lllyasviel/control_v11f1p_sd15_depth", "depth", ["old_qk", "use_pnp", "use_freeu"]),
+    # config/instance_level/2_cats/4cls_panda_vs_poddle.yaml
+    "panda": (('control_type: "depth"\n    pretrained_controlnet_path: "./ckpt/sd-controlnet-depth"\n'
+              "    controlnet_conditioning_scale: 0.53"),
+              "inject_step: 0\n    old_qk: 1\n    flatten_res: [1,2,4]\n    use_pnp: false\n    use_freeu: false",
+              "lllyasviel/sd-controlnet-depth", "depth", ["old_qk"]),
+    # config/instance_level/badminton/2cls_wonder_woman_spiderman.yaml
+    "badminton": (('control_type: "dwpose"\n    pretrained_controlnet_path: "./ckpt/control_v11p_sd15_openpose"\n'
+                  "    controlnet_conditioning_scale: 1.0\n    hand: True\n    face: True"),
+                  "inject_step: 12\n    old_qk: 1\n    flatten_res: [1,2]\n    use_pnp: true\n    use_freeu: false",
+                  "lllyasviel/control_v11p_sd15_openpose", "pose", ["old_qk", "use_pnp", "hand/face"]),
+    # config/class_level/tennis/1cls_man2iron_man.yaml
+    "tennis": (("control_type: \"openpose\"\n    pretrained_controlnet_path: ./ckpt/sd-controlnet-openpose\n"
+               "    controlnet_conditioning_scale: 1.0\n    hand: false\n    face: false"),
+               "inject_step: 0\n    old_qk: 1\n    flatten_res: [1]\n    use_pnp: false\n    use_freeu: false",
+               "lllyasviel/sd-controlnet-openpose", "pose", ["old_qk"]),
+    # config/instance_level/soap-box/soap-box.yaml (hand/face under a depth type: not read)
+    "soap-box": (('control_type: "depth_zoe"\n    pretrained_controlnet_path: "./ckpt/control_v11f1p_sd15_depth"\n'
+                 "    controlnet_conditioning_scale: 1.0\n    hand: False\n    face: False"),
+                 "inject_step: 5\n    old_qk: 1\n    flatten_res: [1]\n    use_pnp: true\n    use_freeu: false",
+                 "lllyasviel/control_v11f1p_sd15_depth", "depth", ["old_qk", "use_pnp"]),
+    # config/instance_level/soely_edit/only_right.yaml (use_pnp with inject_step 0 injects on no step)
+    "only_right": (('control_type: "dwpose"\n    pretrained_controlnet_path:  "./ckpt/control_v11p_sd15_openpose"\n'
+                   "    controlnet_conditioning_scale: 1.0\n    hand: True\n    face: False"),
+                   "inject_step: 0\n    old_qk: 1\n    flatten_res: [1]\n    use_pnp: true\n    use_freeu: false",
+                   "lllyasviel/control_v11p_sd15_openpose", "pose", ["old_qk", "hand"]),
+}
+OWN_CONTROL = ('control_type: "dwpose"\n    pretrained_controlnet_path: "./ckpt/control_v11p_sd15_openpose"\n'
+               "    controlnet_conditioning_scale: 1.0\n    hand: True\n    face: False")
+OWN_EDITING = "inject_step: 5\n    old_qk: 1\n    flatten_res: [1]\n    guidance_scale: 7.5\n    use_pnp: true\n" \
+              "    use_freeu: false"
+
+
+def with_aids(control: str, editing: str) -> str:
+    assert OWN_CONTROL in INSTANCE and OWN_EDITING in INSTANCE
+    return INSTANCE.replace(OWN_CONTROL, control).replace(OWN_EDITING, editing + "\n    guidance_scale: 7.5")
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_aids_and_control_blocks(repo, tmp_path, name):
+    control, editing, model, condition, expected = REAL[name]
+    text = with_aids(control, editing)
+    official = make_repo(repo, text)
+    result = convert_config(official, tmp_path / "c.yaml", root=repo)
+    check_against_official(result.spec, yaml.safe_load(text), repo)
+    assert result.spec.control.model == model and result.spec.control.condition == condition
+    keys = [item.split(":")[0].removeprefix("editing_config.").removeprefix("control_config.")
+            for item in result.unsupported]
+    assert keys == expected
+    if name == "only_right":
+        assert result.spec.edit.temporal_aids.pnp is None
+        assert "use_pnp true with inject_step 0" in "\n".join(header(result.path))
+
+
+@pytest.mark.parametrize(
+    "flatten, old_qk, levels, listed",
+    [
+        ("[1]", 0, (0,), False),  # old_qk: 0 is videograin's variant: nothing left out
+        ("[1,2,4,8]", 1, (0, 1, 2, 3), True),  # 8: the 8x8 mid block of SD 1.5
+        ("[2,1,2]", 1, (0, 1), True),  # repeats collapse
+        ("[3,16]", 1, None, False),  # no SD 1.5 layer has those grids: no effect officially
+        ("[]", 1, None, False),
+    ],
+)
+def test_flatten_res_levels(repo, tmp_path, flatten, old_qk, levels, listed):
+    text = with_aids(OWN_CONTROL, f"inject_step: 0\n    old_qk: {old_qk}\n    flatten_res: {flatten}\n"
+                                  "    use_pnp: false\n    use_freeu: false")
+    text = text.replace("image_size: 32", "image_size: 512")  # factors act on the 64x64 latent grid
+    official = make_repo(repo, text)
+    result = convert_config(official, tmp_path / "c.yaml", root=repo)
+    flow = result.spec.edit.temporal_aids.flow
+    assert (flow.levels if flow else None) == levels
+    assert any(i.startswith("editing_config.old_qk") for i in result.unsupported) is listed
+    if flatten == "[3,16]":
+        assert "flatten_res factor 16 (a 4x4 token grid" in "\n".join(header(result.path))
+
+
+def test_flatten_res_must_be_factors(repo, tmp_path):
+    official = make_repo(repo, INSTANCE.replace("flatten_res: [1]", "flatten_res: 1"))
+    with pytest.raises(SpecError) as err:
+        convert_config(official, tmp_path / "c.yaml", root=repo)
+    assert err.value.field == "editing_config.flatten_res"
+
+
+def test_control_local_model_and_unmapped_types(repo, tmp_path, caplog):
+    # a ControlNet folder under the official root is used as it is, relative to the new file
+    official = make_repo(repo, INSTANCE)
+    (repo / "ckpt" / "control_v11p_sd15_openpose").mkdir(parents=True)
+    out = tmp_path / "c.yaml"
+    spec = convert_config(official, out, root=repo).spec
+    assert spec.control.model == str((repo / "ckpt" / "control_v11p_sd15_openpose").resolve())
+    assert yaml.safe_load(out.read_text())["control"]["model"] == "VideoGrain/ckpt/control_v11p_sd15_openpose"
+
+    # canny with other thresholds than videograin's: mapped, the thresholds listed
+    canny = ('control_type: "canny"\n    pretrained_controlnet_path: "./ckpt/control_v11p_sd15_openpose"\n'
+             "    controlnet_conditioning_scale: 0.5\n    low_threshold: 50\n    high_threshold: 100")
+    official.write_text(INSTANCE.replace(OWN_CONTROL, canny))
+    result = convert_config(official, out, root=repo, overwrite=True)
+    assert result.spec.control.condition == "canny" and result.spec.control.scale == 0.5
+    assert result.unsupported[-1].startswith("control_config.low_threshold/high_threshold: [50, 100]")
+
+    # an annotator videograin lacks (hed, seg, mlsd, ...), or a ControlNet that is neither here nor known:
+    # no control section, the whole control_config listed
+    for control in (OWN_CONTROL.replace('"dwpose"', '"hed"'),
+                    OWN_CONTROL.replace("./ckpt/control_v11p_sd15_openpose", "./ckpt/my_controlnet")):
+        official.write_text(INSTANCE.replace(OWN_CONTROL, control))
+        result = convert_config(official, out, root=repo, overwrite=True)
+        assert result.spec.control is None and "control" not in yaml.safe_load(out.read_text())
+        assert result.unsupported[-1].startswith("control_config: {control_type:")
+        assert "hed" in result.unsupported[-1] or "my_controlnet" in result.unsupported[-1]
+
+
+def test_control_images_of_an_official_run_are_preferred(repo, tmp_path):
+    # test.py writes the conditions it computed to <logdir>/control/{i}.jpg (and control.mp4); PART samples
+    # frames 0..15 with sampling_rate 1, so videograin's folder reader picks exactly those
+    official = make_repo(repo, PART.replace("n_sample_frame: 16", "n_sample_frame: 4"))
+    saved = repo / yaml.safe_load(PART)["logdir"] / "control"
+    saved.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(saved / f"{i}.jpg")
+    (saved / "control.mp4").write_bytes(b"")
+    out = tmp_path / "c.yaml"
+    result = convert_config(official, out, root=repo)
+    assert result.spec.control.condition == saved.resolve()
+    assert yaml.safe_load(out.read_text())["control"]["condition"] == (
+        "VideoGrain/result/part_level/part_level_modification/man_text_message/blue_shirt/control")
+    assert not any(i.startswith("control_config.hand") for i in result.unsupported)  # drawn in those images
+
+    # INSTANCE samples every 2nd frame: the reader would re-select out of the saved images, so the annotator
+    instance = make_repo(tmp_path / "other", INSTANCE.replace("n_sample_frame: 16", "n_sample_frame: 4"))
+    saved = tmp_path / "other" / yaml.safe_load(INSTANCE)["logdir"] / "control"
+    saved.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(saved / f"{i}.jpg")
+    result = convert_config(instance, out, root=tmp_path / "other", overwrite=True)
+    assert result.spec.control.condition == "pose"
+    assert "not used: videograin would select" in "\n".join(header(out))

@@ -14,9 +14,29 @@ relative to that folder, here ``root``. What its ``ImageSequenceDataset`` does, 
   prompt k belongs to layout k, ``''`` (or no local prompt for the last layouts) leaves the region
   unedited  ->  ``prompt`` and ``regions[k].prompt``.
 
-Options that change the official result but are not implemented here (ControlNet, FLATTEN, PnP, FreeU,
-...) are listed as comments at the top of the written file and logged as warnings; nothing is dropped
-silently. The written file is read back with :func:`videograin.spec.load_spec` before it is kept.
+The temporal aids and ControlNet (``test.py``, ``video_diffusion/...``) map as follows:
+
+- ``editing_config.flatten_res: [f, ...]``: FLATTEN's flow-guided attention runs in every self-attention
+  whose per-frame token grid is ``(H/8 // f, W/8 // f)`` (test.py builds that list; attention.py tests
+  ``[h, w] in flatten_res``), in every inversion and editing step  ->  ``edit.temporal_aids.flow.levels``
+  with level ``log2 f`` (1 -> 0 = 64x64 tokens for 512² frames, 2 -> 1, 4 -> 2, 8 -> 3 = the 8x8 mid block);
+  ``old_qk: 1`` (the flow attention takes the frame attention's projected q/k, the output only as value)
+  is not applied: videograin uses the attention output as q, k and v, the official ``old_qk: 0``;
+- ``use_pnp: true, inject_step: N``: the pipeline injects the inversion's decoder self-attention q/k
+  while ``i < inject_step`` (i counts the editing steps from 0), i.e. the first N steps  ->
+  ``edit.temporal_aids.pnp.steps: N``; its residual-block feature injection (up_blocks[1].resnets[0,1],
+  up_blocks[2].resnets[0]) is not applied;
+- ``control_config``: the official run always conditions inversion and editing on a ControlNet
+  (``pretrained_controlnet_path``, ``controlnet_conditioning_scale``) fed with annotator maps of the
+  frames (``control_type``)  ->  ``control: {model, condition, scale}``; canny -> canny, depth/depth_zoe
+  -> depth, openpose/dwpose -> pose. The official code reads no condition folder; the condition images a
+  previous official run wrote to ``<logdir>/control/`` are used instead of an annotator when videograin's
+  reader picks exactly those.
+
+Options that change the official result but are not implemented here (old_qk: 1, PnP's residual
+features, FreeU, ...) are listed as comments at the top of the written file and logged as warnings;
+nothing is dropped silently. The written file is read back with :func:`videograin.spec.load_spec` before
+it is kept.
 """
 
 from __future__ import annotations
@@ -81,6 +101,11 @@ _FIELD_TO_OFFICIAL = {
     "edit.guidance_scale": "editing_config.guidance_scale",
     "edit.seed": "seed",
     "model": "pretrained_model_path",
+    "edit.temporal_aids.flow": "editing_config.flatten_res",
+    "edit.temporal_aids.pnp": "editing_config.inject_step",
+    "control.model": "control_config.pretrained_controlnet_path",
+    "control.condition": "control_config.control_type",
+    "control.scale": "control_config.controlnet_conditioning_scale",
     "output": "logdir",
 }
 
@@ -365,8 +390,18 @@ def official_to_spec_data(
         output = _relative(_official_path(data["logdir"], "logdir", root) / "videograin", out_dir)
         notes.append("output: the official logdir + /videograin (the official results there stay untouched)")
 
+    # --- FLATTEN, PnP, ControlNet ---------------------------------------------------------------------
+    aids = _temporal_aids(editing, size, steps, unsupported, notes, warnings, inert)
+    control_spec = None
+    if control:
+        logdir = _official_path(data["logdir"], "logdir", root) if isinstance(data.get("logdir"), str) and \
+            data["logdir"] else None
+        square = first is None or first[0] == first[1]
+        control_spec = _control(control, root, out_dir, logdir, frames, start, rate, square,
+                                unsupported, notes, warnings, inert)
+
     # --- what is not applied -------------------------------------------------------------------------
-    more_unsupported, more_inert = _not_applied(data, dataset, editing, control)
+    more_unsupported, more_inert = _not_applied(data, dataset, editing)
     unsupported += more_unsupported
     inert += more_inert
     if negative is None:
@@ -382,6 +417,10 @@ def official_to_spec_data(
         spec_data["negative_prompt"] = negative
     spec_data["regions"] = regions
     spec_data["edit"] = {"steps": steps, "guidance_scale": float(guidance), "seed": seed, "blend": True}
+    if aids:
+        spec_data["edit"]["temporal_aids"] = aids
+    if control_spec is not None:
+        spec_data["control"] = control_spec
     if output is not None:
         spec_data["output"] = output
 
@@ -405,24 +444,12 @@ def official_to_spec_data(
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def _not_applied(data: dict, dataset: dict, editing: dict, control: dict) -> tuple[list[str], list[str]]:
+def _not_applied(data: dict, dataset: dict, editing: dict) -> tuple[list[str], list[str]]:
     """Official options that change the official result but are not implemented here (unknown keys
-    included), and keys without effect on the official result; one line each."""
+    included), and keys without effect on the official result; one line each. (FLATTEN, PnP and the
+    ControlNet: :func:`_temporal_aids`, :func:`_control`.)"""
     unsupported: list[str] = []
     inert: list[str] = []
-    if control:
-        unsupported.append(f"control_config: {_fmt(control)} (ControlNet conditioning; the official code always "
-                           "uses it)")
-    flatten = editing.get("flatten_res")
-    if flatten:
-        extra = f", old_qk: {_fmt(editing['old_qk'])}" if "old_qk" in editing else ""
-        unsupported.append(f"editing_config.flatten_res: {_fmt(flatten)}{extra} "
-                           "(FLATTEN optical-flow-guided attention)")
-    if editing.get("use_pnp"):
-        unsupported.append(f"editing_config.use_pnp: true, inject_step: {_fmt(editing.get('inject_step'))} "
-                           "(PnP feature injection from the inversion)")
-    elif editing.get("inject_step"):
-        inert.append(f"inject_step {_fmt(editing['inject_step'])} (use_pnp is false)")
     if editing.get("use_freeu"):
         unsupported.append("editing_config.use_freeu: true (FreeU, b1=1.2, b2=1.5, s1=1.0, s2=1.0)")
     blending = editing.get("blending_percentage", 0)
@@ -449,6 +476,163 @@ def _not_applied(data: dict, dataset: dict, editing: dict, control: dict) -> tup
             elif not (section is dataset and name in ("width", "height")):
                 unsupported.append(f"{prefix}{name}: {_fmt(section[name])} (unknown to the converter)")
     return unsupported, inert
+
+
+# SD 1.5 UNet levels with self-attention: 64, 32, 16 (down/up blocks) and 8 (mid block) tokens a side for
+# 512² frames. The official flatten_res factor f selects the grid (H/8 // f); level k halves it k times.
+_SD_LEVELS = 4
+# ckpt/download.sh of the official repository: the ControlNets its configs load from ./ckpt/<name>.
+_OFFICIAL_CONTROLNETS = ("control_v11p_sd15_openpose", "control_v11f1p_sd15_depth", "sd-controlnet-depth",
+                         "sd-controlnet-openpose")
+# annotator/util.py get_control + test.py: official control_type -> videograin annotator.
+_CONDITIONS = {"canny": "canny", "depth": "depth", "depth_zoe": "depth", "openpose": "pose", "dwpose": "pose"}
+_CONTROL_KEYS = {"control_type", "pretrained_controlnet_path", "controlnet_conditioning_scale", "low_threshold",
+                 "high_threshold", "hand", "face", "value", "bg_threshold", "value_threshold",
+                 "distance_threshold"}
+
+
+def _temporal_aids(editing: dict, size: int, steps: int, unsupported: list[str], notes: list[str],
+                   warnings: list[str], inert: list[str]) -> dict:
+    """``edit.temporal_aids`` from ``flatten_res``/``old_qk`` and ``use_pnp``/``inject_step`` ({} when
+    neither is active); what does not map goes to ``unsupported``/``inert``."""
+    aids: dict[str, Any] = {}
+    flatten = editing.get("flatten_res")
+    if flatten is not None and not (isinstance(flatten, list) and all(
+            isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in flatten)):
+        raise SpecError("editing_config.flatten_res", f"must be a list of downsampling factors, got {flatten!r}",
+                        "write e.g. flatten_res: [1] (1 = 64x64 latent tokens for 512x512 frames)")
+    latent = size // 8
+    levels: list[int] = []
+    for factor in flatten or []:
+        level = factor.bit_length() - 1
+        if factor != 1 << level or latent % factor or level >= _SD_LEVELS:
+            inert.append(f"flatten_res factor {factor} (a {latent // factor}x{latent // factor} token grid, which "
+                         "no attention layer of SD 1.5 has: no effect officially)")
+        elif level not in levels:
+            levels.append(level)
+    old_qk = editing.get("old_qk", 0)
+    if levels:
+        aids["flow"] = {"levels": sorted(levels)}
+        notes.append(f"editing_config.flatten_res {_fmt(flatten)} -> edit.temporal_aids.flow.levels "
+                     f"{_fmt(sorted(levels))} (factor 2^k = level k), every inversion and editing step as "
+                     "officially; trajectories from OpenCV DIS flow (official: RAFT-large)")
+        if old_qk:
+            unsupported.append(f"editing_config.old_qk: {_fmt(old_qk)} (flatten_res is applied as "
+                               "edit.temporal_aids.flow, but FLATTEN's flow attention there takes the frame "
+                               "attention's projected queries/keys; videograin's uses the attention output as "
+                               "query, key and value, the official old_qk: 0)")
+    elif "old_qk" in editing:
+        inert.append(f"old_qk {_fmt(old_qk)} (no flatten_res level)")
+
+    inject = editing.get("inject_step")
+    if editing.get("use_pnp"):
+        inject = _int(inject if inject is not None else 0, "editing_config.inject_step", 0)
+        if inject:
+            aids["pnp"] = {"steps": inject}
+            notes.append(f"editing_config.use_pnp, inject_step {inject} -> edit.temporal_aids.pnp.steps {inject} "
+                         f"(decoder self-attention queries/keys of the inversion injected in the first {inject} "
+                         f"of {steps} editing steps)")
+            unsupported.append(f"editing_config.use_pnp: true, inject_step: {inject} (its q/k injection is applied as "
+                               "edit.temporal_aids.pnp; not applied: the residual features, outputs of "
+                               "up_blocks[1].resnets[0,1] and up_blocks[2].resnets[0] replaced by the inversion's, "
+                               "and the official choice of layers, q/k of up_blocks[1].attentions[1,2], "
+                               "[2].attentions[0-2], [3].attentions[0]; videograin injects every decoder "
+                               "self-attention's)")
+        else:
+            inert.append("use_pnp true with inject_step 0 (injects on no step)")
+    elif inject:
+        inert.append(f"inject_step {_fmt(inject)} (use_pnp is false)")
+    return aids
+
+
+def _control(control: dict, root: Path, out_dir: Path, logdir: Path | None, frames: int, start: int, rate: int,
+             square: bool, unsupported: list[str], notes: list[str], warnings: list[str],
+             inert: list[str]) -> dict | None:
+    """The spec's ``control`` from ``control_config`` (None when it does not map: then it is listed in
+    ``unsupported``)."""
+    kind = control.get("control_type")
+    scale = control.get("controlnet_conditioning_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise SpecError("control_config.controlnet_conditioning_scale", f"must be a number, got {scale!r}",
+                        "write e.g. controlnet_conditioning_scale: 1.0")
+    if "controlnet_conditioning_scale" not in control:
+        notes.append("control_config.controlnet_conditioning_scale: missing (the official code requires it); "
+                     "control.scale: 1.0")
+    for name, value in control.items():
+        if name not in _CONTROL_KEYS:
+            unsupported.append(f"control_config.{name}: {_fmt(value)} (unknown to the converter)")
+
+    # the ControlNet: a local folder under the official root, else the hub model ckpt/download.sh clones
+    raw = control.get("pretrained_controlnet_path")
+    model = None
+    if isinstance(raw, str) and raw.strip():
+        local = _official_path(raw, "control_config.pretrained_controlnet_path", root)
+        if local.is_dir():
+            model = _relative(local, out_dir)
+        elif local.name in _OFFICIAL_CONTROLNETS:
+            model = f"lllyasviel/{local.name}"
+            notes.append(f"control_config.pretrained_controlnet_path: {local} not found; control.model: {model} "
+                         "(what the official ckpt/download.sh clones there)")
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", raw.strip()) and not raw.strip().startswith("."):
+            model = raw.strip()  # a hub id
+    if model is None:
+        unsupported.append(f"control_config: {_fmt(control)} (ControlNet {raw!r} is neither a folder under "
+                           f"{root} nor a known hub model; give control.model by hand)")
+        return None
+
+    # the conditions: the images an official run wrote to <logdir>/control, when videograin's reader (which
+    # selects start/stride out of a folder) picks exactly them; else videograin's annotator for the type
+    condition = None
+    saved = logdir / "control" if logdir is not None else None
+    if saved is not None and saved.is_dir():
+        names = sorted(p.name for p in saved.iterdir() if p.suffix.lower() == ".jpg")
+        if names != sorted(f"{i}.jpg" for i in range(frames)):
+            why = f"it holds {len(names)} .jpg files, not 0.jpg..{frames - 1}.jpg"
+        elif start != 0 or rate != 1:
+            why = "videograin would select start_sample_frame/sampling_rate out of the already selected images"
+        elif not square:
+            why = "the frames are not square (the official conditions are of the centre crop)"
+        else:
+            why = ""
+            condition = _relative(saved, out_dir)
+            notes.append(f"control.condition: the condition images of the official run in {saved} "
+                         f"({kind} annotator of test.py)")
+        if why:
+            notes.append(f"control.condition: {saved} (a previous official run's conditions) not used: {why}")
+    if condition is None:
+        condition = _CONDITIONS.get(kind) if isinstance(kind, str) else None
+        if condition is None:
+            unsupported.append(f"control_config: {_fmt(control)} (videograin has no {kind!r} annotator: only "
+                               f"canny, depth, pose; give a folder of condition images as control.condition)")
+            return None
+        if kind == "canny":
+            from .control import CANNY_THRESHOLDS
+
+            thresholds = (control.get("low_threshold"), control.get("high_threshold"))
+            if thresholds != CANNY_THRESHOLDS:
+                unsupported.append(f"control_config.low_threshold/high_threshold: {_fmt(list(thresholds))} "
+                                   f"(videograin's canny uses {list(CANNY_THRESHOLDS)})")
+        elif kind in ("openpose", "dwpose"):
+            drawn = [part for part in ("hand", "face") if control.get(part)]
+            if drawn:
+                unsupported.append(f"control_config.{'/'.join(drawn)}: true ({' and '.join(drawn)} keypoints in "
+                                   "the pose condition; videograin's pose annotator draws bodies only)")
+            if kind == "dwpose":
+                warnings.append("control_config.control_type: dwpose (DWPose keypoints); videograin's pose "
+                                "annotator is OpenPose (controlnet_aux), the official openpose")
+        elif kind == "depth_zoe":
+            warnings.append("control_config.control_type: depth_zoe (ZoeDepth); videograin's depth annotator is "
+                            "DPT-hybrid MiDaS, the official depth")
+    used = {"control_type", "pretrained_controlnet_path", "controlnet_conditioning_scale"}
+    used |= {"canny": {"low_threshold", "high_threshold"}, "openpose": {"hand", "face"},
+             "dwpose": {"hand", "face"}}.get(kind, set())
+    for name in sorted(_CONTROL_KEYS & set(control) - used):
+        inert.append(f"control_config.{name} (not read for {kind})")
+    notes.append(f"control_config -> control: ControlNet {model}, condition {condition}, scale {_fmt(scale)}, in "
+                 "inversion and editing as officially (the official ControlNet is inflated to sparse-causal "
+                 "frame attention; videograin's attends per frame)")
+    return {"model": model, "condition": condition, "scale": float(scale)}
+
 
 
 def _section(data: dict, name: str, required: bool = False) -> dict:
@@ -564,7 +748,7 @@ def _official_field(field: str, prompt_index: int) -> str:
     if field == "prompt":
         return f"editing_config.editing_prompts[{prompt_index}][0]"
     for ours, official in _FIELD_TO_OFFICIAL.items():
-        if field == ours or field.startswith(ours + ".") or field.startswith(ours + "["):
+        if field == ours or field.startswith((ours + ".", ours + "[")):
             return official
     return "config"
 
