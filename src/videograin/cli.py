@@ -295,6 +295,73 @@ def _eval(args) -> dict:
     return record
 
 
+def _segment(args) -> dict:
+    """`videograin segment`: K-means segments of the inversion's self-attention features (papers/000
+    App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
+    segments_overlay.mp4, segments.png and run.json, through a temporary folder renamed on success."""
+    from .segment import label_masks, load_segment_config, segment_video
+
+    started = time.perf_counter()
+    if args.k < 2:
+        raise SpecError("--k", f"must be at least 2, got {args.k}", "pass the number of segments, e.g. --k 3 "
+                        "for two objects and the background")
+    if args.steps < 1:
+        raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
+    if args.level is not None and args.level < 0:
+        raise SpecError("--level", f"must be >= 0, got {args.level}", "leave it out for the coarsest level")
+    spec = load_segment_config(args.config)
+    if args.model is not None:
+        model = Path(args.model)
+        spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
+    out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    io.check_output_folder(out, args.overwrite)
+    inputs = io.load_inputs(spec, _check_model(spec))
+    pipe = _load_pipeline(spec, device)
+    timings = {"load": time.perf_counter() - started}
+    with io.output_folder(out, args.overwrite) as folder:
+        clock, details = time.perf_counter(), {}
+        try:
+            labels = segment_video(pipe, inputs.frames, spec.source_prompt, args.k, args.steps, args.seed,
+                                   args.level, details)
+        except ValueError as err:
+            field = "--level" if "level" in str(err) else "--k"
+            raise SpecError(field, str(err), "pick a smaller --k or another --level") from None
+        timings["segment"] = time.perf_counter() - clock
+        masks = label_masks(labels, args.k)  # (k, F, H, W) at the working size
+        for i, mask in enumerate(io.resize_masks(masks, inputs.source_size)):  # mask folders: source size
+            io.write_frames(folder / f"segment_{i}", np.repeat(mask[..., None] * np.uint8(255), 3, -1))
+        overlay = viz.mask_overlay(inputs.frames_uint8, masks)
+        io.write_video(folder / "segments_overlay.mp4", overlay, inputs.fps)
+        alone = [viz.mask_overlay(inputs.frames_uint8, masks & (np.arange(args.k) == i)[:, None, None, None])
+                 for i in range(args.k)]
+        io.write_png(folder / "segments.png", viz.grid([inputs.frames_uint8, overlay, *alone]))
+        config = spec.to_dict()
+        timings["total"] = time.perf_counter() - started
+        record = {
+            "config": {key: config[key] for key in ("model", "video", "source_prompt")},
+            "command": "segment",
+            "k": args.k,
+            "steps": args.steps,
+            "seed": args.seed,
+            "features": {"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
+            "segments": [{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
+            "versions": _versions(),
+            "device": device,
+            "dtype": str(pipe.unet.dtype),
+            "frames": int(inputs.frames.shape[0]),
+            "size": list(inputs.size),
+            "source_size": list(inputs.source_size),
+            "fps": inputs.fps,
+            "notes": inputs.notes,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            **_peak_memory_mb(device),
+        }
+        io.write_json(folder / "run.json", record)
+    logger.info("name a folder %s/segment_<i> as a region's `masks:` (segments.png shows which)", out)
+    return record
+
+
 def _convert_config(args) -> None:
     """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML."""
     from .official_config import convert_config
@@ -332,6 +399,18 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--pickscore", default="yuvalkirstain/PickScore_v1", help="PickScore model id or folder")
     evaluate.add_argument("--flow", choices=["dis", "raft"], default="dis", help="optical flow for Warp-Err")
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    segment = commands.add_parser("segment", help="mask-free layout: K-means segments of the inversion's "
+                                  "self-attention features, written as mask folders")
+    segment.add_argument("config", help="config (YAML); only model, video and source_prompt are read")
+    segment.add_argument("--k", type=int, required=True, help="number of segments (clusters), at least 2")
+    segment.add_argument("--out", help="output folder (default: segments/ next to the config)")
+    segment.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    segment.add_argument("--steps", type=int, default=50, help="DDIM inversion steps (default 50)")
+    segment.add_argument("--model", help="hub id or local diffusers folder (overrides `model:`)")
+    segment.add_argument("--level", type=int, help="UNet level of the features, 0 = highest resolution "
+                         "(default: the coarsest level with self-attention)")
+    segment.add_argument("--seed", type=int, default=0, help="K-means seed (default 0)")
+    segment.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     tiny = commands.add_parser("make-tiny-model", help="write a tiny random-weight SD-style model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
@@ -354,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             _convert_config(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "segment":
+            _segment(args)
         else:
             _run(args, reconstruct_only=args.command == "reconstruct")
     except SpecError as err:
