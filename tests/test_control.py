@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers import ControlNetModel
 
 from videograin import io
+from videograin.cli import main
 from videograin.control import annotate, condition_tensor
 from videograin.pipeline import VideoGrainPipeline
 from videograin.spec import SpecError, load_spec, spec_from_dict
 from videograin.tiny_model import make_tiny_model
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, copy_example
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +75,22 @@ def test_control_spec_is_validated(tmp_path):
     spec = spec_from_dict({**base, "control": {"model": "org/cn", "condition": "video"}}, tmp_path)
     assert spec.control.condition == tmp_path / "video"
     assert spec_from_dict(spec.to_dict(), tmp_path) == spec
+
+
+def test_cli_edit_with_a_controlnet_writes_its_conditions(tmp_path, control_model_dir):
+    config_path = copy_example(tmp_path / "ex", control_model_dir, frames=3, output=str(tmp_path / "out"))
+    config = yaml.safe_load(config_path.read_text())
+    config["edit"] = {"steps": 2}
+    config["control"] = {"model": str(control_model_dir / "controlnet"), "condition": "canny", "scale": 0.5}
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["edit", str(config_path)]) == 0
+    out = tmp_path / "out"
+    control, _ = io.read_video(out / "control.mp4", 0, 3, 1)
+    assert control.shape == (3, 128, 192, 3) and control.max() > 100  # edges drawn
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["control"]["condition"] == "canny" and run["config"]["control"]["scale"] == 0.5
+
+    config["control"] = {"model": str(tmp_path / "ex"), "condition": "canny"}  # a folder without config.json
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["edit", str(config_path), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

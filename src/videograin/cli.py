@@ -87,6 +87,8 @@ def _check_model(spec: EditSpec) -> int:
         missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
         if missing:
             raise SpecError("model", f"{local} lacks {', '.join(missing)}", fix)
+    if spec.control is not None and Path(spec.control.model).is_dir() and not (Path(spec.control.model) / "config.json").exists():
+        raise SpecError("control.model", f"{spec.control.model} has no config.json", "point it at a diffusers ControlNet folder")
     try:
         multiple = model_size_multiple(spec.model)
         tokenizer = CLIPTokenizer.from_pretrained(spec.model, subfolder="tokenizer")
@@ -107,7 +109,30 @@ def _load_pipeline(spec: EditSpec, device: str):
     from .pipeline import VideoGrainPipeline
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    return VideoGrainPipeline.from_pretrained(spec.model).to(device, dtype)
+    extra = {}
+    if spec.control is not None:
+        from diffusers import ControlNetModel
+
+        try:
+            extra["controlnet"] = ControlNetModel.from_pretrained(spec.control.model)
+        except (OSError, ValueError) as err:
+            raise SpecError("control.model", f"cannot load ControlNet {spec.control.model!r} "
+                            f"({str(err).splitlines()[0]})", "give a local ControlNet folder or a hub id") from err
+    return VideoGrainPipeline.from_pretrained(spec.model, **extra).to(device, dtype)
+
+
+def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray | None, dict]:
+    """The ControlNet conditions at the edit size, read or annotated from the frames, as uint8
+    (F, H, W, 3) for viewing and as the pipeline's keyword arguments; (None, {}) without control."""
+    if spec.control is None:
+        return None, {}
+    from .control import annotate, condition_tensor
+
+    if isinstance(spec.control.condition, Path):
+        images = io.read_condition_images(spec.control.condition, spec.video, inputs.size)
+    else:
+        images = annotate(spec.control.condition, inputs.frames_uint8)
+    return images, {"control_images": condition_tensor(images), "control_scale": spec.control.scale}
 
 
 def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
@@ -139,6 +164,7 @@ def _run(args, reconstruct_only: bool) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     io.check_output_folder(spec.output, args.overwrite)
     inputs = io.load_inputs(spec, _check_model(spec))
+    control_uint8, control = _control_inputs(spec, inputs)
     pipe = _load_pipeline(spec, device)
     timings = {"load": time.perf_counter() - started}
     with io.output_folder(spec.output, args.overwrite) as folder:
@@ -158,10 +184,12 @@ def _run(args, reconstruct_only: bool) -> dict:
             "notes": inputs.notes,
         }
         overlay = _write_inputs(folder, inputs)
+        if control_uint8 is not None:
+            io.write_video(folder / "control.mp4", control_uint8, inputs.fps)
         if reconstruct_only or args.reconstruct:
             clock = time.perf_counter()
             recon = to_uint8(
-                pipe.reconstruct(inputs.frames, spec.source_prompt, settings.steps, settings.modulation.temporal)
+                pipe.reconstruct(inputs.frames, spec.source_prompt, settings.steps, settings.modulation.temporal, **control)
             )
             timings["reconstruct"] = time.perf_counter() - clock
             io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
@@ -184,6 +212,7 @@ def _run(args, reconstruct_only: bool) -> dict:
                 window=settings.window,
                 generator=torch.Generator().manual_seed(settings.seed),
                 temporal_aids=settings.temporal_aids,
+                **control,
             )
             timings.update(result.timings)
             if settings.uses_reatco:
@@ -414,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny = commands.add_parser("make-tiny-model", help="write a tiny random-weight SD-style model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--controlnet", action="store_true", help="also write a tiny ControlNet to FOLDER/controlnet")
     convert = commands.add_parser("convert-config", help="convert an official VideoGrain config (knightyxp/VideoGrain)")
     convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml)")
     convert.add_argument("--out", help="spec YAML to write (default: <name>.videograin.yaml in the current folder)")
@@ -428,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny-model":
             from .tiny_model import make_tiny_model
 
-            logger.info("wrote %s", make_tiny_model(args.folder, args.seed))
+            logger.info("wrote %s", make_tiny_model(args.folder, args.seed, args.controlnet))
         elif args.command == "convert-config":
             _convert_config(args)
         elif args.command == "eval":
