@@ -20,8 +20,8 @@ import yaml
 
 from videograin import io
 from videograin.cli import main
-from videograin.segment import kmeans, label_masks, load_segment_config, order_by_size, upsample_labels
-from videograin.spec import SpecError, load_spec
+from videograin.segment import kmeans, label_masks, order_by_size, upsample_labels
+from videograin.spec import SpecError, load_source_spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # toyworld/ lives at the repository root
@@ -100,16 +100,16 @@ def test_config_loader_reads_only_what_segment_needs(tmp_path):
     (tmp_path / "frames").mkdir()
     base = {"video": {"path": "frames", "frames": 2}, "source_prompt": "a red circle"}
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(base))
-    spec = load_segment_config(tmp_path / "a.yaml")  # no prompt, no regions: fine
+    spec = load_source_spec(tmp_path / "a.yaml")  # no prompt, no regions: fine
     assert spec.regions == () and spec.source_prompt == "a red circle" and spec.video.path == tmp_path / "frames"
     with_regions = {**base, "prompt": "x", "regions": [{"name": "r", "masks": "nowhere", "prompt": "y"}]}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(with_regions))
-    assert load_segment_config(tmp_path / "b.yaml").regions == ()  # regions are not read
+    assert load_source_spec(tmp_path / "b.yaml").regions == ()  # regions are not read
     for data, field in [({**base, "vidoe": 1}, "vidoe"), ({"source_prompt": "x"}, "video"),
                         ({**base, "video": {"path": "missing"}}, "video.path")]:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
         with pytest.raises(SpecError) as err:
-            load_segment_config(tmp_path / "c.yaml")
+            load_source_spec(tmp_path / "c.yaml")
         assert err.value.field == field
 
 

@@ -328,7 +328,8 @@ def _segment(args) -> dict:
     """`videograin segment`: K-means segments of the inversion's self-attention features (papers/000
     App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
     segments_overlay.mp4, segments.png and run.json, through a temporary folder renamed on success."""
-    from .segment import label_masks, load_segment_config, segment_video
+    from .segment import label_masks, segment_video
+    from .spec import load_source_spec
 
     started = time.perf_counter()
     if args.k < 2:
@@ -338,7 +339,7 @@ def _segment(args) -> dict:
         raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
     if args.level is not None and args.level < 0:
         raise SpecError("--level", f"must be >= 0, got {args.level}", "leave it out for the coarsest level")
-    spec = load_segment_config(args.config)
+    spec = load_source_spec(args.config)
     if args.model is not None:
         model = Path(args.model)
         spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)

@@ -14,7 +14,6 @@ share a cluster (SAM-Track separates them in the paper). Everything here is pure
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,69 +22,18 @@ import torch.nn.functional as F
 
 from .attention import FeatureStore
 from .sampling import TemporalAids
-from .spec import (
-    _TOP_KEYS,
-    EditSpec,
-    SpecError,
-    _check_keys,
-    _model,
-    _text,
-    _UniqueKeyLoader,
-    _video,
-    _yaml_problem,
-)
 
 __all__ = [
-    "SEGMENT_KEYS",
     "QueryAverage",
     "attention_features",
     "kmeans",
     "label_masks",
-    "load_segment_config",
     "order_by_size",
     "segment_video",
     "upsample_labels",
 ]
 
-SEGMENT_KEYS = ("model", "video", "source_prompt")  # the sections `segment` reads; others are ignored
 _LAYER = re.compile(r"up_blocks\.(\d+)\.")
-
-
-# ------------------------------------------------------------------------------------------------ config
-
-
-def load_segment_config(path: str | Path) -> EditSpec:
-    """Read the sections of an edit config that segmentation needs: ``model``, ``video``,
-    ``source_prompt``, validated exactly as ``load_spec`` validates them. The other known sections
-    (prompt, regions, edit, output, ...) may be present or absent and are not read; unknown top-level
-    keys are still errors. Returns an EditSpec with no regions, an empty prompt and no output."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError("config", f"file {path} not found", "check the config path")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except UnicodeDecodeError as err:
-        raise SpecError("config", f"{path} is not UTF-8 text", "save the config as UTF-8 YAML") from err
-    except yaml.YAMLError as err:
-        raise SpecError("config", f"invalid YAML in {path}: {_yaml_problem(err)}",
-                        "fix the YAML syntax there (indentation, colons, quotes)") from err
-    if not isinstance(data, dict):
-        raise SpecError("config", "top level must be a mapping of keys",
-                        "write `key: value` lines such as `video: ...`, `source_prompt: ...`")
-    base_dir = path.resolve().parent
-    _check_keys(data, _TOP_KEYS, "")
-    if "video" not in data:
-        raise SpecError("video", "is missing", "add `video: {path: <video file or frame folder>}`")
-    return EditSpec(
-        prompt="",
-        video=_video(data["video"], base_dir),
-        regions=(),
-        model=_model(data.get("model", EditSpec.model), base_dir),
-        source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
-        base_dir=base_dir,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- features

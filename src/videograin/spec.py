@@ -216,8 +216,8 @@ class EditSpec:
         return data
 
 
-def load_spec(path: str | Path) -> EditSpec:
-    """Read and validate a YAML config; relative paths in it are resolved against its folder."""
+def read_config(path: str | Path) -> tuple[Any, Path]:
+    """Parse a YAML config file: (its data, its folder). Raises SpecError("config") when unreadable."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("config", f"file {path} not found", "check the config path")
@@ -228,7 +228,33 @@ def load_spec(path: str | Path) -> EditSpec:
     except yaml.YAMLError as err:
         raise SpecError("config", f"invalid YAML in {path}: {_yaml_problem(err)}",
                         "fix the YAML syntax there (indentation, colons, quotes)") from err
-    return spec_from_dict(data, path.resolve().parent)
+    return data, path.resolve().parent
+
+
+def load_spec(path: str | Path) -> EditSpec:
+    """Read and validate a YAML config; relative paths in it are resolved against its folder."""
+    return spec_from_dict(*read_config(path))
+
+
+def load_source_spec(path: str | Path) -> EditSpec:
+    """Read only the sections that describe the source: ``model``, ``video`` and ``source_prompt``
+    (what `videograin segment` needs), validated as ``load_spec`` validates them. Other known sections
+    may be present or absent and are not read; unknown top-level keys are still errors. Returns an
+    EditSpec with no regions, an empty prompt and no output."""
+    data, base_dir = read_config(path)
+    if not isinstance(data, dict):
+        raise SpecError("config", f"top level must be a mapping of keys, got {_describe(data)}",
+                        "write `key: value` lines such as `video: ...`, `source_prompt: ...`")
+    _check_keys(data, _TOP_KEYS, "")
+    video = _video(_require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
+    return EditSpec(
+        prompt="",
+        video=video,
+        regions=(),
+        model=_model(data.get("model", EditSpec.model), base_dir),
+        source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
+        base_dir=base_dir,
+    )
 
 
 def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
