@@ -285,7 +285,7 @@ def test_instance_level(repo, tmp_path, caplog):
     assert len(items) == 3 and items == list(result.unsupported)
     old_qk, pnp, hand = items
     assert old_qk.startswith("editing_config.old_qk: 1") and "edit.temporal_aids.flow" in old_qk
-    assert pnp.startswith("editing_config.use_pnp: true, inject_step: 5") and "residual features" in pnp
+    assert pnp.startswith("editing_config.use_pnp: true, inject_step: 5") and "choice of q/k layers" in pnp
     assert hand.startswith("control_config.hand: true")
     assert not any("freeu" in line.lower() or "flatten_res:" in line for line in items)
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

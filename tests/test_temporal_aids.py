@@ -74,6 +74,27 @@ def test_pnp_records_decoder_self_attention_of_the_first_steps(tiny_pipe, clip):
     assert {step for _, step in aids.features.qk} == {0, 1}
     q, k = next(iter(aids.features.qk.values()))
     assert q.shape[0] == 4 and q.shape == k.shape
+    # the tiny UNet has two up blocks: of the official blocks only up_blocks.1.resnets.0/1 exist
+    assert set(aids.features.residuals) == {(f"up_blocks.1.resnets.{i}", s) for i in (0, 1) for s in (0, 1)}
+    channels = tiny_pipe.unet.config.block_out_channels[0]
+    assert aids.features.residuals[("up_blocks.1.resnets.1", 0)].shape == (4, channels, *latents.shape[-2:])
+
+
+def test_pnp_feeds_the_recorded_block_outputs_to_the_next_layer(tiny_pipe, clip):
+    """The layer after an injected ResNet block must receive, on every guidance branch of an injected
+    step, exactly what it received in the inversion at that step, and not on later steps."""
+    seen = []
+    layer = tiny_pipe.unet.up_blocks[1].attentions[1]  # follows up_blocks.1.resnets.1
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=1)))
+    finally:
+        handle.remove()
+    # inversion visits steps 3, 2, 1, 0 (calls 0-3); the edit starts at step 0 (call 4, two branches)
+    assert len(seen) == 8 and seen[4].shape[0] == 2 * seen[3].shape[0]
+    for branch in seen[4].chunk(2):
+        torch.testing.assert_close(branch, seen[3], rtol=0, atol=0)
+    assert not torch.allclose(seen[5].chunk(2)[1], seen[2], atol=1e-3)  # step 1: not injected
 
 
 def test_aids_run_in_windows(tiny_pipe, clip):

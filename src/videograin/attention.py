@@ -291,13 +291,20 @@ class AttentionRecorder:
         return merged
 
 
+#: Decoder ResNet blocks whose outputs PnP injects: the official VideoGrain choice for SD 1.5 (a
+#: smaller UNet's missing blocks are skipped).
+PNP_RESNETS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+
+
 @dataclass
 class FeatureStore:
-    """Plug-and-play features: self-attention queries and keys of the decoder (up-block) layers,
-    recorded during inversion and injected into the edit at the same step.
-    ``qk[(layer name, step)] = (q, k)``, each (F, heads, n, D) for one branch."""
+    """Plug-and-play features, recorded during inversion and injected into the edit at the same step:
+    ``qk[(layer, step)] = (q, k)``, each (F, heads, n, D), the self-attention queries and keys of the
+    decoder layers; ``residuals[(block, step)]`` (F, C, h, w), the outputs of the PNP_RESNETS blocks
+    (None: not recorded)."""
 
     qk: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    residuals: dict[tuple[str, int], torch.Tensor] | None = field(default_factory=dict)
 
     @staticmethod
     def takes(layer: str) -> bool:
@@ -475,6 +482,36 @@ class LayoutAttnProcessor:
             maps = probs.mean(1).unflatten(1, (grid.height, grid.width))  # (F, h, w, L)
             recorder.add(ctx.step, grid.index, maps)
         return out
+
+
+@contextmanager
+def residual_injection(unet, ctx: StepContext):
+    """For one UNet call: record (``ctx.features_mode`` "record") or replace ("inject", every branch)
+    the outputs of the PNP_RESNETS blocks at ``ctx.step``. The forward hooks live only inside the
+    ``with`` block; nothing stays on the modules."""
+    store = ctx.features
+    if store is None or store.residuals is None:
+        yield
+        return
+    modules = dict(unet.named_modules())
+
+    def hook_for(key):
+        def hook(module, args, output):
+            if ctx.features_mode == "record":
+                store.residuals[key] = output.detach().clone()
+            elif ctx.features_mode == "inject" and key in store.residuals:
+                stored = store.residuals[key]
+                return stored.to(output).repeat(output.shape[0] // stored.shape[0], 1, 1, 1)
+            return None
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for((name, ctx.step))) for name in PNP_RESNETS if name in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

@@ -24,8 +24,9 @@ The temporal aids and ControlNet (``test.py``, ``video_diffusion/...``) map as f
   is not applied: videograin uses the attention output as q, k and v, the official ``old_qk: 0``;
 - ``use_pnp: true, inject_step: N``: the pipeline injects the inversion's decoder self-attention q/k
   while ``i < inject_step`` (i counts the editing steps from 0), i.e. the first N steps  ->
-  ``edit.temporal_aids.pnp.steps: N``; its residual-block feature injection (up_blocks[1].resnets[0,1],
-  up_blocks[2].resnets[0]) is not applied;
+  ``edit.temporal_aids.pnp.steps: N`` (videograin injects the same residual-block features,
+  up_blocks[1].resnets[0,1] and up_blocks[2].resnets[0], but the q/k of every decoder self-attention,
+  not the official six layers);
 - ``control_config``: the official run always conditions inversion and editing on a ControlNet
   (``pretrained_controlnet_path``, ``controlnet_conditioning_scale``) fed with annotator maps of the
   frames (``control_type``)  ->  ``control: {model, condition, scale}``; canny -> canny, depth/depth_zoe
@@ -33,8 +34,8 @@ The temporal aids and ControlNet (``test.py``, ``video_diffusion/...``) map as f
   previous official run wrote to ``<logdir>/control/`` are used instead of an annotator when videograin's
   reader picks exactly those.
 
-Options that change the official result but are not implemented here (old_qk: 1, PnP's residual
-features, FreeU, ...) are listed as comments at the top of the written file and logged as warnings;
+Options that change the official result but are not implemented here (old_qk: 1, PnP's choice of
+q/k layers, FreeU, ...) are listed as comments at the top of the written file and logged as warnings;
 nothing is dropped silently. The written file is read back with :func:`videograin.spec.load_spec` before
 it is kept.
 """
@@ -532,12 +533,10 @@ def _temporal_aids(editing: dict, size: int, steps: int, unsupported: list[str],
             notes.append(f"editing_config.use_pnp, inject_step {inject} -> edit.temporal_aids.pnp.steps {inject} "
                          f"(decoder self-attention queries/keys of the inversion injected in the first {inject} "
                          f"of {steps} editing steps)")
-            unsupported.append(f"editing_config.use_pnp: true, inject_step: {inject} (its q/k injection is applied as "
-                               "edit.temporal_aids.pnp; not applied: the residual features, outputs of "
-                               "up_blocks[1].resnets[0,1] and up_blocks[2].resnets[0] replaced by the inversion's, "
-                               "and the official choice of layers, q/k of up_blocks[1].attentions[1,2], "
-                               "[2].attentions[0-2], [3].attentions[0]; videograin injects every decoder "
-                               "self-attention's)")
+            unsupported.append(f"editing_config.use_pnp: true, inject_step: {inject} (applied as "
+                               "edit.temporal_aids.pnp, residual features included; not applied: the official "
+                               "choice of q/k layers, up_blocks[1].attentions[1,2], [2].attentions[0-2], "
+                               "[3].attentions[0]; videograin injects every decoder self-attention's)")
         else:
             inert.append("use_pnp true with inject_step 0 (injects on no step)")
     elif inject:

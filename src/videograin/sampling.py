@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionRecorder, FeatureStore, StepContext
+from .attention import AttentionRecorder, FeatureStore, StepContext, residual_injection
 from .control import Control
 from .flow import Trajectories
 from .layout import Layout
@@ -120,7 +120,11 @@ class TemporalAids:
                 n: Trajectories(t.traj_id[window], t.count, t.height, t.width) for n, t in self.trajectories.items()
             }
         if self.features is not None:
-            features = FeatureStore({key: (q[window], k[window]) for key, (q, k) in self.features.qk.items()})
+            residuals = self.features.residuals
+            features = FeatureStore(
+                {key: (q[window], k[window]) for key, (q, k) in self.features.qk.items()},
+                None if residuals is None else {key: x[window] for key, x in residuals.items()},
+            )
         return TemporalAids(trajectories, self.flow_steps, features, self.features_mode, self.pnp_steps)
 
 
@@ -171,10 +175,11 @@ def guided_denoise_fn(
         model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
         states = encoder_states.to(unet.dtype)
         down, mid = control.residuals(model_in, t, states) if control is not None else (None, None)
-        eps = unet(
-            model_in, t, encoder_hidden_states=states, cross_attention_kwargs={"videograin": ctx},
-            down_block_additional_residuals=down, mid_block_additional_residual=mid,
-        ).sample.to(latents.dtype)
+        with residual_injection(unet, ctx):
+            eps = unet(
+                model_in, t, encoder_hidden_states=states, cross_attention_kwargs={"videograin": ctx},
+                down_block_additional_residuals=down, mid_block_additional_residual=mid,
+            ).sample.to(latents.dtype)
         if uncond is None:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)

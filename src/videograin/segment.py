@@ -196,7 +196,7 @@ def segment_video(pipe, frames: torch.Tensor, source_prompt: str, k: int, steps:
     latents = pipe.encode_frames(frames)
     latent_size = tuple(latents.shape[-2:])
     average = QueryAverage()
-    aids = TemporalAids(features=FeatureStore(average), features_mode="record", pnp_steps=steps)
+    aids = TemporalAids(features=FeatureStore(average, residuals=None), features_mode="record", pnp_steps=steps)
     pipe.invert(latents, source_prompt, steps, aids=aids)
     queries = {name: average.mean(name) for name in average.sums}
     features, level, layers = attention_features(queries, latent_size, level)
