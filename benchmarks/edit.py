@@ -55,7 +55,9 @@ def build_pipeline(model: str, device: str):
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         pipe = VideoGrainPipeline(
             vae=AutoencoderKL(**SD15_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77)),
+            text_encoder=CLIPTextModel(CLIPTextConfig(  # SD 1.5's CLIP ViT-L/14 text encoder shape
+                vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=768, intermediate_size=3072,
+                num_hidden_layers=12, num_attention_heads=12, projection_dim=768)),
             tokenizer=tokenizer,
             unet=UNet2DConditionModel(**SD15_UNET),
             scheduler=pipe.scheduler,
