@@ -134,6 +134,36 @@ def test_record_attention_writes_heat_maps_of_edited_regions(example_config, tmp
     heat, _ = io.read_video(attention / "left_ball.mp4", 0, 4, 1)
     assert heat.shape == (4, 128, 192, 3)
 
+    config["edit"]["record_attention"] = "compare"
+    example_config.write_text(yaml.safe_dump(config))
+    assert main(["edit", str(example_config), "--steps", "2", "--out", str(tmp_path / "cmp")]) == 0
+    names = sorted(p.name for p in (tmp_path / "cmp" / "attention").iterdir())
+    assert names == ["grid.png", "left_ball.mp4", "left_ball_unmodulated.mp4", "right_ball.mp4",
+                     "right_ball_unmodulated.mp4"]
+
+
+def test_compared_attention_is_each_layer_before_its_modulation(tiny_pipe, example_inputs):
+    """"compare" records each layer's cross-attention also before the layout modulation (same hidden
+    states): identical to the modulated maps when cross-attention is not modulated, and with less of
+    each region prompt's mass inside its own mask when it is."""
+    spec, inputs = example_inputs
+    region_prompts = [r.prompt for r in spec.regions]
+    frames, masks = inputs.frames[:3], inputs.masks[:, :3]
+    spans = tiny_pipe.check_inputs(frames, masks, spec.prompt, region_prompts)
+    run = lambda cross: tiny_pipe(  # noqa: E731
+        frames, masks, spec.prompt, region_prompts, num_inference_steps=3, record_attention="compare",
+        modulation=ModulationSpec(steps=2, cross_strength=cross)).recorder
+    self_only = run(0.0)
+    for level in range(tiny_pipe.num_levels):
+        torch.testing.assert_close(self_only.unmodulated.mean(0, level), self_only.mean(0, level), rtol=0, atol=0)
+    both = run(1.0)
+    layout = tiny_pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=1).layout
+    for region, span in enumerate(spans):
+        if span is not None:
+            after = _mass_inside(both, layout, spans, region, [0])
+            before = _mass_inside(both.unmodulated, layout, spans, region, [0])
+            assert after > 1.05 * before, (region, after, before)
+
 
 def test_prompt_attention_reads_the_span_and_normalises():
     from videograin.attention import AttentionRecorder

@@ -207,7 +207,7 @@ INVALID = {
     # booleans
     "blend string": ("edit.blend", "yes", "edit.blend", "true or false"),
     "blend int": ("edit.blend", 1, "edit.blend", "true or false"),
-    "record_attention string": ("edit.record_attention", "yes", "edit.record_attention", "true or false"),
+    "record_attention string": ("edit.record_attention", "yes", "edit.record_attention", "true, false or compare"),
     # levels and temporal
     "levels word": ("edit.modulation.levels", "some", "edit.modulation.levels", "levels: all"),
     "levels empty": ("edit.modulation.levels", [], "edit.modulation.levels", "levels: all"),

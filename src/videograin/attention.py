@@ -253,10 +253,12 @@ class AttentionRecorder:
 
     ``level`` set: only that UNet level is recorded. ``keep_graph``: maps stay on their device inside
     the autograd graph (ReAtCo's loss differentiates them); otherwise they are detached to the CPU.
+    ``unmodulated``: a second recorder that gets the same maps computed without the layout modulation.
     """
 
     level: int | None = None
     keep_graph: bool = False
+    unmodulated: AttentionRecorder | None = None
     maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
 
@@ -279,6 +281,8 @@ class AttentionRecorder:
         """One recorder for the whole video from per-window recorders ((frames, recorder) pairs):
         each map averaged over the windows covering a frame."""
         merged = cls()
+        if parts[0][1].unmodulated is not None:
+            merged.unmodulated = cls.merge([(frames, r.unmodulated) for frames, r in parts], num_frames)
         for key in parts[0][1].maps:
             total, count = None, torch.zeros(num_frames)
             for frames, recorder in parts:
@@ -468,8 +472,9 @@ class LayoutAttnProcessor:
         if level is None and recorder is None:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        plain = lambda: (torch.matmul(q[rows].float(), k[rows].float().transpose(-1, -2)) * scale).softmax(-1)  # noqa: E731
         if level is None:  # recording only: plain probabilities of the conditional branch
-            probs = (torch.matmul(q[rows].float(), k[rows].float().transpose(-1, -2)) * scale).softmax(-1)
+            probs = plain()
         else:
             q_bits = level.bits.to(q.device)
             k_bits = ctx.layout.text_bits.to(q.device)
@@ -479,8 +484,10 @@ class LayoutAttnProcessor:
             out = torch.cat([out[: rows.start], modulated, out[rows.stop :]])  # not in place: autograd
         if recorder is not None:
             grid = ctx.layout.at(n)
-            maps = probs.mean(1).unflatten(1, (grid.height, grid.width))  # (F, h, w, L)
-            recorder.add(ctx.step, grid.index, maps)
+            as_maps = lambda p: p.mean(1).unflatten(1, (grid.height, grid.width))  # noqa: E731  (F, h, w, L)
+            recorder.add(ctx.step, grid.index, as_maps(probs))
+            if recorder.unmodulated is not None:
+                recorder.unmodulated.add(ctx.step, grid.index, as_maps(probs if level is None else plain()))
         return out
 
 

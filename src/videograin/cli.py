@@ -144,17 +144,24 @@ def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
 
 
 def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
-    """attention/<region>.mp4: each region prompt's cross-attention over the source; attention/grid.png."""
+    """attention/<region>.mp4: each region prompt's cross-attention over the source (and
+    <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png."""
     from .tokens import region_token_spans
 
     spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
-    heat = viz.prompt_attention(recorder, spans, tuple(inputs.frames.shape[-2:]))
+    size = tuple(inputs.frames.shape[-2:])
+    heat = viz.prompt_attention(recorder, spans, size)
+    plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None
     (folder / "attention").mkdir()
     rows = [inputs.frames_uint8]
-    for region, span, region_heat in zip(spec.regions, spans, heat):
-        if span is not None:
-            rows.append(viz.heatmap_overlay(inputs.frames_uint8, region_heat))
-            io.write_video(folder / "attention" / f"{region.name}.mp4", rows[-1], inputs.fps)
+    for r, (region, span) in enumerate(zip(spec.regions, spans)):
+        if span is None:
+            continue
+        rows.append(viz.heatmap_overlay(inputs.frames_uint8, heat[r]))
+        io.write_video(folder / "attention" / f"{region.name}.mp4", rows[-1], inputs.fps)
+        if plain is not None:  # the row below: the same maps without the layout modulation
+            rows.append(viz.heatmap_overlay(inputs.frames_uint8, plain[r]))
+            io.write_video(folder / "attention" / f"{region.name}_unmodulated.mp4", rows[-1], inputs.fps)
     io.write_png(folder / "attention" / "grid.png", viz.grid(rows))
 
 

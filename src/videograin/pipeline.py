@@ -165,7 +165,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         guidance_scale: float = 7.5,
         modulation: ModulationSpec | None = ModulationSpec(),
         blend: bool = True,
-        record_attention: bool = False,
+        record_attention: bool | str = False,
         reatco: ReAtCoSpec | None = None,
         words: list[str | None] | None = None,
         window: WindowSpec | None = None,
@@ -185,6 +185,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
         ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
         ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
+        ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
         """
         spans = self.check_inputs(frames, masks, prompt, region_prompts)
         control = self._control(control_images, control_scale)
@@ -217,7 +218,11 @@ class VideoGrainPipeline(DiffusionPipeline):
         layouts = [layout] if len(windows) == 1 else [
             build_layout(masks[:, w], spans, latent_size, self.num_levels, temporal, text_length) for w in windows
         ]
-        recorders = [AttentionRecorder() if record_attention else None for _ in windows]
+        compare = record_attention == "compare"  # also the maps without modulation
+        recorders = [
+            AttentionRecorder(unmodulated=AttentionRecorder() if compare else None) if record_attention else None
+            for _ in windows
+        ]
 
         def window_denoise_fn(w: slice, window_layout: Layout, negative, recorder):
             return guided_denoise_fn(

@@ -158,7 +158,7 @@ class EditSettings:
     guidance_scale: float = 7.5
     seed: int = 0
     blend: bool = True
-    record_attention: bool = False  # write cross-attention heat maps of the region prompts
+    record_attention: bool | str = False  # heat maps of the region prompts ("compare": also unmodulated)
     method: str = "videograin"
     modulation: ModulationSpec = ModulationSpec()
     reatco: ReAtCoSpec = ReAtCoSpec()
@@ -400,7 +400,7 @@ def _edit(value: Any) -> EditSettings:
         guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
-        record_attention=_bool(data.get("record_attention", EditSettings.record_attention), "edit.record_attention"),
+        record_attention=_record_attention(data.get("record_attention", EditSettings.record_attention)),
         method=_choice(data.get("method", EditSettings.method), "edit.method", METHODS),
         modulation=_modulation(data.get("modulation")),
         reatco=_reatco(data.get("reatco")),
@@ -448,6 +448,15 @@ def _control(value: Any, base_dir: Path) -> ControlSpec | None:
         condition = path
     return ControlSpec(model=model, condition=condition,
                        scale=_number(data.get("scale", ControlSpec.scale), "control.scale"))
+
+
+def _record_attention(value: Any) -> bool | str:
+    if value == "compare":
+        return value
+    if not isinstance(value, bool):
+        raise SpecError("edit.record_attention", f"must be true, false or compare, got {_describe(value)}",
+                        "write `record_attention: true`, or `compare` to also see the maps without modulation")
+    return value
 
 
 def _reatco(value: Any) -> ReAtCoSpec:
