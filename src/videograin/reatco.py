@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 #: Scale of the attention logits when the maps are renormalised over the words (official code).
 WORD_SOFTMAX_SCALE = 100.0
 
-AttendFn = Callable[[torch.Tensor, int, int], None]  # runs the UNet so the recorder sees the maps
+AttendFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # a denoise_fn, run for the maps its recorder keeps
 
 
 def word_attention(maps: torch.Tensor) -> torch.Tensor:
