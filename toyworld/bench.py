@@ -15,6 +15,9 @@ Methods (each with latent blend on and off):
   self_only   ST-Layout modulation of self-attention only (cross_strength 0)
   videograin  both, at the defaults (self 0.3, cross 1.0, first 30% of the steps)
   videograin_tuned  both, stronger and longer (self 0.6, cross 2.0, first 50%): a tuned variant
+  reatco      ReAtCo (papers/003): RAD guidance on the first 50% of the steps, no modulation; its
+              "+blend" variant uses IRJS (ReAtCo's own way to keep the invariant region) instead
+  videograin+reatco  videograin's modulation and ReAtCo's RAD (and IRJS with "+blend")
 (plus any variants given with --extra NAME:SELF:CROSS:FRACTION, reported as tuned hyper-parameters).
 
 Scores, read by the judge (:mod:`toyworld.judge`) from the uint8 output frames:
@@ -35,18 +38,17 @@ Scores, read by the judge (:mod:`toyworld.judge`) from the uint8 output frames:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from videograin import io, viz
-from videograin.spec import ModulationSpec
+from videograin.spec import ModulationSpec, ReAtCoSpec
 
 from . import judge, world
 from .model import MODEL_DIR, load_pipeline
@@ -126,6 +128,10 @@ class Method:
     self_strength: float | None  # None: no modulation (baseline)
     cross_strength: float | None = None
     fraction: float = 0.3  # share of the denoising steps with modulation on
+    reatco: bool = False  # ReAtCo's RAD on the first half of the steps (IRJS in place of blend)
+
+    def reatco_spec(self, steps: int, blend: bool) -> ReAtCoSpec | None:
+        return ReAtCoSpec(steps=round(0.5 * steps), irjs=blend) if self.reatco else None
 
     def modulation(self, steps: int) -> ModulationSpec | None:
         if self.self_strength is None:
@@ -139,6 +145,8 @@ METHODS = (
     Method("cross_only", 0.0, 1.0),
     Method("self_only", 0.3, 0.0),
     Method("videograin", 0.3, 1.0),
+    Method("reatco", None, reatco=True),
+    Method("videograin+reatco", 0.3, 1.0, reatco=True),
 )
 # Modulation strengths are hyper-parameters. Picked from a small sweep on the three instance cases with
 # blend on (self/cross/fraction: 0.3/4.0/0.5, 1.0/2.0/0.5, 0.6/2.0/1.0, 0.3/1.0/0.6, 0.6/2.0/0.5); the
@@ -254,7 +262,8 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
     clock = time.perf_counter()
     out = pipe(tensor, torch.from_numpy(masks), case.prompt, [r.prompt for r in case.regions],
                source_prompt=source_prompt(case), negative_prompt="", num_inference_steps=steps,
-               guidance_scale=guidance, modulation=method.modulation(steps), blend=blend)
+               guidance_scale=guidance, modulation=method.modulation(steps), blend=blend,
+               reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - clock
     output = to_uint8(out.frames)
     result = score(case, source, output, masks)
@@ -308,7 +317,8 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
     settings = {"steps": steps, "guidance_scale": guidance, "frames": frames, "size": world.SIZE,
                 "change_threshold": CHANGE_THRESHOLD, "torch_threads": torch.get_num_threads(),
                 "methods": {m.name: {"self_strength": m.self_strength, "cross_strength": m.cross_strength,
-                                     "modulated_steps": None if m.self_strength is None else m.modulation(steps).steps}
+                                     "modulated_steps": None if m.self_strength is None else m.modulation(steps).steps,
+                                     "rad_steps": m.reatco_spec(steps, True).steps if m.reatco else None}
                             for m in methods}}
     cases_info = {c.name: {"level": c.level, "prompt": c.prompt, "source_prompt": source_prompt(c), "note": c.note,
                            "regions": [{"name": r.name, "prompt": r.prompt, "mask": r.mask} for r in c.regions]}
