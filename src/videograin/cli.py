@@ -1,4 +1,4 @@
-"""The `videograin` command: edit, reconstruct, eval, make-tiny-model.
+"""The `videograin` command: edit, reconstruct, eval, segment, convert-config, make-tiny-model.
 
 Reads the config, validates everything it can before loading weights, runs the pipeline, and writes
 the output folder (edited.mp4, frames/, source.mp4, masks_overlay.mp4, comparison.gif/png, run.json,
