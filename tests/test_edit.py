@@ -97,6 +97,24 @@ def test_blend_pins_unedited_latents_to_the_source(tiny_pipe, example_inputs):
     assert (free.latents[outside] - source[outside]).abs().mean() > 0.1, "blending made no difference"
 
 
+def test_composite_shows_the_source_away_from_edits_and_the_edit_on_them(tiny_pipe, example_inputs):
+    """Pixels 2 x 8 px (the VAE factor, grown then feathered) or more from every edited region are
+    the source frames exactly; pixels inside the edited regions are the decoded edit untouched."""
+    spec, inputs = example_inputs
+    region_prompts = [r.prompt for r in spec.regions]
+    frames, masks = inputs.frames[:3], inputs.masks[:, :3]
+    run = lambda composite: tiny_pipe(  # noqa: E731
+        frames, masks, spec.prompt, region_prompts, num_inference_steps=3, composite=composite).frames
+    plain, composited = run(False), run(True)
+    edited = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]  # (F, 1, H, W)
+    near = F.max_pool2d(edited, kernel_size=33, stride=1, padding=16)[:, 0].bool().unsqueeze(1).expand_as(plain)
+    inside = edited.bool().expand_as(plain)
+    assert 0.2 < (~near).float().mean() < 0.9
+    torch.testing.assert_close(composited[~near], frames[~near], rtol=0, atol=1e-6)
+    torch.testing.assert_close(composited[inside], plain[inside], rtol=0, atol=1e-6)
+    assert (plain[~near] - frames[~near]).abs().mean() > 0.05, "without composite the far pixels differ"
+
+
 @pytest.mark.skipif(not os.environ.get("VIDEOGRAIN_TEST_MODEL"), reason=(
     "needs trained SD 1.x weights: set VIDEOGRAIN_TEST_MODEL to a local diffusers folder (a random "
     "VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked on it)"))
@@ -108,7 +126,7 @@ def test_blend_keeps_pixels_away_from_edits_equal_to_the_vae_round_trip(example_
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
     frames, masks = inputs.frames[:4], inputs.masks[:, :4]
-    edit = pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=20, blend=True)
+    edit = pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=20, blend=True, composite=False)
     source = pipe.decode_latents(pipe.encode_frames(frames))
     edited_union = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]
     far = (F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()

@@ -295,7 +295,8 @@ def test_irjs_keeps_pixels_away_from_the_boxes_equal_to_the_vae_round_trip(examp
     frames = inputs.frames[:4]
     boxes = _box_regions(inputs.masks[:2, :4])
     out = pipe(frames, boxes, spec.prompt, [r.prompt for r in spec.regions[:2]], num_inference_steps=20,
-               modulation=None, reatco=ReAtCoSpec(steps=10), generator=torch.Generator().manual_seed(0))
+               modulation=None, reatco=ReAtCoSpec(steps=10), composite=False,
+               generator=torch.Generator().manual_seed(0))
     source = pipe.decode_latents(pipe.encode_frames(frames))
     union = boxes.any(0).float()[:, None]
     far = (F.max_pool2d(union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()

@@ -213,6 +213,7 @@ def _run(args, reconstruct_only: bool) -> dict:
                 guidance_scale=settings.guidance_scale,
                 modulation=settings.modulation if settings.uses_videograin else None,
                 blend=settings.blend,
+                composite=settings.composite,
                 record_attention=settings.record_attention or getattr(args, "eval", False),
                 reatco=settings.reatco if settings.uses_reatco else None,
                 words=[r.word for r in spec.regions],

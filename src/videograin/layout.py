@@ -158,3 +158,14 @@ def blend_mask(masks: torch.Tensor, edited: list[bool], latent_size: tuple[int, 
     union = chosen.any(0) if len(chosen) else torch.zeros_like(masks[0])
     pooled = F.adaptive_max_pool2d(union[:, None].float(), latent_size)
     return pooled
+
+
+def composite_weights(masks: torch.Tensor, edited: list[bool], margin: int) -> torch.Tensor:
+    """Pixel weights of the edit for compositing the decoded frames over the source: (F, 1, H, W)
+    float in [0, 1]. The union of the edited regions grown by ``margin`` pixels, then feathered over
+    another ``margin``: 1 on and next to the edits, 0 from 2·margin away (there the source shows)."""
+    chosen = masks[torch.tensor(edited, dtype=torch.bool)]
+    union = (chosen.any(0) if len(chosen) else torch.zeros_like(masks[0]))[:, None].float()
+    size = 2 * margin + 1
+    grown = F.max_pool2d(union, size, stride=1, padding=margin)
+    return F.avg_pool2d(grown, size, stride=1, padding=margin, count_include_pad=False)

@@ -14,7 +14,7 @@ from .attention import AttentionRecorder, FeatureStore, layout_processors
 from .control import Control
 from .flow import token_grid, trajectories_for_levels, video_flow
 from .inversion import ddim_invert
-from .layout import Layout, blend_mask, build_layout
+from .layout import Layout, blend_mask, build_layout, composite_weights
 from .reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes, temporal_windows
 from .sampling import TemporalAids, ddim_sample, guided_denoise_fn, latent_blend, noise_levels, windowed_denoise_fn
 from .spec import ModulationSpec, ReAtCoSpec, TemporalAidsSpec, WindowSpec
@@ -165,6 +165,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         guidance_scale: float = 7.5,
         modulation: ModulationSpec | None = ModulationSpec(),
         blend: bool = True,
+        composite: bool = True,
         record_attention: bool | str = False,
         reatco: ReAtCoSpec | None = None,
         words: list[str | None] | None = None,
@@ -183,6 +184,9 @@ class VideoGrainPipeline(DiffusionPipeline):
         RAD guidance towards each region's word of interest (``words[r]``, None: its prompt's last
         word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
         ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
+        ``composite`` (with blend or IRJS): after decoding, pixels away from the edited regions are
+        the source frames' (feathered over a margin of the VAE's factor); the latent guarantee
+        alone leaves the decoder's spill and its frame-wide normalisation on the unedited pixels.
         ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
         ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
         ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
@@ -261,6 +265,10 @@ class VideoGrainPipeline(DiffusionPipeline):
 
         clock = time.perf_counter()
         out = self.decode_latents(edited_latents)
+        if composite and (blend or (reatco is not None and reatco.irjs)):
+            edited = [bool(p.strip()) for p in region_prompts]
+            weights = composite_weights(masks.cpu(), edited, self.vae_factor)
+            out = weights * out + (1 - weights) * frames.float().cpu()
         timings["decode"] = time.perf_counter() - clock
         return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
 

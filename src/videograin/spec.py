@@ -28,8 +28,8 @@ ANNOTATORS = ("canny", "depth", "pose")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
 _EDIT_KEYS = (
-    "steps", "guidance_scale", "seed", "blend", "record_attention", "method", "modulation", "reatco", "window",
-    "temporal_aids",
+    "steps", "guidance_scale", "seed", "blend", "composite", "record_attention", "method", "modulation", "reatco",
+    "window", "temporal_aids",
 )
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
 _REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
@@ -158,6 +158,7 @@ class EditSettings:
     guidance_scale: float = 7.5
     seed: int = 0
     blend: bool = True
+    composite: bool = True  # with blend/IRJS: unedited pixels are the source's after decoding
     record_attention: bool | str = False  # heat maps of the region prompts ("compare": also unmodulated)
     method: str = "videograin"
     modulation: ModulationSpec = ModulationSpec()
@@ -400,6 +401,7 @@ def _edit(value: Any) -> EditSettings:
         guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
+        composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),
         record_attention=_record_attention(data.get("record_attention", EditSettings.record_attention)),
         method=_choice(data.get("method", EditSettings.method), "edit.method", METHODS),
         modulation=_modulation(data.get("modulation")),
