@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def tiny_pipe(tiny_model_dir):
 def example_config(tmp_path, tiny_model_dir) -> Path:
     """A copy of the bundled example on the tiny model, writing to ``tmp_path / "out"``."""
     return copy_example(tmp_path / "two_balls", tiny_model_dir, output=str(tmp_path / "out"))
+
+
+@pytest.fixture(scope="session")
+def sd_pipe():
+    """VideoGrainPipeline on trained SD 1.x weights from VIDEOGRAIN_TEST_MODEL; skips without them (a
+    random VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked)."""
+    folder = os.environ.get("VIDEOGRAIN_TEST_MODEL")
+    if not folder:
+        pytest.skip("needs trained SD 1.x weights: set VIDEOGRAIN_TEST_MODEL to a local diffusers folder (a "
+                    "random VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked)")
+    from videograin.pipeline import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
