@@ -1,14 +1,14 @@
 """Time and peak memory of ST-Layout attention paths vs plain SDPA on SD 1.5 self-attention shapes.
 
     python benchmarks/attention.py                 # CPU: the sizes that finish in reasonable time
-    python benchmarks/attention.py --device cuda   # every size
+    python benchmarks/attention.py --device cuda   # every size (fp16; SDPA is FlashAttention there)
     python benchmarks/attention.py --frames 16 --grids 32 --heads 2 8 --dims 40   # one case
 
 Each measurement runs in fresh subprocesses so the peak memory is that path's own: CUDA: max
 allocated; CPU: growth of the process's max RSS over one call, in a process where glibc returns every
 large block to the system at once (MALLOC_MMAP_THRESHOLD_), so RSS follows live memory. That setting
 slows allocation, so times come from a second process without it. Prints a markdown table with the
-ratio to SDPA.
+ratio of the path ``layout_attention`` picks on that device (grouped on CPU, flex on CUDA) to SDPA.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from videograin.attention import layout_attention
 
 # SD 1.5 self-attention: per-frame grid at 512x512 -> head dim (8 heads)
 SD15_LEVELS = {64: 40, 32: 80, 16: 160, 8: 160}
-METHODS = ("sdpa", "dense", "online", "grouped")
+METHODS = ("sdpa", "dense", "online", "grouped", "flex")
+#: flex runs eagerly on the CPU, materialising every score: left out there unless asked for
+DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "online", "grouped"), "cuda": METHODS}
 
 
 def make_inputs(frames: int, grid: int, heads: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument("--grids", type=int, nargs="+", default=list(SD15_LEVELS))
     parser.add_argument("--heads", type=int, nargs="+", default=[8])
     parser.add_argument("--dims", type=int, nargs="+", help="head dims (default: SD 1.5's for each grid)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: every path that fits the device")
     parser.add_argument("--max-tokens", type=int, default=None, help="skip N above this (CPU default 16384)")
     parser.add_argument("--dense-max-tokens", type=int, default=8192, help="skip the dense path above this N")
     parser.add_argument("--repeat", type=int, default=3)
@@ -107,6 +109,8 @@ def main() -> None:
         print(json.dumps(run_one(**spec, repeat=args.repeat)))
         return
     max_tokens = args.max_tokens or (16384 if args.device == "cpu" else 10**9)
+    methods = args.methods or DEFAULT_METHODS["cuda" if args.device == "cuda" else "cpu"]
+    chosen = "flex" if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
     rows = []
     for grid in args.grids:
         for dim in args.dims or [SD15_LEVELS.get(grid, 40)]:
@@ -116,7 +120,7 @@ def main() -> None:
                     if n > max_tokens:
                         continue
                     row = {"frames": frames, "grid": grid, "heads": heads, "dim": dim, "tokens": n}
-                    for method in args.methods:
+                    for method in methods:
                         if method == "dense" and n > args.dense_max_tokens:
                             continue
                         one = dict(method=method, frames=frames, grid=grid, heads=heads, dim=dim, device=args.device)
@@ -133,16 +137,17 @@ def main() -> None:
                               f"+{result['peak_extra_mb']:.0f} MB", file=sys.stderr, flush=True)
                     rows.append(row)
     print(f"Machine: {machine(args.device)}\n")
-    dense_gib = "one dense N×N fp32 matrix"
-    print(f"| F | grid | heads | D | N | SDPA s | dense s | online s | grouped s | grouped / SDPA | "
-          f"SDPA MB | dense MB | online MB | grouped MB | {dense_gib} MB |")
-    print("|" + "---|" * 15)
+    names = {"sdpa": "SDPA"}
+    columns = [names.get(m, m) for m in methods]
+    print("| F | grid | heads | D | N | " + " | ".join(f"{c} s" for c in columns) + f" | {chosen} / SDPA | "
+          + " | ".join(f"{c} MB" for c in columns) + " | one dense N×N fp32 MB |")
+    print("|" + "---|" * (7 + 2 * len(methods)))
     for row in rows:
         get = lambda m, key, fmt: format(row[m][key], fmt) if m in row else "–"  # noqa: E731
-        ratio = f"{row['grouped']['seconds'] / row['sdpa']['seconds']:.2f}" if {"grouped", "sdpa"} <= set(row) else "–"
+        ratio = f"{row[chosen]['seconds'] / row['sdpa']['seconds']:.2f}" if {chosen, "sdpa"} <= set(row) else "–"
         print(f"| {row['frames']} | {row['grid']}² | {row['heads']} | {row['dim']} | {row['tokens']} | "
-              + " | ".join(get(m, "seconds", ".3f") for m in METHODS) + f" | {ratio} | "
-              + " | ".join(get(m, "peak_extra_mb", ".0f") for m in METHODS)
+              + " | ".join(get(m, "seconds", ".3f") for m in methods) + f" | {ratio} | "
+              + " | ".join(get(m, "peak_extra_mb", ".0f") for m in methods)
               + f" | {row['tokens'] ** 2 * 4 / 2**20:.0f} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -113,13 +113,15 @@ def test_layout_attention_matches_float64_reference(kind, strength_kind):
     assert (want - plain_attention(q, k, v)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("method", ["dense", "online", "grouped"])
+@pytest.mark.parametrize("method", ["dense", "online", "grouped", "flex"])
 @pytest.mark.parametrize("kind,strength_kind", CASES)
 def test_every_path_matches_float64_reference_with_uneven_blocks(monkeypatch, method, kind, strength_kind):
     """Tiny block sizes force many query and key blocks that end mid-group and mid-row, and one head
     per block: each path must still equal the formula."""
     monkeypatch.setattr(vga, "DENSE_CHUNK_ELEMENTS", 7 * H * B * (N if kind == "self" else L_TEXT) + 5)
     monkeypatch.setattr(vga, "ONLINE_BLOCK_ELEMENTS", 37 * 23)  # 37 query rows x 23 keys per block
+    monkeypatch.setattr(vga, "ROW_STAT_BLOCK_ELEMENTS", B * H * 29 * 23)  # 29 rows x 23 keys
+    monkeypatch.setattr(vga, "MIN_BLOCK_ELEMENTS", 1)
     monkeypatch.setattr(vga, "ONLINE_MIN_KEYS", 23)
     monkeypatch.setattr(vga, "HEAD_BLOCK_ELEMENTS", N * D)
     q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind, seed=3)
@@ -135,7 +137,7 @@ def test_fast_paths_handle_strength_above_one_and_a_single_group():
     q_bits = random_bits((64,), SELF_BIT_VALUES, g)
     for k_bits in (random_bits((64,), SELF_BIT_VALUES, g), torch.full((64,), 0b010)):
         want = reference_attention(q, k, v, q_bits, k_bits, 1.6)
-        for method in ("online", "grouped"):
+        for method in ("online", "grouped", "flex"):
             got = layout_attention(q, k, v, q_bits, k_bits, 1.6, method=method)
             torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
 
@@ -149,6 +151,44 @@ def test_auto_takes_a_fast_path_on_large_inputs(monkeypatch):
     got = layout_attention(q, k, v, q_bits, k_bits, strength)
     assert calls, "auto did not take the grouped path"
     torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["grouped", "flex"])
+def test_half_precision_inputs_keep_float32_statistics(method):
+    """bf16 q, k, v (what a GPU runs): the output is bf16 and as close to the float64 formula on the
+    same (rounded) inputs as bf16 itself allows, i.e. statistics and softmax did not run in bf16."""
+    q, k, v, q_bits, k_bits, strength = make_case("self", "batch", seed=4)
+    q, k, v = (x.mul(3).bfloat16() for x in (q, k, v))  # larger scores: bf16 statistics would show
+    got = layout_attention(q, k, v, q_bits, k_bits, strength, method=method)
+    want = reference_attention(q, k, v, q_bits, k_bits, strength)
+    assert got.dtype == torch.bfloat16
+    rounding = (want - want.bfloat16().double()).abs().max()
+    assert (got.double() - want).abs().max() <= 2 * rounding + 1e-6
+
+
+def test_block_sizes_follow_free_memory(monkeypatch):
+    """With little free memory the dense path holds smaller score chunks (never more than
+    FREE_MEMORY_SHARE of it) and still equals the formula; with plenty it uses its whole cap."""
+    q, k, v, q_bits, k_bits, strength = make_case("self", "rows", seed=6)
+    sizes = []
+    original = vga.modulated_scores
+    monkeypatch.setattr(vga, "modulated_scores", lambda *a: sizes.append(original(*a).numel()) or original(*a))
+    monkeypatch.setattr(vga, "MIN_BLOCK_ELEMENTS", 1)
+    free = 4 * B * H * N * 40 * 16  # bytes: a sixteenth of it holds 40 float32 score rows
+    monkeypatch.setattr(vga, "free_memory", lambda device: free)
+    got = layout_attention(q, k, v, q_bits, k_bits, strength, method="dense")
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+    assert len(sizes) == math.ceil(N / 40) and max(sizes) * 4 <= free * vga.FREE_MEMORY_SHARE
+    monkeypatch.setattr(vga, "free_memory", lambda device: 2**40)
+    assert vga.block_elements(vga.DENSE_CHUNK_ELEMENTS, q.device) == vga.DENSE_CHUNK_ELEMENTS
+
+
+def test_auto_method():
+    q, k, v, *_ = make_case("self", "rows")
+    assert vga.auto_method(q, k, v) == "dense"  # all scores fit one block
+    big = torch.zeros(1, 8, 4096, 8)
+    assert vga.auto_method(big, big, big) == "grouped"
+    assert vga.auto_method(big.requires_grad_(), big, big) == "dense"  # ReAtCo's gradients
 
 
 def test_layout_attention_explicit_scale():

@@ -59,15 +59,16 @@ def make_text_encoder(tokenizer) -> CLIPTextModel:
     )
 
 
-def make_unet(channels: tuple[int, int] = (32, 64)) -> UNet2DConditionModel:
+def make_unet(channels: tuple[int, ...] = (32, 64)) -> UNet2DConditionModel:
+    """One cross-attention down and up block per entry of ``channels``."""
     return UNet2DConditionModel(
         sample_size=SIZE // 2,
         in_channels=4,
         out_channels=4,
         block_out_channels=channels,
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * len(channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(channels),
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=1,  # diffusers' legacy name: the number of heads
         norm_num_groups=16,

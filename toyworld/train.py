@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--channels", type=int, nargs=2, default=[32, 64])
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet widths, one per level")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr", type=float, default=5.0)
     p.add_argument("--position-prob", type=float, default=0.5)
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", type=Path, default=None,
                    help="continue diffusion training from the model folder given (its EMA weights; fresh "
                         "optimizer; its VAE kept as is, no VAE or decoder phase); saves to --out")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="train a fresh UNet and text encoder (phase 2 only) on the VAE saved in the model folder "
+                        "given (its encoder and fine-tuned decoder kept as they are); saves to --out")
     p.add_argument("--snapshot-every", type=int, default=0, help="also save <out>_step<N> every N steps")
     args = p.parse_args(argv)
 
@@ -201,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.decoder_only:
         return _decoder_only(args, images, cpu0)
-    if args.resume is not None:
-        return _resume(args, images, scenes, cpu0, argv)
+    if args.resume is not None and args.vae_from is not None:
+        raise SystemExit("--resume and --vae-from exclude each other: --resume continues a UNet, --vae-from starts one")
+    if args.resume is not None or args.vae_from is not None:
+        return _on_saved_vae(args, images, scenes, cpu0, argv)
     vae, vae_losses = train_vae(images, args.vae_steps, args.vae_batch, args.vae_lr, rng)
     means = encode_all(vae, images)
     scale = float(1.0 / means.std())
@@ -264,24 +269,27 @@ def _decoder_only(args, images: torch.Tensor, cpu0: float) -> int:
     return 0
 
 
-def _resume(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
-    """Phase 2 again, starting from the (EMA) UNet and text encoder saved in ``--resume``, on the latents
-    of the VAE saved there (its encoder is what phase 1 trained; phase 3 only touched the decoder, so the
-    posterior means are the latents the UNet was trained on). Data order: its own generator seeded by
-    ``(seed, 2)``, so a resumed run does not replay the first run's batches and is deterministic."""
+def _on_saved_vae(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
+    """Phase 2 again on the latents of the VAE saved in ``--resume`` / ``--vae-from`` (its encoder is what
+    phase 1 trained; phase 3 only touched the decoder, so the posterior means are the latents a UNet was
+    trained on). ``--resume`` starts from the folder's (EMA) UNet and text encoder; ``--vae-from`` from fresh
+    ones of ``--channels``. Data order: its own generator seeded by ``(seed, 2)``, so a resumed run does not
+    replay the first run's batches and is deterministic."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    src = Path(args.resume)
+    src = Path(args.resume or args.vae_from)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae").eval()
-    text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
-    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
-    if text_encoder.config.vocab_size != len(make_tokenizer()):
-        raise SystemExit(f"{src}: text encoder vocabulary does not match the world's tokenizer")
+    init = None
+    if args.resume is not None:
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
+        if text_encoder.config.vocab_size != len(make_tokenizer()):
+            raise SystemExit(f"{src}: text encoder vocabulary does not match the world's tokenizer")
+        init = (text_encoder, UNet2DConditionModel.from_pretrained(src, subfolder="unet"))
     scale = float(vae.config.scaling_factor)
     latents = encode_all(vae, images) * scale
     cpu_prep = time.process_time() - cpu0
-    _log(f"resuming from {src}: latents encoded (scaling {scale:.4f}), cpu {cpu_prep:.0f}s")
+    _log(f"{'resuming' if init else 'fresh UNet'} on {src}'s VAE: latents encoded (scaling {scale:.4f}), cpu {cpu_prep:.0f}s")
     rng = np.random.default_rng([args.seed, 2])
     old_file = src / "train_log.json"
     old_log = old_file.read_text() if old_file.is_file() else "{}"  # read now: --out may be --resume
@@ -291,7 +299,7 @@ def _resume(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
         _write_resume_log(Path(f"{args.out}_step{step}"), old_log, src, args, argv, losses_so_far[0], cpu0, cpu_prep, step)
 
     losses_so_far = [[]]
-    te, un, tokenizer, losses = train_diffusion(latents, scenes, args, rng, snapshot, init=(text_encoder, unet),
+    te, un, tokenizer, losses = train_diffusion(latents, scenes, args, rng, snapshot, init=init,
                                                 losses_out=losses_so_far[0])
     save_pipeline(args.out, vae, te, tokenizer, un)
     _write_resume_log(Path(args.out), old_log, src, args, argv, losses, cpu0, cpu_prep, args.steps)
@@ -305,6 +313,7 @@ def _write_resume_log(folder: Path, old_log: str, src: Path, args, argv, losses,
     log.setdefault("resumed", []).append({
         "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "from": str(src),
+        "unet": "continued" if args.resume is not None else "fresh, on this VAE",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "steps_done": step,
         "cpu_seconds": {"data_and_latents": round(cpu_prep, 1), "diffusion": round(time.process_time() - cpu0 - cpu_prep, 1)},

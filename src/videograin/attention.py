@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
+import psutil
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
 
 from .flow import Trajectories, combine
 from .layout import Layout, key_frames
@@ -28,9 +31,29 @@ ONLINE_BLOCK_ELEMENTS = 4 * 2**20
 HEAD_BLOCK_ELEMENTS = 2**20
 #: Keys per block, at least (queries are blocked to keep this many; measured fastest on CPU).
 ONLINE_MIN_KEYS = 1024
-#: Scores per block of the row max/min pass (4 MiB: the block stays in cache for its two reductions;
-#: 1.6x faster than 16 MiB blocks at N = 8192, D = 80 on CPU, see benchmarks/README.md).
+#: Scores per block of the row max/min pass on the CPU (4 MiB: the block stays in cache for its two
+#: reductions; 1.6x faster than 16 MiB blocks at N = 8192, D = 80, see benchmarks/README.md).
 ROW_STAT_BLOCK_ELEMENTS = 2**20
+#: Scores per block of the row max/min pass on a GPU, at most (fewer, larger matmuls; 512 MiB).
+GPU_ROW_STAT_BLOCK_ELEMENTS = 2**27
+#: Share of the device's free memory one block of scores may take: every block size above is capped
+#: by it, so the kernels shrink their blocks on a machine that is short of memory.
+FREE_MEMORY_SHARE = 1 / 16
+#: Smallest block any memory budget gives (scores).
+MIN_BLOCK_ELEMENTS = 2**16
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still give: CUDA's free memory, else the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def block_elements(cap: int, device: torch.device, bytes_per_element: int = 4) -> int:
+    """Elements a block may hold: ``cap``, or fewer when FREE_MEMORY_SHARE of the free memory is less."""
+    budget = int(free_memory(device) * FREE_MEMORY_SHARE) // bytes_per_element
+    return max(min(cap, budget), min(cap, MIN_BLOCK_ELEMENTS))
 
 
 def _broadcast_rows(x: torch.Tensor | float, q: torch.Tensor) -> torch.Tensor:
@@ -60,7 +83,7 @@ def modulated_scores(q, k, q_bits, k_bits, strength, scale=None) -> torch.Tensor
 def dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
     """Reference path: the modulated scores materialised, DENSE_CHUNK_ELEMENTS at a time (queries
     chunked). Arguments as ``layout_attention`` with q_bits and lam (B|1, Nq). Returns float32."""
-    chunk = max(1, DENSE_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[-2]))
+    chunk = max(1, block_elements(DENSE_CHUNK_ELEMENTS, q.device) // (q.shape[0] * q.shape[1] * k.shape[-2]))
     outputs = []
     for start in range(0, q.shape[2], chunk):
         rows = slice(start, start + chunk)
@@ -86,8 +109,9 @@ def online_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor
     order = torch.argsort(k_bits, stable=True)
     values, counts = torch.unique_consecutive(k_bits[order], return_counts=True)
     k, v = k[:, :, order].float(), v[:, :, order].float()
-    q_block = max(1, ONLINE_BLOCK_ELEMENTS // (batch * heads * ONLINE_MIN_KEYS))
-    k_block = max(ONLINE_MIN_KEYS, ONLINE_BLOCK_ELEMENTS // (batch * heads * min(n_q, q_block)))
+    block = block_elements(ONLINE_BLOCK_ELEMENTS, q.device)
+    q_block = max(1, block // (batch * heads * ONLINE_MIN_KEYS))
+    k_block = max(ONLINE_MIN_KEYS, block // (batch * heads * min(n_q, q_block)))
     out = torch.empty(batch, heads, n_q, dim, dtype=torch.float32, device=q.device)
     for q_start in range(0, n_q, q_block):
         rows = slice(q_start, q_start + q_block)
@@ -136,7 +160,7 @@ def _attention_with_lse(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tens
     if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
         return out, lse
-    chunk = max(1, DENSE_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[-2]))
+    chunk = max(1, block_elements(DENSE_CHUNK_ELEMENTS, q.device) // (q.shape[0] * q.shape[1] * k.shape[-2]))
     outs, lses = [], []
     for start in range(0, q.shape[2], chunk):
         s = torch.matmul(q[:, :, start : start + chunk], k.transpose(-1, -2)) * scale
@@ -145,17 +169,29 @@ def _attention_with_lse(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(outs, 2), torch.cat(lses, 2)
 
 
+def _float32_scores(q, k) -> torch.Tensor:
+    """q·kᵀ (B, H, n, c) in float32 for q (B, H, n, D), k (B, H, c, D) of any float dtype: on CUDA a
+    half-precision matmul that accumulates and returns float32, elsewhere a float32 matmul."""
+    if q.dtype == torch.float32 or q.device.type != "cuda":
+        return torch.matmul(q.float(), k.float().transpose(-1, -2))
+    scores = torch.bmm(q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), out_dtype=torch.float32)
+    return scores.view(*q.shape[:3], k.shape[2])
+
+
 def _row_max_min(q, k, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row max and min of q·kᵀ·scale, (B, H, Nq, 1) each, never holding more than a block of scores."""
+    """Row max and min of q·kᵀ·scale, (B, H, Nq, 1) float32 each, never holding more than a block of
+    scores: cache-sized on the CPU, as large as the free memory allows on a GPU."""
     batch, heads, n_q, _ = q.shape
-    q_block = max(1, ROW_STAT_BLOCK_ELEMENTS // (batch * heads * ONLINE_MIN_KEYS))
-    k_block = max(ONLINE_MIN_KEYS, ROW_STAT_BLOCK_ELEMENTS // (batch * heads * min(n_q, q_block)))
+    cap = ROW_STAT_BLOCK_ELEMENTS if q.device.type == "cpu" else GPU_ROW_STAT_BLOCK_ELEMENTS
+    block = block_elements(cap, q.device)
+    q_block = max(1, block // (batch * heads * ONLINE_MIN_KEYS))
+    k_block = max(ONLINE_MIN_KEYS, block // (batch * heads * min(n_q, q_block)))
     row_max = torch.full((batch, heads, n_q, 1), -torch.inf, device=q.device)
     row_min = torch.full_like(row_max, torch.inf)
     for q_start in range(0, n_q, q_block):
         rows = slice(q_start, q_start + q_block)
         for k_start in range(0, k.shape[2], k_block):
-            s = torch.matmul(q[:, :, rows], k[:, :, k_start : k_start + k_block].transpose(-1, -2))
+            s = _float32_scores(q[:, :, rows], k[:, :, k_start : k_start + k_block])
             # two reductions beat torch.aminmax here (measured on CPU)
             row_max[:, :, rows] = torch.maximum(row_max[:, :, rows], s.amax(-1, keepdim=True))
             row_min[:, :, rows] = torch.minimum(row_min[:, :, rows], s.amin(-1, keepdim=True))
@@ -195,6 +231,41 @@ def grouped_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tenso
     return acc.div_(total)
 
 
+@cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
+    """One fused pass: FlexAttention with the modulation as its ``score_mod``, s' = (1−λ)s + λ·c with c
+    the row max or min of a blocked pass. Compiled to a Triton kernel on CUDA (the GPU default); eager
+    elsewhere, where PyTorch materialises the scores (correct but slow: the CPU default is grouped).
+    q, k, v stay in their dtype (fp16/bf16 on a GPU); the row statistics are float32 and the kernel
+    keeps its softmax statistics in float32. Arguments as ``layout_attention`` with q_bits and lam
+    (B|1, Nq). Returns q's dtype."""
+    batch, heads, n_q, _ = q.shape
+    row_max, row_min = (x.squeeze(-1) for x in _row_max_min(q, k, scale))
+    q_bits, lam = q_bits.expand(batch, n_q).contiguous(), lam.expand(batch, n_q).contiguous()
+    k_bits = (k_bits if k_bits.ndim == 2 else k_bits.unsqueeze(0)).expand(batch, -1).contiguous()
+
+    def modulate(score, b, h, q_idx, kv_idx):
+        strength = lam[b, q_idx]
+        positive = (q_bits[b, q_idx] & k_bits[b, kv_idx]) != 0
+        target = torch.where(positive, row_max[b, h, q_idx], row_min[b, h, q_idx])
+        return (1 - strength) * score + strength * target
+
+    attend = _compiled_flex_attention() if q.device.type == "cuda" else flex_attention
+    return attend(q, k, v, score_mod=modulate, scale=scale)
+
+
+def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The path ``layout_attention(method="auto")`` takes for these inputs (see there)."""
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    if needs_grad or q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= ONLINE_BLOCK_ELEMENTS:
+        return "dense"
+    return "flex" if q.device.type == "cuda" else "grouped"
+
+
 def layout_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -211,24 +282,25 @@ def layout_attention(
     int64; strength: λ as a float, (Nq,) or (B, Nq); scale defaults to D**-0.5. Row max and min are
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
     softmax run in float32. ``method``: "dense" materialises the scores (the reference); "online"
-    (one pass, pure PyTorch) and "grouped" (fused attention kernels per key group) never hold more
-    than a block of them; "auto" takes dense only when all scores fit in one block, else grouped,
-    and dense whenever gradients are needed (the O(N) kernels accumulate in place, so they are not
-    differentiable: ReAtCo's guidance runs them under autograd; windows keep N small there).
+    (one pass, pure PyTorch), "grouped" (fused attention kernels per key group) and "flex"
+    (FlexAttention, compiled on CUDA) never hold more than a block of them. "auto" (``auto_method``):
+    dense when all scores fit in one block or gradients are needed (the O(N) kernels accumulate in
+    place, so they are not differentiable: ReAtCo's guidance runs them under autograd; windows keep N
+    small there), flex on CUDA, grouped elsewhere.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
     lam = torch.as_tensor(strength, dtype=torch.float32, device=q.device)
     lam = lam.expand(q_bits.shape[0], q.shape[2]) if lam.ndim < 2 else lam
     if method == "auto":
-        dense_elements = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-        method = "dense" if needs_grad or dense_elements <= ONLINE_BLOCK_ELEMENTS else "grouped"
+        method = auto_method(q, k, v)
     if method == "dense":
         return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
+    if method == "flex":
+        return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
     kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
     if method not in kernels:
-        raise ValueError(f"method must be 'auto', 'dense', 'online' or 'grouped', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'dense', 'online', 'grouped' or 'flex', got {method!r}")
     # Blocks of (batch, heads) small enough that the kernels' O(N·D) temporaries stay small; keys
     # that differ per batch element are sorted per element, so those go one element at a time.
     batch, heads, n_q, dim = q.shape
