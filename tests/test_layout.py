@@ -5,12 +5,14 @@ Expected values are known answers or brute-force counts written in the tests.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from videograin.layout import (
     blend_mask,
     build_layout,
+    composite_weights,
     downsample_masks,
     key_frames,
     region_share,
@@ -183,3 +185,30 @@ def test_blend_mask_nothing_edited_is_zero():
     masks = torch.ones(2, 3, 16, 16, dtype=torch.bool)
     got = blend_mask(masks, [False, False], (2, 2))
     assert got.shape == (3, 1, 2, 2) and torch.equal(got, torch.zeros(3, 1, 2, 2))
+
+
+def test_composite_weights_keep_kept_regions_exact_and_feather_elsewhere():
+    """Known answer from a loop over pixels: weight = share of the (2m+1)² window (inside the frame)
+    whose pixels lie within Chebyshev distance m of an edited pixel, and 0 on kept pixels that no
+    edited region covers (an edited part inside a kept region stays edited)."""
+    h, w, m = 12, 20, 1
+    masks = torch.zeros(3, 1, h, w, dtype=torch.bool)
+    masks[0, 0, 4:8, 4:8] = True  # edited object
+    masks[1, 0, 2:10, 8:12] = True  # kept region right next to it
+    masks[2, 0, 5:7, 10:12] = True  # edited part inside the kept region
+    got = composite_weights(masks, [True, False, True], m)
+    edited = (masks[0, 0] | masks[2, 0]).numpy()
+    kept = masks[1, 0].numpy() & ~edited
+    ys, xs = np.nonzero(edited)
+    near = np.zeros((h, w), dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            near[y, x] = bool((np.maximum(abs(ys - y), abs(xs - x)) <= m).any())
+    want = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            window = near[max(0, y - m) : y + m + 1, max(0, x - m) : x + m + 1]
+            want[y, x] = 0.0 if kept[y, x] else window.mean()
+    assert got.shape == (1, 1, h, w)
+    np.testing.assert_allclose(got[0, 0].numpy(), want, atol=1e-6)
+    assert got[0, 0, 5, 8] == 0 and got[0, 0, 5, 10] == 1 and 0 < got[0, 0, 5, 3] < 1

@@ -27,7 +27,8 @@ Scores, read by the judge (:mod:`toyworld.judge`) from the uint8 output frames:
   leakage             share of those pairs where the region shows another region's target colour or
                       class instead of its own (cases with at least two different targets)
   background_change   share of pixels outside every edited region that changed by more than 25/255 in
-                      some channel against the source video (summary: cases that keep the background)
+                      some channel against the source video (summary: cases that keep the background);
+                      "latents only": the same for the edited latents decoded without the pixel composite
   kept_shapes_change  the same in the background case, where the unedited pixels are the kept shapes
   temporal_stability  share of frames in which an edited region shows its most frequent identity
   kept_accuracy       share of (kept shape region, frame) pairs still showing the source shape
@@ -225,13 +226,7 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray)
         elif what == "background":
             bg_ok += [detections[f][0] == target for f in range(frames)]
             found[region.name] = [detections[f][0] for f in range(frames)]
-    edited = np.zeros(masks.shape[1:], dtype=bool)
-    for r, region in enumerate(case.regions):
-        if region.edited:
-            edited |= masks[r]
-    diff = np.abs(output.astype(np.int16) - source.astype(np.int16)).max(-1) > CHANGE_THRESHOLD
-    outside = ~edited
-    change = float(diff[outside].mean()) if outside.any() else None
+    change = unedited_change(case, source, output, masks)
 
     def mean(x):
         return None if not x else round(float(np.mean(x)), 4)
@@ -240,12 +235,24 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray)
         "instance_accuracy": mean(correct),
         "color_accuracy": mean(colour_ok),
         "leakage": mean(leaked),
-        "background_change": None if change is None else round(change, 4),
+        "background_change": change,
         "temporal_stability": mean(stable),
         "kept_accuracy": mean(kept),
         "background_accuracy": mean(bg_ok),
         "found": found,
     }
+
+
+def unedited_change(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray) -> float | None:
+    """Share of the pixels outside every edited region that changed by more than CHANGE_THRESHOLD."""
+    edited = np.zeros(masks.shape[1:], dtype=bool)
+    for r, region in enumerate(case.regions):
+        if region.edited:
+            edited |= masks[r]
+    if edited.all():
+        return None
+    diff = np.abs(output.astype(np.int16) - source.astype(np.int16)).max(-1) > CHANGE_THRESHOLD
+    return round(float(diff[~edited].mean()), 4)
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -268,6 +275,8 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
     output = to_uint8(out.frames)
     result = score(case, source, output, masks)
     result["seconds"] = round(seconds, 2)
+    # what the latents alone give (the papers' output): decoded without the pixel composite
+    result["background_change_latents"] = unedited_change(case, source, to_uint8(pipe.decode_latents(out.latents)), masks)
     return output, result
 
 
@@ -281,17 +290,19 @@ SUMMARY_KEYS = ("instance_accuracy", "leakage", "background_change", "temporal_s
 def summarise(per_case: dict[str, dict], cases: list[Case]) -> dict:
     """Means over cases of each score (cases where it is defined), plus instance-level-only accuracy.
 
-    ``background_change`` averages the cases that keep the background; in the background case the
-    unedited pixels are the kept shapes, reported as ``kept_shapes_change``.
+    ``background_change`` (and ``background_change_latents``, decoded without the pixel composite)
+    averages the cases that keep the background; in the background case the unedited pixels are the
+    kept shapes, reported as ``kept_shapes_change`` (``kept_shapes_change_latents``).
     """
     out = {}
-    for key in SUMMARY_KEYS + ("color_accuracy", "kept_accuracy", "background_accuracy"):
-        keep_bg = key != "background_change"
+    changes = ("background_change", "background_change_latents")
+    for key in SUMMARY_KEYS + changes[1:] + ("color_accuracy", "kept_accuracy", "background_accuracy"):
         values = [per_case[c.name][key] for c in cases
-                  if per_case[c.name].get(key) is not None and (keep_bg or c.level != "background")]
+                  if per_case[c.name].get(key) is not None and (key not in changes or c.level != "background")]
         out[key] = None if not values else round(float(np.mean(values)), 4)
-    kept = [per_case[c.name]["background_change"] for c in cases if c.level == "background"]
-    out["kept_shapes_change"] = None if not kept else round(float(np.mean(kept)), 4)
+    for key in changes:
+        kept = [per_case[c.name][key] for c in cases if c.level == "background"]
+        out[key.replace("background", "kept_shapes")] = None if not kept else round(float(np.mean(kept)), 4)
     inst = [per_case[c.name]["instance_accuracy"] for c in cases if c.level == "instance"]
     out["instance_accuracy_instance_cases"] = None if not inst else round(float(np.mean(inst)), 4)
     return out
@@ -337,21 +348,24 @@ def _fmt(x) -> str:
 def markdown(results: dict) -> str:
     summary, per_case, cases = results["summary"], results["per_case"], list(results["cases"])
     lines = ["| method | instance acc. (all / instance cases) | colour acc. | leakage | background change "
-             "| temporal stability | kept acc. | background acc. (kept shapes change) | seconds / clip |",
+             "(latents only) | temporal stability | kept acc. | background acc. (kept shapes change, latents only) "
+             "| seconds / clip |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {_fmt(s['instance_accuracy'])} / {_fmt(s['instance_accuracy_instance_cases'])} "
-                     f"| {_fmt(s['color_accuracy'])} | {_fmt(s['leakage'])} | {_fmt(s['background_change'])} | {_fmt(s['temporal_stability'])} "
-                     f"| {_fmt(s['kept_accuracy'])} | {_fmt(s['background_accuracy'])} ({_fmt(s['kept_shapes_change'])}) "
-                     f"| {s['seconds']:.1f} |")
-    lines += ["", "Per case: instance accuracy (background case: background accuracy) / share of unedited pixels changed", "",
+                     f"| {_fmt(s['color_accuracy'])} | {_fmt(s['leakage'])} "
+                     f"| {_fmt(s['background_change'])} ({_fmt(s['background_change_latents'])}) | {_fmt(s['temporal_stability'])} "
+                     f"| {_fmt(s['kept_accuracy'])} | {_fmt(s['background_accuracy'])} "
+                     f"({_fmt(s['kept_shapes_change'])}, {_fmt(s['kept_shapes_change_latents'])}) | {s['seconds']:.1f} |")
+    lines += ["", "Per case: instance accuracy (background case: background accuracy) / share of unedited pixels "
+              "changed (latents only: decoded without the pixel composite)", "",
               "| method | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
     for name, rows in per_case.items():
         cells = []
         for c in cases:
             r = rows[c]
             acc = r["instance_accuracy"] if r["instance_accuracy"] is not None else r["background_accuracy"]
-            cells.append(f"{_fmt(acc)} / {_fmt(r['background_change'])}")
+            cells.append(f"{_fmt(acc)} / {_fmt(r['background_change'])} ({_fmt(r['background_change_latents'])})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -233,7 +233,9 @@ def grouped_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tenso
 
 @cache
 def _compiled_flex_attention():
-    return torch.compile(flex_attention, dynamic=False)
+    # automatic dynamic shapes: a UNet calls it with a handful of sequence lengths and batch sizes,
+    # more than the recompile limit would allow static kernels for
+    return torch.compile(flex_attention)
 
 
 def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:

@@ -162,10 +162,15 @@ def blend_mask(masks: torch.Tensor, edited: list[bool], latent_size: tuple[int, 
 
 def composite_weights(masks: torch.Tensor, edited: list[bool], margin: int) -> torch.Tensor:
     """Pixel weights of the edit for compositing the decoded frames over the source: (F, 1, H, W)
-    float in [0, 1]. The union of the edited regions grown by ``margin`` pixels, then feathered over
-    another ``margin``: 1 on and next to the edits, 0 from 2·margin away (there the source shows)."""
-    chosen = masks[torch.tensor(edited, dtype=torch.bool)]
-    union = (chosen.any(0) if len(chosen) else torch.zeros_like(masks[0]))[:, None].float()
+    float in [0, 1]. masks: (R, F, H, W) bool; edited[r]: region r has a prompt. The union of the
+    edited regions grown by ``margin`` pixels, then feathered over another ``margin``: 1 on and next
+    to the edits, 0 from 2·margin away (there the source shows). Kept regions (empty prompt) are 0
+    wherever no edited region covers them: what a user marks as kept is the source exactly."""
+    chosen = torch.tensor(edited, dtype=torch.bool)
+    none = torch.zeros_like(masks[0])
+    union = masks[chosen].any(0) if chosen.any() else none
+    kept = (masks[~chosen].any(0) if (~chosen).any() else none) & ~union
     size = 2 * margin + 1
-    grown = F.max_pool2d(union, size, stride=1, padding=margin)
-    return F.avg_pool2d(grown, size, stride=1, padding=margin, count_include_pad=False)
+    grown = F.max_pool2d(union[:, None].float(), size, stride=1, padding=margin)
+    feathered = F.avg_pool2d(grown, size, stride=1, padding=margin, count_include_pad=False)
+    return feathered * (~kept)[:, None]

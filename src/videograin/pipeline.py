@@ -185,8 +185,9 @@ class VideoGrainPipeline(DiffusionPipeline):
         word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
         ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
         ``composite`` (with blend or IRJS): after decoding, pixels away from the edited regions are
-        the source frames' (feathered over a margin of the VAE's factor); the latent guarantee
-        alone leaves the decoder's spill and its frame-wide normalisation on the unedited pixels.
+        the source frames' (feathered over a margin of the VAE's factor), and so are kept regions
+        (empty prompt) wherever no edited region covers them; the latent guarantee alone leaves the
+        decoder's spill and its frame-wide normalisation on the unedited pixels.
         ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
         ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
         ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
