@@ -276,7 +276,8 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
     result = score(case, source, output, masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite
-    result["background_change_latents"] = unedited_change(case, source, to_uint8(pipe.decode_latents(out.latents)), masks)
+    plain = to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
+    result["background_change_latents"] = unedited_change(case, source, plain, masks)
     return output, result
 
 
@@ -296,7 +297,7 @@ def summarise(per_case: dict[str, dict], cases: list[Case]) -> dict:
     """
     out = {}
     changes = ("background_change", "background_change_latents")
-    for key in SUMMARY_KEYS + changes[1:] + ("color_accuracy", "kept_accuracy", "background_accuracy"):
+    for key in SUMMARY_KEYS + ("background_change_latents", "color_accuracy", "kept_accuracy", "background_accuracy"):
         values = [per_case[c.name][key] for c in cases
                   if per_case[c.name].get(key) is not None and (key not in changes or c.level != "background")]
         out[key] = None if not values else round(float(np.mean(values)), 4)

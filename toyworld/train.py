@@ -313,7 +313,7 @@ def _write_resume_log(folder: Path, old_log: str, src: Path, args, argv, losses,
     log.setdefault("resumed", []).append({
         "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "from": str(src),
-        "unet": "continued" if args.resume is not None else "fresh, on this VAE",
+        "unet": "continued" if args.resume is not None else "fresh (only the VAE comes from there)",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "steps_done": step,
         "cpu_seconds": {"data_and_latents": round(cpu_prep, 1), "diffusion": round(time.process_time() - cpu0 - cpu_prep, 1)},

@@ -39,21 +39,25 @@ GPU_ROW_STAT_BLOCK_ELEMENTS = 2**27
 #: Share of the device's free memory one block of scores may take: every block size above is capped
 #: by it, so the kernels shrink their blocks on a machine that is short of memory.
 FREE_MEMORY_SHARE = 1 / 16
-#: Smallest block any memory budget gives (scores).
+#: Smallest block any memory budget gives (scores): CPU, GPU (tiny GPU blocks cost a launch each).
 MIN_BLOCK_ELEMENTS = 2**16
+GPU_MIN_BLOCK_ELEMENTS = 2**24
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes the device can still give: CUDA's free memory, else the system's available memory."""
+    """Bytes the device can still give: on CUDA the driver's free memory plus what PyTorch's caching
+    allocator holds unused; else the system's available memory."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + unused
     return psutil.virtual_memory().available
 
 
 def block_elements(cap: int, device: torch.device, bytes_per_element: int = 4) -> int:
     """Elements a block may hold: ``cap``, or fewer when FREE_MEMORY_SHARE of the free memory is less."""
     budget = int(free_memory(device) * FREE_MEMORY_SHARE) // bytes_per_element
-    return max(min(cap, budget), min(cap, MIN_BLOCK_ELEMENTS))
+    floor = MIN_BLOCK_ELEMENTS if device.type == "cpu" else GPU_MIN_BLOCK_ELEMENTS
+    return max(min(cap, budget), min(cap, floor))
 
 
 def _broadcast_rows(x: torch.Tensor | float, q: torch.Tensor) -> torch.Tensor:
@@ -170,9 +174,9 @@ def _attention_with_lse(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tens
 
 
 def _float32_scores(q, k) -> torch.Tensor:
-    """q·kᵀ (B, H, n, c) in float32 for q (B, H, n, D), k (B, H, c, D) of any float dtype: on CUDA a
-    half-precision matmul that accumulates and returns float32, elsewhere a float32 matmul."""
-    if q.dtype == torch.float32 or q.device.type != "cuda":
+    """q·kᵀ (B, H, n, c) in float32 (or float64) for q (B, H, n, D), k (B, H, c, D): fp16/bf16 on CUDA
+    through a half-precision matmul that accumulates and returns float32, else a float32 matmul."""
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
         return torch.matmul(q.float(), k.float().transpose(-1, -2))
     scores = torch.bmm(q.flatten(0, 1), k.flatten(0, 1).transpose(-1, -2), out_dtype=torch.float32)
     return scores.view(*q.shape[:3], k.shape[2])
@@ -233,9 +237,10 @@ def grouped_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tenso
 
 @cache
 def _compiled_flex_attention():
-    # automatic dynamic shapes: a UNet calls it with a handful of sequence lengths and batch sizes,
-    # more than the recompile limit would allow static kernels for
-    return torch.compile(flex_attention)
+    # dynamic shapes: a UNet calls it with several sequence lengths, batch sizes and head dims, more
+    # than dynamo's recompile limit allows static kernels for (past it flex would run eagerly, with
+    # every score materialised)
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
@@ -256,8 +261,12 @@ def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
         target = torch.where(positive, row_max[b, h, q_idx], row_min[b, h, q_idx])
         return (1 - strength) * score + strength * target
 
-    attend = _compiled_flex_attention() if q.device.type == "cuda" else flex_attention
-    return attend(q, k, v, score_mod=modulate, scale=scale)
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, score_mod=modulate, scale=scale)
+    # head dims above 128 (SD 1.5's 160) round up to 256: smaller key blocks keep the kernel within
+    # shared memory (not yet run on a GPU here)
+    options = {"BLOCK_N": 32, "num_stages": 2} if q.shape[-1] > 128 else None
+    return _compiled_flex_attention()(q, k, v, score_mod=modulate, scale=scale, kernel_options=options)
 
 
 def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
