@@ -143,11 +143,35 @@ def test_scores_of_a_perfect_and_of_a_swapped_edit():
                 out[f][world.shape_mask(shape)] = world.COLORS[color]
         return out
 
-    good = bench.score(case, source, paint([("red", "square"), ("blue", "triangle")]), masks)
+    good = bench.score(case, source, paint([("red", "square"), ("blue", "triangle")]), masks, shape_masks)
     assert good["instance_accuracy"] == 1.0 and good["leakage"] == 0.0 and good["temporal_stability"] == 1.0
     assert good["background_change"] == 0.0
-    swapped = bench.score(case, source, paint([("blue", "triangle"), ("red", "square")]), masks)
+    swapped = bench.score(case, source, paint([("blue", "triangle"), ("red", "square")]), masks, shape_masks)
     assert swapped["instance_accuracy"] == 0.0 and swapped["leakage"] == 1.0
+
+
+def test_part_case_halves_and_scores():
+    """The part case's halves split the left shape's box in two (top above bottom, nothing shared or
+    lost); painting the top half of the circle red scores 1 and keeps the bottom half, painting the
+    whole circle red loses the kept half, and the unedited source scores 0."""
+    case = next(c for c in bench.CASES if c.name == "part_half")
+    source, masks, shape_masks = bench.case_inputs(case)
+    names = [r.name for r in case.regions]
+    top, bottom = masks[names.index("left_top")], masks[names.index("left_bottom")]
+    box = world.box_masks(shape_masks, margin=1)[0]
+    assert not (top & bottom).any() and ((top | bottom) == box).all()
+    for f in range(len(source)):
+        assert np.nonzero(top[f])[0].max() < np.nonzero(bottom[f])[0].min()
+        assert abs(int(top[f].sum()) - int(bottom[f].sum())) <= 2 * box[f].any(0).sum()  # halves within a row
+    red = np.array(world.COLORS["red"], np.uint8)
+    half = source.copy()
+    half[top & shape_masks[0]] = red
+    good = bench.score(case, source, half, masks, shape_masks)
+    assert good["instance_accuracy"] == 1.0 and good["kept_accuracy"] == 1.0 and good["background_change"] == 0.0
+    whole = source.copy()
+    whole[shape_masks[0]] = red
+    assert bench.score(case, source, whole, masks, shape_masks)["kept_accuracy"] == 0.5  # bottom half lost, right kept
+    assert bench.score(case, source, source, masks, shape_masks)["instance_accuracy"] == 0.0
 
 
 # -------------------------------------------------------------------------------------- committed model
@@ -161,7 +185,8 @@ def test_committed_model_loads_with_the_toy_world_geometry():
     from toyworld.model import load_pipeline
 
     pipe = load_pipeline()
-    assert pipe.size_multiple == 4
+    levels = len(pipe.unet.config.block_out_channels)
+    assert pipe.size_multiple == 2 * 2 ** (levels - 1)  # the VAE's 2x and the UNet's downsamplings
     assert pipe.unet.config.sample_size == world.SIZE // 2
     cfg = pipe.scheduler.config
     assert cfg.steps_offset == 1 and not cfg.set_alpha_to_one and not cfg.clip_sample

@@ -63,12 +63,16 @@ FRAMES = 8
 
 @dataclass(frozen=True)
 class Region:
-    """A region: a shape of the scene (``shape`` index) or the background (``shape`` None)."""
+    """A region: a shape of the scene (``shape`` index), a half of it, or the background (``shape`` None)."""
 
     name: str
     shape: int | None
     prompt: str
-    mask: str = "box"  # "box": bounding box + 1 px; "exact": the rendered shape pixels
+    mask: str = "box"  # "box": bounding box + 1 px; "exact": the rendered shape pixels; "top" / "bottom": a half of the box
+
+    @property
+    def part(self) -> bool:
+        return self.mask in ("top", "bottom")
 
     @property
     def edited(self) -> bool:
@@ -114,6 +118,10 @@ CASES: tuple[Case, ...] = (
          "a red triangle and a green square on a gray background",
          (Region("left", 0, "red triangle"), Region("right", 1, ""), _BG),
          "left circle -> red triangle, right square kept (empty prompt)"),
+    Case("part_half", "part", _two("circle", "yellow", "circle", "yellow"), _APPROACH,
+         "a red circle and a yellow circle on a gray background",
+         (Region("left_top", 0, "red circle", "top"), Region("left_bottom", 0, "", "bottom"), Region("right", 1, ""), _BG),
+         "top half of the left circle -> red; its bottom half, the right circle and the background kept"),
     Case("background", "background", _two("circle", "red", "square", "blue"), _APPROACH,
          "a red circle and a blue square on a black background",
          (Region("left", 0, "", "exact"), Region("right", 1, "", "exact"), Region("background", None, "black background")),
@@ -162,16 +170,24 @@ def case_inputs(case: Case, frames: int = FRAMES):
     """Source frames uint8 (F, H, W, 3), region masks bool (R, F, H, W), exact shape masks (S, F, H, W)."""
     clip, shape_masks = world.video(case.scene, list(case.motions), frames)
     boxes = world.box_masks(shape_masks, margin=1)
-    masks = []
-    for region in case.regions:
-        if region.shape is None:
-            occupied = np.zeros(clip.shape[:3], dtype=bool)
-            for other in case.regions:
-                if other.shape is not None:
-                    occupied |= (boxes if other.mask == "box" else shape_masks)[other.shape]
-            masks.append(~occupied)
-        else:
-            masks.append((boxes if region.mask == "box" else shape_masks)[region.shape])
+
+    def shape_region(region: Region) -> np.ndarray:
+        if region.mask == "exact":
+            return shape_masks[region.shape]
+        box = boxes[region.shape]
+        if not region.part:
+            return box
+        rows = box.any(-1)  # (F, H)
+        first, last = rows.argmax(-1), rows.shape[1] - 1 - rows[:, ::-1].argmax(-1)
+        middle = (first + last + 1) // 2  # the top half: rows first .. middle - 1
+        above = np.arange(rows.shape[1])[None, :] < middle[:, None]
+        return box & (above if region.mask == "top" else ~above)[:, :, None]
+
+    shaped = {i: shape_region(r) for i, r in enumerate(case.regions) if r.shape is not None}
+    occupied = np.zeros(clip.shape[:3], dtype=bool)
+    for mask in shaped.values():
+        occupied |= mask
+    masks = [shaped.get(i, ~occupied) for i in range(len(case.regions))]
     return clip, np.stack(masks), shape_masks
 
 
@@ -181,8 +197,12 @@ def source_prompt(case: Case) -> str:
 
 def region_target(case: Case, region: Region):
     """('shape', (colour, kind)) for an edited shape, ('keep', (colour, kind)) for a kept one,
-    ('background', name) / ('keep_background', name) for the background region."""
+    ('part', colour) / ('keep_part', colour) for a half of a shape, ('background', name) /
+    ('keep_background', name) for the background region."""
     words = region.prompt.split()
+    if region.part:
+        colour = next(w for w in words if w in world.COLORS) if region.edited else case.scene.shapes[region.shape].color
+        return ("part" if region.edited else "keep_part", colour)
     if region.shape is None:
         if not region.edited:
             return ("keep_background", case.scene.background)
@@ -196,8 +216,10 @@ def region_target(case: Case, region: Region):
 # --------------------------------------------------------------------------------------------- scoring
 
 
-def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray) -> dict:
-    """Judge one edited clip. source, output: uint8 (F, H, W, 3); masks: the case's region masks."""
+def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray, shape_masks: np.ndarray) -> dict:
+    """Judge one edited clip. source, output: uint8 (F, H, W, 3); masks: the case's region masks;
+    shape_masks: the source shapes' exact masks (S, F, H, W). A half of a shape counts as right in a
+    frame when most of the source shape's pixels in it show the target colour (``judge.color_share``)."""
     detections = judge.detect_video(output)
     targets = [region_target(case, r) for r in case.regions]
     frames = len(output)
@@ -223,6 +245,16 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray)
                     leaked.append(colour_leak or kind_leak)
             mode = Counter(ids).most_common(1)[0][1]
             stable.append(mode / frames)
+        elif what in ("part", "keep_part"):
+            pixels = masks[r] & shape_masks[region.shape]
+            ids = [judge.color_share(output[f], pixels[f], target) > 0.5 for f in range(frames)]
+            found[region.name] = [target if ok else "other" for ok in ids]
+            if what == "keep_part":
+                kept += ids
+                continue
+            correct += ids
+            colour_ok += ids
+            stable.append(max(ids.count(True), ids.count(False)) / frames)
         elif what == "background":
             bg_ok += [detections[f][0] == target for f in range(frames)]
             found[region.name] = [detections[f][0] for f in range(frames)]
@@ -264,7 +296,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES):
-    source, masks, _ = case_inputs(case, frames)
+    source, masks, shape_masks = case_inputs(case, frames)
     tensor = torch.from_numpy(source).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     clock = time.perf_counter()
     out = pipe(tensor, torch.from_numpy(masks), case.prompt, [r.prompt for r in case.regions],
@@ -273,7 +305,7 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
                reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - clock
     output = to_uint8(out.frames)
-    result = score(case, source, output, masks)
+    result = score(case, source, output, masks, shape_masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite
     plain = to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend

@@ -121,6 +121,18 @@ def detect_video(frames: np.ndarray) -> list[tuple[str, list[Detection]]]:
     return [detect(f) for f in frames]
 
 
+def color_share(frame: np.ndarray, mask: np.ndarray, color: str) -> float:
+    """Share of the pixels of ``mask`` (H, W) bool in a uint8 frame (H, W, 3) whose nearest world shape
+    colour is ``color`` (and within COLOR_DIST of it): reads a part of a shape, too small or oddly
+    shaped for ``detect``'s class fit."""
+    f = np.asarray(frame, dtype=np.float32)[mask]
+    if not len(f):
+        return 0.0
+    dist = np.sqrt(((f[:, None, :] - _SHAPE_RGB) ** 2).sum(-1))  # (P, C)
+    ok = (dist.argmin(-1) == _SHAPE_NAMES.index(color)) & (dist.min(-1) <= COLOR_DIST)
+    return float(ok.mean())
+
+
 def in_region(detections: list[Detection], region: np.ndarray) -> Detection | None:
     """The detection overlapping the bool mask ``region`` (H, W) most (None when none overlaps)."""
     best, best_overlap = None, 0
