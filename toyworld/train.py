@@ -8,7 +8,8 @@ drawn from the seed):
 1. VAE: AutoencoderKL (2x) trained to reconstruct world frames (L1 + L2 + a tiny KL term); its
    latents' scaling factor is set to 1 / std of the dataset's latents.
 2. Diffusion: UNet2DConditionModel and CLIPTextModel trained jointly on the frozen VAE's latents
-   (epsilon prediction, min-SNR-5 loss weights, Stable Diffusion's noise schedule), captions drawn
+   (epsilon prediction, min-SNR-5 loss weights, optionally floored at high noise by ``--x0-floor``,
+   Stable Diffusion's noise schedule), captions drawn
    afresh each time: shapes in random order, with place phrases with probability ``--position-prob``,
    empty with probability ``--uncond-prob`` (for classifier-free guidance). An exponential moving
    average of the weights is what gets saved.
@@ -145,7 +146,9 @@ def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=No
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         eps = unet(zt, t, encoder_hidden_states=text_encoder(token_ids(tokenizer, captions))[0]).sample
         snr = a.view(-1) / (1 - a.view(-1))
-        weight = snr.clamp(max=args.min_snr) / snr
+        # min-SNR weights in x0 terms (eps loss = snr · x0 loss), floored at high noise, where the
+        # layout (which third a shape is in) is decided but plain eps weights make its error tiny
+        weight = snr.clamp(max=args.min_snr).clamp(min=args.x0_floor) / snr
         loss = (weight * (eps - noise).square().mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet widths, one per level")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr", type=float, default=5.0)
+    p.add_argument("--x0-floor", type=float, default=0.0,
+                   help="lower bound of the loss weight in x0 terms (0: plain min-SNR; see train_diffusion)")
     p.add_argument("--position-prob", type=float, default=0.5)
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
