@@ -174,6 +174,19 @@ def test_part_case_halves_and_scores():
     assert bench.score(case, source, source, masks, shape_masks)["instance_accuracy"] == 0.0
 
 
+def test_prompt_scoring_separates_class_from_place():
+    """A red circle drawn on the left: right for "on the left"; for "on the right" its colour and class
+    are right but its third is not, so the sample is wrong only through its place."""
+    from toyworld import sample
+
+    frame, _ = world.render(world.Scene((world.Shape("circle", "red", 6.0, 16.0, 5.0),), "gray"))
+    cases = [(f"a red circle {world.PLACE_PHRASE[p]} on a gray background", (("red", "circle", p),), "gray")
+             for p in ("left", "right")]
+    left, right = sample.score(np.stack([frame, frame]), cases)
+    assert left["correct"] and left["class_ok"] == [True] and left["place_ok"] == [True]
+    assert not right["correct"] and right["class_ok"] == [True] and right["place_ok"] == [False]
+
+
 # -------------------------------------------------------------------------------------- committed model
 
 

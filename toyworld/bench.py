@@ -477,12 +477,19 @@ def main(argv: list[str] | None = None) -> int:
         prompt_summary, rows, _ = evaluate(pipe)
         results["prompts"] = prompt_summary
         single, two = prompt_summary["single"], prompt_summary["two"]
+        probe = prompt_summary["place_sensitivity"]
         table = (f"Direct prompting (`toyworld/sample.py`: {single['prompts']} single-object and {two['prompts']} "
                  "two-object prompts, DDIM 25 steps, guidance 7.5, judged):\n\n"
                  "| prompts | exactly right (background, every shape's colour, class and third, nothing else) "
-                 "| requested shapes present (extra shapes allowed) |\n|---|---|---|\n"
-                 f"| one shape | {single['accuracy']:.0%} | {single['requested_shapes_present']:.0%} |\n"
-                 f"| two shapes | {two['accuracy']:.0%} | {two['requested_shapes_present']:.0%} |\n\n"
+                 "| requested shapes present (extra shapes allowed) | per shape: colour + class found "
+                 "| per shape: colour found in its third |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {label} | {x['accuracy']:.0%} | {x['requested_shapes_present']:.0%} "
+                           f"| {x['shape_colour_and_class']:.0%} | {x['shape_colour_and_third']:.0%} |\n"
+                           for label, x in (("one shape", single), ("two shapes", two)))
+                 + "\nDo the place words matter? Denoising loss of 96 single-shape frames with the true caption / "
+                 "the place phrase swapped / the empty caption (`sample.place_sensitivity`): "
+                 + ", ".join(f"t={t}: {v['true']:.4f} / {v['swapped']:.4f} / {v['empty']:.4f}" for t, v in probe.items())
+                 + ".\n\n"
                  f"Editing benchmark ({results['settings']['steps']} DDIM steps, guidance "
                  f"{results['settings']['guidance_scale']}, 8 frames of 32x32; `results/contact_sheet.png`):\n\n" + table)
         update_readme(HERE / "README.md", table)

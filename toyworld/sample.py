@@ -77,6 +77,8 @@ def pair_prompts(n: int = 135, seed: int = 1) -> list[tuple[str, tuple, str]]:
 
 
 def score(frames: np.ndarray, cases) -> list[dict]:
+    """Per sample: exactly right, requested shapes present, and per requested shape whether a shape of
+    its colour and class (``class_ok``) and one of its colour in its third (``place_ok``) was found."""
     rows = []
     for frame, (prompt, expected, bg) in zip(frames, cases):
         got_bg, dets = judge.detect(frame)
@@ -84,8 +86,38 @@ def score(frames: np.ndarray, cases) -> list[dict]:
         exact = got_bg == bg and got == sorted(expected)
         present = all(e in got for e in expected)
         rows.append({"prompt": prompt, "correct": bool(exact), "present": bool(present),
+                     "class_ok": [any(g[:2] == e[:2] for g in got) for e in expected],
+                     "place_ok": [any(g[0] == e[0] and g[2] == e[2] for g in got) for e in expected],
                      "background": got_bg, "found": [list(g) for g in got]})
     return rows
+
+
+@torch.no_grad()
+def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: int = 0) -> dict[int, dict]:
+    """Does the model use the place words? Denoising loss (eps MSE) of ``n`` single-shape frames noised
+    to each timestep, with the true caption, with the place phrase swapped to another third, and
+    with the empty caption: {t: {"true", "swapped", "empty"}}. Equal true and swapped losses mean the
+    place words are ignored."""
+    rng = np.random.default_rng(seed)
+    other = {"left": "right", "middle": "left", "right": "left"}
+    scenes = [world.random_scene(rng, count=1) for _ in range(n)]
+    x = torch.from_numpy(np.stack([world.render(sc)[0] for sc in scenes])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    captions = {"true": [], "swapped": [], "empty": [""] * n}
+    for sc in scenes:
+        s = sc.shapes[0]
+        for key, place in (("true", s.place), ("swapped", other[s.place])):
+            captions[key].append(f"a {s.color} {s.kind} {world.PLACE_PHRASE[place]} on a {sc.background} background")
+    z0 = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    states = {k: pipe.text_encoder(token_ids(pipe.tokenizer, v))[0] for k, v in captions.items()}
+    out = {}
+    for t in timesteps:
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed + t))
+        a = pipe.scheduler.alphas_cumprod[t]
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        tt = torch.full((n,), t)
+        out[t] = {k: round(float((pipe.unet(zt, tt, encoder_hidden_states=h).sample - noise).square().mean()), 5)
+                  for k, h in states.items()}
+    return out
 
 
 def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pairs: int = 135):
@@ -98,7 +130,10 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pair
             "prompts": len(cases),
             "accuracy": round(float(np.mean([r["correct"] for r in rows[name]])), 4),
             "requested_shapes_present": round(float(np.mean([r["present"] for r in rows[name]])), 4),
+            "shape_colour_and_class": round(float(np.mean(sum((r["class_ok"] for r in rows[name]), []))), 4),
+            "shape_colour_and_third": round(float(np.mean(sum((r["place_ok"] for r in rows[name]), []))), 4),
         }
+    summary["place_sensitivity"] = place_sensitivity(pipe)
     return summary, rows, frames
 
 
