@@ -1,7 +1,7 @@
 """Shape-video editing benchmark on the toy model: does ST-Layout attention separate same-class instances?
 
     nice -n 19 python -m toyworld.bench              # full run: writes toyworld/results/, updates README
-    nice -n 19 python -m toyworld.bench --quick      # two instance cases, baseline vs videograin
+    nice -n 19 python -m toyworld.bench --quick      # two instance cases, baseline vs videograin_tuned
 
 Each case is a short clip (8 frames, 32x32) rendered by :mod:`toyworld.world`, with exact per-shape
 geometry. Shape regions are the shapes' per-frame bounding boxes grown by 1 px (a square drawn where a
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--quick", action="store_true", help="two instance cases, baseline and videograin, blend on")
+    p.add_argument("--quick", action="store_true", help="two instance cases, baseline and videograin_tuned, blend on")
     p.add_argument("--cases", nargs="*", help="case names (default: all)")
     p.add_argument("--methods", nargs="*", help="method names (default: all)")
     p.add_argument("--extra", nargs="*", default=[], help="tuned variants NAME:SELF:CROSS:FRACTION")
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     blends = (True, False)
     if args.quick:
         cases = [c for c in CASES if c.name in QUICK_CASES]
-        methods = [m for m in methods if m.name in ("baseline", "videograin")]
+        methods = [m for m in methods if m.name in ("baseline", TUNED.name)]
         blends = (True,)
     if args.cases:
         cases = [c for c in CASES if c.name in args.cases]

@@ -180,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="diffusion training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet widths, one per level")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet widths, one per level")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--min-snr", type=float, default=5.0)
-    p.add_argument("--x0-floor", type=float, default=0.0,
+    p.add_argument("--x0-floor", type=float, default=0.1,
                    help="lower bound of the loss weight in x0 terms (0: plain min-SNR; see train_diffusion)")
     p.add_argument("--position-prob", type=float, default=0.5)
     p.add_argument("--uncond-prob", type=float, default=0.1)
