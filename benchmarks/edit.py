@@ -48,11 +48,11 @@ def build_pipeline(model: str, device: str):
     from videograin.pipeline import VideoGrainPipeline
     from videograin.tiny_model import make_tiny_model
 
-    folder = make_tiny_model(tempfile.mkdtemp(prefix="videograin-bench-"))
-    pipe = VideoGrainPipeline.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="videograin-bench-") as scratch:  # the tiny model, loaded into memory
+        pipe = VideoGrainPipeline.from_pretrained(make_tiny_model(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(scratch, subfolder="tokenizer")
     if model == "sd15-shaped":
         torch.manual_seed(0)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         pipe = VideoGrainPipeline(
             vae=AutoencoderKL(**SD15_VAE),
             text_encoder=CLIPTextModel(CLIPTextConfig(  # SD 1.5's CLIP ViT-L/14 text encoder shape

@@ -10,6 +10,7 @@ with plain float64 tensor ops, and never call the library's math.
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -513,3 +514,26 @@ def test_layout_processors_restores_original_processors(unet):
             raise RuntimeError("boom")
     after = unet.attn_processors
     assert all(after[name] is before[name] for name in before)
+
+
+def test_auto_falls_back_to_grouped_when_flex_fails(monkeypatch, caplog):
+    """Where auto picks flex (CUDA) and its kernel fails, the call still returns the formula's answer
+    (grouped path) and says why; auto then stops picking flex. An explicit method="flex" raises."""
+    q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
+    on_gpu = types.SimpleNamespace(shape=(1, 8, 4096, 40), requires_grad=False, device=torch.device("cuda"))
+    monkeypatch.setattr(vga, "_flex_failure", [])
+    assert vga.auto_method(on_gpu, on_gpu, on_gpu) == "flex"
+
+    def broken(*args):
+        raise RuntimeError("triton: out of shared memory")
+
+    real_auto = vga.auto_method
+    monkeypatch.setattr(vga, "flex_layout_attention", broken)
+    monkeypatch.setattr(vga, "auto_method", lambda *a: "flex")  # what auto picks on a GPU
+    with caplog.at_level("WARNING", logger="videograin.attention"):
+        got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+    assert "out of shared memory" in caplog.text
+    assert real_auto(on_gpu, on_gpu, on_gpu) == "grouped"
+    with pytest.raises(RuntimeError, match="shared memory"):
+        layout_attention(q, k, v, q_bits, k_bits, strength, method="flex")

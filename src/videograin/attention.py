@@ -11,6 +11,7 @@ min" written with the row statistics only.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +23,8 @@ from torch.nn.attention.flex_attention import flex_attention
 
 from .flow import Trajectories, combine
 from .layout import Layout, key_frames
+
+logger = logging.getLogger(__name__)
 
 #: Largest number of float32 scores a dense chunk may hold (256 MiB).
 DENSE_CHUNK_ELEMENTS = 64 * 2**20
@@ -269,12 +272,16 @@ def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
     return _compiled_flex_attention()(q, k, v, score_mod=modulate, scale=scale, kernel_options=options)
 
 
+#: Why the flex path failed in this process, if it did: ``auto`` then takes the grouped path.
+_flex_failure: list[str] = []
+
+
 def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     """The path ``layout_attention(method="auto")`` takes for these inputs (see there)."""
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad or q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= ONLINE_BLOCK_ELEMENTS:
         return "dense"
-    return "flex" if q.device.type == "cuda" else "grouped"
+    return "flex" if q.device.type == "cuda" and not _flex_failure else "grouped"
 
 
 def layout_attention(
@@ -297,18 +304,29 @@ def layout_attention(
     (FlexAttention, compiled on CUDA) never hold more than a block of them. "auto" (``auto_method``):
     dense when all scores fit in one block or gradients are needed (the O(N) kernels accumulate in
     place, so they are not differentiable: ReAtCo's guidance runs them under autograd; windows keep N
-    small there), flex on CUDA, grouped elsewhere.
+    small there), flex on CUDA, grouped elsewhere. If flex fails under auto (its compiled kernel has
+    not been run on a GPU by this project yet), auto logs why and takes grouped from then on.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
     lam = torch.as_tensor(strength, dtype=torch.float32, device=q.device)
     lam = lam.expand(q_bits.shape[0], q.shape[2]) if lam.ndim < 2 else lam
-    if method == "auto":
-        method = auto_method(q, k, v)
-    if method == "dense":
+    chosen = auto_method(q, k, v) if method == "auto" else method
+    if chosen == "dense":
         return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
-    if method == "flex":
-        return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+    if chosen == "flex":
+        try:
+            return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            if method == "flex":
+                raise
+            _flex_failure.append(f"{type(error).__name__}: {error}")
+            logger.warning("FlexAttention failed (%s); ST-Layout attention uses the grouped path from now on",
+                           _flex_failure[0].splitlines()[0])
+            chosen = "grouped"
+    method = chosen
     kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
     if method not in kernels:
         raise ValueError(f"method must be 'auto', 'dense', 'online', 'grouped' or 'flex', got {method!r}")
