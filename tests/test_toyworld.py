@@ -45,7 +45,7 @@ def test_shapes_follow_their_caption():
             assert places == expected
         text = world.caption(scene, rng)
         for s in scene.shapes:
-            assert f"a {s.color} {s.kind} {world.PLACE_PHRASE[s.place]}" in text
+            assert f"{world.PLACE_PHRASE[s.place]} a {s.color} {s.kind}" in text
         assert text.endswith(f"on a {scene.background} background")
         plain = world.caption(scene, rng, positions=False)
         assert not any(p in plain.split() for p in world.PLACES)
@@ -106,7 +106,7 @@ def test_judge_reads_rendered_frames_exactly():
 
 
 def test_judge_reads_every_bench_video_exactly():
-    for case in bench.CASES:
+    for case in bench.CASES + bench.VALIDATION_CASES:
         clip, region_masks, shape_masks = bench.case_inputs(case)
         for f, (bg, found) in enumerate(judge.detect_video(clip)):
             assert bg == case.scene.background

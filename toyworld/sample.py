@@ -2,9 +2,9 @@
 
     nice -n 19 python -m toyworld.sample [--model toyworld/model] [--out toyworld/results]
 
-Single-object prompts: every colour x shape x place x background ("a red circle on the left on a gray
-background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("a red circle on the left
-and a blue square on the right on a black background"). A sample is correct when the judge finds the
+Single-object prompts: every colour x shape x place x background ("on the left a red circle on a gray
+background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("on the left a red circle
+and on the right a blue square on a black background"). A sample is correct when the judge finds the
 requested background and exactly the requested shapes (colour, class and third of the frame), nothing
 more. Writes ``prompts.json`` (accuracies and every prompt's verdict) and ``prompts.png`` (samples).
 """
@@ -59,7 +59,7 @@ def single_prompts() -> list[tuple[str, tuple, str]]:
     """(prompt, expected shapes ((colour, kind, place), ...), background) for every single-object case."""
     cases = []
     for color, kind, place, bg in itertools.product(world.COLORS, world.SHAPES, world.PLACES, world.BACKGROUNDS):
-        cases.append((f"a {color} {kind} {world.PLACE_PHRASE[place]} on a {bg} background", ((color, kind, place),), bg))
+        cases.append((f"{world.shape_phrase(color, kind, place)} on a {bg} background", ((color, kind, place),), bg))
     return cases
 
 
@@ -71,7 +71,7 @@ def pair_prompts(n: int = 135, seed: int = 1) -> list[tuple[str, tuple, str]]:
         objs = [(colors[rng.integers(5)], world.SHAPES[rng.integers(3)], place) for place in ("left", "right")]
         bg = bgs[rng.integers(3)]
         order = objs if rng.random() < 0.5 else objs[::-1]
-        text = " and ".join(f"a {c} {k} {world.PLACE_PHRASE[p]}" for c, k, p in order) + f" on a {bg} background"
+        text = " and ".join(world.shape_phrase(*obj) for obj in order) + f" on a {bg} background"
         cases.append((text, tuple(objs), bg))
     return cases
 
@@ -106,7 +106,7 @@ def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: i
     for sc in scenes:
         s = sc.shapes[0]
         for key, place in (("true", s.place), ("swapped", other[s.place])):
-            captions[key].append(f"a {s.color} {s.kind} {world.PLACE_PHRASE[place]} on a {sc.background} background")
+            captions[key].append(f"{world.shape_phrase(s.color, s.kind, place)} on a {sc.background} background")
     z0 = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
     states = {k: pipe.text_encoder(token_ids(pipe.tokenizer, v))[0] for k, v in captions.items()}
     out = {}
