@@ -45,7 +45,7 @@ def test_shapes_follow_their_caption():
             assert places == expected
         text = world.caption(scene, rng)
         for s in scene.shapes:
-            assert f"{world.PLACE_PHRASE[s.place]} a {s.color} {s.kind}" in text
+            assert f"a {s.color} {s.kind} {world.PLACE_PHRASE[s.place]}" in text
         assert text.endswith(f"on a {scene.background} background")
         plain = world.caption(scene, rng, positions=False)
         assert not any(p in plain.split() for p in world.PLACES)
@@ -247,3 +247,22 @@ def test_demo_config_is_valid_and_its_inputs_load():
     inputs = io.load_inputs(spec, model_size_multiple(spec.model))
     assert tuple(inputs.frames.shape) == (12, 3, 32, 32) and tuple(inputs.masks.shape) == (3, 12, 32, 32)
     assert not (inputs.masks[0] & inputs.masks[1]).any() and (inputs.masks.any(0)).all()
+
+
+def test_prompt_scores_tell_a_swapped_pair_from_a_right_one():
+    """Two-shape prompt scoring on rendered frames: the requested scene is right, the same shapes in
+    each other's thirds are "swapped" (and not right), a lone shape is neither."""
+    from toyworld import sample
+
+    case = ("a red circle on the left and a blue square on the right on a gray background",
+            (("red", "circle", "left"), ("blue", "square", "right")), "gray")
+
+    def frame(*shapes):
+        return world.render(world.Scene(tuple(world.Shape(k, c, x, 16.0, 5.0) for k, c, x in shapes), "gray"))[0]
+
+    right = frame(("circle", "red", 7.0), ("square", "blue", 25.0))
+    mirrored = frame(("circle", "red", 25.0), ("square", "blue", 7.0))
+    alone = frame(("circle", "red", 7.0))
+    rows = sample.score(np.stack([right, mirrored, alone]), [case] * 3)
+    assert [(r["correct"], r["swapped"]) for r in rows] == [(True, False), (False, True), (False, False)]
+    assert rows[1]["class_ok"] == [True, True] and rows[1]["place_ok"] == [False, False]

@@ -2,9 +2,9 @@
 
     nice -n 19 python -m toyworld.sample [--model toyworld/model] [--out toyworld/results]
 
-Single-object prompts: every colour x shape x place x background ("on the left a red circle on a gray
-background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("on the left a red circle
-and on the right a blue square on a black background"). A sample is correct when the judge finds the
+Single-object prompts: every colour x shape x place x background ("a red circle on the left on a gray
+background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("a red circle on the left
+and a blue square on the right on a black background"). A sample is correct when the judge finds the
 requested background and exactly the requested shapes (colour, class and third of the frame), nothing
 more. Writes ``prompts.json`` (accuracies and every prompt's verdict) and ``prompts.png`` (samples).
 """
@@ -55,11 +55,14 @@ def text_to_image(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
     return frames.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
+PLACES_MIRRORED = {"left": "right", "middle": "middle", "right": "left"}
+
+
 def single_prompts() -> list[tuple[str, tuple, str]]:
     """(prompt, expected shapes ((colour, kind, place), ...), background) for every single-object case."""
     cases = []
     for color, kind, place, bg in itertools.product(world.COLORS, world.SHAPES, world.PLACES, world.BACKGROUNDS):
-        cases.append((f"{world.shape_phrase(color, kind, place)} on a {bg} background", ((color, kind, place),), bg))
+        cases.append((f"a {color} {kind} {world.PLACE_PHRASE[place]} on a {bg} background", ((color, kind, place),), bg))
     return cases
 
 
@@ -71,21 +74,25 @@ def pair_prompts(n: int = 135, seed: int = 1) -> list[tuple[str, tuple, str]]:
         objs = [(colors[rng.integers(5)], world.SHAPES[rng.integers(3)], place) for place in ("left", "right")]
         bg = bgs[rng.integers(3)]
         order = objs if rng.random() < 0.5 else objs[::-1]
-        text = " and ".join(world.shape_phrase(*obj) for obj in order) + f" on a {bg} background"
+        text = " and ".join(f"a {c} {k} {world.PLACE_PHRASE[p]}" for c, k, p in order) + f" on a {bg} background"
         cases.append((text, tuple(objs), bg))
     return cases
 
 
 def score(frames: np.ndarray, cases) -> list[dict]:
-    """Per sample: exactly right, requested shapes present, and per requested shape whether a shape of
-    its colour and class (``class_ok``) and one of its colour in its third (``place_ok``) was found."""
+    """Per sample: exactly right, requested shapes present, per requested shape whether a shape of
+    its colour and class (``class_ok``) and one of its colour in its third (``place_ok``) was found,
+    and ``swapped``: two or more requested shapes all found right but in each other's places (for
+    left/right pairs: exactly the requested scene mirrored)."""
     rows = []
     for frame, (prompt, expected, bg) in zip(frames, cases):
         got_bg, dets = judge.detect(frame)
         got = sorted((d.color, d.kind, d.place) for d in dets)
         exact = got_bg == bg and got == sorted(expected)
         present = all(e in got for e in expected)
-        rows.append({"prompt": prompt, "correct": bool(exact), "present": bool(present),
+        mirrored = sorted((c, k, PLACES_MIRRORED[p]) for c, k, p in expected)
+        swapped = len(expected) > 1 and got_bg == bg and got == mirrored and mirrored != sorted(expected)
+        rows.append({"prompt": prompt, "correct": bool(exact), "present": bool(present), "swapped": bool(swapped),
                      "class_ok": [any(g[:2] == e[:2] for g in got) for e in expected],
                      "place_ok": [any(g[0] == e[0] and g[2] == e[2] for g in got) for e in expected],
                      "background": got_bg, "found": [list(g) for g in got]})
@@ -106,7 +113,7 @@ def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: i
     for sc in scenes:
         s = sc.shapes[0]
         for key, place in (("true", s.place), ("swapped", other[s.place])):
-            captions[key].append(f"{world.shape_phrase(s.color, s.kind, place)} on a {sc.background} background")
+            captions[key].append(f"a {s.color} {s.kind} {world.PLACE_PHRASE[place]} on a {sc.background} background")
     z0 = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
     states = {k: pipe.text_encoder(token_ids(pipe.tokenizer, v))[0] for k, v in captions.items()}
     out = {}
@@ -132,6 +139,7 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pair
             "requested_shapes_present": round(float(np.mean([r["present"] for r in rows[name]])), 4),
             "shape_colour_and_class": round(float(np.mean(sum((r["class_ok"] for r in rows[name]), []))), 4),
             "shape_colour_and_third": round(float(np.mean(sum((r["place_ok"] for r in rows[name]), []))), 4),
+            "swapped": round(float(np.mean([r["swapped"] for r in rows[name]])), 4),
         }
     summary["place_sensitivity"] = place_sensitivity(pipe)
     return summary, rows, frames

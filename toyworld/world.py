@@ -94,15 +94,8 @@ def render(scene: Scene, height: int = SIZE, width: int = SIZE) -> tuple[np.ndar
     return frame, masks
 
 
-def shape_phrase(color: str, kind: str, place: str | None = None) -> str:
-    """"a red circle", or with a place "on the left a red circle": the place comes first because the
-    text encoder's attention is causal, so only words after the place phrase can carry it (with the
-    place after the shape, a two-shape model put the shapes in swapped places as often as not)."""
-    return (f"{PLACE_PHRASE[place]} " if place else "") + f"a {color} {kind}"
-
-
 def caption(scene: Scene, rng: np.random.Generator | None = None, positions: bool = True) -> str:
-    """E.g. "on the left a red circle and on the right a blue square on a gray background".
+    """E.g. "a red circle on the left and a blue square on the right on a gray background".
 
     Shapes are mentioned in random order when ``rng`` is given (left to right otherwise); ``positions``
     adds each shape's place phrase.
@@ -110,7 +103,7 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, positions: boo
     shapes = sorted(scene.shapes, key=lambda s: s.x)
     if rng is not None:
         shapes = [shapes[i] for i in rng.permutation(len(shapes))]
-    parts = [shape_phrase(s.color, s.kind, s.place if positions else None) for s in shapes]
+    parts = [f"a {s.color} {s.kind}" + (f" {PLACE_PHRASE[s.place]}" if positions else "") for s in shapes]
     return " and ".join(parts) + f" on a {scene.background} background"
 
 
