@@ -2,6 +2,7 @@
 
     python toyworld/demo/make_demo.py
     videograin edit toyworld/demo/config.yaml --overwrite      # a real edit on CPU, under a minute
+    python toyworld/demo/make_demo.py --pictures out/toyworld_demo   # its pictures, enlarged, for the README
 
 Writes next to this file: ``frames/00000.png ...`` (lossless PNG frames: H.264 would smear colours
 at 32x32), ``masks/left/``, ``masks/right/`` (each circle's bounding box grown by 1 px, so a square
@@ -10,10 +11,12 @@ fits), ``masks/background/`` (the rest) and ``config.yaml``. Deterministic (anal
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageSequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # repository root: toyworld
@@ -24,6 +27,7 @@ from toyworld.bench import CASES  # noqa: E402
 from videograin import io  # noqa: E402
 
 FRAMES = 12
+RESULTS = HERE.parent / "results"
 CASE = next(c for c in CASES if c.name == "instance_shapes")
 
 CONFIG = f"""\
@@ -64,7 +68,25 @@ output: ../../out/toyworld_demo
 """
 
 
+def enlarge_pictures(folder: Path) -> None:
+    """The CLI's ``comparison.gif`` / ``comparison.png`` in ``folder``, enlarged 4x / 3x (nearest
+    neighbour: 32x32 frames are too small to look at), as toyworld/results/demo_comparison.*."""
+    with Image.open(folder / "comparison.gif") as gif:
+        fps = 1000 / gif.info.get("duration", 125)
+        frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
+    io.write_gif(RESULTS / "demo_comparison.gif", frames.repeat(4, 1).repeat(4, 2), fps)
+    with Image.open(folder / "comparison.png") as png:
+        io.write_png(RESULTS / "demo_comparison.png", np.asarray(png.convert("RGB")).repeat(3, 0).repeat(3, 1))
+    print(f"wrote {RESULTS}/demo_comparison.gif, .png")
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pictures", type=Path, help="enlarge this edit folder's comparison.gif/.png into results/")
+    args = p.parse_args()
+    if args.pictures:
+        enlarge_pictures(args.pictures)
+        return
     clip, shape_masks = world.video(CASE.scene, list(CASE.motions), FRAMES)
     boxes = world.box_masks(shape_masks, margin=1)
     masks = {"left": boxes[0], "right": boxes[1], "background": ~(boxes[0] | boxes[1])}
