@@ -4,11 +4,13 @@
     python benchmarks/attention.py --device cuda   # every size (fp16; SDPA is FlashAttention there)
     python benchmarks/attention.py --frames 16 --grids 32 --heads 2 8 --dims 40   # one case
 
-Each measurement runs in fresh subprocesses so the peak memory is that path's own: CUDA: max
-allocated; CPU: growth of the process's max RSS over one call, in a process where glibc returns every
-large block to the system at once (MALLOC_MMAP_THRESHOLD_), so RSS follows live memory. That setting
-slows allocation, so times come from a second process without it. Prints a markdown table with the
-ratio of the path ``layout_attention`` picks on that device (grouped on CPU, flex on CUDA) to SDPA.
+On CUDA every path runs in this process (peak: max allocated over one call after a warm-up call,
+which compiles and autotunes; times: median of ``--repeat`` synchronised calls). On the CPU each
+measurement runs in fresh subprocesses so the peak memory is that path's own: growth of the
+process's max RSS over one call, in a process where glibc returns every large block to the system
+at once (MALLOC_MMAP_THRESHOLD_), so RSS follows live memory. That setting slows allocation, so
+times come from a second process without it. Prints a markdown table with the
+ratio of the path ``layout_attention`` picks on that device (grouped on CPU, triton on CUDA) to SDPA.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from videograin.attention import layout_attention
 
 # SD 1.5 self-attention: per-frame grid at 512x512 -> head dim (8 heads)
 SD15_LEVELS = {64: 40, 32: 80, 16: 160, 8: 160}
-METHODS = ("sdpa", "dense", "online", "grouped", "flex")
-#: flex runs eagerly on the CPU, materialising every score: left out there unless asked for
-DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "online", "grouped"), "cuda": METHODS}
+METHODS = ("sdpa", "dense", "online", "grouped", "flex", "triton")
+#: flex runs eagerly on the CPU, materialising every score, and triton needs CUDA: left out there
+#: unless asked for; online (pure PyTorch, many small launches) takes seconds per call on a GPU
+DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "online", "grouped"), "cuda": ("sdpa", "dense", "grouped", "flex", "triton")}
 
 
 def make_inputs(frames: int, grid: int, heads: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -54,7 +57,8 @@ def make_inputs(frames: int, grid: int, heads: int, dim: int, device: str, dtype
 
 
 def run_one(method: str, frames: int, grid: int, heads: int, dim: int, device: str, repeat: int) -> dict:
-    """Peak extra memory of the first call and the median time of ``repeat`` further calls."""
+    """Peak extra memory of one call and the median time of ``repeat`` further calls (on CUDA after a
+    warm-up call, which compiles the kernels)."""
     dtype = torch.float16 if device == "cuda" else torch.float32
     q, k, v, bits, strength = make_inputs(frames, grid, heads, dim, device, dtype)
     if method == "sdpa":
@@ -63,6 +67,7 @@ def run_one(method: str, frames: int, grid: int, heads: int, dim: int, device: s
         fn = lambda: layout_attention(q, k, v, bits, bits, strength, method=method)  # noqa: E731
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
+        fn()
         sync()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -81,6 +86,11 @@ def run_one(method: str, frames: int, grid: int, heads: int, dim: int, device: s
         sync()
         times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times) if times else None, "peak_extra_mb": peak}
+
+
+def report(row: dict, method: str, result: dict) -> None:
+    print(f"  {row['tokens']:>6} tokens {method:>8}: {result['seconds']:.4f} s, +{result['peak_extra_mb']:.0f} MB",
+          file=sys.stderr, flush=True)
 
 
 def machine(device: str) -> str:
@@ -110,7 +120,7 @@ def main() -> None:
         return
     max_tokens = args.max_tokens or (16384 if args.device == "cpu" else 10**9)
     methods = args.methods or DEFAULT_METHODS["cuda" if args.device == "cuda" else "cpu"]
-    chosen = "flex" if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
+    chosen = "triton" if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
     rows = []
     for grid in args.grids:
         for dim in args.dims or [SD15_LEVELS.get(grid, 40)]:
@@ -124,6 +134,10 @@ def main() -> None:
                         if method == "dense" and n > args.dense_max_tokens:
                             continue
                         one = dict(method=method, frames=frames, grid=grid, heads=heads, dim=dim, device=args.device)
+                        if args.device == "cuda":  # peaks are per call already; one process keeps compiled kernels
+                            row[method] = result = run_one(**one, repeat=args.repeat)
+                            report(row, method, result)
+                            continue
                         cmd = [sys.executable, __file__, "--one", json.dumps(one)]
                         run = lambda repeat, env: json.loads(subprocess.run(  # noqa: E731
                             cmd + ["--repeat", str(repeat)], check=True, capture_output=True, text=True,
@@ -133,8 +147,7 @@ def main() -> None:
                             "peak_extra_mb": run(0, {"MALLOC_MMAP_THRESHOLD_": "65536"})["peak_extra_mb"],
                         }
                         row[method] = result
-                        print(f"  {row['tokens']:>6} tokens {method:>8}: {result['seconds']:.3f} s, "
-                              f"+{result['peak_extra_mb']:.0f} MB", file=sys.stderr, flush=True)
+                        report(row, method, result)
                     rows.append(row)
     print(f"Machine: {machine(args.device)}\n")
     names = {"sdpa": "SDPA"}

@@ -149,7 +149,7 @@ def main() -> None:
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--one", variant, "--model", args.model, "--frames", str(args.frames),
                "--size", *map(str, size), "--steps", str(args.steps), "--device", args.device]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
         print(f"  {variant}: {results[variant]}", file=sys.stderr, flush=True)
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"

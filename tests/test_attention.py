@@ -10,6 +10,8 @@ with plain float64 tensor ops, and never call the library's math.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import types
 
 import pytest
@@ -167,24 +169,67 @@ def test_half_precision_inputs_match_the_formula_to_output_rounding(method):
     assert (got.double() - want).abs().max() <= 2 * rounding + 1e-6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled FlexAttention)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled FlexAttention, Triton)")
+@pytest.mark.parametrize("method", ["triton", "flex"])
 @pytest.mark.parametrize("dim", [40, 80, 160])
 @pytest.mark.parametrize("kind", ["self", "cross"])
-def test_flex_on_cuda_in_fp16_matches_the_formula(dim, kind):
-    """The GPU default: compiled FlexAttention on fp16 inputs at SD 1.5's head dims, self-attention
-    (N keys) and cross-attention (77 keys), per-batch bits; float32 statistics keep it within fp16
-    output rounding of the float64 formula."""
+def test_gpu_kernels_in_fp16_match_the_formula(method, dim, kind):
+    """The GPU paths (triton: the default; flex) on fp16 inputs at SD 1.5's head dims, self-attention
+    (N keys) and cross-attention (77 keys), per-batch bits, autotuned tiles; float32 statistics keep
+    them within fp16 output rounding of the float64 formula."""
     g = torch.Generator().manual_seed(7)
     n, n_k = 1000, (1000 if kind == "self" else L_TEXT)
     q, k, v = (torch.randn(2, 8, m, dim, generator=g).half().cuda() for m in (n, n_k, n_k))
     q_bits = random_bits((2, n), SELF_BIT_VALUES, g)
     k_bits = random_bits((2, n_k), SELF_BIT_VALUES, g) if kind == "self" else text_bits_random(2, g)
     strength = torch.rand(2, n, generator=g)
-    got = layout_attention(q, k, v, q_bits.cuda(), k_bits.cuda(), strength.cuda(), method="flex")
+    got = layout_attention(q, k, v, q_bits.cuda(), k_bits.cuda(), strength.cuda(), method=method)
     want = reference_attention(q.cpu(), k.cpu(), v.cpu(), q_bits, k_bits, strength)
     assert got.dtype == torch.float16
     rounding = (want - want.half().double()).abs().max()
     assert (got.cpu().double() - want).abs().max() <= 4 * rounding
+
+
+def triton_kernel():
+    """The Triton kernel: compiled on CUDA, else run by Triton's interpreter on the CPU (float32)."""
+    pytest.importorskip("triton", reason="the Triton kernel's tests need triton (the test extra on Linux x86_64)")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1 (conftest.py sets it where /dev/nvidiactl is absent)")
+    from videograin.triton_layout import triton_layout_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return triton_layout_attention, device
+
+
+@pytest.mark.parametrize("kind,strength_kind", CASES)
+def test_triton_kernel_matches_float64_reference_with_uneven_tiles(kind, strength_kind):
+    """Tiles of 32 queries x 16 keys end mid-group and past the last row and key (N = 150, 77 keys,
+    head dim 16 is one full tile); per-batch bits and strengths."""
+    kernel, device = triton_kernel()
+    q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind, seed=8)
+    lam = torch.as_tensor(strength, dtype=torch.float32)
+    lam = lam.expand(N).unsqueeze(0) if lam.ndim < 2 else lam
+    q_bits2 = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
+    got = kernel(*(x.to(device) for x in (q, k, v, q_bits2, k_bits, lam)), D**-0.5, block=(32, 16))
+    torch.testing.assert_close(got.cpu().double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("k_bits_kind", ["runs", "one_group"])
+def test_triton_kernel_on_one_value_tiles_strength_above_one_and_a_padded_head_dim(k_bits_kind):
+    """Keys in long runs of one bitmask value (most tiles take the one-product branch) or all in one
+    group (one side of the softmax empty), λ up to 1.6 (the sign of (1 − λ)·s flips), head dim 40
+    padded to 64."""
+    kernel, device = triton_kernel()
+    g = torch.Generator().manual_seed(9)
+    n, dim = 200, 40
+    q, k, v = (torch.randn(1, 2, n, dim, generator=g) for _ in range(3))
+    q_bits = random_bits((1, n), SELF_BIT_VALUES, g)
+    runs = SELF_BIT_VALUES[torch.arange(n) * len(SELF_BIT_VALUES) // n]
+    k_bits = runs[torch.randperm(n, generator=g)] if k_bits_kind == "runs" else torch.full((n,), 0b010)
+    lam = torch.rand(1, n, generator=g) * 1.6
+    got = kernel(*(x.to(device) for x in (q, k, v, q_bits, k_bits, lam)), dim**-0.5, block=(64, 32))
+    want = reference_attention(q, k, v, q_bits, k_bits, lam)
+    torch.testing.assert_close(got.cpu().double(), want, atol=ATOL, rtol=0)
 
 
 def test_block_sizes_follow_free_memory(monkeypatch):
@@ -516,24 +561,24 @@ def test_layout_processors_restores_original_processors(unet):
     assert all(after[name] is before[name] for name in before)
 
 
-def test_auto_falls_back_to_grouped_when_flex_fails(monkeypatch, caplog):
-    """Where auto picks flex (CUDA) and its kernel fails, the call still returns the formula's answer
-    (grouped path) and says why; auto then stops picking flex. An explicit method="flex" raises."""
+def test_auto_falls_back_to_grouped_when_the_triton_kernel_fails(monkeypatch, caplog):
+    """Where auto picks the Triton kernel (CUDA) and it fails, the call still returns the formula's
+    answer (grouped path) and says why; auto then stops picking it. An explicit method="triton" raises."""
     q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
     on_gpu = types.SimpleNamespace(shape=(1, 8, 4096, 40), requires_grad=False, device=torch.device("cuda"))
-    monkeypatch.setattr(vga, "_flex_failure", [])
-    assert vga.auto_method(on_gpu, on_gpu, on_gpu) == "flex"
+    monkeypatch.setattr(vga, "_triton_failure", [])
+    assert vga.auto_method(on_gpu, on_gpu, on_gpu) == "triton"
 
     def broken(*args):
         raise RuntimeError("triton: out of shared memory")
 
     real_auto = vga.auto_method
-    monkeypatch.setattr(vga, "flex_layout_attention", broken)
-    monkeypatch.setattr(vga, "auto_method", lambda *a: "flex")  # what auto picks on a GPU
+    monkeypatch.setitem(sys.modules, "videograin.triton_layout", types.SimpleNamespace(triton_layout_attention=broken))
+    monkeypatch.setattr(vga, "auto_method", lambda *a: "triton")  # what auto picks on a GPU
     with caplog.at_level("WARNING", logger="videograin.attention"):
         got = layout_attention(q, k, v, q_bits, k_bits, strength)
     torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
     assert "out of shared memory" in caplog.text
     assert real_auto(on_gpu, on_gpu, on_gpu) == "grouped"
     with pytest.raises(RuntimeError, match="shared memory"):
-        layout_attention(q, k, v, q_bits, k_bits, strength, method="flex")
+        layout_attention(q, k, v, q_bits, k_bits, strength, method="triton")

@@ -272,8 +272,8 @@ def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
     return _compiled_flex_attention()(q, k, v, score_mod=modulate, scale=scale, kernel_options=options)
 
 
-#: Why the flex path failed in this process, if it did: ``auto`` then takes the grouped path.
-_flex_failure: list[str] = []
+#: Why the Triton kernel failed in this process, if it did: ``auto`` then takes the grouped path.
+_triton_failure: list[str] = []
 
 
 def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
@@ -281,7 +281,7 @@ def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad or q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= ONLINE_BLOCK_ELEMENTS:
         return "dense"
-    return "flex" if q.device.type == "cuda" and not _flex_failure else "grouped"
+    return "triton" if q.device.type == "cuda" and not _triton_failure else "grouped"
 
 
 def layout_attention(
@@ -300,12 +300,13 @@ def layout_attention(
     int64; strength: λ as a float, (Nq,) or (B, Nq); scale defaults to D**-0.5. Row max and min are
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
     softmax run in float32. ``method``: "dense" materialises the scores (the reference); "online"
-    (one pass, pure PyTorch), "grouped" (fused attention kernels per key group) and "flex"
-    (FlexAttention, compiled on CUDA) never hold more than a block of them. "auto" (``auto_method``):
-    dense when all scores fit in one block or gradients are needed (the O(N) kernels accumulate in
-    place, so they are not differentiable: ReAtCo's guidance runs them under autograd; windows keep N
-    small there), flex on CUDA, grouped elsewhere. If flex fails under auto (its compiled kernel has
-    not been run on a GPU by this project yet), auto logs why and takes grouped from then on.
+    (one pass, pure PyTorch), "grouped" (fused attention kernels per key group), "flex"
+    (FlexAttention, compiled on CUDA; slower than triton there) and "triton" (one fused Triton
+    kernel, CUDA only, see triton_layout.py) never hold more than a block of them. "auto"
+    (``auto_method``): dense when all scores fit in one block or gradients are needed (the O(N)
+    kernels are not differentiable: ReAtCo's guidance runs them under autograd; windows keep N small
+    there), triton on CUDA, grouped elsewhere. If the Triton kernel fails under auto (it cannot be
+    tested without a GPU), auto logs why and takes grouped from then on.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
@@ -315,21 +316,25 @@ def layout_attention(
     if chosen == "dense":
         return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
     if chosen == "flex":
+        return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+    if chosen == "triton":
         try:
-            return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
+            from .triton_layout import triton_layout_attention
+
+            return triton_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
-            if method == "flex":
+            if method == "triton":
                 raise
-            _flex_failure.append(f"{type(error).__name__}: {error}")
-            logger.warning("FlexAttention failed (%s); ST-Layout attention uses the grouped path from now on",
-                           _flex_failure[0].splitlines()[0])
+            _triton_failure.append(f"{type(error).__name__}: {error}")
+            logger.warning("the Triton kernel failed (%s); ST-Layout attention uses the grouped path from now on",
+                           _triton_failure[0].splitlines()[0])
             chosen = "grouped"
     method = chosen
     kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
     if method not in kernels:
-        raise ValueError(f"method must be 'auto', 'dense', 'online', 'grouped' or 'flex', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'dense', 'online', 'grouped', 'flex' or 'triton', got {method!r}")
     # Blocks of (batch, heads) small enough that the kernels' O(N·D) temporaries stay small; keys
     # that differ per batch element are sorted per element, so those go one element at a time.
     batch, heads, n_q, dim = q.shape

@@ -51,7 +51,7 @@ class Layout:
         """The given regions at UNet ``level`` as (len(regions), F, h, w) bool."""
         grid = next(g for g in self.levels.values() if g.index == level)
         bits = grid.bits.view(-1, grid.height, grid.width)
-        return torch.stack([(bits >> r) & 1 == 1 for r in regions]) if regions else torch.zeros(0, *bits.shape, dtype=torch.bool)
+        return torch.stack([(bits >> r) & 1 == 1 for r in regions]) if regions else torch.zeros(0, *bits.shape, dtype=torch.bool, device=bits.device)
 
 
 def region_share(bits: torch.Tensor, frames_of_keys: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def downsample_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tens
 
 def token_bits(masks: torch.Tensor) -> torch.Tensor:
     """(R, F, h, w) bool -> (F, h·w) int64 bitmask."""
-    weights = torch.tensor([1 << r for r in range(masks.shape[0])], dtype=torch.int64)
+    weights = torch.tensor([1 << r for r in range(masks.shape[0])], dtype=torch.int64, device=masks.device)
     return (masks.flatten(2).long() * weights[:, None, None]).sum(0)
 
 
