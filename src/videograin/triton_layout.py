@@ -28,10 +28,9 @@ import triton.language as tl
 
 def _configs() -> list[triton.Config]:
     """Tile sizes tried once per head dim and key count (``triton.autotune``)."""
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in [(128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2)]
-    ]
+    tiles = [(128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 4, 3),  # (BLOCK_M, BLOCK_N, warps, stages)
+             (64, 64, 4, 2), (64, 32, 4, 3), (64, 64, 8, 2), (64, 32, 8, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -97,18 +96,18 @@ def _layout_attention_kernel(
         first = tl.load(bits_base + start)
         last = tl.load(bits_base + tl.minimum(start + BLOCK_N, n_k) - 1)
         if first == last:  # sorted keys: the block holds one bitmask value, one side per query
-            positive = (q_bits & first) != 0
+            row_positive = (q_bits & first) != 0  # (BLOCK_M,)
             pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             p_sum = tl.sum(p, 1)
-            acc_pos += tl.where(positive[:, None], pv, 0.0)
-            acc_neg += tl.where(positive[:, None], 0.0, pv)
-            z_pos += tl.where(positive, p_sum, 0.0)
-            z_neg += tl.where(positive, 0.0, p_sum)
+            acc_pos += tl.where(row_positive[:, None], pv, 0.0)
+            acc_neg += tl.where(row_positive[:, None], 0.0, pv)
+            z_pos += tl.where(row_positive, p_sum, 0.0)
+            z_neg += tl.where(row_positive, 0.0, p_sum)
         else:
             k_bits = tl.load(bits_base + cols, mask=col_ok, other=0)
-            positive = (q_bits[:, None] & k_bits[None, :]) != 0
-            p_pos = tl.where(positive, p, 0.0)
-            p_neg = tl.where(positive, 0.0, p)
+            pair_positive = (q_bits[:, None] & k_bits[None, :]) != 0  # (BLOCK_M, BLOCK_N); names differ per branch:
+            p_pos = tl.where(pair_positive, p, 0.0)                    # Triton rejects one name with two shapes
+            p_neg = tl.where(pair_positive, 0.0, p)
             acc_pos += tl.dot(p_pos.to(v.dtype), v, input_precision=PRECISION)
             acc_neg += tl.dot(p_neg.to(v.dtype), v, input_precision=PRECISION)
             z_pos += tl.sum(p_pos, 1)
