@@ -9,10 +9,13 @@ with plain float64 tensor ops, and never call the library's math.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,6 +233,24 @@ def test_triton_kernel_on_one_value_tiles_strength_above_one_and_a_padded_head_d
     got = kernel(*(x.to(device) for x in (q, k, v, q_bits, k_bits, lam)), dim**-0.5, block=(64, 32))
     want = reference_attention(q, k, v, q_bits, k_bits, lam)
     torch.testing.assert_close(got.cpu().double(), want, atol=ATOL, rtol=0)
+
+
+H100_SHARED_MEMORY = 227 * 1024  # bytes one block may use on sm_90
+
+
+def test_triton_kernel_compiles_for_hopper_in_fp16_with_every_tile_config(tmp_path):
+    """The interpreter runs the kernel's arithmetic, not Triton's compiler (which, say, rejects a name
+    bound to two shapes in the two branches of an if): compile every autotuned tile config for sm_90 in
+    fp16 at SD 1.5's smallest and largest head dims (40; 160, padded to 256), and check each fits an
+    H100's shared memory. Needs no GPU; runs in a subprocess without TRITON_INTERPRET."""
+    pytest.importorskip("triton", reason="the Triton kernel's tests need triton (the test extra on Linux x86_64)")
+    script = Path(__file__).with_name("compile_triton_kernel.py")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(script), "90", "fp16", "40", "160"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(compiled) == 7 + 4  # every config for head dim 40; the 64-query ones for 160
+    assert all(0 < c["shared"] <= H100_SHARED_MEMORY for c in compiled), compiled
 
 
 def test_block_sizes_follow_free_memory(monkeypatch):
