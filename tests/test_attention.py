@@ -582,24 +582,37 @@ def test_layout_processors_restores_original_processors(unet):
     assert all(after[name] is before[name] for name in before)
 
 
-def test_auto_falls_back_to_grouped_when_the_triton_kernel_fails(monkeypatch, caplog):
+def test_auto_falls_back_through_the_gpu_kernels_when_they_fail(monkeypatch, caplog):
     """Where auto picks the Triton kernel (CUDA) and it fails, the call still returns the formula's
-    answer (grouped path) and says why; auto then stops picking it. An explicit method="triton" raises."""
+    answer through the next GPU path (flex), says why, and auto stops picking triton; should flex fail
+    too, grouped answers. An explicit method raises instead."""
     q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
+    want = reference_attention(q, k, v, q_bits, k_bits, strength)
     on_gpu = types.SimpleNamespace(shape=(1, 8, 4096, 40), requires_grad=False, device=torch.device("cuda"))
-    monkeypatch.setattr(vga, "_triton_failure", [])
-    assert vga.auto_method(on_gpu, on_gpu, on_gpu) == "triton"
-
-    def broken(*args):
-        raise RuntimeError("triton: out of shared memory")
-
+    monkeypatch.setattr(vga, "_gpu_failures", {})
     real_auto = vga.auto_method
-    monkeypatch.setitem(sys.modules, "videograin.triton_layout", types.SimpleNamespace(triton_layout_attention=broken))
-    monkeypatch.setattr(vga, "auto_method", lambda *a: "triton")  # what auto picks on a GPU
+    assert real_auto(on_gpu, on_gpu, on_gpu) == "triton"
+
+    def broken(message):
+        def kernel(*args):
+            raise RuntimeError(message)
+        return kernel
+
+    monkeypatch.setitem(sys.modules, "videograin.triton_layout",
+                        types.SimpleNamespace(triton_layout_attention=broken("triton: out of shared memory")))
+    monkeypatch.setattr(vga, "auto_method", lambda *a: real_auto(on_gpu, on_gpu, on_gpu))  # as on a GPU
     with caplog.at_level("WARNING", logger="videograin.attention"):
         got = layout_attention(q, k, v, q_bits, k_bits, strength)
-    torch.testing.assert_close(got.double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
-    assert "out of shared memory" in caplog.text
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)  # flex, eager on the CPU
+    assert "triton kernel failed (RuntimeError: triton: out of shared memory)" in caplog.text
+    assert real_auto(on_gpu, on_gpu, on_gpu) == "flex"
+
+    monkeypatch.setattr(vga, "flex_layout_attention", broken("flex: no kernel for this GPU"))
+    with caplog.at_level("WARNING", logger="videograin.attention"):
+        got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)  # grouped
+    assert "flex kernel failed (RuntimeError: flex: no kernel for this GPU)" in caplog.text
     assert real_auto(on_gpu, on_gpu, on_gpu) == "grouped"
-    with pytest.raises(RuntimeError, match="shared memory"):
-        layout_attention(q, k, v, q_bits, k_bits, strength, method="triton")
+    for method, message in [("triton", "shared memory"), ("flex", "no kernel")]:
+        with pytest.raises(RuntimeError, match=message):
+            layout_attention(q, k, v, q_bits, k_bits, strength, method=method)

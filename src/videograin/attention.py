@@ -272,8 +272,16 @@ def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
     return _compiled_flex_attention()(q, k, v, score_mod=modulate, scale=scale, kernel_options=options)
 
 
-#: Why the Triton kernel failed in this process, if it did: ``auto`` then takes the grouped path.
-_triton_failure: list[str] = []
+#: The fused GPU paths, fastest first; ``auto`` takes the first that has not failed in this process
+#: (on an H100, flex ran at 11x SDPA, grouped, whose log-sum-exps are not fused there, at 50x:
+#: benchmarks/README.md).
+GPU_METHODS = ("triton", "flex")
+#: Why a GPU path failed in this process, by method (one line each).
+_gpu_failures: dict[str, str] = {}
+
+
+def _fastest_gpu_method() -> str:
+    return next((method for method in GPU_METHODS if method not in _gpu_failures), "grouped")
 
 
 def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
@@ -281,7 +289,7 @@ def auto_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     if needs_grad or q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= ONLINE_BLOCK_ELEMENTS:
         return "dense"
-    return "triton" if q.device.type == "cuda" and not _triton_failure else "grouped"
+    return _fastest_gpu_method() if q.device.type == "cuda" else "grouped"
 
 
 def layout_attention(
@@ -305,8 +313,8 @@ def layout_attention(
     kernel, CUDA only, see triton_layout.py) never hold more than a block of them. "auto"
     (``auto_method``): dense when all scores fit in one block or gradients are needed (the O(N)
     kernels are not differentiable: ReAtCo's guidance runs them under autograd; windows keep N small
-    there), triton on CUDA, grouped elsewhere. If the Triton kernel fails under auto (it cannot be
-    tested without a GPU), auto logs why and takes grouped from then on.
+    there), triton on CUDA, grouped elsewhere. If a GPU kernel fails under auto (say, on a GPU
+    Triton does not support), auto logs why and takes the next of ``GPU_METHODS``, then grouped.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_bits = q_bits if q_bits.ndim == 2 else q_bits.unsqueeze(0)
@@ -315,22 +323,22 @@ def layout_attention(
     chosen = auto_method(q, k, v) if method == "auto" else method
     if chosen == "dense":
         return dense_layout_attention(q, k, v, q_bits, k_bits, lam, scale).to(q.dtype)
-    if chosen == "flex":
-        return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
-    if chosen == "triton":
+    while chosen in GPU_METHODS:
         try:
+            if chosen == "flex":
+                return flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
             from .triton_layout import triton_layout_attention
 
             return triton_layout_attention(q, k, v, q_bits, k_bits, lam, scale)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
-            if method == "triton":
+            if method != "auto":
                 raise
-            _triton_failure.append(f"{type(error).__name__}: {error}")
-            logger.warning("the Triton kernel failed (%s); ST-Layout attention uses the grouped path from now on",
-                           _triton_failure[0].splitlines()[0])
-            chosen = "grouped"
+            _gpu_failures[chosen] = f"{type(error).__name__}: {error}".splitlines()[0]
+            failed, chosen = chosen, _fastest_gpu_method()
+            logger.warning("the %s kernel failed (%s); ST-Layout attention uses the %s path from now on",
+                           failed, _gpu_failures[failed], chosen)
     method = chosen
     kernels = {"online": online_layout_attention, "grouped": grouped_layout_attention}
     if method not in kernels:
