@@ -217,14 +217,14 @@ def test_triton_kernel_matches_float64_reference_with_uneven_tiles(kind, strengt
     torch.testing.assert_close(got.cpu().double(), reference_attention(q, k, v, q_bits, k_bits, strength), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("k_bits_kind", ["runs", "one_group"])
-def test_triton_kernel_on_one_value_tiles_strength_above_one_and_a_padded_head_dim(k_bits_kind):
+@pytest.mark.parametrize("k_bits_kind,n", [("runs", 200), ("runs", 192), ("one_group", 192)])
+def test_triton_kernel_on_one_value_tiles_strength_above_one_and_a_padded_head_dim(k_bits_kind, n):
     """Keys in long runs of one bitmask value (most tiles take the one-product branch) or all in one
     group (one side of the softmax empty), λ up to 1.6 (the sign of (1 − λ)·s flips), head dim 40
-    padded to 64."""
+    padded to 64; 192 keys fill the 32-key tiles (no masking), 200 leave a tail."""
     kernel, device = triton_kernel()
     g = torch.Generator().manual_seed(9)
-    n, dim = 200, 40
+    dim = 40
     q, k, v = (torch.randn(1, 2, n, dim, generator=g) for _ in range(3))
     q_bits = random_bits((1, n), SELF_BIT_VALUES, g)
     runs = SELF_BIT_VALUES[torch.arange(n) * len(SELF_BIT_VALUES) // n]
@@ -246,10 +246,11 @@ def test_triton_kernel_compiles_for_hopper_in_fp16_with_every_tile_config(tmp_pa
     pytest.importorskip("triton", reason="the Triton kernel's tests need triton (the test extra on Linux x86_64)")
     script = Path(__file__).with_name("compile_triton_kernel.py")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(script), "90", "fp16", "40", "160"], env=env, capture_output=True, text=True)
+    command = [sys.executable, str(script), "90", "fp16", "40", "160"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(compiled) == 7 + 4  # every config for head dim 40; the 64-query ones for 160
+    assert len(compiled) == 7 + 4 + 2  # every config for head dim 40, the 64-query ones for 160; with a key tail
     assert all(0 < c["shared"] <= H100_SHARED_MEMORY for c in compiled), compiled
 
 

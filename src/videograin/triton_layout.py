@@ -12,9 +12,11 @@ give the output once the row max and min are known at the end:
 
 Keys are sorted by bitmask value first, so nearly every key block holds one value and is wholly
 positive or negative for a query: one P·V product per block, as in plain FlashAttention; the few
-blocks on a value boundary split P into two products. Scores and sums are float32 (log2 units, exp2)
-whatever the input dtype. Kept apart from attention.py because Triton is imported only where it
-runs: on CUDA, or on the CPU under TRITON_INTERPRET=1 (the tests).
+blocks on a value boundary split P into two products. A block's max of t follows from its max or
+min of s (by the sign of 1 − λ), so a block costs three row reductions (max, min, sum) to
+FlashAttention's two. Scores and sums are float32 (log2 units, exp2) whatever the input dtype.
+Kept apart from attention.py because Triton is imported only where it runs: on CUDA, or on the CPU
+under TRITON_INTERPRET=1 (the tests).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _layout_attention_kernel(
     stride_q_bits, stride_lam, stride_k_bits,
     heads, n_q, n_k, qk_scale,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     b = tl.program_id(1) // heads
@@ -63,11 +65,11 @@ def _layout_attention_kernel(
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
     q_bits = tl.load(Q_BITS + b * stride_q_bits + rows, mask=row_ok, other=0)
     lam = tl.load(LAM + b * stride_lam + rows, mask=row_ok, other=0.0)
-    keep = 1.0 - lam
+    factor = (1.0 - lam) * qk_scale  # t = factor·s in log2 units, s the raw q·k; negative where λ > 1
 
-    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)  # of the raw scores
     row_min = tl.full([BLOCK_M], float("inf"), tl.float32)
-    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)  # of t
     z_pos = tl.zeros([BLOCK_M], tl.float32)
     z_neg = tl.zeros([BLOCK_M], tl.float32)
     acc_pos = tl.zeros([BLOCK_M, D_PAD], tl.float32)
@@ -80,13 +82,19 @@ def _layout_attention_kernel(
         col_ok = cols < n_k
         kv_mask = col_ok[:, None] & dim_ok[None, :]
         k = tl.load(k_base + cols[:, None] * stride_kn + dims[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        row_max = tl.maximum(row_max, tl.max(tl.where(col_ok[None, :], s, float("-inf")), 1))
-        row_min = tl.minimum(row_min, tl.min(tl.where(col_ok[None, :], s, float("inf")), 1))
-        t = tl.where(col_ok[None, :], s * keep[:, None], float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(t, 1))
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        if EVEN_K:  # no key past the end: SD's token counts are multiples of 64
+            block_max, block_min = tl.max(s, 1), tl.min(s, 1)
+        else:
+            block_max = tl.max(tl.where(col_ok[None, :], s, float("-inf")), 1)
+            block_min = tl.min(tl.where(col_ok[None, :], s, float("inf")), 1)
+        row_max = tl.maximum(row_max, block_max)
+        row_min = tl.minimum(row_min, block_min)
+        new_max = tl.maximum(run_max, tl.where(factor >= 0, factor * block_max, factor * block_min))
         alpha = tl.exp2(run_max - new_max)
-        p = tl.exp2(t - new_max[:, None])
+        p = tl.exp2(s * factor[:, None] - new_max[:, None])
+        if not EVEN_K:
+            p = tl.where(col_ok[None, :], p, 0.0)
         run_max = new_max
         v = tl.load(v_base + cols[:, None] * stride_vn + dims[None, :], mask=kv_mask, other=0.0)
         acc_pos = acc_pos * alpha[:, None]
@@ -113,7 +121,7 @@ def _layout_attention_kernel(
             z_pos += tl.sum(p_pos, 1)
             z_neg += tl.sum(p_neg, 1)
 
-    high, low = lam * row_max, lam * row_min
+    high, low = lam * qk_scale * row_max, lam * qk_scale * row_min
     top = tl.maximum(high, low)
     w_pos, w_neg = tl.exp2(high - top), tl.exp2(low - top)
     out = (acc_pos * w_pos[:, None] + acc_neg * w_neg[:, None]) / (z_pos * w_pos + z_neg * w_neg)[:, None]
@@ -121,9 +129,12 @@ def _layout_attention_kernel(
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
 
-_tuned_kernel = triton.autotune(_configs(), key=["D_PAD", "n_k"], prune_configs_by={"early_config_prune": _prune})(
-    _layout_attention_kernel
-)
+#: EVEN_K: the key count is a multiple of the key tile, so no score needs masking
+_kernel = triton.heuristics({"EVEN_K": lambda args: args["n_k"] % args["BLOCK_N"] == 0})(_layout_attention_kernel)
+
+_tuned_kernel = triton.autotune(
+    _configs(), key=["D_PAD", "n_k"], prune_configs_by={"early_config_prune": _prune}
+)(_kernel)
 
 
 def triton_layout_attention(q, k, v, q_bits, k_bits, lam, scale, block: tuple[int, int] | None = None) -> torch.Tensor:
@@ -154,6 +165,6 @@ def triton_layout_attention(q, k, v, q_bits, k_bits, lam, scale, block: tuple[in
         grid = lambda config: (triton.cdiv(n_q, config["BLOCK_M"]), batch * heads)  # noqa: E731
         _tuned_kernel[grid](*args, **meta)
     else:
-        _layout_attention_kernel[(triton.cdiv(n_q, block[0]), batch * heads)](
+        _kernel[(triton.cdiv(n_q, block[0]), batch * heads)](
             *args, **meta, BLOCK_M=block[0], BLOCK_N=block[1])
     return out
