@@ -91,6 +91,14 @@ def test_token_bits_many_regions_use_high_bits():
     assert bits.tolist() == [[(1 << 61) | 1, 1 << 40]]
 
 
+def test_token_bits_stay_on_the_masks_device():
+    """Masks on a GPU give bits on the GPU (the pipeline once failed on CUDA mixing devices here);
+    the meta device stands in for a GPU: mixing it with a CPU tensor raises the same way."""
+    masks = torch.zeros(3, 2, 4, 5, dtype=torch.bool, device="meta")
+    bits = token_bits(masks)
+    assert bits.device.type == "meta" and bits.shape == (2, 20) and bits.dtype == torch.int64
+
+
 def test_key_frames_known_answers():
     assert key_frames(4, "full").tolist() == [[0, 1, 2, 3]] * 4
     assert key_frames(4, "sparse_causal").tolist() == [[0, 0], [0, 0], [0, 1], [0, 2]]
