@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from videograin.attention import layout_attention
+from videograin.attention import GPU_METHODS, layout_attention
 
 # SD 1.5 self-attention: per-frame grid at 512x512 -> head dim (8 heads)
 SD15_LEVELS = {64: 40, 32: 80, 16: 160, 8: 160}
@@ -120,7 +120,7 @@ def main() -> None:
         return
     max_tokens = args.max_tokens or (16384 if args.device == "cpu" else 10**9)
     methods = args.methods or DEFAULT_METHODS["cuda" if args.device == "cuda" else "cpu"]
-    chosen = "triton" if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
+    chosen = GPU_METHODS[0] if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
     rows = []
     for grid in args.grids:
         for dim in args.dims or [SD15_LEVELS.get(grid, 40)]:

@@ -193,9 +193,12 @@ def test_gpu_kernels_in_fp16_match_the_formula(method, dim, kind):
     assert (got.cpu().double() - want).abs().max() <= 4 * rounding
 
 
+NO_TRITON = "the Triton kernel's tests need triton (the test extra on Linux x86_64)"
+
+
 def triton_kernel():
     """The Triton kernel: compiled on CUDA, else run by Triton's interpreter on the CPU (float32)."""
-    pytest.importorskip("triton", reason="the Triton kernel's tests need triton (the test extra on Linux x86_64)")
+    pytest.importorskip("triton", reason=NO_TRITON)
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and TRITON_INTERPRET is not 1 (conftest.py sets it where /dev/nvidiactl is absent)")
     from videograin.triton_layout import triton_layout_attention
@@ -243,7 +246,7 @@ def test_triton_kernel_compiles_for_hopper_in_fp16_with_every_tile_config(tmp_pa
     bound to two shapes in the two branches of an if): compile every autotuned tile config for sm_90 in
     fp16 at SD 1.5's smallest and largest head dims (40; 160, padded to 256), and check each fits an
     H100's shared memory. Needs no GPU; runs in a subprocess without TRITON_INTERPRET."""
-    pytest.importorskip("triton", reason="the Triton kernel's tests need triton (the test extra on Linux x86_64)")
+    pytest.importorskip("triton", reason=NO_TRITON)
     script = Path(__file__).with_name("compile_triton_kernel.py")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
     command = [sys.executable, str(script), "90", "fp16", "40", "160"]

@@ -308,7 +308,7 @@ def layout_attention(
     int64; strength: λ as a float, (Nq,) or (B, Nq); scale defaults to D**-0.5. Row max and min are
     taken over the unmodulated scaled scores. Returns (B, H, Nq, D) in q's dtype; statistics and
     softmax run in float32. ``method``: "dense" materialises the scores (the reference); "online"
-    (one pass, pure PyTorch), "grouped" (fused attention kernels per key group), "flex"
+    (one pass, pure PyTorch), "grouped" (attention per key group, fused on the CPU), "flex"
     (FlexAttention, compiled on CUDA; slower than triton there) and "triton" (one fused Triton
     kernel, CUDA only, see triton_layout.py) never hold more than a block of them. "auto"
     (``auto_method``): dense when all scores fit in one block or gradients are needed (the O(N)
