@@ -51,6 +51,25 @@ def test_shapes_follow_their_caption():
         assert not any(p in plain.split() for p in world.PLACES)
 
 
+def test_place_captions_left_to_right_name_shapes_in_x_order_others_stay_random():
+    rng = np.random.default_rng(4)
+    first_named_is_left = {True: [], False: []}
+    for scene in _scenes(300, seed=13):
+        if len(scene.shapes) < 2:
+            continue
+        by_x = sorted(scene.shapes, key=lambda s: s.x)
+        for positions in (True, False):
+            text = world.caption(scene, rng, positions=positions, places_left_to_right=True)
+            starts = [text.index(f"a {s.color} {s.kind}") for s in by_x]
+            if len(set(starts)) < len(starts):  # two shapes of one colour and class: order unreadable
+                continue
+            if positions:
+                assert starts == sorted(starts), text
+            first_named_is_left[positions].append(starts[0] == min(starts))
+    assert all(first_named_is_left[True])
+    assert 0.3 < np.mean(first_named_is_left[False]) < 0.7  # random order without places
+
+
 def test_video_masks_match_frames_and_motion_is_smooth():
     case = bench.CASES[1]
     clip, masks = world.video(case.scene, list(case.motions), frames=12)

@@ -534,10 +534,11 @@ def main(argv: list[str] | None = None) -> int:
 
         prompt_summary, rows, _ = evaluate(pipe)
         results["prompts"] = prompt_summary
-        single, two = prompt_summary["single"], prompt_summary["two"]
+        single, two, any_order = (prompt_summary[k] for k in ("single", "two", "two_any_order"))
         probe = prompt_summary["place_sensitivity"]
         table = (f"Direct prompting (`toyworld/sample.py`: {single['prompts']} single-object and {two['prompts']} "
-                 "two-object prompts, DDIM 25 steps, guidance 7.5, judged):\n\n"
+                 "two-object prompts, DDIM 25 steps, guidance 7.5, judged; two shapes named left to right as the "
+                 "training captions with places name them, and the same pairs in random order):\n\n"
                  "| prompts | exactly right (background, every shape's colour, class and third, nothing else) "
                  "| requested shapes present (extra shapes allowed) | per shape: colour + class found "
                  "| per shape: colour found in its third | shapes right but in each other's places |\n"
@@ -545,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                  + "".join(f"| {label} | {x['accuracy']:.0%} | {x['requested_shapes_present']:.0%} "
                            f"| {x['shape_colour_and_class']:.0%} | {x['shape_colour_and_third']:.0%} "
                            f"| {x['swapped']:.0%} |\n"
-                           for label, x in (("one shape", single), ("two shapes", two)))
+                           for label, x in (("one shape", single), ("two shapes, left to right", two),
+                                            ("two shapes, random order", any_order)))
                  + "\nDo the place words matter? Denoising loss of 96 single-shape frames with the true caption / "
                  "the place phrase swapped / the empty caption (`sample.place_sensitivity`): "
                  + ", ".join(f"t={t}: {v['true']:.4f} / {v['swapped']:.4f} / {v['empty']:.4f}" for t, v in probe.items())

@@ -4,7 +4,8 @@
 
 Single-object prompts: every colour x shape x place x background ("a red circle on the left on a gray
 background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("a red circle on the left
-and a blue square on the right on a black background"). A sample is correct when the judge finds the
+and a blue square on the right on a black background"), named left to right (``two``) and the same
+pairs named in random order (``two_any_order``). A sample is correct when the judge finds the
 requested background and exactly the requested shapes (colour, class and third of the frame), nothing
 more. Writes ``prompts.json`` (accuracies and every prompt's verdict) and ``prompts.png`` (samples).
 """
@@ -66,14 +67,16 @@ def single_prompts() -> list[tuple[str, tuple, str]]:
     return cases
 
 
-def pair_prompts(n: int = 135, seed: int = 1) -> list[tuple[str, tuple, str]]:
+def pair_prompts(n: int = 135, seed: int = 1, left_to_right: bool = False) -> list[tuple[str, tuple, str]]:
+    """(prompt, expected shapes, background) for ``n`` random left/right pairs, named in random order or,
+    with ``left_to_right``, left first (the same pairs and backgrounds either way)."""
     rng = np.random.default_rng(seed)
     cases = []
     colors, bgs = list(world.COLORS), list(world.BACKGROUNDS)
     for _ in range(n):
         objs = [(colors[rng.integers(5)], world.SHAPES[rng.integers(3)], place) for place in ("left", "right")]
         bg = bgs[rng.integers(3)]
-        order = objs if rng.random() < 0.5 else objs[::-1]
+        order = objs if rng.random() < 0.5 or left_to_right else objs[::-1]
         text = " and ".join(f"a {c} {k} {world.PLACE_PHRASE[p]}" for c, k, p in order) + f" on a {bg} background"
         cases.append((text, tuple(objs), bg))
     return cases
@@ -130,7 +133,9 @@ def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: i
 def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pairs: int = 135):
     """Returns (summary dict, rows, frames) for the single- and two-object prompt sets."""
     summary, rows, frames = {}, {}, {}
-    for name, cases in (("single", single_prompts()), ("two", pair_prompts(n_pairs))):
+    prompt_sets = (("single", single_prompts()), ("two", pair_prompts(n_pairs, left_to_right=True)),
+                   ("two_any_order", pair_prompts(n_pairs)))
+    for name, cases in prompt_sets:
         frames[name] = text_to_image(pipe, [c[0] for c in cases], seed, steps, guidance)
         rows[name] = score(frames[name], cases)
         summary[name] = {

@@ -137,7 +137,8 @@ def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=No
         idx = rng.integers(len(latents), size=args.batch)
         captions = []
         for i in idx:
-            text = world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob))
+            text = world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob),
+                                 places_left_to_right=args.places_left_to_right)
             captions.append("" if rng.random() < args.uncond_prob else text)
         z0 = latents[torch.from_numpy(idx)]
         noise = torch.randn_like(z0)
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--x0-floor", type=float, default=0.1,
                    help="lower bound of the loss weight in x0 terms (0: plain min-SNR; see train_diffusion)")
     p.add_argument("--position-prob", type=float, default=0.5)
+    p.add_argument("--places-left-to-right", action="store_true",
+                   help="captions with places name the shapes left to right (others stay in random order)")
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=100, help="diffusion learning-rate warmup steps")

@@ -94,14 +94,16 @@ def render(scene: Scene, height: int = SIZE, width: int = SIZE) -> tuple[np.ndar
     return frame, masks
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, positions: bool = True) -> str:
+def caption(scene: Scene, rng: np.random.Generator | None = None, positions: bool = True,
+            places_left_to_right: bool = False) -> str:
     """E.g. "a red circle on the left and a blue square on the right on a gray background".
 
     Shapes are mentioned in random order when ``rng`` is given (left to right otherwise); ``positions``
-    adds each shape's place phrase.
+    adds each shape's place phrase. ``places_left_to_right``: captions with places always name the
+    shapes left to right (as one reads the frame); captions without places keep the random order.
     """
     shapes = sorted(scene.shapes, key=lambda s: s.x)
-    if rng is not None:
+    if rng is not None and not (positions and places_left_to_right):
         shapes = [shapes[i] for i in rng.permutation(len(shapes))]
     parts = [f"a {s.color} {s.kind}" + (f" {PLACE_PHRASE[s.place]}" if positions else "") for s in shapes]
     return " and ".join(parts) + f" on a {scene.background} background"
