@@ -23,10 +23,11 @@ sys.path.insert(0, str(HERE.parents[1]))  # repository root: toyworld
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # videograin from a checkout
 
 from toyworld import world  # noqa: E402
-from toyworld.bench import CASES  # noqa: E402
+from toyworld.bench import CASES, TUNED  # noqa: E402
 from videograin import io  # noqa: E402
 
 FRAMES = 12
+STEPS = 25
 RESULTS = HERE.parent / "results"
 CASE = next(c for c in CASES if c.name == "instance_shapes")
 
@@ -55,15 +56,13 @@ regions:
     prompt: ""   # kept
     masks: masks/background
 edit:
-  steps: 25
+  steps: {STEPS}
   guidance_scale: 7.5
   seed: 0
   blend: true
   # Tuned for the toy model (toyworld/bench.py's videograin_tuned, picked by `python -m toyworld.bench
-  # --sweep` on held-out clips: cross-attention modulation twice the paper's, first 50% of the steps); the
-  # paper's defaults {{steps: 8, self_strength: 0.3, cross_strength: 1.0}} leave the right circle red in
-  # the first frames here.
-  modulation: {{steps: 12, self_strength: 0.3, cross_strength: 2.0}}
+  # --sweep` on held-out clips); the paper's defaults are {{steps: 8, self_strength: 0.3, cross_strength: 1.0}}.
+  modulation: {{steps: {round(TUNED.fraction * STEPS)}, self_strength: {TUNED.self_strength}, cross_strength: {TUNED.cross_strength}}}
 output: ../../out/toyworld_demo
 """
 
