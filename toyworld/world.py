@@ -6,8 +6,9 @@ in its colour (no anti-aliasing; shapes never overlap or touch). Frames are uint
 Placement is captioned by thirds of the frame width: a shape whose centre lies in the left third is
 "on the left", the middle third "in the middle", the right third "on the right". Scenes hold one shape
 (any third), two (one on the left, one on the right) or three (one per third, small sizes). Vertical
-placement and size are free (not captioned). Captions list shapes with their places in random order,
-or (``positions=False``) without places, in random order: then the caption says nothing about where
+placement and size are free (not captioned). Captions list shapes with their places in random order
+(or, ``places_left_to_right``, left to right: the committed model's last training stage), or
+(``positions=False``) without places, in random order: then the caption says nothing about where
 things are, as in the paper's prompts ("Spiderman and Polar Bear").
 """
 
