@@ -76,7 +76,8 @@ def pair_prompts(n: int = 135, seed: int = 1, left_to_right: bool = False) -> li
     for _ in range(n):
         objs = [(colors[rng.integers(5)], world.SHAPES[rng.integers(3)], place) for place in ("left", "right")]
         bg = bgs[rng.integers(3)]
-        order = objs if rng.random() < 0.5 or left_to_right else objs[::-1]
+        right_first = rng.random() >= 0.5  # drawn either way, so both orders get the same pairs
+        order = objs[::-1] if right_first and not left_to_right else objs
         text = " and ".join(f"a {c} {k} {world.PLACE_PHRASE[p]}" for c, k, p in order) + f" on a {bg} background"
         cases.append((text, tuple(objs), bg))
     return cases
