@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from videograin.attention import GPU_METHODS, layout_attention
+from videograin.method.attention import GPU_METHODS, layout_attention
 
 # SD 1.5 self-attention: per-frame grid at 512x512 -> head dim (8 heads)
 SD15_LEVELS = {64: 40, 32: 80, 16: 160, 8: 160}

@@ -46,7 +46,7 @@ def build_pipeline(model: str, device: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from videograin.pipeline import VideoGrainPipeline
-    from videograin.tiny_model import make_tiny_model
+    from videograin.testing import make_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="videograin-bench-") as scratch:  # the tiny model, loaded into memory
         pipe = VideoGrainPipeline.from_pretrained(make_tiny_model(scratch))
@@ -85,10 +85,9 @@ def synthetic_clip(frames: int, width: int, height: int):
 
 
 def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], steps: int, device: str) -> dict:
-    from videograin.inversion import ddim_invert
-    from videograin.sampling import ddim_sample
-    from videograin.spec import ModulationSpec, ReAtCoSpec, WindowSpec
-    from videograin.tokens import encode_prompt
+    from videograin.method.sampling import ddim_invert, ddim_sample
+    from videograin.method.settings import Modulation, ReAtCoSettings, Window
+    from videograin.method.tokens import encode_prompt
 
     pipe = build_pipeline(model, device)
     video, masks = synthetic_clip(frames, *size)
@@ -99,7 +98,7 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
     start = time.perf_counter()
     if variant == "stock":
         latents = pipe.encode_frames(video)
-        timesteps, alphas, final = pipe._schedule(steps)
+        schedule = pipe.backbone.schedule(steps)
         unet = pipe.unet
         source = encode_prompt(pipe.text_encoder, pipe.tokenizer, "").expand(frames, -1, -1)
         target = encode_prompt(pipe.text_encoder, pipe.tokenizer, prompt).expand(frames, -1, -1)
@@ -113,14 +112,14 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
             return uncond + 7.5 * (cond - uncond)
 
         with torch.no_grad():
-            trajectory = ddim_invert(invert_fn, latents, timesteps, alphas, final)
-            pipe.decode_latents(ddim_sample(edit_fn, trajectory[0], timesteps, alphas, final))
+            trajectory = ddim_invert(invert_fn, latents, schedule)
+            pipe.decode_latents(ddim_sample(edit_fn, trajectory[0], schedule))
     elif variant.startswith("reatco"):
         size = int(variant.partition("_w")[2] or frames)
         pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=None,
-             reatco=ReAtCoSpec(steps=steps // 2), window=WindowSpec(size, max(1, size // 2)))
+             reatco=ReAtCoSettings(steps=steps // 2), window=Window(size, max(1, size // 2)))
     else:
-        modulation = ModulationSpec(steps=0 if variant == "fullframe" else round(0.3 * steps))
+        modulation = Modulation(steps=0 if variant == "fullframe" else round(0.3 * steps))
         pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=modulation,
              blend=variant == "videograin")
     seconds = time.perf_counter() - start

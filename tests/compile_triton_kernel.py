@@ -12,7 +12,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from videograin import triton_layout
+from videograin.method import triton_layout
 
 arch, dtype, *head_dims = sys.argv[1:]
 kernel = triton_layout._layout_attention_kernel

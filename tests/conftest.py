@@ -32,7 +32,7 @@ def copy_example(folder: Path, model: Path, frames: int | None = None, **top_lev
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Folder of the tiny model (diffusers layout), built offline once per session."""
-    from videograin.tiny_model import make_tiny_model
+    from videograin.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-import videograin.attention as vga
-from videograin.attention import LayoutAttnProcessor, StepContext, layout_attention, layout_processors
-from videograin.layout import build_layout
+import videograin.method.attention as vga
+from videograin.backbones.sd_processors import LayoutAttnProcessor, StepContext, layout_processors
+from videograin.method.attention import layout_attention
+from videograin.method.layout import build_layout
 
 ATOL = 1e-5
 B, H, N, D = 2, 3, 150, 16
@@ -119,16 +120,16 @@ def test_layout_attention_matches_float64_reference(kind, strength_kind):
     assert (want - plain_attention(q, k, v)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("method", ["dense", "online", "grouped", "flex"])
+@pytest.mark.parametrize("method", ["dense", "grouped", "flex"])
 @pytest.mark.parametrize("kind,strength_kind", CASES)
 def test_every_path_matches_float64_reference_with_uneven_blocks(monkeypatch, method, kind, strength_kind):
     """Tiny block sizes force many query and key blocks that end mid-group and mid-row, and one head
     per block: each path must still equal the formula."""
     monkeypatch.setattr(vga, "DENSE_CHUNK_ELEMENTS", 7 * H * B * (N if kind == "self" else L_TEXT) + 5)
-    monkeypatch.setattr(vga, "ONLINE_BLOCK_ELEMENTS", 37 * 23)  # 37 query rows x 23 keys per block
+    monkeypatch.setattr(vga, "AUTO_DENSE_ELEMENTS", 37 * 23)  # 37 query rows x 23 keys per block
     monkeypatch.setattr(vga, "ROW_STAT_BLOCK_ELEMENTS", B * H * 29 * 23)  # 29 rows x 23 keys
     monkeypatch.setattr(vga, "MIN_BLOCK_ELEMENTS", 1)
-    monkeypatch.setattr(vga, "ONLINE_MIN_KEYS", 23)
+    monkeypatch.setattr(vga, "MIN_KEY_BLOCK", 23)
     monkeypatch.setattr(vga, "HEAD_BLOCK_ELEMENTS", N * D)
     q, k, v, q_bits, k_bits, strength = make_case(kind, strength_kind, seed=3)
     got = layout_attention(q, k, v, q_bits, k_bits, strength, method=method)
@@ -143,14 +144,14 @@ def test_fast_paths_handle_strength_above_one_and_a_single_group():
     q_bits = random_bits((64,), SELF_BIT_VALUES, g)
     for k_bits in (random_bits((64,), SELF_BIT_VALUES, g), torch.full((64,), 0b010)):
         want = reference_attention(q, k, v, q_bits, k_bits, 1.6)
-        for method in ("online", "grouped", "flex"):
+        for method in ("grouped", "flex"):
             got = layout_attention(q, k, v, q_bits, k_bits, 1.6, method=method)
             torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
 
 
 def test_auto_takes_a_fast_path_on_large_inputs(monkeypatch):
     calls = []
-    monkeypatch.setattr(vga, "ONLINE_BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(vga, "AUTO_DENSE_ELEMENTS", 1000)
     original = vga._attention_with_lse
     monkeypatch.setattr(vga, "_attention_with_lse", lambda *a: calls.append(1) or original(*a))
     q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
@@ -201,7 +202,7 @@ def triton_kernel():
     pytest.importorskip("triton", reason=NO_TRITON)
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and TRITON_INTERPRET is not 1 (conftest.py sets it where /dev/nvidiactl is absent)")
-    from videograin.triton_layout import triton_layout_attention
+    from videograin.method.triton_layout import triton_layout_attention
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return triton_layout_attention, device
@@ -593,30 +594,31 @@ def test_auto_falls_back_through_the_gpu_kernels_when_they_fail(monkeypatch, cap
     q, k, v, q_bits, k_bits, strength = make_case("self", "rows")
     want = reference_attention(q, k, v, q_bits, k_bits, strength)
     on_gpu = types.SimpleNamespace(shape=(1, 8, 4096, 40), requires_grad=False, device=torch.device("cuda"))
-    monkeypatch.setattr(vga, "_gpu_failures", {})
+    kernels = vga.KernelChoice()
     real_auto = vga.auto_method
-    assert real_auto(on_gpu, on_gpu, on_gpu) == "triton"
+    assert real_auto(on_gpu, on_gpu, on_gpu, kernels) == "triton"
 
     def broken(message):
         def kernel(*args):
             raise RuntimeError(message)
         return kernel
 
-    monkeypatch.setitem(sys.modules, "videograin.triton_layout",
+    monkeypatch.setitem(sys.modules, "videograin.method.triton_layout",
                         types.SimpleNamespace(triton_layout_attention=broken("triton: out of shared memory")))
-    monkeypatch.setattr(vga, "auto_method", lambda *a: real_auto(on_gpu, on_gpu, on_gpu))  # as on a GPU
-    with caplog.at_level("WARNING", logger="videograin.attention"):
-        got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    monkeypatch.setattr(vga, "auto_method", lambda q, k, v, chosen: real_auto(on_gpu, on_gpu, on_gpu, chosen))  # a GPU
+    with caplog.at_level("WARNING", logger="videograin.method.attention"):
+        got = layout_attention(q, k, v, q_bits, k_bits, strength, kernels=kernels)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)  # flex, eager on the CPU
     assert "triton kernel failed (RuntimeError: triton: out of shared memory)" in caplog.text
-    assert real_auto(on_gpu, on_gpu, on_gpu) == "flex"
+    assert real_auto(on_gpu, on_gpu, on_gpu, kernels) == "flex"
 
-    monkeypatch.setattr(vga, "flex_layout_attention", broken("flex: no kernel for this GPU"))
-    with caplog.at_level("WARNING", logger="videograin.attention"):
-        got = layout_attention(q, k, v, q_bits, k_bits, strength)
+    monkeypatch.setitem(vga.KERNELS, "flex", broken("flex: no kernel for this GPU"))
+    with caplog.at_level("WARNING", logger="videograin.method.attention"):
+        got = layout_attention(q, k, v, q_bits, k_bits, strength, kernels=kernels)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)  # grouped
     assert "flex kernel failed (RuntimeError: flex: no kernel for this GPU)" in caplog.text
-    assert real_auto(on_gpu, on_gpu, on_gpu) == "grouped"
+    assert real_auto(on_gpu, on_gpu, on_gpu, kernels) == "grouped"
+    assert real_auto(on_gpu, on_gpu, on_gpu) == "triton"  # a fresh choice (the next edit) tries triton again
     for method, message in [("triton", "shared memory"), ("flex", "no kernel")]:
         with pytest.raises(RuntimeError, match=message):
             layout_attention(q, k, v, q_bits, k_bits, strength, method=method)

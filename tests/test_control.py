@@ -14,8 +14,9 @@ from videograin import io
 from videograin.cli import main
 from videograin.control import annotate, condition_tensor
 from videograin.pipeline import VideoGrainPipeline
-from videograin.spec import SpecError, load_spec, spec_from_dict
-from videograin.tiny_model import make_tiny_model
+from videograin.errors import SpecError, WeightsUnavailable
+from videograin.config.parse import load_spec, spec_from_dict
+from videograin.testing import make_tiny_model
 
 from conftest import EXAMPLE, copy_example
 
@@ -44,9 +45,9 @@ def test_canny_marks_the_edges_of_a_square():
 
 
 def test_missing_annotator_weights_give_a_one_line_error():
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(WeightsUnavailable) as info:
         annotate("depth", np.zeros((1, 8, 8, 3), dtype=np.uint8))
-    assert info.value.field == "control.condition" and "\n" not in str(info.value)
+    assert "Intel/dpt-hybrid-midas" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_controlnet_conditions_change_the_edit_and_zero_scale_does_not(control_model_dir, clip):

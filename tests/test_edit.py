@@ -11,8 +11,11 @@ import torch.nn.functional as F
 import yaml
 
 from videograin import io
-from videograin.cli import main, psnr, to_uint8
-from videograin.spec import ModulationSpec, load_spec
+from videograin.cli import main
+from videograin.eval.metrics import psnr_masked
+from videograin.io import to_uint8
+from videograin.method.settings import Modulation
+from videograin.config.parse import load_spec
 
 from conftest import EXAMPLE
 
@@ -66,7 +69,7 @@ def test_modulation_moves_cross_attention_into_each_region(tiny_pipe, example_in
     for name, mod_steps in [("on", 3), ("off", 0)]:
         runs[name] = tiny_pipe(
             frames, masks, spec.prompt, region_prompts,
-            num_inference_steps=10, modulation=ModulationSpec(steps=mod_steps), blend=False, record_attention=True,
+            num_inference_steps=10, modulation=Modulation(steps=mod_steps), blend=False, record_attention=True,
         )
     for region, span in enumerate(spans):
         if span is None:
@@ -123,7 +126,7 @@ def test_blend_keeps_pixels_away_from_edits_equal_to_the_vae_round_trip(sd_pipe,
     source = pipe.decode_latents(pipe.encode_frames(frames))
     edited_union = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]
     far = (F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr(to_uint8(edit.frames)[far], to_uint8(source)[far]) >= 35
+    assert psnr_masked(to_uint8(edit.frames), to_uint8(source), far)[0] >= 35
 
 
 def test_same_config_and_seed_give_identical_frames(example_config, tmp_path):
@@ -163,7 +166,7 @@ def test_compared_attention_is_each_layer_before_its_modulation(tiny_pipe, examp
     spans = tiny_pipe.check_inputs(frames, masks, spec.prompt, region_prompts)
     run = lambda cross: tiny_pipe(  # noqa: E731
         frames, masks, spec.prompt, region_prompts, num_inference_steps=3, record_attention="compare",
-        modulation=ModulationSpec(steps=2, cross_strength=cross)).recorder
+        modulation=Modulation(steps=2, cross_strength=cross)).recorder
     self_only = run(0.0)
     for level in range(tiny_pipe.num_levels):
         torch.testing.assert_close(self_only.unmodulated.mean(0, level), self_only.mean(0, level), rtol=0, atol=0)
@@ -177,7 +180,7 @@ def test_compared_attention_is_each_layer_before_its_modulation(tiny_pipe, examp
 
 
 def test_prompt_attention_reads_the_span_and_normalises():
-    from videograin.attention import AttentionRecorder
+    from videograin.method.recorder import AttentionRecorder
     from videograin.viz import heatmap_overlay, prompt_attention
 
     recorder = AttentionRecorder()

@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videograin import flow as FL
-from videograin import metrics as M
+from videograin.eval import optical_flow as OF
+from videograin.method import trajectories as FL
+from videograin.method.layout import token_grid
+from videograin.eval import metrics as M
 
 
 def shifted_video(height: int, width: int, frames: int, shift: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +100,7 @@ def reference_trajectories(flows: torch.Tensor, hw: tuple[int, int]) -> torch.Te
 def test_dis_trajectories_follow_an_integer_shift_at_every_level():
     # 32 px per frame: 4, 2 and 1 tokens per frame at levels 0, 1, 2 of a 64x64 latent
     video = shifted_video(512, 512, 4, 32)
-    flows = FL.video_flow(video)
+    flows = OF.video_flow(video)
     assert flows.shape == (3, 2, 512, 512) and flows.dtype == torch.float32
     assert float(flows[:, 0].median()) == pytest.approx(32, abs=0.05)
     assert float(flows[:, 1].abs().median()) < 0.05
@@ -106,30 +108,30 @@ def test_dis_trajectories_follow_an_integer_shift_at_every_level():
     assert sorted(levels) == [16 * 16, 32 * 32, 64 * 64]
     for level, tokens in enumerate([64 * 64, 32 * 32, 16 * 16]):
         traj = levels[tokens]
-        assert (traj.height, traj.width) == FL.token_grid((64, 64), level)
+        assert (traj.height, traj.width) == token_grid((64, 64), level)
         assert_follows_shift(traj, 32 * traj.width // 512, 0)
 
 
 def test_video_flow_inputs_and_errors():
     video = shifted_video(64, 64, 3, 4, seed=1)
-    flows = FL.video_flow(video)
+    flows = OF.video_flow(video)
     as_float = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 127.5 - 1
-    assert torch.allclose(FL.video_flow(as_float), flows)
-    assert torch.allclose(FL.video_flow(torch.from_numpy(video)), flows)
-    forward, backward = FL.optical_flow(video)
+    assert torch.allclose(OF.video_flow(as_float), flows)
+    assert torch.allclose(OF.video_flow(torch.from_numpy(video)), flows)
+    forward, backward = OF.optical_flow(video)
     assert np.allclose(forward, flows.permute(0, 2, 3, 1).numpy()) and backward.shape == forward.shape
-    assert M.optical_flow is FL.optical_flow  # one place for flow
+    assert M.optical_flow is OF.optical_flow  # one place for flow
     with pytest.raises(ValueError, match="must be one of"):
-        FL.video_flow(video, method="farneback")
+        OF.optical_flow(video, "farneback")
     with pytest.raises(ValueError, match="at least 2 frames"):
-        FL.video_flow(video[:1])
+        OF.video_flow(video[:1])
     with pytest.raises(ValueError, match="at least 12x12"):
-        FL.video_flow(video[:, :8, :8])
+        OF.video_flow(video[:, :8, :8])
     try:
         import torchvision.models.optical_flow  # noqa: F401
     except ImportError:
         with pytest.raises(M.WeightsUnavailable, match="torchvision") as err:
-            FL.video_flow(video, method="raft")
+            OF.optical_flow(video, "raft")
         assert "\n" not in str(err.value)
 
 
@@ -181,7 +183,7 @@ def test_random_flow_matches_reference_and_every_token_is_on_one_trajectory():
 
 
 def test_levels_round_up_and_key_by_tokens_per_frame():
-    assert [FL.token_grid((9, 13), lv) for lv in range(4)] == [(9, 13), (5, 7), (3, 4), (2, 2)]
+    assert [token_grid((9, 13), lv) for lv in range(4)] == [(9, 13), (5, 7), (3, 4), (2, 2)]
     levels = FL.trajectories_for_levels(constant_flow(3, 72, 104, 0, 0), (9, 13), 4)
     assert sorted(levels) == [4, 12, 35, 117]
     for tokens, traj in levels.items():

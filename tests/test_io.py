@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from videograin import io, viz
-from videograin.spec import SpecError
+from videograin.errors import SpecError
 
 
 def smooth_clip(frames: int = 6, height: int = 48, width: int = 64) -> np.ndarray:
@@ -256,7 +256,7 @@ def test_empty_mask_error(tmp_path):
     # a box entirely outside the frame is empty too
     with pytest.raises(SpecError) as exc:
         io.load_inputs(make_spec(folder, [(None, ((40, 40, 50, 50),))], frames=2, size=(32, 32)), 8)
-    assert exc.value.field == "regions[0].boxes"
+    assert exc.value.field == "regions[0].masks"  # the key a box is written under
 
 
 def test_mask_size_mismatch(tmp_path):

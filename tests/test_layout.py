@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from videograin.layout import (
-    blend_mask,
-    build_layout,
-    composite_weights,
-    downsample_masks,
-    key_frames,
-    region_share,
-    text_token_bits,
-    token_bits,
-)
+from videograin.method.layout import blend_mask, build_layout, composite_weights, downsample_masks, key_frames, region_share, text_token_bits, token_bits
 
 
 def test_downsample_left_half_maps_to_left_half_of_tokens():

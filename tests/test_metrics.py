@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from videograin import metrics as M
-from videograin.attention import AttentionRecorder
-from videograin.layout import Layout, LevelLayout
+from videograin.eval import evaluate as E
+from videograin.eval import metrics as M
+from videograin.method.recorder import AttentionRecorder
+from videograin.method.layout import Layout, LevelLayout
 
 from conftest import EXAMPLE, copy_example
 
@@ -207,7 +208,7 @@ def test_masked_psnr_is_capped_on_an_untouched_background_and_drops_where_pixels
     source, masks, prompts = _fidelity_scene()
     edited = source.copy()
     edited[:, 10:40, 10:40] = np.random.default_rng(5).integers(0, 256, (3, 30, 30, 3), np.uint8)
-    result = M.evaluate(edited, source, masks, "a red apple", prompts, clip=None, pickscore=None, lpips=False)
+    result = E.evaluate(edited, source, masks, "a red apple", prompts, clip=None, pickscore=None, lpips=False)
     m = result.metrics
     assert m["psnr_outside_db"] == M.PSNR_CAP_DB
     assert any("psnr_outside_db" in note and "cap" in note for note in result.notes)
@@ -218,7 +219,7 @@ def test_masked_psnr_is_capped_on_an_untouched_background_and_drops_where_pixels
 
     # a change inside the kept region (empty prompt) is outside the edited union: the background PSNR drops
     edited[:, 52:58, :] = np.clip(edited[:, 52:58, :].astype(int) + 20, 0, 255).astype(np.uint8)
-    changed = M.evaluate(edited, source, masks, "a red apple", prompts, clip=None, pickscore=None, lpips=False)
+    changed = E.evaluate(edited, source, masks, "a red apple", prompts, clip=None, pickscore=None, lpips=False)
     assert 20 < changed.metrics["psnr_outside_db"] < 40
     assert changed.metrics["psnr_inside_db"] == pytest.approx(m["psnr_inside_db"])
     assert changed.metrics["ssim_outside"] < m["ssim_outside"]
@@ -337,7 +338,7 @@ def test_attention_mass_matches_hand_computed_values():
     assert out["mean"] == pytest.approx((apple["mean"] + ball["mean"]) / 2)
 
     frames = np.zeros((2, 8, 8, 3), np.uint8)
-    result = M.evaluate(frames, frames, region_names=["apple", "ball", "grass"], clip=None, pickscore=None,
+    result = E.evaluate(frames, frames, region_names=["apple", "ball", "grass"], clip=None, pickscore=None,
                         recorder=recorder, layout=layout)
     assert result.metrics["attention_mass"] == pytest.approx(out["mean"])
     assert result.details["attention_mass"] == out
@@ -358,7 +359,7 @@ def test_evaluate_with_a_local_clip_folder_and_missing_weights(tmp_path, clip_to
     source = video.copy()
     source[:, :, :, 2] //= 2
     prompts = ["red apple", "green ball", ""]
-    result = M.evaluate(video, source, masks, "a red apple and a green ball", prompts,
+    result = E.evaluate(video, source, masks, "a red apple and a green ball", prompts,
                         clip=str(folder), pickscore=str(folder), lpips=True)
     assert {"clip_t", "clip_f", "clip_f_all_pairs", "instance_accuracy", "warp_err", "q_edit", "pickscore",
             "psnr_inside_db", "psnr_outside_db", "ssim_inside", "ssim_outside"} <= set(result.metrics)
@@ -367,10 +368,10 @@ def test_evaluate_with_a_local_clip_folder_and_missing_weights(tmp_path, clip_to
         result.metrics["clip_t"] / 100 * float(_tiny_clip(clip_tokenizer).logit_scale.detach().exp()), abs=1e-3)
     assert "lpips" in result.skipped["lpips_inside"].lower()
     assert result.flow == "dis" and result.details["clip_model"] == str(folder)
-    table = M.format_table(result)
+    table = E.format_table(result)
     assert "clip_t" in table and "skipped:" in table and "lpips_inside, lpips_outside:" in table
 
-    missing = M.evaluate(video, source, masks, "a red apple", prompts, clip="nobody/no-such-clip",
+    missing = E.evaluate(video, source, masks, "a red apple", prompts, clip="nobody/no-such-clip",
                          pickscore="nobody/no-such-pickscore", lpips=False, flow="raft")
     assert "nobody/no-such-pickscore" in missing.skipped["pickscore"]
     for name in ("clip_t", "clip_f", "instance_accuracy"):

@@ -17,8 +17,10 @@ import yaml
 from PIL import Image
 
 from videograin.cli import main
-from videograin.official_config import convert_config
-from videograin.spec import ControlSpec, SpecError, load_spec
+from videograin.config.official import convert_config
+from videograin.config.spec import ControlSpec
+from videograin.errors import SpecError
+from videograin.config.parse import load_spec
 
 # config/instance_level/running_two_man/4cls_spider_polar.yaml
 INSTANCE = """\
@@ -445,7 +447,7 @@ def test_freeu_blending_and_unknown_keys_are_listed(repo, tmp_path):
 def test_converted_instance_config_runs_edit(repo, tmp_path, tiny_model_dir, capsys):
     from diffusers import UNet2DConditionModel
 
-    from videograin.tiny_model import tiny_controlnet
+    from videograin.testing import tiny_controlnet
 
     # test: fewer frames; canny conditions (the pose annotator needs weights) from a tiny local ControlNet
     text = (INSTANCE.replace("n_sample_frame: 16", "n_sample_frame: 4")

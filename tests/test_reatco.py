@@ -11,12 +11,17 @@ import torch.nn.functional as F
 import yaml
 
 from videograin import io
-from videograin.attention import layout_attention
-from videograin.cli import main, psnr, to_uint8
-from videograin.reatco import invariant_region_sampling, rad_level, rad_losses, temporal_windows
-from videograin.sampling import windowed_denoise_fn
-from videograin.spec import ReAtCoSpec, SpecError, WindowSpec, load_spec, spec_from_dict
-from videograin.tokens import region_token_spans, word_token_indices
+from videograin.method.attention import layout_attention
+from videograin.cli import main
+from videograin.eval.metrics import psnr_masked
+from videograin.io import to_uint8
+from videograin.method.reatco import invariant_region_sampling, rad_level, rad_losses
+from videograin.method.sampling import temporal_windows
+from videograin.method.sampling import windowed_denoise_fn
+from videograin.method.settings import ReAtCoSettings, Window
+from videograin.errors import SpecError
+from videograin.config.parse import load_spec, spec_from_dict
+from videograin.method.tokens import PromptError, region_token_spans, word_token_indices
 
 from conftest import EXAMPLE
 
@@ -137,8 +142,9 @@ def test_word_token_indices_point_at_the_head_word(tiny_pipe):
     indices = word_token_indices(tokenizer, prompt, spans, [None, "orange", None])
     assert [tokenizer.decode([ids[i]]).strip() for i in indices[:2]] == ["apple", "orange"]
     assert indices[2] is None
-    with pytest.raises(SpecError, match=r"regions\[0\]\.word"):
+    with pytest.raises(PromptError) as err:
         word_token_indices(tokenizer, prompt, spans, ["ball", None, None])  # a word of another region
+    assert (err.value.region, err.value.part) == (0, "word")
 
 
 def _box_regions(masks: torch.Tensor) -> torch.Tensor:
@@ -180,7 +186,7 @@ def test_rad_lowers_the_loss_and_moves_attention_into_the_boxes(tiny_pipe, examp
     for name, size in [("off", 0.0), ("on", 2000.0)]:
         runs[name] = tiny_pipe(
             frames, boxes, spec.prompt, region_prompts, num_inference_steps=8, modulation=None,
-            record_attention=True, reatco=ReAtCoSpec(steps=6, step_size=size, iterations=3),
+            record_attention=True, reatco=ReAtCoSettings(steps=6, step_size=size, iterations=3),
             generator=torch.Generator().manual_seed(0),
         )
     loss = {name: [g["L_IR"] + g["L_OR"] for g in run.guidance] for name, run in runs.items()}
@@ -201,7 +207,7 @@ def test_irjs_returns_the_source_outside_the_edit_and_noises_it_before(tiny_pipe
     cells = edited_pixels.unflatten(1, (-1, 8)).unflatten(3, (-1, 8)).any(4).any(2)[:, None]  # (F, 1, h, w)
     out = tiny_pipe(
         frames, masks, spec.prompt, region_prompts, num_inference_steps=6,
-        reatco=ReAtCoSpec(steps=2), generator=torch.Generator().manual_seed(0),
+        reatco=ReAtCoSettings(steps=2), generator=torch.Generator().manual_seed(0),
     )
     outside = ~cells.expand_as(source)
     torch.testing.assert_close(out.latents[outside], source[outside], rtol=0, atol=1e-6)
@@ -220,13 +226,13 @@ def test_a_window_covering_all_frames_is_the_unwindowed_run(tiny_pipe, example_i
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
     frames, masks = inputs.frames[:4], inputs.masks[:, :4]
-    common = dict(num_inference_steps=4, reatco=ReAtCoSpec(steps=2), record_attention=True)
+    common = dict(num_inference_steps=4, reatco=ReAtCoSettings(steps=2), record_attention=True)
     whole = tiny_pipe(frames, masks, spec.prompt, region_prompts, generator=torch.Generator().manual_seed(0), **common)
     covered = tiny_pipe(frames, masks, spec.prompt, region_prompts, generator=torch.Generator().manual_seed(0),
-                        window=WindowSpec(size=4, stride=2), **common)
+                        window=Window(size=4, stride=2), **common)
     assert torch.equal(whole.latents, covered.latents)
     windowed = tiny_pipe(frames, masks, spec.prompt, region_prompts, generator=torch.Generator().manual_seed(0),
-                         window=WindowSpec(size=2, stride=1), **common)
+                         window=Window(size=2, stride=1), **common)
     assert windowed.latents.isfinite().all() and not torch.equal(windowed.latents, whole.latents)
     assert windowed.recorder.mean(0, 0).shape == whole.recorder.mean(0, 0).shape  # merged over the windows
 
@@ -288,9 +294,9 @@ def test_irjs_keeps_pixels_away_from_the_boxes_equal_to_the_vae_round_trip(sd_pi
     frames = inputs.frames[:4]
     boxes = _box_regions(inputs.masks[:2, :4])
     out = pipe(frames, boxes, spec.prompt, [r.prompt for r in spec.regions[:2]], num_inference_steps=20,
-               modulation=None, reatco=ReAtCoSpec(steps=10), composite=False,
+               modulation=None, reatco=ReAtCoSettings(steps=10), composite=False,
                generator=torch.Generator().manual_seed(0))
     source = pipe.decode_latents(pipe.encode_frames(frames))
     union = boxes.any(0).float()[:, None]
     far = (F.max_pool2d(union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr(to_uint8(out.frames)[far], to_uint8(source)[far]) >= 35
+    assert psnr_masked(to_uint8(out.frames), to_uint8(source), far)[0] >= 35

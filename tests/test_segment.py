@@ -20,9 +20,10 @@ import yaml
 
 from videograin import io
 from videograin.cli import main
-from videograin.pipeline import model_size_multiple
+from videograin.config.preflight import read_model
 from videograin.segment import kmeans, label_masks, order_by_size, upsample_labels
-from videograin.spec import SpecError, load_source_spec, load_spec
+from videograin.errors import SpecError
+from videograin.config.parse import load_source_spec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # toyworld/ lives at the repository root
@@ -153,7 +154,7 @@ def test_segment_cli_separates_toy_objects(tmp_path, scene, prompt, k):
         ["run.json", "segments.png", "segments_overlay.mp4", *(f"segment_{i}" for i in range(k))])
     record = json.loads((out / "run.json").read_text())
     assert record["command"] == "segment" and record["k"] == k and record["steps"] == 4
-    coarsest = 64 // model_size_multiple(str(MODEL))  # the coarsest decoder self-attention level at 64x64
+    coarsest = 64 // read_model(str(MODEL)).size_multiple  # the coarsest decoder self-attention level at 64x64
     assert record["features"]["grid"] == [coarsest, coarsest]
     assert record["size"] == [64, 64] and record["source_size"] == [32, 32]
     assert io.count_frames(out / "segments_overlay.mp4") == FRAMES

@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from videograin.spec import (
-    DEFAULT_MODEL,
-    EditSettings,
-    EditSpec,
-    ModulationSpec,
-    RegionSpec,
-    SpecError,
-    VideoSpec,
-    load_spec,
-    spec_from_dict,
-)
+from videograin.config.spec import DEFAULT_MODEL, EditSettings, EditSpec, RegionSpec, VideoSpec
+
+from videograin.method.settings import Modulation
+
+from videograin.errors import SpecError
+
+from videograin.config.parse import load_spec, spec_from_dict
 
 FRAMES = 4
 TREE_BOXES = [[i, i, 10 + i, 10 + i] for i in range(FRAMES)]
@@ -85,7 +81,7 @@ def test_valid_config_round_trips(project: Path) -> None:
     )
     assert [region.edited for region in spec.regions] == [True, True, True, False]
     assert (spec.model, spec.source_prompt, spec.negative_prompt) == (DEFAULT_MODEL, "", "")
-    assert spec.edit == EditSettings() and spec.edit.modulation == ModulationSpec()
+    assert spec.edit == EditSettings() and spec.edit.modulation == Modulation()
     assert spec.output is None and spec.base_dir == root
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.prompt = "changed"  # type: ignore[misc]
@@ -119,7 +115,7 @@ def test_every_key_set_is_parsed(project: Path) -> None:
     assert spec.video == VideoSpec(path=root / "clip.mp4", frames=FRAMES, start=5, stride=2, size=(640, 384))
     assert spec.edit == EditSettings(
         steps=30, guidance_scale=7.0, seed=3, blend=False,
-        modulation=ModulationSpec(steps=0, self_strength=0.0, cross_strength=2.5, levels=(2, 0),
+        modulation=Modulation(steps=0, self_strength=0.0, cross_strength=2.5, levels=(2, 0),
                                   temporal="sparse_causal"),
     )
     assert isinstance(spec.edit.guidance_scale, float)

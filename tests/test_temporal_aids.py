@@ -9,11 +9,13 @@ import torch
 import yaml
 
 from videograin import io
-from videograin.attention import FeatureStore
+from videograin.backbones.sd_processors import FeatureStore
 from videograin.cli import main
-from videograin.flow import Trajectories
-from videograin.sampling import TemporalAids
-from videograin.spec import FlowSpec, PnPSpec, SpecError, TemporalAidsSpec, WindowSpec, load_spec, spec_from_dict
+from videograin.method.trajectories import Trajectories
+from videograin.backbones.sd import TemporalAids
+from videograin.method.settings import FlowAid, PnPAid, TemporalAidSettings, Window
+from videograin.errors import SpecError
+from videograin.config.parse import load_spec, spec_from_dict
 
 from conftest import EXAMPLE, copy_example
 
@@ -32,7 +34,7 @@ def _edit(pipe, clip, **kwargs):
 
 def test_flow_guided_attention_changes_the_edit(tiny_pipe, clip):
     base = _edit(tiny_pipe, clip)
-    flow = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(flow=FlowSpec(levels=(0, 1))))
+    flow = _edit(tiny_pipe, clip, temporal_aids=TemporalAidSettings(flow=FlowAid(levels=(0, 1))))
     assert (flow.latents - base.latents).abs().mean() > 1e-3
 
 
@@ -57,16 +59,16 @@ def test_singleton_trajectories_leave_the_attention_unchanged(tiny_pipe, clip):
 
 def test_pnp_with_zero_steps_is_bit_for_bit_the_plain_run(tiny_pipe, clip):
     base = _edit(tiny_pipe, clip)
-    zero = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=0)))
+    zero = _edit(tiny_pipe, clip, temporal_aids=TemporalAidSettings(pnp=PnPAid(steps=0)))
     assert torch.equal(base.latents, zero.latents)
-    two = _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=2)))
+    two = _edit(tiny_pipe, clip, temporal_aids=TemporalAidSettings(pnp=PnPAid(steps=2)))
     assert (two.latents - base.latents).abs().mean() > 1e-3
 
 
 def test_pnp_records_decoder_self_attention_of_the_first_steps(tiny_pipe, clip):
     prompt, region_prompts, frames, masks = clip
     latents = tiny_pipe.encode_frames(frames)
-    aids = tiny_pipe.temporal_aids(frames, tuple(latents.shape[-2:]), TemporalAidsSpec(pnp=PnPSpec(steps=2)))
+    aids = tiny_pipe.temporal_aids(frames, tuple(latents.shape[-2:]), TemporalAidSettings(pnp=PnPAid(steps=2)))
     tiny_pipe.invert(latents, "", 4, aids=aids)
     layers = {layer for layer, _ in aids.features.qk}
     expected = {name.removesuffix(".processor") for name in tiny_pipe.unet.attn_processors if FeatureStore.takes(name)}
@@ -87,7 +89,7 @@ def test_pnp_feeds_the_recorded_block_outputs_to_the_next_layer(tiny_pipe, clip)
     layer = tiny_pipe.unet.up_blocks[1].attentions[1]  # follows up_blocks.1.resnets.1
     handle = layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     try:
-        _edit(tiny_pipe, clip, temporal_aids=TemporalAidsSpec(pnp=PnPSpec(steps=1)))
+        _edit(tiny_pipe, clip, temporal_aids=TemporalAidSettings(pnp=PnPAid(steps=1)))
     finally:
         handle.remove()
     # inversion visits steps 3, 2, 1, 0 (calls 0-3); the edit starts at step 0 (call 4, two branches)
@@ -98,8 +100,8 @@ def test_pnp_feeds_the_recorded_block_outputs_to_the_next_layer(tiny_pipe, clip)
 
 
 def test_aids_run_in_windows(tiny_pipe, clip):
-    aids = TemporalAidsSpec(flow=FlowSpec(levels=(0,)), pnp=PnPSpec(steps=2))
-    out = _edit(tiny_pipe, clip, temporal_aids=aids, window=WindowSpec(size=2, stride=1))
+    aids = TemporalAidSettings(flow=FlowAid(levels=(0,)), pnp=PnPAid(steps=2))
+    out = _edit(tiny_pipe, clip, temporal_aids=aids, window=Window(size=2, stride=1))
     assert out.latents.isfinite().all()
 
 

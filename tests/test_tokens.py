@@ -7,8 +7,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videograin.spec import SpecError
-from videograin.tokens import region_token_spans, regional_prompt_embeds
+from videograin.method.tokens import PromptError, region_token_spans, regional_prompt_embeds
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_spans_of_spelled_out_words(tokenizer):
 
 
 def test_tiny_vocabulary_words_are_single_tokens(tokenizer):
-    from videograin.tiny_model import WORDS
+    from videograin.testing import WORDS
 
     split = [w for w in dict.fromkeys(WORDS) if len(word_ids(tokenizer, w)) != 1]
     assert split == []
@@ -73,13 +72,13 @@ def test_empty_region_prompt_gives_none(tokenizer):
 
 
 def test_region_prompt_not_found(tokenizer):
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(PromptError) as err:
         region_token_spans(tokenizer, "a dog on the grass", ["dog", "a cat"])
-    assert err.value.field == "regions[1].prompt"
+    assert err.value.region == 1 and err.value.part == "prompt"
     # a word prefix is not a token match
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(PromptError) as err:
         region_token_spans(tokenizer, "a dogs on the grass", ["dog"])
-    assert err.value.field == "regions[0].prompt"
+    assert err.value.region == 0 and err.value.part == "prompt"
 
 
 def test_prompt_over_75_tokens(tokenizer):
@@ -87,9 +86,9 @@ def test_prompt_over_75_tokens(tokenizer):
     assert len(word_ids(tokenizer, ok)) == 75
     assert region_token_spans(tokenizer, ok, ["dog"]) == [(1, 2)]
     too_long = " ".join(["dog"] * 76)
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(PromptError) as err:
         region_token_spans(tokenizer, too_long, ["dog"])
-    assert err.value.field == "prompt"
+    assert err.value.region is None  # the global prompt
 
 
 @torch.no_grad()

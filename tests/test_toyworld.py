@@ -98,7 +98,7 @@ def test_tokenizer_has_every_world_word_as_one_token():
 
 def test_default_tiny_model_tokenizer_unchanged(tmp_path):
     """Generalising _tokenizer_files over a word list keeps the default (WORDS) files byte for byte."""
-    from videograin import tiny_model
+    from videograin import testing as tiny_model
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -258,12 +258,12 @@ def test_committed_model_draws_the_requested_colour_on_the_requested_background(
 @needs_model
 def test_demo_config_is_valid_and_its_inputs_load():
     from videograin import io
-    from videograin.pipeline import model_size_multiple
-    from videograin.spec import load_spec
+    from videograin.config.preflight import read_model
+    from videograin.config.parse import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "toyworld" / "demo" / "config.yaml")
     assert Path(spec.model) == MODEL_DIR
-    inputs = io.load_inputs(spec, model_size_multiple(spec.model))
+    inputs = io.load_inputs(spec, read_model(spec.model).size_multiple)
     assert tuple(inputs.frames.shape) == (12, 3, 32, 32) and tuple(inputs.masks.shape) == (3, 12, 32, 32)
     assert not (inputs.masks[0] & inputs.masks[1]).any() and (inputs.masks.any(0)).all()
 

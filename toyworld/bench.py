@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from videograin import io, viz
-from videograin.spec import ModulationSpec, ReAtCoSpec
+from videograin.method.settings import Modulation, ReAtCoSettings
 
 from . import judge, world
 from .model import MODEL_DIR, load_pipeline
@@ -157,13 +157,13 @@ class Method:
     fraction: float = 0.3  # share of the denoising steps with modulation on
     reatco: bool = False  # ReAtCo's RAD on the first half of the steps (IRJS in place of blend)
 
-    def reatco_spec(self, steps: int, blend: bool) -> ReAtCoSpec | None:
-        return ReAtCoSpec(steps=round(0.5 * steps), irjs=blend) if self.reatco else None
+    def reatco_spec(self, steps: int, blend: bool) -> ReAtCoSettings | None:
+        return ReAtCoSettings(steps=round(0.5 * steps), irjs=blend) if self.reatco else None
 
-    def modulation(self, steps: int) -> ModulationSpec | None:
+    def modulation(self, steps: int) -> Modulation | None:
         if self.self_strength is None:
             return None
-        return ModulationSpec(steps=max(1, round(self.fraction * steps)), self_strength=self.self_strength,
+        return Modulation(steps=max(1, round(self.fraction * steps)), self_strength=self.self_strength,
                               cross_strength=self.cross_strength)
 
 
@@ -311,25 +311,19 @@ def unedited_change(case: Case, source: np.ndarray, output: np.ndarray, masks: n
 # ----------------------------------------------------------------------------------------------- running
 
 
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(F, 3, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
-    return frames.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-
-
 def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES):
     source, masks, shape_masks = case_inputs(case, frames)
-    tensor = torch.from_numpy(source).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     clock = time.perf_counter()
-    out = pipe(tensor, torch.from_numpy(masks), case.prompt, [r.prompt for r in case.regions],
+    out = pipe(io.from_uint8(source), torch.from_numpy(masks), case.prompt, [r.prompt for r in case.regions],
                source_prompt=source_prompt(case), negative_prompt="", num_inference_steps=steps,
                guidance_scale=guidance, modulation=method.modulation(steps), blend=blend,
                reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - clock
-    output = to_uint8(out.frames)
+    output = io.to_uint8(out.frames)
     result = score(case, source, output, masks, shape_masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite
-    plain = to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
+    plain = io.to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
     result["background_change_latents"] = unedited_change(case, source, plain, masks)
     return output, result
 

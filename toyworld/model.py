@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from videograin.tiny_model import word_tokenizer
+from videograin.testing import word_tokenizer
 
 from .world import SIZE, WORDS
 

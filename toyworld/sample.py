@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from videograin import io, viz
-from videograin.sampling import ddim_sample
+from videograin.method.sampling import DDIMSchedule, ddim_sample
 
 from . import judge, world
 from .model import MODEL_DIR, load_pipeline, token_ids
@@ -34,9 +34,7 @@ def text_to_image(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
     (independent of batching)."""
     unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
     h = w = unet.config.sample_size
-    pipe.scheduler.set_timesteps(steps)
-    timesteps, alphas = pipe.scheduler.timesteps, pipe.scheduler.alphas_cumprod
-    final = float(pipe.scheduler.final_alpha_cumprod)
+    schedule = DDIMSchedule.from_scheduler(pipe.scheduler, steps)
     uncond = te(token_ids(tok, [negative]))[0]
     out = []
     for start in range(0, len(prompts), batch):
@@ -50,10 +48,9 @@ def text_to_image(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
             eps_u, eps_c = unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample.chunk(2)
             return eps_u + guidance * (eps_c - eps_u)
 
-        z0 = ddim_sample(denoise, z, timesteps, alphas, final)
+        z0 = ddim_sample(denoise, z, schedule)
         out.append(pipe.decode_latents(z0))
-    frames = torch.cat(out)
-    return frames.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return io.to_uint8(torch.cat(out))
 
 
 PLACES_MIRRORED = {"left": "right", "middle": "middle", "right": "left"}
@@ -112,7 +109,7 @@ def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: i
     rng = np.random.default_rng(seed)
     other = {"left": "right", "middle": "left", "right": "left"}
     scenes = [world.random_scene(rng, count=1) for _ in range(n)]
-    x = torch.from_numpy(np.stack([world.render(sc)[0] for sc in scenes])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    x = io.from_uint8(np.stack([world.render(sc)[0] for sc in scenes]))
     captions = {"true": [], "swapped": [], "empty": [""] * n}
     for sc in scenes:
         s = sc.shapes[0]

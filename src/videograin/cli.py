@@ -21,20 +21,13 @@ import numpy as np
 import torch
 
 from . import __version__, io, viz
-from .spec import EditSpec, SpecError, load_spec
+from .config.parse import load_source_spec, load_spec, spec_from_dict
+from .config.preflight import ModelFacts, check_prompts, preflight, read_model
+from .config.preflight import notes as spec_notes
+from .config.spec import EditSpec
+from .errors import SpecError, WeightsUnavailable
 
 logger = logging.getLogger("videograin")
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(F, 3, H, W) in [-1, 1] -> (F, H, W, 3) uint8."""
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays (inf when identical)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def _versions() -> dict[str, str]:
@@ -73,38 +66,6 @@ def _resolve(args) -> EditSpec:
     return spec
 
 
-def _check_model(spec: EditSpec) -> int:
-    """Check prompts against the model's tokenizer; return its size multiple. Reads no weights."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTokenizer
-
-    from .pipeline import model_size_multiple
-    from .tokens import region_token_spans, word_token_indices
-
-    fix = "give a local diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/) or a hub id"
-    local = Path(spec.model)
-    if local.is_dir():
-        missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
-        if missing:
-            raise SpecError("model", f"{local} lacks {', '.join(missing)}", fix)
-    if spec.control is not None and Path(spec.control.model).is_dir() and not (Path(spec.control.model) / "config.json").exists():
-        raise SpecError("control.model", f"{spec.control.model} has no config.json", "point it at a diffusers ControlNet folder")
-    try:
-        multiple = model_size_multiple(spec.model)
-        tokenizer = CLIPTokenizer.from_pretrained(spec.model, subfolder="tokenizer")
-    except (OSError, ValueError) as err:
-        raise SpecError("model", f"cannot read {spec.model!r} ({str(err).splitlines()[0]})", fix) from err
-    if len(tokenizer) < 256:  # transformers 5 returns an empty tokenizer instead of raising when none is found
-        raise SpecError("model", f"no tokenizer found for {spec.model!r} (offline, or not a diffusers model?)", fix)
-    levels = len(UNet2DConditionModel.load_config(spec.model, subfolder="unet")["block_out_channels"])
-    if spec.edit.uses_reatco and spec.edit.reatco.level is not None and spec.edit.reatco.level >= levels:
-        raise SpecError("edit.reatco.level", f"{spec.edit.reatco.level} does not exist: the model's UNet has "
-                        f"levels 0..{levels - 1}", "pick one of those, or leave `level` out for the paper's H/32 level")
-    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
-    word_token_indices(tokenizer, spec.prompt, spans, [r.word for r in spec.regions])
-    return multiple
-
-
 def _load_pipeline(spec: EditSpec, device: str):
     from .pipeline import VideoGrainPipeline
 
@@ -131,7 +92,11 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
     if isinstance(spec.control.condition, Path):
         images = io.read_condition_images(spec.control.condition, spec.video, inputs.size)
     else:
-        images = annotate(spec.control.condition, inputs.frames_uint8)
+        try:
+            images = annotate(spec.control.condition, inputs.frames_uint8)
+        except WeightsUnavailable as err:
+            problem, _, fix = str(err).partition("; ")
+            raise SpecError("control.condition", problem, fix or "give a folder of condition images") from None
     return images, {"control_images": condition_tensor(images), "control_scale": spec.control.scale}
 
 
@@ -146,9 +111,7 @@ def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
 def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
     """attention/<region>.mp4: each region prompt's cross-attention over the source (and
     <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png."""
-    from .tokens import region_token_spans
-
-    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+    spans = check_prompts(spec, tokenizer)
     size = tuple(inputs.frames.shape[-2:])
     heat = viz.prompt_attention(recorder, spans, size)
     plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None
@@ -170,37 +133,31 @@ def _run(args, reconstruct_only: bool) -> dict:
     spec = _resolve(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     io.check_output_folder(spec.output, args.overwrite)
-    inputs = io.load_inputs(spec, _check_model(spec))
+    inputs = io.load_inputs(spec, preflight(spec).size_multiple)
+    for note in spec_notes(spec):
+        logger.info("note: %s", note)
+        inputs.notes.append(note)
     control_uint8, control = _control_inputs(spec, inputs)
     pipe = _load_pipeline(spec, device)
     timings = {"load": time.perf_counter() - started}
     with io.output_folder(spec.output, args.overwrite) as folder:
         torch.manual_seed(spec.edit.seed)
         settings = spec.edit
-        record = {
-            "config": spec.to_dict(),
-            "command": "reconstruct" if reconstruct_only else "edit",
-            "versions": _versions(),
-            "device": device,
-            "dtype": str(pipe.unet.dtype),
-            "seed": settings.seed,
-            "frames": int(inputs.frames.shape[0]),
-            "size": list(inputs.size),
-            "source_size": list(inputs.source_size),
-            "fps": inputs.fps,
-            "notes": inputs.notes,
-        }
+        record = _run_record(spec.to_dict(), "reconstruct" if reconstruct_only else "edit", pipe, device, inputs)
+        record["seed"] = settings.seed
         overlay = _write_inputs(folder, inputs)
         if control_uint8 is not None:
             io.write_video(folder / "control.mp4", control_uint8, inputs.fps)
         if reconstruct_only or args.reconstruct:
+            from .eval.metrics import psnr_masked
+
             clock = time.perf_counter()
-            recon = to_uint8(
+            recon = io.to_uint8(
                 pipe.reconstruct(inputs.frames, spec.source_prompt, settings.steps, settings.modulation.temporal, **control)
             )
             timings["reconstruct"] = time.perf_counter() - clock
             io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
-            record["reconstruction_psnr_db"] = psnr(recon, inputs.frames_uint8)
+            record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]
         if not reconstruct_only:
             result = pipe(
                 inputs.frames,
@@ -225,7 +182,7 @@ def _run(args, reconstruct_only: bool) -> dict:
             timings.update(result.timings)
             if settings.uses_reatco:
                 record["reatco_losses"] = result.guidance
-            edited = to_uint8(result.frames)
+            edited = io.to_uint8(result.frames)
             clock = time.perf_counter()
             io.write_video(folder / "edited.mp4", edited, inputs.fps)
             io.write_frames(folder / "frames", edited)
@@ -244,13 +201,29 @@ def _run(args, reconstruct_only: bool) -> dict:
     return record
 
 
+def _run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoInputs) -> dict:
+    """The start of run.json: the resolved config, the command, versions, device and the input sizes."""
+    return {
+        "config": config,
+        "command": command,
+        "versions": _versions(),
+        "device": device,
+        "dtype": str(pipe.unet.dtype),
+        "frames": int(inputs.frames.shape[0]),
+        "size": list(inputs.size),
+        "source_size": list(inputs.source_size),
+        "fps": inputs.fps,
+        "notes": inputs.notes,
+    }
+
+
 def _eval_edit(args, spec: EditSpec, inputs: io.VideoInputs, edited: np.ndarray, result, device: str) -> dict:
     """Metrics of a finished edit for `edit --eval` (in memory, attention mass included). A failure is
     recorded in run.json and logged, so it never costs the edit."""
-    from . import metrics
+    from .eval import evaluate, metrics
 
     try:
-        evaluation = metrics.evaluate(
+        evaluation = evaluate.evaluate(
             edited, inputs.frames_uint8, inputs.masks, spec.prompt, [r.prompt for r in spec.regions],
             [r.name for r in spec.regions], clip=args.clip or metrics.DEFAULT_CLIP, device=device,
             recorder=result.recorder, layout=result.layout,
@@ -258,7 +231,7 @@ def _eval_edit(args, spec: EditSpec, inputs: io.VideoInputs, edited: np.ndarray,
     except Exception as err:  # noqa: BLE001 - keep the edit whatever the metrics do
         logger.exception("evaluation failed")
         return {"error": f"{type(err).__name__}: {err}"}
-    print(metrics.format_table(evaluation))
+    print(evaluate.format_table(evaluation))
     return evaluation.to_dict()
 
 
@@ -278,8 +251,7 @@ def _eval(args) -> dict:
     """`videograin eval`: metrics of an edited video against its source; writes metrics.json."""
     import json
 
-    from . import metrics
-    from .spec import spec_from_dict
+    from .eval import evaluate, metrics
 
     given = Path(args.edited)
     if not given.exists():
@@ -317,7 +289,7 @@ def _eval(args) -> dict:
     if masks.shape[-2:] != (height, width):
         masks = io.resize_masks(masks, (width, height))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    evaluation = metrics.evaluate(
+    evaluation = evaluate.evaluate(
         edited, source, masks, spec.prompt, [r.prompt for r in spec.regions], [r.name for r in spec.regions],
         clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
     )
@@ -327,7 +299,7 @@ def _eval(args) -> dict:
     out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, record)
-    print(metrics.format_table(evaluation))
+    print(evaluate.format_table(evaluation))
     logger.info("wrote %s", out)
     return record
 
@@ -337,7 +309,6 @@ def _segment(args) -> dict:
     App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
     segments_overlay.mp4, segments.png and run.json, through a temporary folder renamed on success."""
     from .segment import label_masks, segment_video
-    from .spec import load_source_spec
 
     started = time.perf_counter()
     if args.k < 2:
@@ -354,17 +325,15 @@ def _segment(args) -> dict:
     out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     io.check_output_folder(out, args.overwrite)
-    inputs = io.load_inputs(spec, _check_model(spec))
+    facts = read_model(spec.model)
+    inputs = io.load_inputs(spec, facts.size_multiple)
+    _check_segment_args(args, facts, inputs)
     pipe = _load_pipeline(spec, device)
     timings = {"load": time.perf_counter() - started}
     with io.output_folder(out, args.overwrite) as folder:
         clock, details = time.perf_counter(), {}
-        try:
-            labels = segment_video(pipe, inputs.frames, spec.source_prompt, args.k, args.steps, args.seed,
-                                   args.level, details)
-        except ValueError as err:
-            field = "--level" if "level" in str(err) else "--k"
-            raise SpecError(field, str(err), "pick a smaller --k or another --level") from None
+        labels = segment_video(pipe, inputs.frames, spec.source_prompt, args.k, args.steps, args.seed, args.level,
+                               details)
         timings["segment"] = time.perf_counter() - clock
         masks = label_masks(labels, args.k)  # (k, F, H, W) at the working size
         for i, mask in enumerate(io.resize_masks(masks, inputs.source_size)):  # mask folders: source size
@@ -400,9 +369,29 @@ def _segment(args) -> dict:
     return record
 
 
+def _check_segment_args(args, facts: ModelFacts, inputs: io.VideoInputs) -> None:
+    """`segment`'s --steps, --level and --k against the model and the clip, before weights load."""
+    from .method.layout import token_grid
+
+    if args.steps > facts.num_train_timesteps:
+        raise SpecError("--steps", f"{args.steps} is more than the model's {facts.num_train_timesteps} training "
+                        "timesteps", f"pass at most {facts.num_train_timesteps} (50 is usual)")
+    levels = facts.self_attention_levels
+    if args.level is not None and args.level not in levels:
+        raise SpecError("--level", f"level {args.level} has no decoder self-attention (levels with it: {list(levels)})",
+                        "pick one of those, or leave --level out for the coarsest")
+    level = args.level if args.level is not None else max(levels)
+    width, height = inputs.size
+    grid = token_grid((height // facts.vae_factor, width // facts.vae_factor), level)
+    tokens = inputs.frames.shape[0] * grid[0] * grid[1]
+    if args.k > tokens:
+        raise SpecError("--k", f"{args.k} segments exceed the {tokens} feature tokens ({inputs.frames.shape[0]} "
+                        f"frames of {grid[0]}x{grid[1]} at level {level})", "pick a smaller --k or a finer --level")
+
+
 def _convert_config(args) -> None:
     """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML."""
-    from .official_config import convert_config
+    from .config.official import convert_config
 
     result = convert_config(args.official, args.out, root=args.root, prompt_index=args.index, overwrite=args.overwrite)
     logger.info("wrote %s (%d regions; %d official option(s) not applied, listed at its top)",
@@ -465,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "make-tiny-model":
-            from .tiny_model import make_tiny_model
+            from .testing import make_tiny_model
 
             logger.info("wrote %s", make_tiny_model(args.folder, args.seed, args.controlnet))
         elif args.command == "convert-config":

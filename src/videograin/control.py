@@ -1,22 +1,18 @@
-"""ControlNet conditioning (papers/000 App. F: depth or pose ControlNet in inversion and editing).
+"""ControlNet condition images (papers/000 App. F: depth or pose ControlNet in inversion and editing).
 
 Condition images come from a folder/video aligned with the source (read by ``io``) or from an
 annotator run on the source frames: ``canny`` (OpenCV, no weights), ``depth`` (a DPT depth model
 from transformers, when its weights are on disk) or ``pose`` (controlnet_aux's OpenPose, when
-installed with its weights). The diffusers ``ControlNetModel`` sees the frames as its batch, with
-its stock per-frame attention; its residuals feed the UNet through the usual
-``down_block_additional_residuals`` / ``mid_block_additional_residual``.
+installed with its weights). The ControlNet itself is called by the backbone (backbones/sd.py).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from .spec import SpecError
+from .errors import WeightsUnavailable
 
 #: Depth annotator (transformers DPT), loaded from the local cache only.
 DEPTH_MODEL = "Intel/dpt-hybrid-midas"
@@ -25,33 +21,10 @@ POSE_MODEL = "lllyasviel/Annotators"
 CANNY_THRESHOLDS = (100, 200)
 
 
-@dataclass(frozen=True)
-class Control:
-    """A ControlNet and its conditions for one edit: images (F, 3, H, W) float in [0, 1] at the
-    frame size, ``scale`` the conditioning scale."""
-
-    model: torch.nn.Module
-    images: torch.Tensor
-    scale: float = 1.0
-
-    def frames(self, window: slice) -> Control:
-        return Control(self.model, self.images[window], self.scale)
-
-    def residuals(self, sample: torch.Tensor, t: int, encoder_states: torch.Tensor):
-        """ControlNet residuals for a UNet batch of ``branches × F`` latents (the same conditions for
-        every branch): (down block residuals, mid block residual)."""
-        branches = sample.shape[0] // self.images.shape[0]
-        images = self.images.to(sample.device, self.model.dtype).repeat(branches, 1, 1, 1)
-        down, mid = self.model(
-            sample.to(self.model.dtype), t, encoder_hidden_states=encoder_states.to(self.model.dtype),
-            controlnet_cond=images, conditioning_scale=self.scale, return_dict=False,
-        )
-        return down, mid
-
-
 def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
     """Condition images from frames uint8 (F, H, W, 3) with annotator ``kind`` -> uint8 (F, H, W, 3).
-    Raises SpecError("control.condition") when the annotator's package or weights are missing."""
+    Raises WeightsUnavailable when the annotator's package or weights are missing, ValueError for an
+    unknown annotator."""
     if kind == "canny":
         edges = [cv2.Canny(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), *CANNY_THRESHOLDS) for frame in frames]
         return np.repeat(np.stack(edges)[..., None], 3, axis=-1)
@@ -59,7 +32,7 @@ def annotate(kind: str, frames: np.ndarray) -> np.ndarray:
         return _depth(frames)
     if kind == "pose":
         return _pose(frames)
-    raise SpecError("control.condition", f"unknown annotator {kind!r}", "use canny, depth or pose")
+    raise ValueError(f"unknown annotator {kind!r}: use canny, depth or pose")
 
 
 def _depth(frames: np.ndarray) -> np.ndarray:
@@ -69,9 +42,9 @@ def _depth(frames: np.ndarray) -> np.ndarray:
         processor = AutoImageProcessor.from_pretrained(DEPTH_MODEL, local_files_only=True)
         model = DPTForDepthEstimation.from_pretrained(DEPTH_MODEL, local_files_only=True).eval()
     except OSError as err:
-        raise SpecError("control.condition", f"the depth annotator needs {DEPTH_MODEL} weights, not found locally",
-                        "download them once (huggingface-cli download Intel/dpt-hybrid-midas), "
-                        "or give a folder of depth images") from err
+        raise WeightsUnavailable(f"the depth annotator needs {DEPTH_MODEL} weights, not found locally; download "
+                                 "them once (huggingface-cli download Intel/dpt-hybrid-midas), or give a folder "
+                                 "of depth images") from err
     out = []
     with torch.no_grad():
         for frame in frames:
@@ -86,13 +59,13 @@ def _pose(frames: np.ndarray) -> np.ndarray:
     try:
         from controlnet_aux import OpenposeDetector
     except ImportError as err:
-        raise SpecError("control.condition", "the pose annotator needs the controlnet_aux package",
-                        "pip install controlnet_aux (and its weights), or give a folder of pose images") from err
+        raise WeightsUnavailable("the pose annotator needs the controlnet_aux package: pip install controlnet_aux "
+                                 "(and its weights), or give a folder of pose images") from err
     try:
         detector = OpenposeDetector.from_pretrained(POSE_MODEL, local_files_only=True)
     except (OSError, TypeError) as err:
-        raise SpecError("control.condition", f"the pose annotator needs {POSE_MODEL} weights, not found locally",
-                        "download them once, or give a folder of pose images") from err
+        raise WeightsUnavailable(f"the pose annotator needs {POSE_MODEL} weights, not found locally; download "
+                                 "them once, or give a folder of pose images") from err
     height, width = frames.shape[1:3]
     poses = [np.asarray(detector(frame, output_type="np")) for frame in frames]
     return np.stack([cv2.resize(pose, (width, height), interpolation=cv2.INTER_NEAREST) for pose in poses])

@@ -5,7 +5,7 @@ Conventions (see DESIGN.md):
 - masks are bool ``(F, H, W)`` per region, ``(R, F, H, W)`` for all regions;
 - sizes are ``(width, height)``, boxes ``[x0, y0, x1, y1]`` in pixels with x1, y1 exclusive.
 
-Bad user input raises :class:`~videograin.spec.SpecError` naming the config field and the fix.
+Bad user input raises :class:`~videograin.errors.SpecError` naming the config field and the fix.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .spec import SpecError
+from .errors import SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .spec import EditSpec, VideoSpec
+    from .config.spec import EditSpec, VideoSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,27 +40,32 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FOLDER_FPS = 8.0  # frame rate assumed for a folder of images
 
-__all__ = [
-    "VIDEO_SUFFIXES",
-    "IMAGE_SUFFIXES",
-    "FOLDER_FPS",
-    "VideoInputs",
-    "natural_key",
-    "list_images",
-    "count_frames",
-    "read_video",
-    "read_mask_folder",
-    "boxes_to_masks",
-    "resize_frames",
-    "resize_masks",
-    "load_inputs",
-    "write_video",
-    "write_gif",
-    "write_frames",
-    "write_png",
-    "write_json",
-    "output_folder",
-]
+# ----------------------------------------------------------------------------------------------- conversion
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """Frames float ``(F, 3, H, W)`` in [-1, 1] -> uint8 ``(F, H, W, 3)`` numpy (clamped, rounded)."""
+    return ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """Frames uint8 ``(F, H, W, 3)`` -> float32 ``(F, 3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
+
+
+def as_uint8_frames(frames: Any) -> np.ndarray:
+    """uint8 ``(F, H, W, 3)`` numpy from uint8 ``(F, H, W, 3)`` (numpy or tensor) or float ``(F, 3, H, W)``
+    in [-1, 1]."""
+    if isinstance(frames, torch.Tensor):
+        if frames.dtype != torch.uint8:
+            if frames.ndim != 4 or frames.shape[1] != 3:
+                raise ValueError(f"float frames must be (F, 3, H, W) in [-1, 1], got {tuple(frames.shape)}")
+            return to_uint8(frames)
+        frames = frames.cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -411,9 +416,8 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
 
     Mask folders must have the source frames' size; boxes are in source pixels and are rasterised at the
     source size, then resized like the frames. Raises SpecError for: unreadable video / too few frames
-    (``video.*``), mask count or size mismatch (``regions[i].masks``), wrong number of boxes
-    (``regions[i].boxes``), a region empty in every frame after resizing (``regions[i].masks`` or
-    ``regions[i].boxes``).
+    (``video.*``), mask count or size mismatch, a region empty in every frame after resizing
+    (``regions[i].masks``).
     """
     video = spec.video
     frames_u8, fps = read_video(video.path, video.start, video.frames, video.stride)
@@ -439,17 +443,9 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
                     f"mask images are {mw}x{mh} but video frames are {src_w}x{src_h}",
                     f"export the masks of region '{region.name}' at {src_w}x{src_h}",
                 )
-        elif region.boxes is not None:
-            fld = f"regions[{i}].boxes"
-            if len(region.boxes) not in (1, n):
-                raise SpecError(
-                    fld,
-                    f"has {len(region.boxes)} boxes for {n} frames",
-                    f"give one static box or {n} boxes (one per selected frame)",
-                )
+        else:  # boxes: one static box or one per frame (config/parse.py checked the count)
+            fld = f"regions[{i}].masks"
             m = boxes_to_masks(region.boxes, n, src_h, src_w)
-        else:
-            raise SpecError(f"regions[{i}]", f"region '{region.name}' has neither masks nor boxes", "set masks or boxes")
         m = resize_masks(m, (w, h))
         empty = [f for f in range(n) if not m[f].any()]
         if len(empty) == n:
@@ -473,9 +469,8 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
         logger.info(note)
 
     masks = np.stack(region_masks) if region_masks else np.zeros((0, n, h, w), dtype=bool)
-    tensor = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
     return VideoInputs(
-        frames=tensor,
+        frames=from_uint8(resized),
         masks=torch.from_numpy(np.ascontiguousarray(masks)),
         frames_uint8=resized,
         fps=fps,

@@ -1,45 +1,34 @@
-"""VideoGrainPipeline: encode -> layout -> DDIM inversion -> ST-Layout edit with latent blend -> decode."""
+"""VideoGrainPipeline: check -> encode -> layout -> invert -> edit -> decode, on any backbone.
+
+Each stage is a short method written against ``backbones.base.Backbone``; the SD pipeline's backbone
+is ``StableDiffusionBackbone``. The method's math lives in method/, the backbone's calls in backbones/.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, DiffusionPipeline
 
-from .attention import AttentionRecorder, FeatureStore, layout_processors
-from .control import Control
-from .flow import token_grid, trajectories_for_levels, video_flow
-from .inversion import ddim_invert
-from .layout import Layout, blend_mask, build_layout, composite_weights
-from .reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes, temporal_windows
-from .sampling import TemporalAids, ddim_sample, guided_denoise_fn, latent_blend, noise_levels, windowed_denoise_fn
-from .spec import ModulationSpec, ReAtCoSpec, TemporalAidsSpec, WindowSpec
-from .tokens import encode_prompt, region_token_spans, regional_prompt_embeds, word_token_indices
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
-
-def size_multiple(vae_config, unet_config) -> int:
-    """Frame sizes must be multiples of the model's total downsampling: VAE factor · 2^(levels − 1)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["block_out_channels"]) - 1)
-
-
-def model_size_multiple(model: str) -> int:
-    """``size_multiple`` read from a model's config files only (no weights loaded)."""
-    vae = AutoencoderKL.load_config(model, subfolder="vae")
-    unet = UNet2DConditionModel.load_config(model, subfolder="unet")
-    return size_multiple(vae, unet)
+from .backbones.base import Backbone
+from .backbones.sd import StableDiffusionBackbone
+from .method.attention import KernelChoice
+from .method.layout import Layout, blend_mask, composite_weights
+from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes
+from .method.recorder import AttentionRecorder
+from .method.sampling import (
+    Callback, DDIMSchedule, Guide, ddim_invert, ddim_sample, latent_blend, temporal_windows, windowed_denoise_fn,
+)
+from .method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from .method.tokens import region_token_spans, word_token_indices
 
 
 @dataclass
 class EditOutput:
-    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; latents: the edited latents (F, 4, h, w)
+    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; latents: the edited latents (F, C, h, w)
     before decoding; timings in seconds per stage; guidance: ReAtCo's L_IR and L_OR per guided step."""
 
     frames: torch.Tensor
@@ -48,6 +37,24 @@ class EditOutput:
     recorder: AttentionRecorder | None = None
     layout: Layout | None = None
     guidance: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _EditPlan:
+    """What stage 5 needs, built by stages 1-4: text embeddings, windows with their layouts and
+    recorders, the schedule, the trajectory, the edited-region mask at latent resolution."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+    windows: list[slice]
+    layouts: list[Layout]
+    recorders: list[AttentionRecorder | None]
+    schedule: DDIMSchedule
+    trajectory: list[torch.Tensor]
+    edited_mask: torch.Tensor
+    aids: object
+    control: object
+    kernels: KernelChoice
 
 
 class VideoGrainPipeline(DiffusionPipeline):
@@ -69,67 +76,55 @@ class VideoGrainPipeline(DiffusionPipeline):
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
         )
 
-    def _control(self, images: torch.Tensor | None, scale: float) -> Control | None:
-        """The ControlNet with its condition images (F, 3, H, W) in [0, 1], or None without images."""
-        if images is None:
-            return None
-        if self.controlnet is None:
-            raise ValueError("control images given but the pipeline has no controlnet (load it with controlnet=...)")
-        return Control(self.controlnet, images, scale)
+    @property
+    def backbone(self) -> Backbone:
+        return StableDiffusionBackbone(self)
 
     @property
     def size_multiple(self) -> int:
-        return size_multiple(self.vae.config, self.unet.config)
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.backbone.size_multiple
 
     @property
     def num_levels(self) -> int:
-        return len(self.unet.config.block_out_channels)
+        return self.backbone.num_levels
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, 3, H, W) in [-1, 1] -> latents (F, C, h, w) float32."""
+        return self.backbone.encode(frames)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (F, C, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        return self.backbone.decode(latents)
+
+    @contextmanager
+    def _progress(self, total: int, desc: str):
+        """The diffusers progress bar, labelled, keeping the user's other settings (e.g. disable)."""
+        saved = getattr(self, "_progress_bar_config", None)
+        self._progress_bar_config = {**(saved or {}), "desc": desc}
+        try:
+            with self.progress_bar(total=total) as bar:
+                yield bar
+        finally:
+            if saved is None:
+                del self._progress_bar_config
+            else:
+                self._progress_bar_config = saved
+
+    # -- 1. check ---------------------------------------------------------------------------------
 
     def check_inputs(self, frames: torch.Tensor, masks: torch.Tensor, prompt: str, region_prompts: list[str]):
         """Validate shapes and prompts; returns each region prompt's token span (None when empty)."""
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
         height, width = frames.shape[-2:]
-        m = self.size_multiple
-        if height % m or width % m:
-            raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (the model's total downsampling)")
+        self.backbone.check_size(frames.shape[0], height, width)
         if masks.dtype != torch.bool or masks.shape[1:] != (frames.shape[0], height, width):
             raise ValueError(f"masks must be bool (R, {frames.shape[0]}, {height}, {width}), got {masks.dtype} {tuple(masks.shape)}")
         if masks.shape[0] != len(region_prompts):
             raise ValueError(f"{masks.shape[0]} mask sequences but {len(region_prompts)} region prompts")
-        return region_token_spans(self.tokenizer, prompt, region_prompts)
+        return region_token_spans(self.backbone.tokenizer, prompt, region_prompts)
 
-    def _progress(self, total: int, desc: str):
-        """The diffusers progress bar, labelled, keeping the user's other settings (e.g. disable)."""
-        self._progress_bar_config = {**getattr(self, "_progress_bar_config", {}), "desc": desc}
-        return self.progress_bar(total=total)
-
-    def _schedule(self, steps: int):
-        self.scheduler.set_timesteps(steps)
-        alphas = self.scheduler.alphas_cumprod
-        return self.scheduler.timesteps, alphas, float(self.scheduler.final_alpha_cumprod)
-
-    @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor, batch: int = 8) -> torch.Tensor:
-        """(F, 3, H, W) in [-1, 1] -> latents (F, 4, H/8, W/8) float32 (posterior mean, scaled)."""
-        out = []
-        for chunk in frames.split(batch):
-            posterior = self.vae.encode(chunk.to(self.device, self.vae.dtype)).latent_dist
-            out.append(posterior.mean.float() * self.vae.config.scaling_factor)
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
-        """Latents (F, 4, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
-        out = []
-        for chunk in latents.split(batch):
-            image = self.vae.decode(chunk.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-            out.append(image.float().clamp(-1, 1).cpu())
-        return torch.cat(out)
+    # -- 4. invert --------------------------------------------------------------------------------
 
     def invert(
         self,
@@ -137,20 +132,25 @@ class VideoGrainPipeline(DiffusionPipeline):
         source_prompt: str,
         steps: int,
         temporal: str = "full",
-        aids: TemporalAids | None = None,
-        control: Control | None = None,
+        aids=None,
+        control=None,
     ) -> list[torch.Tensor]:
-        """DDIM-invert latents (F, 4, h, w) under ``source_prompt`` (guidance 1), with the same
+        """DDIM-invert latents (F, C, h, w) under ``source_prompt`` (guidance 1), with the same
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
-        on every step, PnP features recorded; its ControlNet ``control``). Returns the trajectory
+        on every step, PnP features recorded; its structure ``control``). Returns the trajectory
         (see ``ddim_invert``)."""
-        timesteps, alphas, final = self._schedule(steps)
-        cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
-        if aids is not None:
-            aids = TemporalAids(aids.trajectories, None, aids.features, "record", aids.pnp_steps)
-        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, latents.shape[0], temporal, aids=aids, control=control)
-        with layout_processors(self.unet), self._progress(steps, "invert") as bar:
-            return ddim_invert(denoise, latents, timesteps, alphas, final, progress=bar)
+        backbone = self.backbone
+        schedule = backbone.schedule(steps)
+        cond = backbone.encode_prompt(source_prompt)
+        aids = aids.for_inversion() if aids is not None else None
+        denoise = backbone.denoise_fn(cond, None, 1.0, latents.shape[0], schedule, temporal=temporal, aids=aids,
+                                      control=control)
+        with backbone.attention_processors(), self._progress(steps, "invert") as bar:
+            return ddim_invert(denoise, latents, schedule, progress=bar)
+
+    def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
+        """The runtime aids of an edit (see ``Backbone.temporal_aids``)."""
+        return self.backbone.temporal_aids(frames, latent_size, settings)
 
     @torch.no_grad()
     def __call__(
@@ -163,15 +163,15 @@ class VideoGrainPipeline(DiffusionPipeline):
         negative_prompt: str = "",
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        modulation: ModulationSpec | None = ModulationSpec(),
+        modulation: Modulation | None = Modulation(),
         blend: bool = True,
         composite: bool = True,
         record_attention: bool | str = False,
-        reatco: ReAtCoSpec | None = None,
+        reatco: ReAtCoSettings | None = None,
         words: list[str | None] | None = None,
-        window: WindowSpec | None = None,
+        window: Window | None = None,
         generator: torch.Generator | None = None,
-        temporal_aids: TemporalAidsSpec | None = None,
+        temporal_aids: TemporalAidSettings | None = None,
         control_images: torch.Tensor | None = None,
         control_scale: float = 1.0,
     ) -> EditOutput:
@@ -193,108 +193,114 @@ class VideoGrainPipeline(DiffusionPipeline):
         ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
         """
         spans = self.check_inputs(frames, masks, prompt, region_prompts)
-        control = self._control(control_images, control_scale)
-        token_indices = word_token_indices(self.tokenizer, prompt, spans, words or [None] * len(spans))
-        if reatco is not None:
-            level = reatco.level if reatco.level is not None else rad_level(self.vae_factor, self.num_levels)
-            if level >= self.num_levels:
-                raise ValueError(f"reatco.level {level} does not exist: the UNet has levels 0..{self.num_levels - 1}")
+        backbone = self.backbone
+        control = backbone.control(control_images, control_scale)
+        token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))
+        rad_at = self._rad_level(reatco)
         temporal = modulation.temporal if modulation is not None else "full"
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
 
-        latents = self.encode_frames(frames)
+        clock = time.perf_counter()
+        latents = self.encode_frames(frames)  # 2. encode
         timings["encode"] = time.perf_counter() - clock
         latent_size = tuple(latents.shape[-2:])
-        masks = masks.to(self.device)
-        text_length = self.tokenizer.model_max_length
-        layout = build_layout(masks, spans, latent_size, self.num_levels, temporal, text_length)
+        masks = masks.to(self._execution_device)
+        layout = backbone.layout(masks, spans, latent_size, temporal)  # 3. layout
 
         aids = self.temporal_aids(frames, latent_size, temporal_aids)
         clock = time.perf_counter()
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids, control)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids, control)  # 4. invert
         timings["invert"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        cond = regional_prompt_embeds(self.text_encoder, self.tokenizer, prompt, region_prompts, spans)
-        uncond = encode_prompt(self.text_encoder, self.tokenizer, negative_prompt) if guidance_scale > 1 else None
+        clock = time.perf_counter()  # 5. edit
+        plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, num_inference_steps,
+                          window, layout, latent_size, temporal, record_attention, trajectory, aids, control)
+        denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
+        callback = self._edit_callback(plan, latents, blend, reatco, generator)
+        guidance: list[dict] = []
+        guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
+        with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
+            edited_latents = ddim_sample(denoise, trajectory[0], plan.schedule, callback, progress=bar, guide=guide)
+        timings["edit"] = time.perf_counter() - clock
         num_frames = frames.shape[0]
+        recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames) if record_attention else None
+
+        clock = time.perf_counter()  # 6. decode
+        out = self.decode_latents(edited_latents)
+        if composite and (blend or (reatco is not None and reatco.irjs)):
+            edited = [bool(p.strip()) for p in region_prompts]
+            weights = composite_weights(masks.cpu(), edited, backbone.vae_factor)
+            out = weights * out + (1 - weights) * frames.float().cpu()
+        timings["decode"] = time.perf_counter() - clock
+        return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
+
+    # -- 5. edit: its parts -----------------------------------------------------------------------
+
+    def _rad_level(self, reatco: ReAtCoSettings | None) -> int | None:
+        """The level whose cross-attention ReAtCo's guidance reads (None without ReAtCo)."""
+        if reatco is None:
+            return None
+        backbone = self.backbone
+        level = reatco.level if reatco.level is not None else rad_level(backbone.vae_factor, backbone.num_levels)
+        if level >= backbone.num_levels:
+            raise ValueError(f"ReAtCo level {level} does not exist: the model has levels 0..{backbone.num_levels - 1}")
+        return level
+
+    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, steps, window, layout,
+              latent_size, temporal, record_attention, trajectory, aids, control) -> _EditPlan:
+        """Text embeddings, temporal windows (one layout and recorder each), schedule and blend mask."""
+        backbone = self.backbone
+        cond = backbone.regional_prompt_embeds(prompt, region_prompts, spans)
+        uncond = backbone.encode_prompt(negative_prompt) if guidance_scale > 1 else None
+        num_frames = masks.shape[1]
         windows = temporal_windows(num_frames, window.size, window.stride) if window else [slice(0, num_frames)]
         layouts = [layout] if len(windows) == 1 else [
-            build_layout(masks[:, w], spans, latent_size, self.num_levels, temporal, text_length) for w in windows
+            backbone.layout(masks[:, w], spans, latent_size, temporal) for w in windows
         ]
         compare = record_attention == "compare"  # also the maps without modulation
         recorders = [
             AttentionRecorder(unmodulated=AttentionRecorder() if compare else None) if record_attention else None
             for _ in windows
         ]
-
-        def window_denoise_fn(w: slice, window_layout: Layout, negative, recorder):
-            return guided_denoise_fn(
-                self.unet, cond, negative, guidance_scale, w.stop - w.start, temporal, window_layout, modulation,
-                recorder, self.scheduler.config.num_train_timesteps, aids.frames(w),
-                control.frames(w) if control is not None else None,
-            )
-
-        denoise = windowed_denoise_fn(
-            [(w, window_denoise_fn(w, lay, uncond, rec)) for w, lay, rec in zip(windows, layouts, recorders)]
-        )
-        timesteps, alphas, final = self._schedule(num_inference_steps)
         edited_mask = blend_mask(masks, [bool(p.strip()) for p in region_prompts], latent_size)
-        callback = None
-        if reatco is not None and reatco.irjs:
-            levels = noise_levels(timesteps, alphas, final)
-            callback = invariant_region_sampling(latents, edited_mask, levels, generator)
-        elif blend:
-            callback = latent_blend(trajectory, edited_mask)
-        guide, guidance = None, []
-        if reatco is not None:
-            regions = [r for r, index in enumerate(token_indices) if index is not None]
-            rad_windows = []
-            for w, window_layout in zip(windows, layouts):
-                recorder = AttentionRecorder(level=level, keep_graph=True)
-                attend = window_denoise_fn(w, window_layout, None, recorder)  # conditional branch only
-                rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(level, regions)))
-            alphas_rad = step_sizes(num_inference_steps, reatco.step_size)
-            guide = rad_guide(rad_windows, [token_indices[r] for r in regions], alphas_rad, reatco, guidance)
-        with layout_processors(self.unet), self._progress(num_inference_steps, "edit") as bar:
-            edited_latents = ddim_sample(
-                denoise, trajectory[0], timesteps, alphas, final, callback, progress=bar, guide=guide
-            )
-        timings["edit"] = time.perf_counter() - clock
-        recorder = AttentionRecorder.merge(list(zip(windows, recorders)), num_frames) if record_attention else None
+        return _EditPlan(cond, uncond, windows, layouts, recorders, backbone.schedule(steps), trajectory, edited_mask,
+                         aids, control, KernelChoice())
 
-        clock = time.perf_counter()
-        out = self.decode_latents(edited_latents)
-        if composite and (blend or (reatco is not None and reatco.irjs)):
-            edited = [bool(p.strip()) for p in region_prompts]
-            weights = composite_weights(masks.cpu(), edited, self.vae_factor)
-            out = weights * out + (1 - weights) * frames.float().cpu()
-        timings["decode"] = time.perf_counter() - clock
-        return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
-
-    def temporal_aids(
-        self, frames: torch.Tensor, latent_size: tuple[int, int], spec: TemporalAidsSpec | None
-    ) -> TemporalAids:
-        """The runtime aids of an edit: FLATTEN trajectories from the optical flow of ``frames``
-        (F, 3, H, W) at the chosen levels, and an empty PnP feature store to record into."""
-        trajectories = features = None
-        flow, pnp = (spec.flow, spec.pnp) if spec is not None else (None, None)
-        if flow is not None:
-            if max(flow.levels) >= self.num_levels:
-                raise ValueError(f"temporal_aids.flow.levels {list(flow.levels)}: the UNet has levels 0..{self.num_levels - 1}")
-            by_tokens = trajectories_for_levels(video_flow(frames), latent_size, max(flow.levels) + 1)
-            chosen = {math.prod(token_grid(latent_size, level)) for level in flow.levels}
-            trajectories = {n: t.to(self.device) for n, t in by_tokens.items() if n in chosen}
-        if pnp is not None and pnp.steps > 0:
-            features = FeatureStore()
-        return TemporalAids(
-            trajectories,
-            flow.steps if flow is not None else None,
-            features,
-            "inject",
-            pnp.steps if pnp is not None else 0,
+    def _window_denoise_fn(self, plan: _EditPlan, w: slice, layout: Layout, uncond, guidance_scale, modulation,
+                           temporal, recorder):
+        return self.backbone.denoise_fn(
+            plan.cond, uncond, guidance_scale, w.stop - w.start, plan.schedule, temporal=temporal, layout=layout,
+            modulation=modulation, recorder=recorder, aids=plan.aids.frames(w) if plan.aids is not None else None,
+            control=plan.control.frames(w) if plan.control is not None else None, kernels=plan.kernels,
         )
+
+    def _edit_denoise_fn(self, plan: _EditPlan, guidance_scale, modulation, temporal):
+        """The guided denoiser of the edit: one per temporal window, averaged where they overlap."""
+        return windowed_denoise_fn([
+            (w, self._window_denoise_fn(plan, w, lay, plan.uncond, guidance_scale, modulation, temporal, rec))
+            for w, lay, rec in zip(plan.windows, plan.layouts, plan.recorders)
+        ])
+
+    def _edit_callback(self, plan: _EditPlan, latents, blend: bool, reatco, generator) -> Callback | None:
+        """After each step: IRJS (ReAtCo) or the latent blend with the inversion trajectory, or nothing."""
+        if reatco is not None and reatco.irjs:
+            return invariant_region_sampling(latents, plan.edited_mask, plan.schedule.alphas, generator)
+        if blend:
+            return latent_blend(plan.trajectory, plan.edited_mask)
+        return None
+
+    def _rad_guide(self, plan: _EditPlan, modulation, temporal, reatco, level, token_indices, log) -> Guide | None:
+        """ReAtCo's RAD guidance on the conditional branch of each window, or None."""
+        if reatco is None:
+            return None
+        regions = [r for r, index in enumerate(token_indices) if index is not None]
+        rad_windows = []
+        for w, window_layout in zip(plan.windows, plan.layouts):
+            recorder = AttentionRecorder(level=level, keep_graph=True)
+            attend = self._window_denoise_fn(plan, w, window_layout, None, 1.0, modulation, temporal, recorder)
+            rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(level, regions)))
+        alphas = step_sizes(len(plan.schedule), reatco.step_size)
+        return rad_guide(rad_windows, [token_indices[r] for r in regions], alphas, reatco, log)
 
     @torch.no_grad()
     def reconstruct(
@@ -308,12 +314,13 @@ class VideoGrainPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Invert and re-sample under the source prompt with no edit: shows inversion fidelity.
         frames (F, 3, H, W) in [-1, 1] -> (F, 3, H, W) float32 in [-1, 1] on the CPU."""
-        control = self._control(control_images, control_scale)
+        backbone = self.backbone
+        control = backbone.control(control_images, control_scale)
         latents = self.encode_frames(frames)
         trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control)
-        cond = encode_prompt(self.text_encoder, self.tokenizer, source_prompt)
-        denoise = guided_denoise_fn(self.unet, cond, None, 1.0, frames.shape[0], temporal, control=control)
-        timesteps, alphas, final = self._schedule(num_inference_steps)
-        with layout_processors(self.unet), self._progress(num_inference_steps, "reconstruct") as bar:
-            latents = ddim_sample(denoise, trajectory[0], timesteps, alphas, final, progress=bar)
+        schedule = backbone.schedule(num_inference_steps)
+        cond = backbone.encode_prompt(source_prompt)
+        denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
+        with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
+            latents = ddim_sample(denoise, trajectory[0], schedule, progress=bar)
         return self.decode_latents(latents)

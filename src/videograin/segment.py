@@ -20,18 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import FeatureStore
-from .sampling import TemporalAids
-
-__all__ = [
-    "QueryAverage",
-    "attention_features",
-    "kmeans",
-    "label_masks",
-    "order_by_size",
-    "segment_video",
-    "upsample_labels",
-]
+from .backbones.sd import TemporalAids
+from .backbones.sd_processors import FeatureStore, PnPMode
+from .method.layout import token_grid
 
 _LAYER = re.compile(r"up_blocks\.(\d+)\.")
 
@@ -39,13 +30,12 @@ _LAYER = re.compile(r"up_blocks\.(\d+)\.")
 # ---------------------------------------------------------------------------------------------- features
 
 
-class QueryAverage(dict):
-    """Stands in for ``FeatureStore.qk`` while recording: instead of keeping every (layer, step)'s
-    queries and keys (tens of GB for SD over 50 steps), it keeps the running sum of each layer's
-    queries over the steps it sees. ``mean(layer)``: (F, heads, n, D) float32 on the CPU."""
+class QueryAverage:
+    """Stands in for ``FeatureStore.qk`` while recording (the processors only assign to it): instead
+    of keeping every (layer, step)'s queries and keys (tens of GB for SD over 50 steps), it adds each
+    layer's queries into a running sum. ``mean(layer)``: (F, heads, n, D) float32 on the CPU."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -72,7 +62,7 @@ def attention_features(queries: dict[str, torch.Tensor], latent_size: tuple[int,
     for name, q in queries.items():
         n = q.shape[2]
         for lv in range(12):
-            gh, gw = -(-h // 2**lv), -(-w // 2**lv)
+            gh, gw = token_grid((h, w), lv)
             if gh * gw == n:
                 grids.setdefault(lv, []).append(name)
                 break
@@ -82,7 +72,7 @@ def attention_features(queries: dict[str, torch.Tensor], latent_size: tuple[int,
         level = max(grids)
     if level not in grids:
         raise ValueError(f"no decoder self-attention at level {level}; recorded levels: {sorted(grids)}")
-    gh, gw = -(-h // 2**level), -(-w // 2**level)
+    gh, gw = token_grid((h, w), level)
     layers = sorted(grids[level], key=_layer_order)
     parts = []
     for name in layers:
@@ -196,7 +186,7 @@ def segment_video(pipe, frames: torch.Tensor, source_prompt: str, k: int, steps:
     latents = pipe.encode_frames(frames)
     latent_size = tuple(latents.shape[-2:])
     average = QueryAverage()
-    aids = TemporalAids(features=FeatureStore(average, residuals=None), features_mode="record", pnp_steps=steps)
+    aids = TemporalAids(features=FeatureStore(average, residuals=None), features_mode=PnPMode.RECORD, pnp_steps=steps)
     pipe.invert(latents, source_prompt, steps, aids=aids)
     queries = {name: average.mean(name) for name in average.sums}
     features, level, layers = attention_features(queries, latent_size, level)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionRecorder
-from .spec import ReAtCoSpec
+from .recorder import AttentionRecorder
+from .settings import ReAtCoSettings
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RadWindow:
         return rad_losses(maps, token_indices, self.masks, top_k)
 
 
-def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[float], spec: ReAtCoSpec, log: list[dict]):
+def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[float], spec: ReAtCoSettings, log: list[dict]):
     """A ``guide(step, t, latents) -> latents`` for ``ddim_sample``: on the first ``spec.steps``
     steps, ``spec.iterations`` gradient steps of size ``alphas[step]`` on L_IR + L_OR (top-K share
     ``spec.top_k``) per window; windows that overlap average their updated latents. Gradients flow
@@ -139,7 +139,7 @@ def invariant_region_sampling(
     """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``ddim_sample``.
 
     source: clean source latents (F, 4, h, w); mask: (F, 1, h, w) in {0, 1}, 1 where the edit may
-    change the video; alphas: ᾱ of every level the sampler visits (``sampling.noise_levels``). After
+    change the video; alphas: ᾱ of every level the sampler visits (``DDIMSchedule.alphas``). After
     step i the latents sit at alphas[i + 1]; outside the mask they become the source diffused there,
     √ᾱ·z₀ + √(1 − ᾱ)·ε with fresh seeded noise, and after the last step the clean source itself
     (V(0) = V in the paper).
@@ -156,18 +156,6 @@ def invariant_region_sampling(
         return keep * latents + (1 - keep) * target
 
     return callback
-
-
-def temporal_windows(num_frames: int, size: int, stride: int) -> list[slice]:
-    """Overlapping windows of ``size`` frames every ``stride`` frames covering all frames: the last
-    window ends at the last frame (the official split drops the frames a stride does not reach).
-    One window of all frames when ``size >= num_frames``."""
-    if size >= num_frames:
-        return [slice(0, num_frames)]
-    starts = list(range(0, num_frames - size + 1, stride))
-    if starts[-1] + size < num_frames:
-        starts.append(num_frames - size)
-    return [slice(s, s + size) for s in starts]
 
 
 def rad_level(vae_factor: int, num_levels: int) -> int:

@@ -1,10 +1,9 @@
-"""Optical flow, FLATTEN patch trajectories and flow-guided attention (Cong et al. 2023, "FLATTEN";
+"""FLATTEN patch trajectories and flow-guided attention (Cong et al. 2023, "FLATTEN";
 used by VideoGrain, papers/000 §4.1, for temporal consistency).
 
-Flow. :func:`video_flow` gives the forward flow between consecutive frames, ``(F-1, 2, H, W)`` float32,
-channels (x, y) in pixels: ``frame[t](p) ≈ frame[t+1](p + flow[t](p))``. OpenCV DIS by default (no
-weights); torchvision RAFT-large when importable and its weights are already on disk. The metrics'
-Warp-Err uses :func:`optical_flow` (forward and backward, numpy) from here too.
+Flow. The trajectories are built from the forward flow of the source, ``(F-1, 2, H, W)`` float32,
+channels (x, y) in pixels: ``frame[t](p) ≈ frame[t+1](p + flow[t](p))`` (``eval.optical_flow.video_flow``
+computes it; this module is pure torch).
 
 Trajectories. For each UNet level the per-frame token grid is ``h×w`` (the latent grid halved
 ``level`` times). The flow is averaged over each token's patch, scaled to token units and rounded; each
@@ -50,143 +49,16 @@ the keys are the token itself plus its trajectory, as here.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-FLOW_BACKENDS = ("dis", "raft")
-DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
+from .layout import token_grid
+
 POOL_MODES = ("area", "nearest")
-
-__all__ = [
-    "FLOW_BACKENDS",
-    "Trajectories",
-    "build_trajectories",
-    "combine",
-    "flow_attention",
-    "flow_to_tokens",
-    "optical_flow",
-    "token_grid",
-    "trajectories_for_levels",
-    "video_flow",
-]
-
-
-# ----------------------------------------------------------------------------------------------- flow
-
-
-def _as_uint8(frames: Any) -> np.ndarray:
-    from .metrics import as_uint8_frames  # lazy: metrics imports this module
-
-    return as_uint8_frames(frames)
-
-
-def _dis_flow(frames: np.ndarray, backward: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """frames uint8 (F, H, W, 3) -> forward, backward (F-1, H, W, 2) float32 (backward None if not asked)."""
-    if min(frames.shape[1:3]) < DIS_MIN_SIZE:
-        raise ValueError(f"DIS flow needs frames of at least {DIS_MIN_SIZE}x{DIS_MIN_SIZE} pixels, got {frames.shape[2]}x{frames.shape[1]}")
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
-    fwd = np.stack([dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)]).astype(np.float32)
-    if not backward:
-        return fwd, None
-    bwd = np.stack([dis.calc(grey[t + 1], grey[t], None) for t in range(len(grey) - 1)]).astype(np.float32)
-    return fwd, bwd
-
-
-def _raft_model(local_only: bool):
-    from .metrics import (  # lazy: metrics imports this module
-        WeightsUnavailable,
-        _first_line,
-    )
-
-    try:
-        from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
-    except ImportError as err:
-        raise WeightsUnavailable("RAFT needs torchvision, which is not installed (pip install torchvision)") from err
-    weights = Raft_Large_Weights.DEFAULT
-    if local_only:
-        import os
-
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-        if not os.path.exists(path):
-            raise WeightsUnavailable(f"RAFT weights are not on disk (expected {path}); use method='dis' or download them")
-    try:
-        return raft_large(weights=weights, progress=False)
-    except Exception as err:  # offline: URLError (an OSError); a broken cache: RuntimeError
-        raise WeightsUnavailable(f"RAFT weights could not be loaded: {_first_line(err)}") from err
-
-
-def _raft_flow(frames: np.ndarray, device, backward: bool = True, local_only: bool = False):
-    """frames uint8 (F, H, W, 3) -> forward, backward (F-1, H, W, 2) float32 (backward None if not asked)."""
-    model = _raft_model(local_only)
-    device = torch.device(device or "cpu")
-    model = model.eval().to(device)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    h, w = x.shape[-2:]
-    x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # RAFT needs sizes divisible by 8
-    fwd, bwd = [], []
-    with torch.no_grad():
-        for t in range(len(frames) - 1):
-            a, b = x[t : t + 1].to(device), x[t + 1 : t + 2].to(device)
-            first, second = (torch.cat([a, b]), torch.cat([b, a])) if backward else (a, b)
-            flows = model(first, second)[-1][..., :h, :w].permute(0, 2, 3, 1).float().cpu().numpy()
-            fwd.append(flows[0])
-            if backward:
-                bwd.append(flows[1])
-    return np.stack(fwd), (np.stack(bwd) if backward else None)
-
-
-def optical_flow(frames: Any, backend: str = "dis", device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and backward optical flow of consecutive frames, each ``(F-1, H, W, 2)`` float32 (x, y):
-    ``frame[t](p) ≈ frame[t+1](p + forward[t](p))`` and ``frame[t+1](p) ≈ frame[t](p + backward[t](p))``.
-
-    frames: uint8 ``(F, H, W, 3)`` or float ``(F, 3, H, W)`` in [-1, 1]. backend ``"dis"``: OpenCV DIS
-    (medium preset) on grey frames, no weights; ``"raft"``: torchvision RAFT-large (raises
-    ``metrics.WeightsUnavailable`` without torchvision or its weights; may download them).
-    """
-    frames = _as_uint8(frames)
-    if len(frames) < 2:
-        raise ValueError("optical flow needs at least 2 frames")
-    if backend == "dis":
-        return _dis_flow(frames)
-    if backend == "raft":
-        return _raft_flow(frames, device)
-    raise ValueError(f"flow backend must be one of {FLOW_BACKENDS}, got {backend!r}")
-
-
-def video_flow(frames: Any, method: str = "dis", device: str | None = None) -> torch.Tensor:
-    """Forward flow between consecutive frames: float32 ``(F-1, 2, H, W)``, channels (x, y) in pixels.
-
-    frames: uint8 ``(F, H, W, 3)`` (numpy or tensor) or float ``(F, 3, H, W)`` in [-1, 1].
-    method ``"dis"`` (OpenCV DIS, default) or ``"raft"`` (torchvision RAFT-large, only with its weights
-    already in the torch hub cache; otherwise ``metrics.WeightsUnavailable`` with a one-line reason).
-    """
-    frames = _as_uint8(frames)
-    if len(frames) < 2:
-        raise ValueError("optical flow needs at least 2 frames")
-    if method == "dis":
-        fwd, _ = _dis_flow(frames, backward=False)
-    elif method == "raft":
-        fwd, _ = _raft_flow(frames, device, backward=False, local_only=True)
-    else:
-        raise ValueError(f"flow method must be one of {FLOW_BACKENDS}, got {method!r}")
-    return torch.from_numpy(np.ascontiguousarray(fwd)).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------- trajectories
-
-
-def token_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
-    """Per-frame token grid (h, w) at a UNet level: the latent grid halved ``level`` times, rounding up
-    as SD's stride-2 convolutions do."""
-    h, w = latent_hw
-    for _ in range(level):
-        h, w = -(-h // 2), -(-w // 2)
-    return h, w
 
 
 def _token_flow(flows: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:

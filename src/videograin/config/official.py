@@ -36,7 +36,7 @@ The temporal aids and ControlNet (``test.py``, ``video_diffusion/...``) map as f
 
 Options that change the official result but are not implemented here (old_qk: 1, PnP's choice of
 q/k layers, FreeU, ...) are listed as comments at the top of the written file and logged as warnings;
-nothing is dropped silently. The written file is read back with :func:`videograin.spec.load_spec` before
+nothing is dropped silently. The written file is read back with :func:`videograin.config.parse.load_spec` before
 it is kept.
 """
 
@@ -53,7 +53,9 @@ from typing import Any
 
 import yaml
 
-from .spec import DEFAULT_MODEL, EditSpec, SpecError, load_spec
+from ..errors import SpecError
+from .parse import load_spec
+from .spec import DEFAULT_MODEL, EditSpec
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +244,7 @@ def official_to_spec_data(
                         f"{video_dir} has {len(images)} frames, but start_sample_frame={start}, "
                         f"sampling_rate={rate}, n_sample_frame={frames} needs {indices[-1] + 1}",
                         "lower n_sample_frame or sampling_rate, or add frames")
-    from .io import list_images  # heavy imports (torch, av) only when converting
+    from ..io import list_images  # heavy imports (torch, av) only when converting
 
     ours = list_images(video_dir)
     official_names = [images[i] for i in indices]
@@ -605,7 +607,7 @@ def _control(control: dict, root: Path, out_dir: Path, logdir: Path | None, fram
                                f"canny, depth, pose; give a folder of condition images as control.condition)")
             return None
         if kind == "canny":
-            from .control import CANNY_THRESHOLDS
+            from ..control import CANNY_THRESHOLDS
 
             thresholds = (control.get("low_threshold"), control.get("high_threshold"))
             if thresholds != CANNY_THRESHOLDS:
@@ -693,7 +695,7 @@ def _check_masks(folder: Path, indices: list[int], total: int, start: int, frame
         raise SpecError(field, f"{folder} lacks {missing[0]}"
                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} (the official code reads "
                         "<layout_mask_dir>/<name>/<frame index %05d>.png)", "add the masks of the selected frames")
-    from .io import list_images
+    from ..io import list_images
 
     files = list_images(folder)
     chosen = _select(files, start, frames, stride, total)

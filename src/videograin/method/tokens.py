@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import torch
 
-from .spec import SpecError
-
 Span = tuple[int, int]
+
+
+class PromptError(ValueError):
+    """A prompt does not fit the tokenizer: ``region`` is the index of the region whose prompt (``part``
+    "prompt") or word of interest (``part`` "word") is at fault, None for the global prompt;
+    ``problem`` and ``fix`` in plain words."""
+
+    def __init__(self, region: int | None, problem: str, fix: str, part: str = "prompt"):
+        self.region, self.part, self.problem, self.fix = region, part, problem, fix
+        where = "prompt" if region is None else f"region {region} {part}"
+        super().__init__(f"{where}: {problem}; {fix}")
 
 
 def _word_ids(tokenizer, text: str) -> list[int]:
@@ -28,17 +37,14 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
 
     Returns one span per region (``None`` for an empty region prompt). When a region prompt occurs
     several times, regions take the occurrences in order (two regions "a dog" get the first and the
-    second dog). Raises SpecError when ``prompt`` exceeds the encoder's length or a region prompt is
+    second dog). Raises PromptError when ``prompt`` exceeds the encoder's length or a region prompt is
     not found.
     """
     ids = _word_ids(tokenizer, prompt)
     limit = tokenizer.model_max_length - 2
     if len(ids) > limit:
-        raise SpecError(
-            "prompt",
-            f"is {len(ids)} tokens long, the text encoder reads at most {limit}",
-            "shorten the prompt",
-        )
+        raise PromptError(None, f"is {len(ids)} tokens long, the text encoder reads at most {limit}",
+                          "shorten the prompt")
     taken: set[int] = set()
     spans: list[Span | None] = []
     for i, region_prompt in enumerate(region_prompts):
@@ -48,11 +54,8 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
         sub = _word_ids(tokenizer, region_prompt)
         starts = _occurrences(ids, sub)
         if not starts:
-            raise SpecError(
-                f"regions[{i}].prompt",
-                f"{region_prompt!r} does not occur in prompt {prompt!r} (compared as tokens)",
-                "write the region prompt word for word inside the global prompt",
-            )
+            raise PromptError(i, f"{region_prompt!r} does not occur in prompt {prompt!r} (compared as tokens)",
+                              "write the region prompt word for word inside the global prompt")
         start = next((s for s in starts if s not in taken), starts[0])
         taken.add(start)
         spans.append((start + 1, start + 1 + len(sub)))  # +1: the start token precedes the words
@@ -66,7 +69,7 @@ def word_token_indices(
 
     The index is the word's last token inside the region's span (for a word split into several
     tokens, the one that has read the whole word); ``words[r]`` None takes the span's last token.
-    None for regions without a span. Raises SpecError when a word is not found in its span.
+    None for regions without a span. Raises PromptError when a word is not found in its span.
     """
     ids = [tokenizer.bos_token_id] + _word_ids(tokenizer, prompt)
     indices: list[int | None] = []
@@ -80,8 +83,8 @@ def word_token_indices(
         sub = _word_ids(tokenizer, word)
         starts = [span[0] + s for s in _occurrences(ids[span[0] : span[1]], sub)]
         if not starts:
-            raise SpecError(f"regions[{i}].word", f"{word!r} is not among the tokens of the region prompt",
-                            "name a word of the region prompt exactly as written there")
+            raise PromptError(i, f"{word!r} is not among the tokens of the region prompt",
+                              "name a word of the region prompt exactly as written there", part="word")
         indices.append(starts[-1] + len(sub) - 1)
     return indices
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
-MAX_REGIONS = 62  # bits of a signed int64, keeping the sign bit clear
+from .settings import MAX_REGIONS, TEMPORAL_MODES
+
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,15 @@ class Layout:
         grid = next(g for g in self.levels.values() if g.index == level)
         bits = grid.bits.view(-1, grid.height, grid.width)
         return torch.stack([(bits >> r) & 1 == 1 for r in regions]) if regions else torch.zeros(0, *bits.shape, dtype=torch.bool, device=bits.device)
+
+
+def token_grid(latent_size: tuple[int, int], level: int) -> tuple[int, int]:
+    """Per-frame token grid (h, w) at a level: the latent grid halved ``level`` times, rounding up as
+    SD's stride-2 convolutions do. The one rule for every module that maps tokens to pixels."""
+    h, w = latent_size
+    for _ in range(level):
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
 
 
 def region_share(bits: torch.Tensor, frames_of_keys: torch.Tensor) -> torch.Tensor:
@@ -127,7 +136,7 @@ def build_layout(
     """Precompute the ST-Layout lookup tables.
 
     masks: (R, F, H, W) bool at pixel resolution; spans: one text span per region (None: no words);
-    latent_size: (h, w) of the latents, the grid of UNet level 0; level l has (h/2^l, w/2^l).
+    latent_size: (h, w) of the latents, the grid of level 0; level l has ``token_grid(latent_size, l)``.
     """
     num_regions, num_frames = masks.shape[:2]
     if num_regions > MAX_REGIONS:
@@ -135,7 +144,7 @@ def build_layout(
     frames_of_keys = key_frames(num_frames, temporal)
     levels = {}
     for index in range(num_levels):
-        h, w = latent_size[0] >> index, latent_size[1] >> index
+        h, w = token_grid(latent_size, index)
         bits = token_bits(downsample_masks(masks, h, w))  # (F, hw)
         levels[h * w] = LevelLayout(
             index=index,

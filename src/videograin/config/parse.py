@@ -1,30 +1,27 @@
-"""The edit spec: a YAML config validated into dataclasses, with one-line errors naming field and fix.
+"""YAML config -> validated EditSpec, with one-line errors naming the field and the fix.
 
 Everything here is checked without reading the video or loading a model: types, ranges, required and
-unknown keys, that referenced files and folders exist, and box geometry. Checks that need the video or
-the model (frame counts of mask folders, prompt tokens, size multiples) belong to the modules that load them.
+unknown keys, that referenced files and folders exist, and box geometry. Checks that need the video
+header or the model's config files are in config/preflight.py, also before any weights load.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
-METHODS = ("videograin", "reatco", "videograin+reatco")
+from ..errors import SpecError
+from ..method.settings import MAX_REGIONS, TEMPORAL_MODES, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
+from .spec import ANNOTATORS, DEFAULT_MODEL, METHODS, ControlSpec, EditSettings, EditSpec, RegionSpec, VideoSpec
 
 _TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "control", "output")
 _CONTROL_KEYS = ("model", "condition", "scale")
-ANNOTATORS = ("canny", "depth", "pose")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
 _EDIT_KEYS = (
@@ -38,183 +35,6 @@ _AIDS_KEYS = ("flow", "pnp")
 _FLOW_KEYS = ("levels", "steps")
 _PNP_KEYS = ("steps",)
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class SpecError(ValueError):
-    """A problem with the user's input: names the config field, what is wrong and how to fix it.
-
-    ``str(err)`` is one line: ``"<field>: <problem>; fix: <fix>"``.
-    """
-
-    def __init__(self, field: str, problem: str, fix: str):
-        self.field, self.problem, self.fix = field, problem, fix
-        super().__init__(f"{field}: {problem}; fix: {fix}")
-
-
-@dataclass(frozen=True)
-class VideoSpec:
-    """Which frames to edit: ``frames`` frames from index ``start``, every ``stride``-th.
-
-    ``size`` is (width, height) to resize to; None leaves the choice to the loader.
-    """
-
-    path: Path
-    frames: int = 16
-    start: int = 0
-    stride: int = 1
-    size: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class RegionSpec:
-    """One region and its prompt; located by a folder of per-frame mask PNGs or by boxes.
-
-    ``boxes`` holds one (x0, y0, x1, y1) box in source-frame pixels for a static box, else one per frame.
-    ``word`` is the word of interest ReAtCo's guidance steers into the region (None: the prompt's last word).
-    """
-
-    name: str
-    prompt: str
-    masks: Path | None = None
-    boxes: tuple[tuple[int, int, int, int], ...] | None = None
-    word: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.masks is None) == (self.boxes is None):
-            raise ValueError(f"RegionSpec {self.name!r} needs exactly one of masks or boxes")
-
-    @property
-    def edited(self) -> bool:
-        """Whether the region's content changes (an empty prompt keeps it as it is)."""
-        return self.prompt.strip() != ""
-
-
-@dataclass(frozen=True)
-class ModulationSpec:
-    """ST-Layout attention settings: active for the first ``steps`` steps at UNet ``levels`` (0 = highest res)."""
-
-    steps: int = 15
-    self_strength: float = 0.3
-    cross_strength: float = 1.0
-    levels: str | tuple[int, ...] = "all"
-    temporal: str = "full"
-
-
-@dataclass(frozen=True)
-class ReAtCoSpec:
-    """ReAtCo settings (papers/003): RAD guidance on the first ``steps`` denoising steps, ``iterations``
-    gradient steps each, of size ``step_size`` times a factor falling linearly from 1 to 0.5; top-K
-    share ``top_k`` of each mask's area; cross-attention maps of UNet ``level`` (None: the level at
-    H/32, the paper's, or the coarsest the model has); ``irjs``: invariant-region joint sampling."""
-
-    steps: int = 25
-    iterations: int = 1
-    step_size: float = 20.0
-    top_k: float = 0.2
-    level: int | None = None
-    irjs: bool = True
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """Overlapping temporal windows of ``size`` frames, ``stride`` apart, denoised separately and
-    averaged where they overlap (ReAtCo's resource-friendly mode)."""
-
-    size: int = 4
-    stride: int = 2
-
-
-@dataclass(frozen=True)
-class FlowSpec:
-    """FLATTEN's flow-guided attention at UNet ``levels`` (0 = highest resolution): in every inversion
-    step and the first ``steps`` editing steps (None: all)."""
-
-    levels: tuple[int, ...] = (0,)
-    steps: int | None = None
-
-
-@dataclass(frozen=True)
-class PnPSpec:
-    """Plug-and-play injection: the inversion's self-attention queries and keys replace the edit's
-    during its first ``steps`` steps."""
-
-    steps: int = 5
-
-
-@dataclass(frozen=True)
-class TemporalAidsSpec:
-    """Optional aids for temporal consistency used by the paper (§4.1); None: off."""
-
-    flow: FlowSpec | None = None
-    pnp: PnPSpec | None = None
-
-
-@dataclass(frozen=True)
-class EditSettings:
-    """Sampling settings of the edit pass. ``method`` picks VideoGrain's ST-Layout attention
-    (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once."""
-
-    steps: int = 50
-    guidance_scale: float = 7.5
-    seed: int = 0
-    blend: bool = True
-    composite: bool = True  # with blend/IRJS: unedited pixels are the source's after decoding
-    record_attention: bool | str = False  # heat maps of the region prompts ("compare": also unmodulated)
-    method: str = "videograin"
-    modulation: ModulationSpec = ModulationSpec()
-    reatco: ReAtCoSpec = ReAtCoSpec()
-    window: WindowSpec | None = None
-    temporal_aids: TemporalAidsSpec = TemporalAidsSpec()
-
-    @property
-    def uses_videograin(self) -> bool:
-        return "videograin" in self.method.split("+")
-
-    @property
-    def uses_reatco(self) -> bool:
-        return "reatco" in self.method.split("+")
-
-
-@dataclass(frozen=True)
-class ControlSpec:
-    """ControlNet conditioning in inversion and editing: ``model`` a hub id or local ControlNet folder;
-    ``condition`` an annotator name (canny, depth, pose) computed from the source frames, or a video
-    file / folder of condition images (Path) aligned with the source; ``scale`` its strength."""
-
-    model: str
-    condition: str | Path
-    scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class EditSpec:
-    """A validated edit: paths are absolute; ``model`` is a hub id or an absolute local folder."""
-
-    prompt: str
-    video: VideoSpec
-    regions: tuple[RegionSpec, ...]
-    model: str = DEFAULT_MODEL
-    source_prompt: str = ""
-    negative_prompt: str = ""
-    edit: EditSettings = EditSettings()
-    control: ControlSpec | None = None
-    output: Path | None = None
-    base_dir: Path = Path(".")
-
-    def to_dict(self) -> dict:
-        """The resolved config in the YAML's shape, JSON-serialisable, for run.json.
-
-        Defaults are filled in and paths are absolute strings, so
-        ``spec_from_dict(spec.to_dict(), spec.base_dir) == spec``.
-        """
-        data = _plain(dataclasses.asdict(self))
-        del data["base_dir"]
-        data["regions"] = [
-            {"name": region.name, "masks": _plain(_masks_value(region)), "prompt": region.prompt}
-            | ({} if region.word is None else {"word": region.word})
-            for region in self.regions
-        ]
-        return data
 
 
 def read_config(path: str | Path) -> tuple[Any, Path]:
@@ -278,7 +98,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         model=_model(data.get("model", EditSpec.model), base_dir),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
-        edit=_edit(data.get("edit")),
+        edit=_edit(data.get("edit"), video.frames),
         control=_control(data.get("control"), base_dir),
         output=None if output is None else _path(output, "output", base_dir),
         base_dir=base_dir,
@@ -320,6 +140,9 @@ def _regions(value: Any, frames: int, base_dir: Path) -> tuple[RegionSpec, ...]:
     if not value:
         raise SpecError("regions", "is empty",
                         "add at least one `- {name: ..., masks: ..., prompt: ...}` entry")
+    if len(value) > MAX_REGIONS:
+        raise SpecError("regions", f"has {len(value)} regions, at most {MAX_REGIONS} are supported",
+                        "merge regions that get the same prompt (one region may cover several objects)")
     regions = tuple(_region(item, f"regions[{i}]", frames, base_dir) for i, item in enumerate(value))
     first_index: dict[str, int] = {}
     for i, region in enumerate(regions):
@@ -393,10 +216,10 @@ def _box(value: Any, field: str) -> tuple[int, int, int, int]:
     return (x0, y0, x1, y1)
 
 
-def _edit(value: Any) -> EditSettings:
+def _edit(value: Any, frames: int) -> EditSettings:
     data = _mapping(value, "edit", optional=True)
     _check_keys(data, _EDIT_KEYS, "edit")
-    return EditSettings(
+    settings = EditSettings(
         steps=_int(data.get("steps", EditSettings.steps), "edit.steps", 1),
         guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
@@ -409,9 +232,13 @@ def _edit(value: Any) -> EditSettings:
         window=_window(data.get("window")),
         temporal_aids=_temporal_aids(data.get("temporal_aids")),
     )
+    if settings.window is not None and settings.window.size >= frames:
+        raise SpecError("edit.window.size", f"{settings.window.size} covers all {frames} selected frames, so there is "
+                        "nothing to split", f"use a size below {frames}, or leave `window` out")
+    return settings
 
 
-def _temporal_aids(value: Any) -> TemporalAidsSpec:
+def _temporal_aids(value: Any) -> TemporalAidSettings:
     prefix = "edit.temporal_aids"
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _AIDS_KEYS, prefix)
@@ -420,15 +247,15 @@ def _temporal_aids(value: Any) -> TemporalAidsSpec:
         section = _mapping(data["flow"], f"{prefix}.flow", fix="write e.g. `flow: {levels: [0]}`")
         _check_keys(section, _FLOW_KEYS, f"{prefix}.flow")
         steps = section.get("steps")
-        flow = FlowSpec(
-            levels=_levels(section.get("levels", list(FlowSpec.levels)), f"{prefix}.flow.levels", allow_all=False),
+        flow = FlowAid(
+            levels=_levels(section.get("levels", list(FlowAid.levels)), f"{prefix}.flow.levels", allow_all=False),
             steps=None if steps is None else _int(steps, f"{prefix}.flow.steps", 0),
         )
     if data.get("pnp") is not None:
         section = _mapping(data["pnp"], f"{prefix}.pnp", fix="write e.g. `pnp: {steps: 5}`")
         _check_keys(section, _PNP_KEYS, f"{prefix}.pnp")
-        pnp = PnPSpec(steps=_int(section.get("steps", PnPSpec.steps), f"{prefix}.pnp.steps", 0))
-    return TemporalAidsSpec(flow=flow, pnp=pnp)
+        pnp = PnPAid(steps=_int(section.get("steps", PnPAid.steps), f"{prefix}.pnp.steps", 0))
+    return TemporalAidSettings(flow=flow, pnp=pnp)
 
 
 def _control(value: Any, base_dir: Path) -> ControlSpec | None:
@@ -461,50 +288,50 @@ def _record_attention(value: Any) -> bool | str:
     return value
 
 
-def _reatco(value: Any) -> ReAtCoSpec:
+def _reatco(value: Any) -> ReAtCoSettings:
     prefix = "edit.reatco"
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _REATCO_KEYS, prefix)
-    top_k = _number(data.get("top_k", ReAtCoSpec.top_k), f"{prefix}.top_k")
+    top_k = _number(data.get("top_k", ReAtCoSettings.top_k), f"{prefix}.top_k")
     if not 0 < top_k <= 1:
         raise SpecError(f"{prefix}.top_k", f"must be a share in (0, 1], got {top_k}",
                         "write e.g. `top_k: 0.2` (20% of each mask's area, the paper's value)")
-    level = data.get("level", ReAtCoSpec.level)
-    return ReAtCoSpec(
-        steps=_int(data.get("steps", ReAtCoSpec.steps), f"{prefix}.steps", 0),
-        iterations=_int(data.get("iterations", ReAtCoSpec.iterations), f"{prefix}.iterations", 1),
-        step_size=_number(data.get("step_size", ReAtCoSpec.step_size), f"{prefix}.step_size"),
+    level = data.get("level", ReAtCoSettings.level)
+    return ReAtCoSettings(
+        steps=_int(data.get("steps", ReAtCoSettings.steps), f"{prefix}.steps", 0),
+        iterations=_int(data.get("iterations", ReAtCoSettings.iterations), f"{prefix}.iterations", 1),
+        step_size=_number(data.get("step_size", ReAtCoSettings.step_size), f"{prefix}.step_size"),
         top_k=top_k,
         level=None if level is None else _int(level, f"{prefix}.level", 0),
-        irjs=_bool(data.get("irjs", ReAtCoSpec.irjs), f"{prefix}.irjs"),
+        irjs=_bool(data.get("irjs", ReAtCoSettings.irjs), f"{prefix}.irjs"),
     )
 
 
-def _window(value: Any) -> WindowSpec | None:
+def _window(value: Any) -> Window | None:
     if value is None:
         return None
     prefix = "edit.window"
     data = _mapping(value, prefix, fix="write `window: {size: 4, stride: 2}`, or leave it out to denoise all frames at once")
     _check_keys(data, _WINDOW_KEYS, prefix)
-    size = _int(data.get("size", WindowSpec.size), f"{prefix}.size", 1)
-    stride = _int(data.get("stride", WindowSpec.stride), f"{prefix}.stride", 1)
+    size = _int(data.get("size", Window.size), f"{prefix}.size", 1)
+    stride = _int(data.get("stride", Window.stride), f"{prefix}.stride", 1)
     if stride > size:
         raise SpecError(f"{prefix}.stride", f"{stride} is larger than the window size {size}, so frames would be skipped",
                         f"use a stride <= {size} (e.g. half the size, so windows overlap)")
-    return WindowSpec(size=size, stride=stride)
+    return Window(size=size, stride=stride)
 
 
-def _modulation(value: Any) -> ModulationSpec:
+def _modulation(value: Any) -> Modulation:
     prefix = "edit.modulation"
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _MODULATION_KEYS, prefix)
-    return ModulationSpec(
-        steps=_int(data.get("steps", ModulationSpec.steps), f"{prefix}.steps", 0),
-        self_strength=_number(data.get("self_strength", ModulationSpec.self_strength), f"{prefix}.self_strength"),
-        cross_strength=_number(data.get("cross_strength", ModulationSpec.cross_strength),
+    return Modulation(
+        steps=_int(data.get("steps", Modulation.steps), f"{prefix}.steps", 0),
+        self_strength=_number(data.get("self_strength", Modulation.self_strength), f"{prefix}.self_strength"),
+        cross_strength=_number(data.get("cross_strength", Modulation.cross_strength),
                                f"{prefix}.cross_strength"),
-        levels=_levels(data.get("levels", ModulationSpec.levels), f"{prefix}.levels"),
-        temporal=_temporal(data.get("temporal", ModulationSpec.temporal), f"{prefix}.temporal"),
+        levels=_levels(data.get("levels", Modulation.levels), f"{prefix}.levels"),
+        temporal=_temporal(data.get("temporal", Modulation.temporal), f"{prefix}.temporal"),
     )
 
 
@@ -656,19 +483,3 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(f"{where}{problem}".split())
 
 
-def _masks_value(region: RegionSpec) -> Path | tuple:
-    """A region's ``masks`` as written in YAML: the folder, one static box, or one box per frame."""
-    if region.masks is not None:
-        return region.masks
-    return region.boxes[0] if len(region.boxes) == 1 else region.boxes
-
-
-def _plain(value: Any) -> Any:
-    """Paths to strings and tuples to lists, recursively."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {key: _plain(v) for key, v in value.items()}
-    return value

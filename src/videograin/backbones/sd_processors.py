@@ -1,0 +1,270 @@
+"""The SD UNet's attention processors: spatio-temporal self-attention with ST-Layout modulation of
+self- and cross-attention, FLATTEN's flow-guided attention, and PnP's recorded features.
+
+Frames travel as the UNet batch; a processor reshapes them into one token sequence per video. Step
+data reaches the processors explicitly, as ``cross_attention_kwargs={"videograin": StepContext}``.
+"""
+
+from __future__ import annotations
+
+import enum
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..method.attention import KernelChoice, layout_attention, modulated_scores
+from ..method.layout import Layout, key_frames
+from ..method.recorder import AttentionRecorder
+from ..method.trajectories import Trajectories, combine
+
+
+class PnPMode(enum.Enum):
+    """What the PnP feature store does in a pass: fill it (inversion) or read from it (edit)."""
+
+    RECORD = "record"
+    INJECT = "inject"
+
+
+#: Decoder ResNet blocks whose outputs PnP injects: the official VideoGrain choice for SD 1.5 (a
+#: smaller UNet's missing blocks are skipped).
+PNP_RESNETS = ("up_blocks.1.resnets.0", "up_blocks.1.resnets.1", "up_blocks.2.resnets.0")
+
+
+@dataclass
+class FeatureStore:
+    """Plug-and-play features, recorded during inversion and injected into the edit at the same step:
+    ``qk[(layer, step)] = (q, k)``, each (F, heads, n, D), the self-attention queries and keys of the
+    decoder layers; ``residuals[(block, step)]`` (F, C, h, w), the outputs of the PNP_RESNETS blocks
+    (None: not recorded)."""
+
+    qk: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    residuals: dict[tuple[str, int], torch.Tensor] | None = field(default_factory=dict)
+
+    @staticmethod
+    def takes(layer: str) -> bool:
+        """PnP injects the decoder's self-attention (papers/000 §4.1 uses PnP's choice of layers)."""
+        return layer.startswith("up_blocks") and ".attn1" in layer
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the processors need for one UNet call, passed as ``cross_attention_kwargs={"videograin": ctx}``.
+
+    The UNet batch is ``branches × num_frames`` (classifier-free guidance stacks [uncond, cond]).
+    ``cond_branch`` is the branch modulated and recorded. ``self_strength``/``cross_strength`` are
+    c·ξ(t) for this step (0 disables modulation); ``levels`` the modulated UNet level indices
+    (None: all). Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
+    ``trajectories``: FLATTEN trajectories by tokens per frame for the levels where flow-guided
+    attention runs at this step. ``features`` with ``features_mode``: PnP's store, filled or read.
+    ``recorder`` and ``features`` are the call's output sinks: the processors write into them, so a
+    frozen context still carries mutable stores. ``kernels``: the GPU kernels that failed this edit.
+    """
+
+    num_frames: int
+    temporal: str = "full"
+    layout: Layout | None = None
+    cond_branch: int = 0
+    self_strength: float = 0.0
+    cross_strength: float = 0.0
+    levels: frozenset[int] | None = None
+    step: int = 0
+    recorder: AttentionRecorder | None = None
+    trajectories: dict[int, Trajectories] | None = None
+    features: FeatureStore | None = None
+    features_mode: PnPMode | None = None
+    kernels: KernelChoice = field(default_factory=KernelChoice)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, H·D) -> (B, H, N, D)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+class LayoutAttnProcessor:
+    """Attention processor for ``unet.set_attn_processor``: spatio-temporal self-attention with
+    ST-Layout modulation of self- and cross-attention on the conditional branch.
+
+    Holds no state of its own: everything per call arrives in ``videograin`` (a StepContext), including
+    the recorder and PnP store it writes into; ``layer`` is the name of the attention layer it serves
+    (for PnP's features). Without a context the processor computes exactly what diffusers' stock
+    AttnProcessor2_0 does (per-frame attention).
+    """
+
+    def __init__(self, layer: str = ""):
+        self.layer = layer
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        videograin: StepContext | None = None,
+    ) -> torch.Tensor:
+        if attention_mask is not None or attn.spatial_norm is not None or hidden_states.ndim != 3:
+            raise NotImplementedError("LayoutAttnProcessor supports the SD 1.x/2.x transformer blocks only")
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        is_cross = encoder_hidden_states is not None
+        context = hidden_states if not is_cross else encoder_hidden_states
+        if is_cross and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q = _heads(attn.to_q(hidden_states), attn.heads)
+        k = _heads(attn.to_k(context), attn.heads)
+        v = _heads(attn.to_v(context), attn.heads)
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+
+        if videograin is not None and not is_cross and videograin.features is not None:
+            q, k = self._plug_and_play(q, k, videograin)
+        if videograin is None:
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        elif is_cross:
+            out = self._cross(q, k, v, attn.scale, videograin)
+        else:
+            out = self._self(q, k, v, attn.scale, videograin)
+
+        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).to(q.dtype)))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    @staticmethod
+    def _level(ctx: StepContext, tokens_per_frame: int, strength: float):
+        """The LevelLayout if this level is modulated at this step, else None."""
+        if ctx.layout is None or strength == 0:
+            return None
+        level = ctx.layout.at(tokens_per_frame)
+        return level if ctx.levels is None or level.index in ctx.levels else None
+
+    def _plug_and_play(self, q, k, ctx: StepContext):
+        """Record this layer's self-attention q, k (inversion) or replace them by the recorded ones,
+        for every branch (edit). q, k: (branches·F, H, n, D)."""
+        key = (self.layer, ctx.step)
+        if not FeatureStore.takes(self.layer):
+            return q, k
+        if ctx.features_mode is PnPMode.RECORD:
+            ctx.features.qk[key] = (q.detach().clone(), k.detach().clone())
+        elif ctx.features_mode is PnPMode.INJECT and key in ctx.features.qk:
+            branches = q.shape[0] // ctx.num_frames
+            q, k = (x.to(q).repeat(branches, 1, 1, 1) for x in ctx.features.qk[key])
+        return q, k
+
+    def _self(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
+        """Spatio-temporal self-attention (then FLATTEN's trajectory attention where it runs).
+        q, k, v: (branches·F, H, n, D) -> same shape."""
+        frames, n = ctx.num_frames, q.shape[2]
+        frames_of_keys = key_frames(frames, ctx.temporal).to(q.device)  # (F, K)
+        fold = lambda x: x.unflatten(0, (-1, frames)).permute(0, 2, 1, 3, 4).flatten(2, 3)  # -> (branches, H, F·n, D)
+        unfold = lambda x: x.unflatten(2, (frames, n)).permute(0, 2, 1, 3, 4).flatten(0, 1)
+        out = self._spatio_temporal(q, k, v, scale, ctx, frames_of_keys, fold, unfold)
+        trajectories = ctx.trajectories.get(n) if ctx.trajectories else None
+        if trajectories is None:
+            return out
+        return unfold(combine(fold(out), trajectories))
+
+    def _spatio_temporal(self, q, k, v, scale, ctx: StepContext, frames_of_keys, fold, unfold) -> torch.Tensor:
+        frames, n = ctx.num_frames, q.shape[2]
+
+        def gather_keys(x):  # (branches·F, H, n, D) -> (branches·F, H, K·n, D)
+            x = x.unflatten(0, (-1, frames))[:, frames_of_keys]  # (branches, F, K, H, n, D)
+            return x.permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(0, 1)
+
+        if ctx.temporal == "full":  # one attention over all tokens of the video per branch
+            qs, ks, vs = fold(q), fold(k), fold(v)  # (branches, H, F·n, D)
+        else:
+            unfold = lambda x: x
+            qs, ks, vs = q, gather_keys(k), gather_keys(v)
+
+        level = self._level(ctx, n, ctx.self_strength)
+        if level is None:
+            return unfold(F.scaled_dot_product_attention(qs, ks, vs, scale=scale))
+        lam = ctx.self_strength * (1 - level.self_share.to(q.device))  # (F, n)
+        if ctx.temporal == "full":
+            rows = slice(ctx.cond_branch, ctx.cond_branch + 1)
+            q_bits, k_bits, lam = level.bits.flatten(), level.bits.flatten(), lam.flatten()
+        else:
+            rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
+            q_bits, k_bits = level.bits, level.bits[frames_of_keys.to(level.bits.device)].flatten(1)
+        out = torch.empty_like(qs)
+        out[rows] = layout_attention(
+            qs[rows], ks[rows], vs[rows], q_bits.to(q.device), k_bits.to(q.device), lam, scale, kernels=ctx.kernels
+        )
+        for plain in (slice(0, rows.start), slice(rows.stop, None)):  # the other branches: unmodulated
+            if len(qs[plain]):
+                out[plain] = F.scaled_dot_product_attention(qs[plain], ks[plain], vs[plain], scale=scale)
+        return unfold(out)
+
+    def _cross(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
+        """Cross-attention per frame. q: (branches·F, H, n, D); k, v: (branches·F, H, L, D)."""
+        frames, n = ctx.num_frames, q.shape[2]
+        level = self._level(ctx, n, ctx.cross_strength)
+        rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
+        recorder = ctx.recorder if ctx.layout is not None else None
+        if recorder is not None and not recorder.wants(ctx.layout.at(n).index):
+            recorder = None
+        if level is None and recorder is None:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        plain = lambda: (torch.matmul(q[rows].float(), k[rows].float().transpose(-1, -2)) * scale).softmax(-1)  # noqa: E731
+        if level is None:  # recording only: plain probabilities of the conditional branch
+            probs = plain()
+        else:
+            q_bits = level.bits.to(q.device)
+            k_bits = ctx.layout.text_bits.to(q.device)
+            lam = ctx.cross_strength * (1 - level.cross_share.to(q.device))  # (F, n)
+            probs = modulated_scores(q[rows], k[rows], q_bits, k_bits, lam, scale).softmax(-1)
+            modulated = torch.matmul(probs, v[rows].float()).to(out.dtype)
+            out = torch.cat([out[: rows.start], modulated, out[rows.stop :]])  # not in place: autograd
+        if recorder is not None:
+            grid = ctx.layout.at(n)
+            as_maps = lambda p: p.mean(1).unflatten(1, (grid.height, grid.width))  # noqa: E731  (F, h, w, L)
+            recorder.add(ctx.step, grid.index, as_maps(probs))
+            if recorder.unmodulated is not None:
+                recorder.unmodulated.add(ctx.step, grid.index, as_maps(probs if level is None else plain()))
+        return out
+
+
+@contextmanager
+def residual_injection(unet, ctx: StepContext):
+    """For one UNet call: record (``ctx.features_mode`` RECORD) or replace (INJECT, every branch)
+    the outputs of the PNP_RESNETS blocks at ``ctx.step``. The forward hooks live only inside the
+    ``with`` block; nothing stays on the modules."""
+    store = ctx.features
+    if store is None or store.residuals is None:
+        yield
+        return
+    modules = dict(unet.named_modules())
+
+    def hook_for(key):
+        def hook(module, args, output):
+            if ctx.features_mode is PnPMode.RECORD:
+                store.residuals[key] = output.detach().clone()
+            elif ctx.features_mode is PnPMode.INJECT and key in store.residuals:
+                stored = store.residuals[key]
+                return stored.to(output).repeat(output.shape[0] // stored.shape[0], 1, 1, 1)
+            return None
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for((name, ctx.step))) for name in PNP_RESNETS if name in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def layout_processors(unet):
+    """Install LayoutAttnProcessor on every attention layer of ``unet``; restore the originals after."""
+    original = unet.attn_processors
+    unet.set_attn_processor({name: LayoutAttnProcessor(name.removesuffix(".processor")) for name in original})
+    try:
+        yield unet
+    finally:
+        unet.set_attn_processor(original)

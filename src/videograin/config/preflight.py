@@ -1,0 +1,130 @@
+"""The checks that need the model's config files or the tokenizer, all before any weights load.
+
+``read_model`` reads what a model folder or hub id says about itself (config JSONs, tokenizer);
+``check_spec`` holds an EditSpec against it. Library errors (plain ValueErrors) are turned here into
+SpecErrors that name the config field.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError, first_line
+from ..method.tokens import PromptError, region_token_spans, word_token_indices
+from .spec import EditSpec
+
+logger = logging.getLogger(__name__)
+
+_MODEL_FIX = "give a local diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/) or a hub id"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model's config files say, no weights loaded: the frame size multiple, the number of
+    levels, the levels whose decoder has self-attention, the training timesteps, the tokenizer."""
+
+    size_multiple: int
+    vae_factor: int
+    num_levels: int
+    self_attention_levels: tuple[int, ...]
+    num_train_timesteps: int
+    tokenizer: Any
+
+
+def read_model(model: str) -> ModelFacts:
+    """Read a diffusers SD folder or hub id's config files and tokenizer; SpecError("model") if it cannot."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from ..backbones.sd import size_multiple
+
+    local = Path(model)
+    if local.is_dir():
+        missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
+        if missing:
+            raise SpecError("model", f"{local} lacks {', '.join(missing)}", _MODEL_FIX)
+    try:
+        vae = AutoencoderKL.load_config(model, subfolder="vae")
+        unet = UNet2DConditionModel.load_config(model, subfolder="unet")
+        scheduler = DDIMScheduler.load_config(model, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    except (OSError, ValueError) as err:
+        raise SpecError("model", f"cannot read {model!r} ({first_line(err)})", _MODEL_FIX) from err
+    if len(tokenizer) < 256:  # transformers 5 returns an empty tokenizer instead of raising when none is found
+        raise SpecError("model", f"no tokenizer found for {model!r} (offline, or not a diffusers model?)", _MODEL_FIX)
+    num_levels = len(unet["block_out_channels"])
+    up_blocks = unet.get("up_block_types", ())
+    attention = tuple(sorted(num_levels - 1 - i for i, kind in enumerate(up_blocks) if "Attn" in kind))
+    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return ModelFacts(size_multiple(vae, unet), vae_factor, num_levels, attention, scheduler.get("num_train_timesteps", 1000),
+                      tokenizer)
+
+
+def check_control_model(spec: EditSpec) -> None:
+    """A local ControlNet folder must hold its config.json."""
+    if spec.control is not None and Path(spec.control.model).is_dir() and not (Path(spec.control.model) / "config.json").exists():
+        raise SpecError("control.model", f"{spec.control.model} has no config.json", "point it at a diffusers ControlNet folder")
+
+
+def _levels(levels, field: str, facts: ModelFacts, fix: str) -> None:
+    missing = [level for level in levels if level >= facts.num_levels]
+    if missing:
+        raise SpecError(field, f"level(s) {missing} do not exist: the model has levels 0..{facts.num_levels - 1}", fix)
+
+
+def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
+    """Every check of ``spec`` against the model: prompts and words as tokens, levels, step counts."""
+    settings = spec.edit
+    if settings.steps > facts.num_train_timesteps:
+        raise SpecError("edit.steps", f"{settings.steps} is more than the model's {facts.num_train_timesteps} "
+                        "training timesteps", f"use at most {facts.num_train_timesteps} steps (50 is usual)")
+    if settings.modulation.levels != "all":
+        _levels(settings.modulation.levels, "edit.modulation.levels", facts,
+                "pick levels among those, or write `levels: all`")
+    flow = settings.temporal_aids.flow
+    if flow is not None:
+        _levels(flow.levels, "edit.temporal_aids.flow.levels", facts, "pick levels among those (0 = FLATTEN's)")
+        if spec.video.frames < 2:
+            raise SpecError("edit.temporal_aids.flow", "flow-guided attention needs at least 2 frames, "
+                            f"video.frames is {spec.video.frames}", "select more frames or remove `flow`")
+    if settings.uses_reatco and settings.reatco.level is not None:
+        _levels([settings.reatco.level], "edit.reatco.level", facts,
+                "pick one of those, or leave `level` out for the paper's H/32 level")
+    check_prompts(spec, facts.tokenizer)
+
+
+def check_prompts(spec: EditSpec, tokenizer) -> list:
+    """The region prompts' token spans in the prompt (and their words of interest); SpecError naming
+    the field otherwise."""
+    try:
+        spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+        word_token_indices(tokenizer, spec.prompt, spans, [r.word for r in spec.regions])
+    except PromptError as err:
+        field = "prompt" if err.region is None else f"regions[{err.region}].{err.part}"
+        raise SpecError(field, err.problem, err.fix) from None
+    return spans
+
+
+def notes(spec: EditSpec) -> list[str]:
+    """Remarks on settings that are valid but may surprise (for the log and run.json)."""
+    settings, found = spec.edit, []
+    active = [("edit.modulation.steps", settings.modulation.steps, settings.uses_videograin),
+              ("edit.reatco.steps", settings.reatco.steps, settings.uses_reatco)]
+    for field, steps, used in active:
+        if used and steps > settings.steps:
+            found.append(f"{field} is {steps}, more than edit.steps ({settings.steps}): active on every step")
+    if not settings.uses_reatco:
+        found.append("edit.seed does not change this edit: DDIM inversion and sampling are deterministic "
+                     "(the seed drives ReAtCo's IRJS noise)")
+    return found
+
+
+def preflight(spec: EditSpec) -> ModelFacts:
+    """Read the model's config files and check ``spec`` against them (no weights load)."""
+    facts = read_model(spec.model)
+    check_control_model(spec)
+    check_spec(spec, facts)
+    return facts

@@ -1,0 +1,142 @@
+"""The edit spec: the dataclasses a YAML config is validated into (config/parse.py builds them).
+
+Paths are absolute; the method's own settings (modulation, ReAtCo, windows, temporal aids) are the
+plain dataclasses of ``videograin.method.settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+METHODS = ("videograin", "reatco", "videograin+reatco")
+ANNOTATORS = ("canny", "depth", "pose")
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Which frames to edit: ``frames`` frames from index ``start``, every ``stride``-th.
+
+    ``size`` is (width, height) to resize to; None leaves the choice to the loader.
+    """
+
+    path: Path
+    frames: int = 16
+    start: int = 0
+    stride: int = 1
+    size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """One region and its prompt; located by a folder of per-frame mask PNGs or by boxes.
+
+    ``boxes`` holds one (x0, y0, x1, y1) box in source-frame pixels for a static box, else one per frame.
+    ``word`` is the word of interest ReAtCo's guidance steers into the region (None: the prompt's last word).
+    """
+
+    name: str
+    prompt: str
+    masks: Path | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] | None = None
+    word: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.masks is None) == (self.boxes is None):
+            raise ValueError(f"RegionSpec {self.name!r} needs exactly one of masks or boxes")
+
+    @property
+    def edited(self) -> bool:
+        """Whether the region's content changes (an empty prompt keeps it as it is)."""
+        return self.prompt.strip() != ""
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Sampling settings of the edit pass. ``method`` picks VideoGrain's ST-Layout attention
+    (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    blend: bool = True
+    composite: bool = True  # with blend/IRJS: unedited pixels are the source's after decoding
+    record_attention: bool | str = False  # heat maps of the region prompts ("compare": also unmodulated)
+    method: str = "videograin"
+    modulation: Modulation = Modulation()
+    reatco: ReAtCoSettings = ReAtCoSettings()
+    window: Window | None = None
+    temporal_aids: TemporalAidSettings = TemporalAidSettings()
+
+    @property
+    def uses_videograin(self) -> bool:
+        return "videograin" in self.method.split("+")
+
+    @property
+    def uses_reatco(self) -> bool:
+        return "reatco" in self.method.split("+")
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """ControlNet conditioning in inversion and editing: ``model`` a hub id or local ControlNet folder;
+    ``condition`` an annotator name (canny, depth, pose) computed from the source frames, or a video
+    file / folder of condition images (Path) aligned with the source; ``scale`` its strength."""
+
+    model: str
+    condition: str | Path
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """A validated edit: paths are absolute; ``model`` is a hub id or an absolute local folder."""
+
+    prompt: str
+    video: VideoSpec
+    regions: tuple[RegionSpec, ...]
+    model: str = DEFAULT_MODEL
+    source_prompt: str = ""
+    negative_prompt: str = ""
+    edit: EditSettings = EditSettings()
+    control: ControlSpec | None = None
+    output: Path | None = None
+    base_dir: Path = Path(".")
+
+    def to_dict(self) -> dict:
+        """The resolved config in the YAML's shape, JSON-serialisable, for run.json.
+
+        Defaults are filled in and paths are absolute strings, so
+        ``spec_from_dict(spec.to_dict(), spec.base_dir) == spec``.
+        """
+        data = _plain(dataclasses.asdict(self))
+        del data["base_dir"]
+        data["regions"] = [
+            {"name": region.name, "masks": _plain(_masks_value(region)), "prompt": region.prompt}
+            | ({} if region.word is None else {"word": region.word})
+            for region in self.regions
+        ]
+        return data
+
+
+def _masks_value(region: RegionSpec) -> Path | tuple:
+    """A region's ``masks`` as written in YAML: the folder, one static box, or one box per frame."""
+    if region.masks is not None:
+        return region.masks
+    return region.boxes[0] if len(region.boxes) == 1 else region.boxes
+
+
+def _plain(value: Any) -> Any:
+    """Paths to strings and tuples to lists, recursively."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    return value

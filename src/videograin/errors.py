@@ -1,0 +1,28 @@
+"""The project's errors: what the user gave is wrong (SpecError), or a model cannot be had (WeightsUnavailable).
+
+Library code raises ValueError/TypeError with plain messages; the config layer and the CLI turn them into
+SpecError, which names the config field (or flag), the problem and the fix in one line.
+"""
+
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """A problem with the user's input: names the config field, what is wrong and how to fix it.
+
+    ``str(err)`` is one line: ``"<field>: <problem>; fix: <fix>"``.
+    """
+
+    def __init__(self, field: str, problem: str, fix: str):
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"{field}: {problem}; fix: {fix}")
+
+
+class WeightsUnavailable(OSError):
+    """A model or package could not be loaded; ``str(err)`` says which and why, in one line."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,1 @@
+"""Evaluation: optical flow, the metric functions and the evaluation that runs them all."""

@@ -1,0 +1,218 @@
+"""One call that runs every metric its inputs and weights allow (``evaluate``), and its text table.
+
+Metrics that need weights load them through eval/metrics.py; when they cannot (offline, not installed)
+the reason is recorded under ``skipped`` and the other metrics still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import WeightsUnavailable
+from ..io import as_uint8_frames
+from .metrics import (
+    DEFAULT_CLIP, DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR, ClipScorer, ImageTextScorer, _as_masks, _check_same,
+    attention_mass, clip_frame_consistency, clip_text_score, edited_union, instance_accuracy, load_lpips,
+    masked_fidelity, pick_score, warp_error,
+)
+from .optical_flow import DIS_MIN_SIZE, optical_flow
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` found: ``metrics`` (name -> number), ``skipped`` (name -> reason),
+    ``flow`` (backend used for Warp-Err, None if not run), ``notes`` and ``details`` (confusion
+    matrices, attention mass tables, valid-pixel share)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    flow: str | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "skipped": self.skipped, "flow": self.flow, "notes": self.notes,
+                "details": self.details}
+
+
+CLIP_METRICS = ("clip_t", "clip_f", "clip_f_all_pairs", "instance_accuracy")
+
+
+def _load_scorer(spec, what: str, tokenizer_id: str | None, device) -> tuple[ImageTextScorer | None, str | None]:
+    """A scorer object passes through; an id is loaded; None means disabled."""
+    if spec is None:
+        return None, f"{what} disabled"
+    if not isinstance(spec, str):
+        return spec, None
+    try:
+        return ClipScorer.from_pretrained(spec, tokenizer_id, device=device), None
+    except WeightsUnavailable as err:
+        logger.info("%s", err)
+        return None, f"{err} (give a local folder, or a hub id with network access or a filled cache)"
+
+
+def evaluate(
+    edited: Any,
+    source: Any,
+    masks: Any | None = None,
+    prompt: str | None = None,
+    region_prompts: Sequence[str] | None = None,
+    region_names: Sequence[str] | None = None,
+    *,
+    clip: str | ImageTextScorer | None = DEFAULT_CLIP,
+    pickscore: str | ImageTextScorer | None = DEFAULT_PICKSCORE,
+    pickscore_processor: str = DEFAULT_PICKSCORE_PROCESSOR,
+    flow: str = "dis",
+    lpips: bool | Any = True,
+    recorder=None,
+    layout=None,
+    device: str | None = None,
+) -> EvalResult:
+    """Run every metric that its inputs and weights allow; the rest are listed in ``skipped`` with why.
+
+    edited, source: uint8 (F, H, W, 3) or float (F, 3, H, W) in [-1, 1], same shape (source = the
+    frames that were edited, at the edit's size). masks: bool (R, F, H, W); prompt: the target prompt;
+    region_prompts: one per region ("" = not edited). clip / pickscore: a model id or folder to load, a
+    scorer object, or None to skip. flow: "dis" (default) or "raft" (falls back to DIS, with the reason
+    in ``skipped["flow_raft"]``, when RAFT cannot load). lpips: True to try the lpips package, a loaded
+    LPIPS model, or False. recorder + layout (from ``pipe(..., record_attention=True)``): attention mass.
+    """
+    edited, source = as_uint8_frames(edited), as_uint8_frames(source)
+    _check_same(edited, source, "edited vs source")
+    result = EvalResult()
+    metrics, skipped = result.metrics, result.skipped
+    region_prompts = list(region_prompts) if region_prompts is not None else None
+    if masks is not None:
+        masks = _as_masks(masks)
+        if masks.shape[1:] != edited.shape[:3]:
+            raise ValueError(f"masks {masks.shape} do not fit frames {edited.shape}")
+        if region_prompts is None or len(region_prompts) != len(masks):
+            raise ValueError("give one region prompt per mask sequence")
+    names = list(region_names) if region_names is not None else (
+        [f"region{r}" for r in range(len(region_prompts))] if region_prompts is not None else None)
+
+    # --- CLIP-based
+    scorer, reason = _load_scorer(clip, "CLIP", None, device)
+    if scorer is None:
+        skipped.update({name: reason for name in CLIP_METRICS})
+    else:
+        result.details["clip_model"] = getattr(scorer, "name", type(scorer).__name__)
+        if prompt:
+            metrics["clip_t"] = clip_text_score(scorer, edited, prompt)
+        else:
+            skipped["clip_t"] = "needs the target prompt"
+        if len(edited) >= 2:
+            metrics.update(clip_frame_consistency(scorer, edited))
+        else:
+            skipped["clip_f"] = skipped["clip_f_all_pairs"] = "needs at least 2 frames"
+        edited_count = sum(1 for p in region_prompts or [] if p.strip())
+        if masks is None:
+            skipped["instance_accuracy"] = "needs region masks and prompts"
+        elif edited_count < 2:
+            skipped["instance_accuracy"] = f"needs at least 2 edited regions, got {edited_count}"
+        else:
+            acc = instance_accuracy(scorer, edited, masks, region_prompts, names)
+            metrics["instance_accuracy"] = acc["accuracy"]
+            result.details["instance_accuracy"] = acc
+
+    # --- Warp-Err and Q-edit
+    if len(edited) < 2:
+        skipped["warp_err"] = "needs at least 2 frames"
+    elif min(edited.shape[1:3]) < DIS_MIN_SIZE:
+        skipped["warp_err"] = f"frames smaller than {DIS_MIN_SIZE}x{DIS_MIN_SIZE} pixels"
+    else:
+        backend = flow
+        try:
+            flows = optical_flow(source, backend, device)
+        except WeightsUnavailable as err:
+            if backend == "dis":
+                raise
+            skipped[f"flow_{backend}"] = f"{err}; used OpenCV DIS instead"
+            backend = "dis"
+            flows = optical_flow(source, backend)
+        warp = warp_error(edited, flows=flows)
+        warp["flow"] = result.flow = backend
+        metrics["warp_err"] = warp["warp_err"]
+        result.details["warp_err"] = warp
+    if "clip_t" in metrics and "warp_err" in metrics and metrics["warp_err"] > 0:
+        metrics["q_edit"] = metrics["clip_t"] / metrics["warp_err"]
+    else:
+        missing = [name for name in ("clip_t", "warp_err") if name in skipped]
+        skipped["q_edit"] = f"needs {' and '.join(missing)} (skipped)" if missing else "Warp-Err is 0"
+
+    # --- PickScore
+    if not prompt:
+        skipped["pickscore"] = "needs the target prompt"
+    else:
+        picker, reason = _load_scorer(pickscore, "PickScore", pickscore_processor, device)
+        if picker is None:
+            skipped["pickscore"] = reason
+        else:
+            metrics["pickscore"] = pick_score(picker, edited, prompt)
+
+    # --- masked fidelity
+    lpips_names = ("lpips_inside", "lpips_outside")
+    if masks is None:
+        for name in ("psnr_inside_db", "psnr_outside_db", "ssim_inside", "ssim_outside", *lpips_names):
+            skipped[name] = "needs region masks and prompts"
+    else:
+        lpips_model = None
+        if lpips is True:
+            try:
+                lpips_model = load_lpips()
+                if device:
+                    lpips_model = lpips_model.to(device)
+            except WeightsUnavailable as err:
+                skipped.update({name: str(err) for name in lpips_names})
+        elif lpips is False or lpips is None:
+            skipped.update({name: "LPIPS disabled" for name in lpips_names})
+        else:
+            lpips_model = lpips
+        union = edited_union(masks, region_prompts)
+        values, notes = masked_fidelity(source, edited, union, lpips_model)
+        metrics.update(values)
+        result.notes.extend(notes)
+        result.details["edited_area_share"] = float(union.mean())
+        for side in ("inside", "outside"):
+            if f"psnr_{side}_db" not in values:
+                reason = "no edited region" if side == "inside" else "the edited regions cover every pixel"
+                for name in (f"psnr_{side}_db", f"ssim_{side}", f"lpips_{side}"):
+                    skipped.setdefault(name, reason)
+
+    # --- attention mass
+    if recorder is None or layout is None:
+        skipped["attention_mass"] = "needs the attention recorder and layout of the edit (record_attention=True)"
+    elif not recorder.maps:
+        skipped["attention_mass"] = "the attention recorder is empty"
+    else:
+        mass = attention_mass(recorder, layout, names)
+        metrics["attention_mass"] = mass["mean"]
+        result.details["attention_mass"] = mass
+    return result
+
+
+def format_table(result: EvalResult | dict) -> str:
+    """A small two-column text table of the metrics, then the skipped ones with their reasons."""
+    data = result.to_dict() if isinstance(result, EvalResult) else result
+    rows = [(name, f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in data["metrics"].items()]
+    width = max([len(name) for name, _ in rows] + [len(n) for n in data["skipped"]] + [6])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    if data.get("flow"):
+        lines.append(f"{'flow':<{width}}  {data['flow']}")
+    if data["skipped"]:
+        lines.append("skipped:")
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in data["skipped"].items():
+            by_reason.setdefault(reason, []).append(name)
+        lines += [f"  {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+    for note in data.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Samplers as plain functions: a DDIM schedule built once, DDIM sampling and inversion, and the
+callbacks and wrappers the method adds (latent blend, temporal windows).
+
+A ``denoise_fn(latents, t, step) -> eps`` predicts the noise of latents (F, C, h, w) at timestep t;
+``step`` is the index of t in the sampling schedule (the attention processors learn the step from it).
+A ``guide(step, t, latents) -> latents`` moves the latents before they are denoised (ReAtCo's RAD); a
+``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DenoiseFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor], torch.Tensor]
+Guide = Callback
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """One DDIM schedule, built once per edit and shared by inversion and sampling.
+
+    timesteps: (S,) int64, descending; alphas: ᾱ at each timestep, then the clean end level (S + 1
+    floats); num_train_timesteps: T of the model's training schedule (for ξ(t)).
+    """
+
+    timesteps: torch.Tensor
+    alphas: list[float]
+    num_train_timesteps: int
+
+    @classmethod
+    def from_scheduler(cls, scheduler, steps: int) -> DDIMSchedule:
+        """The schedule of a diffusers DDIMScheduler (its timestep spacing, offset and final ᾱ)."""
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.clone()
+        alphas = [float(scheduler.alphas_cumprod[int(t)]) for t in timesteps] + [float(scheduler.final_alpha_cumprod)]
+        return cls(timesteps, alphas, scheduler.config.num_train_timesteps)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def time_factor(self, t: int) -> float:
+        """ξ(t) = t̂⁵ with t̂ = t / (T − 1) in [0, 1] (papers/000 §4.1). The official code uses
+        t̂ = (t − 1) / 1000, which differs by under 0.2% at every step."""
+        return (t / (self.num_train_timesteps - 1)) ** 5
+
+
+def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
+    """Move latents from noise level ᾱ=alpha_from to ᾱ=alpha_to along the DDIM (η=0) direction eps."""
+    x0 = (latents - (1 - alpha_from) ** 0.5 * eps) / alpha_from**0.5
+    return alpha_to**0.5 * x0 + (1 - alpha_to) ** 0.5 * eps
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise_fn: DenoiseFn,
+    latents: torch.Tensor,
+    schedule: DDIMSchedule,
+    callback: Callback | None = None,
+    progress=None,
+    guide: Guide | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM from the noise level of the schedule's first timestep to clean latents.
+
+    latents: (F, C, h, w); progress: an optional tqdm-like bar (``update()``).
+    """
+    for step, t in enumerate(schedule.timesteps.tolist()):
+        if guide is not None:
+            latents = guide(step, t, latents)
+        eps = denoise_fn(latents, t, step)
+        latents = ddim_step(latents, eps, schedule.alphas[step], schedule.alphas[step + 1])
+        if callback is not None:
+            latents = callback(step, t, latents)
+        if progress is not None:
+            progress.update()
+    return latents
+
+
+@torch.no_grad()
+def ddim_invert(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule, progress=None) -> list[torch.Tensor]:
+    """Run DDIM backwards from clean latents (F, C, h, w) to the level of the first timestep.
+
+    Inversion walks the (descending) schedule in reverse, predicting ε at the next, noisier timestep
+    from the current latents (the usual approximation). Returns the trajectory: entry i holds the
+    latents at the noise level of ``schedule.timesteps[i]`` and the last entry the clean input, so
+    ``ddim_sample`` from entry 0 retraces it.
+    """
+    trajectory = [latents]
+    for step in reversed(range(len(schedule))):
+        t = int(schedule.timesteps[step])
+        eps = denoise_fn(latents, t, step)
+        latents = ddim_step(latents, eps, schedule.alphas[step + 1], schedule.alphas[step])
+        trajectory.append(latents)
+        if progress is not None:
+            progress.update()
+    return trajectory[::-1]
+
+
+def latent_blend(trajectory: list[torch.Tensor], mask: torch.Tensor) -> Callback:
+    """Callback keeping latents outside ``mask`` on the inversion trajectory (papers/000 App. I).
+
+    trajectory[i]: inverted latents at the noise level of sampling step i (the last entry clean);
+    mask: (F, 1, h, w) in {0, 1}, 1 where the edit may change the video. After step i the latents sit
+    at the level of trajectory[i + 1]: z ← M·z + (1 − M)·z̃.
+    """
+
+    def blend(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
+        source = trajectory[step + 1].to(latents)
+        return mask.to(latents) * latents + (1 - mask.to(latents)) * source
+
+    return blend
+
+
+def temporal_windows(num_frames: int, size: int, stride: int) -> list[slice]:
+    """Overlapping windows of ``size`` frames every ``stride`` frames covering all frames: the last
+    window ends at the last frame (the official split drops the frames a stride does not reach).
+    One window of all frames when ``size >= num_frames``."""
+    if size >= num_frames:
+        return [slice(0, num_frames)]
+    starts = list(range(0, num_frames - size + 1, stride))
+    if starts[-1] + size < num_frames:
+        starts.append(num_frames - size)
+    return [slice(s, s + size) for s in starts]
+
+
+def windowed_denoise_fn(windows: list[tuple[slice, DenoiseFn]]) -> DenoiseFn:
+    """Temporal co-denoising: each (frames, denoise_fn) window predicts the noise of its frames and
+    frames covered by several windows take the mean. As a DDIM step is linear in ε for fixed
+    latents, this equals averaging the windows' next latents (papers/003's resource-friendly mode)."""
+
+    def denoise(latents: torch.Tensor, t: int, step: int) -> torch.Tensor:
+        total = torch.zeros_like(latents)
+        count = torch.zeros(latents.shape[0], 1, 1, 1, dtype=latents.dtype, device=latents.device)
+        for frames, denoise_fn in windows:
+            total[frames] += denoise_fn(latents[frames], t, step)
+            count[frames] += 1
+        return total / count
+
+    return denoise
