@@ -397,3 +397,44 @@ def test_the_installed_command_prints_one_line(case):
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: regions[2].masks: "), proc.stderr
     assert not case.out.exists() and not [p for p in case.root.iterdir() if p.name.startswith(".")]
+
+
+# --- the validation gate: checks against the model's config files, before weights load ------------------
+
+
+@pytest.mark.parametrize("edit,field", [
+    ({"modulation": {"levels": [9]}}, "edit.modulation.levels"),
+    ({"temporal_aids": {"flow": {"levels": [5]}}}, "edit.temporal_aids.flow.levels"),
+    ({"method": "reatco", "reatco": {"level": 9}}, "edit.reatco.level"),
+    ({"steps": 2000}, "edit.steps"),
+    ({"window": {"size": 16, "stride": 8}}, "edit.window.size"),
+])
+def test_settings_the_model_cannot_take_end_before_weights_load(case, edit, field):
+    """The tiny UNet has 2 levels and 1000 training timesteps; the clip has 16 frames. Before, levels [9]
+    modulated nothing and exited 0, flow levels [5] raised a ValueError after the weights loaded."""
+    case.config["edit"].update(edit)
+    line = case.fail(field)
+    assert "levels 0..1" in line or "1000" in line or "16" in line, line
+
+
+def test_flow_aids_on_one_frame(case):
+    case.config["video"]["frames"] = 1
+    for region in ("left_ball", "right_ball", "ground"):
+        _region(case, region)["masks"] = [0, 0, 64, 64]
+    case.config["edit"]["temporal_aids"] = {"flow": {"levels": [0]}}
+    case.fail("edit.temporal_aids.flow")
+
+
+def test_too_many_regions(case):
+    case.config["regions"] = [{"name": f"r{i}", "masks": [0, 0, 8, 8], "prompt": ""} for i in range(63)]
+    case.fail("regions")
+
+
+@pytest.mark.parametrize("flags,field", [(["--level", "2", "--k", "3"], "--level"),
+                                         (["--k", "100000"], "--k"),
+                                         (["--steps", "5000", "--k", "3"], "--steps")])
+def test_segment_arguments_checked_against_the_model(case, flags, field):
+    """The tiny UNet has decoder self-attention at levels 0 and 1; `--steps 5000` used to blame --k."""
+    case.config["output"] = str(case.root / "segments")
+    line = case.fail(field, *flags, "--out", str(case.root / "segments"), command="segment")
+    assert "--k" not in line or field == "--k"

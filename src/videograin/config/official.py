@@ -225,7 +225,50 @@ def official_to_spec_data(
     inert: list[str] = []
     warnings: list[str] = []
 
-    # --- frames --------------------------------------------------------------------------------------
+    sel = _frames(dataset, root, warnings)
+    size, first = _frame_size(dataset, sel.first_frame, unsupported, warnings)
+    key, global_prompt, local_prompts, order = _prompts(dataset, editing, prompt_index, warnings)
+    regions = _regions(dataset, root, out_dir, sel, order, local_prompts, key, global_prompt, notes, warnings)
+    _blend_notes(regions, key, global_prompt, notes, warnings)
+    steps, guidance, seed = _sampling(data, editing, notes, warnings, inert)
+    source_prompt, negative = _dataset_prompts(dataset)
+    model, output = _model_and_output(data, root, out_dir, notes, warnings)
+    aids = _temporal_aids(editing, size, steps, unsupported, notes, warnings, inert)
+    control_spec = _control_section(data, control, root, out_dir, sel, first, unsupported, notes, warnings, inert)
+
+    more_unsupported, more_inert = _not_applied(data, dataset, editing)
+    unsupported += more_unsupported
+    inert += more_inert
+    if negative is None:
+        notes.append("dataset_config.negative_promot: missing; no negative prompt")
+    warnings = [f"not applied: {item}" for item in unsupported] + warnings
+
+    spec_data = _spec_data(model=model, sel=sel, size=size, out_dir=out_dir, source_prompt=source_prompt,
+                           global_prompt=global_prompt, negative=negative, regions=regions, steps=steps,
+                           guidance=guidance, seed=seed, aids=aids, control_spec=control_spec, output=output)
+    header = _header(source, root, prompt_index, unsupported, warnings, notes, inert)
+    return spec_data, header, unsupported, warnings
+
+
+# --- the sections of official_to_spec_data ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """The frames the official dataset selects (``video_dir``: the folder; ``total``: how many frames
+    videograin lists there; ``first_frame``: the first selected one)."""
+
+    video_dir: Path
+    start: int
+    rate: int
+    frames: int
+    indices: list[int]
+    total: int
+    first_frame: Path
+
+
+def _frames(dataset: dict, root: Path, warnings: list[str]) -> _Frames:
+    """Map ``dataset_config.path/start_sample_frame/sampling_rate/n_sample_frame`` to the frame selection."""
     video_dir = _official_path(_require(dataset, "path", "dataset_config"), "dataset_config.path", root)
     if not video_dir.is_dir():
         raise SpecError("dataset_config.path", f"frame folder {video_dir} not found",
@@ -252,9 +295,15 @@ def official_to_spec_data(
         warnings.append(f"dataset_config.path: videograin lists {len(ours)} frames in {video_dir} (png/jpg/jpeg/"
                         f"webp/bmp, natural order), the official code {len(images)} (sorted names); the selected "
                         "frames differ: rename the frames %05d.jpg")
+    return _Frames(video_dir=video_dir, start=start, rate=rate, frames=frames, indices=indices, total=len(ours),
+                   first_frame=video_dir / official_names[0])
 
+
+def _frame_size(dataset: dict, first_frame: Path, unsupported: list[str],
+                warnings: list[str]) -> tuple[int, tuple[int, int] | None]:
+    """Map ``dataset_config.image_size`` (and crop/offset/stride/class_data_root) to ``video.size``."""
     size = _int(dataset.get("image_size", OFFICIAL_IMAGE_SIZE), "dataset_config.image_size", 1)
-    first = _image_size(video_dir / official_names[0])
+    first = _image_size(first_frame)
     if first is not None and first[0] != first[1]:
         warnings.append(f"dataset_config.image_size: the frames are {first[0]}x{first[1]}; the official code "
                         f"scales their short side to {size} and centre-crops a {size}x{size} square, videograin "
@@ -272,8 +321,12 @@ def official_to_spec_data(
         unsupported.append(f"dataset_config.stride: {dataset['stride']} (random clip of a long video, tuning only)")
     if dataset.get("class_data_root"):
         unsupported.append(f"dataset_config.class_data_root: {_fmt(dataset['class_data_root'])} (tuning only)")
+    return size, first
 
-    # --- prompts and regions -------------------------------------------------------------------------
+
+def _prompts(dataset: dict, editing: dict, prompt_index: int,
+             warnings: list[str]) -> tuple[str, str, list[str], list[str]]:
+    """Map ``editing_prompts[prompt_index]`` and ``layout_mask_order`` to (key, global, local prompts, order)."""
     prompts = editing.get("editing_prompts")
     if not isinstance(prompts, list) or not prompts:
         raise SpecError("editing_config.editing_prompts", f"must be a list of [global, local_1, ...] lists, "
@@ -310,6 +363,12 @@ def official_to_spec_data(
                   for i, p in enumerate(prompts) if i != prompt_index]
         warnings.append(f"editing_config.editing_prompts has {len(prompts)} edits; this file is entry "
                         f"{prompt_index}; convert again with --index N for {'; '.join(others)}")
+    return key, global_prompt, local_prompts, order
+
+
+def _regions(dataset: dict, root: Path, out_dir: Path, sel: _Frames, order: list[str], local_prompts: list[str],
+             key: str, global_prompt: str, notes: list[str], warnings: list[str]) -> list[dict]:
+    """Map ``layout_mask_dir``/``layout_mask_order`` and the local prompts to the spec's ``regions``."""
     mask_dir = _official_path(_require(dataset, "layout_mask_dir", "dataset_config"),
                               "dataset_config.layout_mask_dir", root)
     regions = []
@@ -320,7 +379,7 @@ def official_to_spec_data(
             raise SpecError(field, f"{name!r} is listed twice (also [{seen[name]}])", "list each mask folder once")
         seen[name] = k
         folder = mask_dir / name
-        _check_masks(folder, indices, len(ours), start, frames, rate, field)
+        _check_masks(folder, sel.indices, sel.total, sel.start, sel.frames, sel.rate, field)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         if safe in (".", "..") or safe in {r["name"] for r in regions}:
             safe = f"region{k}_{safe.strip('.')}"
@@ -335,7 +394,11 @@ def official_to_spec_data(
                 f"{global_prompt!r}{hint}; kept, but `videograin edit` will reject it (the official code silently "
                 f"leaves that region without text); fix: rewrite the prompt so it contains {local!r} word for "
                 f"word, or use the prompt's own words as the local prompt")
+    return regions
 
+
+def _blend_notes(regions: list[dict], key: str, global_prompt: str, notes: list[str], warnings: list[str]) -> None:
+    """Map the official latent blending of the layouts to a note or warning about regions without a prompt."""
     # Official latent blending keeps only the pixels outside the union of *all* layouts; videograin's keeps
     # everything outside the regions that have a prompt.
     kept = [r["name"] for r in regions if not r["prompt"].strip()]
@@ -348,7 +411,10 @@ def official_to_spec_data(
         notes.append(f"regions {kept} have no local prompt: videograin keeps them as they are (latent blend); the "
                      "official blend re-generates every layout region and keeps only pixels outside all layouts")
 
-    # --- sampling ------------------------------------------------------------------------------------
+
+def _sampling(data: dict, editing: dict, notes: list[str], warnings: list[str],
+              inert: list[str]) -> tuple[int, Any, int]:
+    """Map ``num_inference_steps``, ``guidance_scale`` and ``seed``/``sample_seeds`` to (steps, guidance, seed)."""
     steps = _int(_require(editing, "num_inference_steps", "editing_config"), "editing_config.num_inference_steps", 1)
     guidance = editing.get("guidance_scale", OFFICIAL_GUIDANCE)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 0:
@@ -368,7 +434,11 @@ def official_to_spec_data(
     elif sample_seeds is not None:
         inert.append(f"sample_seeds {_fmt(sample_seeds)} (generator seed of the official sampler; "
                      f"edit.seed takes the global seed {seed})")
+    return steps, guidance, seed
 
+
+def _dataset_prompts(dataset: dict) -> tuple[str, str | None]:
+    """Map ``dataset_config.prompt`` and ``negative_promot`` to (source prompt, negative prompt or None)."""
     negative = dataset.get("negative_promot", dataset.get("negative_prompt"))
     if negative is not None and not isinstance(negative, str):
         raise SpecError("dataset_config.negative_promot", f"must be text, got {negative!r}", "write it in quotes")
@@ -377,8 +447,12 @@ def official_to_spec_data(
         source_prompt = ""
     if not isinstance(source_prompt, str):
         raise SpecError("dataset_config.prompt", f"must be text, got {source_prompt!r}", "write it in quotes")
+    return source_prompt, negative
 
-    # --- model and output ----------------------------------------------------------------------------
+
+def _model_and_output(data: dict, root: Path, out_dir: Path, notes: list[str],
+                      warnings: list[str]) -> tuple[str, str | None]:
+    """Map ``pretrained_model_path`` and ``logdir`` to the spec's ``model`` and ``output`` (None when unset)."""
     model = DEFAULT_MODEL
     model_path = data.get("pretrained_model_path")
     if isinstance(model_path, str) and model_path:
@@ -392,28 +466,29 @@ def official_to_spec_data(
     if isinstance(data.get("logdir"), str) and data["logdir"]:
         output = _relative(_official_path(data["logdir"], "logdir", root) / "videograin", out_dir)
         notes.append("output: the official logdir + /videograin (the official results there stay untouched)")
+    return model, output
 
-    # --- FLATTEN, PnP, ControlNet ---------------------------------------------------------------------
-    aids = _temporal_aids(editing, size, steps, unsupported, notes, warnings, inert)
-    control_spec = None
-    if control:
-        logdir = _official_path(data["logdir"], "logdir", root) if isinstance(data.get("logdir"), str) and \
-            data["logdir"] else None
-        square = first is None or first[0] == first[1]
-        control_spec = _control(control, root, out_dir, logdir, frames, start, rate, square,
-                                unsupported, notes, warnings, inert)
 
-    # --- what is not applied -------------------------------------------------------------------------
-    more_unsupported, more_inert = _not_applied(data, dataset, editing)
-    unsupported += more_unsupported
-    inert += more_inert
-    if negative is None:
-        notes.append("dataset_config.negative_promot: missing; no negative prompt")
+def _control_section(data: dict, control: dict, root: Path, out_dir: Path, sel: _Frames,
+                     first: tuple[int, int] | None, unsupported: list[str], notes: list[str], warnings: list[str],
+                     inert: list[str]) -> dict | None:
+    """Map ``control_config`` (with ``logdir``'s saved conditions) to the spec's ``control`` (None without one)."""
+    if not control:
+        return None
+    logdir = _official_path(data["logdir"], "logdir", root) if isinstance(data.get("logdir"), str) and \
+        data["logdir"] else None
+    square = first is None or first[0] == first[1]
+    return _control(control, root, out_dir, logdir, sel.frames, sel.start, sel.rate, square,
+                    unsupported, notes, warnings, inert)
 
-    warnings = [f"not applied: {item}" for item in unsupported] + warnings
+
+def _spec_data(*, model: str, sel: _Frames, size: int, out_dir: Path, source_prompt: str, global_prompt: str,
+               negative: str | None, regions: list[dict], steps: int, guidance: Any, seed: int, aids: dict,
+               control_spec: dict | None, output: str | None) -> dict[str, Any]:
+    """Map the converted parts to the spec YAML as a dict, in the order the file lists them."""
     spec_data: dict[str, Any] = {"model": model}
-    spec_data["video"] = {"path": _relative(video_dir, out_dir), "frames": frames, "start": start,
-                          "stride": rate, "size": [size, size]}
+    spec_data["video"] = {"path": _relative(sel.video_dir, out_dir), "frames": sel.frames, "start": sel.start,
+                          "stride": sel.rate, "size": [size, size]}
     spec_data["source_prompt"] = source_prompt
     spec_data["prompt"] = global_prompt
     if negative:
@@ -426,7 +501,12 @@ def official_to_spec_data(
         spec_data["control"] = control_spec
     if output is not None:
         spec_data["output"] = output
+    return spec_data
 
+
+def _header(source: Path | None, root: Path, prompt_index: int, unsupported: list[str], warnings: list[str],
+            notes: list[str], inert: list[str]) -> list[str]:
+    """Map the source, the options not applied and the notes to the comment lines at the top of the file."""
     header = [
         "videograin spec converted by `videograin convert-config` from the official VideoGrain config",
         f"  {source if source is not None else '(dict)'}",
@@ -441,7 +521,7 @@ def official_to_spec_data(
         header += ["", "Notes:", *[f"  {line}" for line in other + notes]]
         if inert:
             header.append(f"  ignored (no effect on the official result, or replaced here): {'; '.join(inert)}")
-    return spec_data, header, unsupported, warnings
+    return header
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -562,7 +642,28 @@ def _control(control: dict, root: Path, out_dir: Path, logdir: Path | None, fram
     for name, value in control.items():
         if name not in _CONTROL_KEYS:
             unsupported.append(f"control_config.{name}: {_fmt(value)} (unknown to the converter)")
+    model = _controlnet_model(control, root, out_dir, unsupported, notes)
+    if model is None:
+        return None
+    condition = _saved_condition(logdir, kind, frames, start, rate, square, out_dir, notes)
+    if condition is None:
+        condition = _annotator_condition(control, kind, unsupported, warnings)
+        if condition is None:
+            return None
+    used = {"control_type", "pretrained_controlnet_path", "controlnet_conditioning_scale"}
+    used |= {"canny": {"low_threshold", "high_threshold"}, "openpose": {"hand", "face"},
+             "dwpose": {"hand", "face"}}.get(kind, set())
+    for name in sorted(_CONTROL_KEYS & set(control) - used):
+        inert.append(f"control_config.{name} (not read for {kind})")
+    notes.append(f"control_config -> control: ControlNet {model}, condition {condition}, scale {_fmt(scale)}, in "
+                 "inversion and editing as officially (the official ControlNet is inflated to sparse-causal "
+                 "frame attention; videograin's attends per frame)")
+    return {"model": model, "condition": condition, "scale": float(scale)}
 
+
+def _controlnet_model(control: dict, root: Path, out_dir: Path, unsupported: list[str],
+                      notes: list[str]) -> str | None:
+    """Map ``pretrained_controlnet_path`` to ``control.model`` (None, listed in ``unsupported``, when it does not)."""
     # the ControlNet: a local folder under the official root, else the hub model ckpt/download.sh clones
     raw = control.get("pretrained_controlnet_path")
     model = None
@@ -579,8 +680,12 @@ def _control(control: dict, root: Path, out_dir: Path, logdir: Path | None, fram
     if model is None:
         unsupported.append(f"control_config: {_fmt(control)} (ControlNet {raw!r} is neither a folder under "
                            f"{root} nor a known hub model; give control.model by hand)")
-        return None
+    return model
 
+
+def _saved_condition(logdir: Path | None, kind: Any, frames: int, start: int, rate: int, square: bool,
+                     out_dir: Path, notes: list[str]) -> str | None:
+    """Map an official run's ``<logdir>/control`` images to ``control.condition`` (None when not usable)."""
     # the conditions: the images an official run wrote to <logdir>/control, when videograin's reader (which
     # selects start/stride out of a folder) picks exactly them; else videograin's annotator for the type
     condition = None
@@ -600,39 +705,35 @@ def _control(control: dict, root: Path, out_dir: Path, logdir: Path | None, fram
                          f"({kind} annotator of test.py)")
         if why:
             notes.append(f"control.condition: {saved} (a previous official run's conditions) not used: {why}")
-    if condition is None:
-        condition = _CONDITIONS.get(kind) if isinstance(kind, str) else None
-        if condition is None:
-            unsupported.append(f"control_config: {_fmt(control)} (videograin has no {kind!r} annotator: only "
-                               f"canny, depth, pose; give a folder of condition images as control.condition)")
-            return None
-        if kind == "canny":
-            from ..control import CANNY_THRESHOLDS
+    return condition
 
-            thresholds = (control.get("low_threshold"), control.get("high_threshold"))
-            if thresholds != CANNY_THRESHOLDS:
-                unsupported.append(f"control_config.low_threshold/high_threshold: {_fmt(list(thresholds))} "
-                                   f"(videograin's canny uses {list(CANNY_THRESHOLDS)})")
-        elif kind in ("openpose", "dwpose"):
-            drawn = [part for part in ("hand", "face") if control.get(part)]
-            if drawn:
-                unsupported.append(f"control_config.{'/'.join(drawn)}: true ({' and '.join(drawn)} keypoints in "
-                                   "the pose condition; videograin's pose annotator draws bodies only)")
-            if kind == "dwpose":
-                warnings.append("control_config.control_type: dwpose (DWPose keypoints); videograin's pose "
-                                "annotator is OpenPose (controlnet_aux), the official openpose")
-        elif kind == "depth_zoe":
-            warnings.append("control_config.control_type: depth_zoe (ZoeDepth); videograin's depth annotator is "
-                            "DPT-hybrid MiDaS, the official depth")
-    used = {"control_type", "pretrained_controlnet_path", "controlnet_conditioning_scale"}
-    used |= {"canny": {"low_threshold", "high_threshold"}, "openpose": {"hand", "face"},
-             "dwpose": {"hand", "face"}}.get(kind, set())
-    for name in sorted(_CONTROL_KEYS & set(control) - used):
-        inert.append(f"control_config.{name} (not read for {kind})")
-    notes.append(f"control_config -> control: ControlNet {model}, condition {condition}, scale {_fmt(scale)}, in "
-                 "inversion and editing as officially (the official ControlNet is inflated to sparse-causal "
-                 "frame attention; videograin's attends per frame)")
-    return {"model": model, "condition": condition, "scale": float(scale)}
+
+def _annotator_condition(control: dict, kind: Any, unsupported: list[str], warnings: list[str]) -> str | None:
+    """Map ``control_type`` (and its annotator options) to videograin's annotator (None, listed, when none)."""
+    condition = _CONDITIONS.get(kind) if isinstance(kind, str) else None
+    if condition is None:
+        unsupported.append(f"control_config: {_fmt(control)} (videograin has no {kind!r} annotator: only "
+                           f"canny, depth, pose; give a folder of condition images as control.condition)")
+        return None
+    if kind == "canny":
+        from ..control import CANNY_THRESHOLDS
+
+        thresholds = (control.get("low_threshold"), control.get("high_threshold"))
+        if thresholds != CANNY_THRESHOLDS:
+            unsupported.append(f"control_config.low_threshold/high_threshold: {_fmt(list(thresholds))} "
+                               f"(videograin's canny uses {list(CANNY_THRESHOLDS)})")
+    elif kind in ("openpose", "dwpose"):
+        drawn = [part for part in ("hand", "face") if control.get(part)]
+        if drawn:
+            unsupported.append(f"control_config.{'/'.join(drawn)}: true ({' and '.join(drawn)} keypoints in "
+                               "the pose condition; videograin's pose annotator draws bodies only)")
+        if kind == "dwpose":
+            warnings.append("control_config.control_type: dwpose (DWPose keypoints); videograin's pose "
+                            "annotator is OpenPose (controlnet_aux), the official openpose")
+    elif kind == "depth_zoe":
+        warnings.append("control_config.control_type: depth_zoe (ZoeDepth); videograin's depth annotator is "
+                        "DPT-hybrid MiDaS, the official depth")
+    return condition
 
 
 

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..errors import WeightsUnavailable
 from ..io import as_uint8_frames
@@ -84,10 +83,20 @@ def evaluate(
     in ``skipped["flow_raft"]``, when RAFT cannot load). lpips: True to try the lpips package, a loaded
     LPIPS model, or False. recorder + layout (from ``pipe(..., record_attention=True)``): attention mass.
     """
+    edited, source, masks, region_prompts, names = _check_inputs(edited, source, masks, region_prompts, region_names)
+    result = EvalResult()
+    _clip_metrics(result, clip, edited, masks, prompt, region_prompts, names, device)
+    _warp_and_q_edit(result, edited, source, flow, device)
+    _pickscore(result, pickscore, pickscore_processor, edited, prompt, device)
+    _masked_fidelity(result, lpips, edited, source, masks, region_prompts, device)
+    _attention_mass(result, recorder, layout, names)
+    return result
+
+
+def _check_inputs(edited, source, masks, region_prompts, region_names):
+    """Frames as uint8 of the same shape, masks and region prompts checked, and the region names."""
     edited, source = as_uint8_frames(edited), as_uint8_frames(source)
     _check_same(edited, source, "edited vs source")
-    result = EvalResult()
-    metrics, skipped = result.metrics, result.skipped
     region_prompts = list(region_prompts) if region_prompts is not None else None
     if masks is not None:
         masks = _as_masks(masks)
@@ -97,32 +106,39 @@ def evaluate(
             raise ValueError("give one region prompt per mask sequence")
     names = list(region_names) if region_names is not None else (
         [f"region{r}" for r in range(len(region_prompts))] if region_prompts is not None else None)
+    return edited, source, masks, region_prompts, names
 
-    # --- CLIP-based
+
+def _clip_metrics(result: EvalResult, clip, edited, masks, prompt, region_prompts, names, device) -> None:
+    """CLIP-T, CLIP-F (adjacent and all pairs) and instance accuracy, or why each was skipped."""
+    metrics, skipped = result.metrics, result.skipped
     scorer, reason = _load_scorer(clip, "CLIP", None, device)
     if scorer is None:
         skipped.update({name: reason for name in CLIP_METRICS})
+        return
+    result.details["clip_model"] = getattr(scorer, "name", type(scorer).__name__)
+    if prompt:
+        metrics["clip_t"] = clip_text_score(scorer, edited, prompt)
     else:
-        result.details["clip_model"] = getattr(scorer, "name", type(scorer).__name__)
-        if prompt:
-            metrics["clip_t"] = clip_text_score(scorer, edited, prompt)
-        else:
-            skipped["clip_t"] = "needs the target prompt"
-        if len(edited) >= 2:
-            metrics.update(clip_frame_consistency(scorer, edited))
-        else:
-            skipped["clip_f"] = skipped["clip_f_all_pairs"] = "needs at least 2 frames"
-        edited_count = sum(1 for p in region_prompts or [] if p.strip())
-        if masks is None:
-            skipped["instance_accuracy"] = "needs region masks and prompts"
-        elif edited_count < 2:
-            skipped["instance_accuracy"] = f"needs at least 2 edited regions, got {edited_count}"
-        else:
-            acc = instance_accuracy(scorer, edited, masks, region_prompts, names)
-            metrics["instance_accuracy"] = acc["accuracy"]
-            result.details["instance_accuracy"] = acc
+        skipped["clip_t"] = "needs the target prompt"
+    if len(edited) >= 2:
+        metrics.update(clip_frame_consistency(scorer, edited))
+    else:
+        skipped["clip_f"] = skipped["clip_f_all_pairs"] = "needs at least 2 frames"
+    edited_count = sum(1 for p in region_prompts or [] if p.strip())
+    if masks is None:
+        skipped["instance_accuracy"] = "needs region masks and prompts"
+    elif edited_count < 2:
+        skipped["instance_accuracy"] = f"needs at least 2 edited regions, got {edited_count}"
+    else:
+        acc = instance_accuracy(scorer, edited, masks, region_prompts, names)
+        metrics["instance_accuracy"] = acc["accuracy"]
+        result.details["instance_accuracy"] = acc
 
-    # --- Warp-Err and Q-edit
+
+def _warp_and_q_edit(result: EvalResult, edited, source, flow: str, device) -> None:
+    """Warp-Err on the source's optical flow (RAFT falling back to DIS), then Q-edit = CLIP-T / Warp-Err."""
+    metrics, skipped = result.metrics, result.skipped
     if len(edited) < 2:
         skipped["warp_err"] = "needs at least 2 frames"
     elif min(edited.shape[1:3]) < DIS_MIN_SIZE:
@@ -147,55 +163,61 @@ def evaluate(
         missing = [name for name in ("clip_t", "warp_err") if name in skipped]
         skipped["q_edit"] = f"needs {' and '.join(missing)} (skipped)" if missing else "Warp-Err is 0"
 
-    # --- PickScore
-    if not prompt:
-        skipped["pickscore"] = "needs the target prompt"
-    else:
-        picker, reason = _load_scorer(pickscore, "PickScore", pickscore_processor, device)
-        if picker is None:
-            skipped["pickscore"] = reason
-        else:
-            metrics["pickscore"] = pick_score(picker, edited, prompt)
 
-    # --- masked fidelity
+def _pickscore(result: EvalResult, pickscore, pickscore_processor: str, edited, prompt, device) -> None:
+    """PickScore of the edited frames against the target prompt, or why it was skipped."""
+    if not prompt:
+        result.skipped["pickscore"] = "needs the target prompt"
+        return
+    picker, reason = _load_scorer(pickscore, "PickScore", pickscore_processor, device)
+    if picker is None:
+        result.skipped["pickscore"] = reason
+    else:
+        result.metrics["pickscore"] = pick_score(picker, edited, prompt)
+
+
+def _masked_fidelity(result: EvalResult, lpips, edited, source, masks, region_prompts, device) -> None:
+    """PSNR, SSIM and LPIPS inside and outside the edited regions, or why each was skipped."""
+    metrics, skipped = result.metrics, result.skipped
     lpips_names = ("lpips_inside", "lpips_outside")
     if masks is None:
         for name in ("psnr_inside_db", "psnr_outside_db", "ssim_inside", "ssim_outside", *lpips_names):
             skipped[name] = "needs region masks and prompts"
+        return
+    lpips_model = None
+    if lpips is True:
+        try:
+            lpips_model = load_lpips()
+            if device:
+                lpips_model = lpips_model.to(device)
+        except WeightsUnavailable as err:
+            skipped.update({name: str(err) for name in lpips_names})
+    elif lpips is False or lpips is None:
+        skipped.update({name: "LPIPS disabled" for name in lpips_names})
     else:
-        lpips_model = None
-        if lpips is True:
-            try:
-                lpips_model = load_lpips()
-                if device:
-                    lpips_model = lpips_model.to(device)
-            except WeightsUnavailable as err:
-                skipped.update({name: str(err) for name in lpips_names})
-        elif lpips is False or lpips is None:
-            skipped.update({name: "LPIPS disabled" for name in lpips_names})
-        else:
-            lpips_model = lpips
-        union = edited_union(masks, region_prompts)
-        values, notes = masked_fidelity(source, edited, union, lpips_model)
-        metrics.update(values)
-        result.notes.extend(notes)
-        result.details["edited_area_share"] = float(union.mean())
-        for side in ("inside", "outside"):
-            if f"psnr_{side}_db" not in values:
-                reason = "no edited region" if side == "inside" else "the edited regions cover every pixel"
-                for name in (f"psnr_{side}_db", f"ssim_{side}", f"lpips_{side}"):
-                    skipped.setdefault(name, reason)
+        lpips_model = lpips
+    union = edited_union(masks, region_prompts)
+    values, notes = masked_fidelity(source, edited, union, lpips_model)
+    metrics.update(values)
+    result.notes.extend(notes)
+    result.details["edited_area_share"] = float(union.mean())
+    for side in ("inside", "outside"):
+        if f"psnr_{side}_db" not in values:
+            reason = "no edited region" if side == "inside" else "the edited regions cover every pixel"
+            for name in (f"psnr_{side}_db", f"ssim_{side}", f"lpips_{side}"):
+                skipped.setdefault(name, reason)
 
-    # --- attention mass
+
+def _attention_mass(result: EvalResult, recorder, layout, names) -> None:
+    """Share of each region's cross-attention that falls inside its mask, or why it was skipped."""
     if recorder is None or layout is None:
-        skipped["attention_mass"] = "needs the attention recorder and layout of the edit (record_attention=True)"
+        result.skipped["attention_mass"] = "needs the attention recorder and layout of the edit (record_attention=True)"
     elif not recorder.maps:
-        skipped["attention_mass"] = "the attention recorder is empty"
+        result.skipped["attention_mass"] = "the attention recorder is empty"
     else:
         mass = attention_mass(recorder, layout, names)
-        metrics["attention_mass"] = mass["mean"]
+        result.metrics["attention_mass"] = mass["mean"]
         result.details["attention_mass"] = mass
-    return result
 
 
 def format_table(result: EvalResult | dict) -> str:
