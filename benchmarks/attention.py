@@ -32,10 +32,10 @@ from videograin.method.attention import GPU_METHODS, layout_attention
 
 # SD 1.5 self-attention: per-frame grid at 512x512 -> head dim (8 heads)
 SD15_LEVELS = {64: 40, 32: 80, 16: 160, 8: 160}
-METHODS = ("sdpa", "dense", "online", "grouped", "flex", "triton")
+METHODS = ("sdpa", "dense", "grouped", "flex", "triton")
 #: flex runs eagerly on the CPU, materialising every score, and triton needs CUDA: left out there
-#: unless asked for; online (pure PyTorch, many small launches) takes seconds per call on a GPU
-DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "online", "grouped"), "cuda": ("sdpa", "dense", "grouped", "flex", "triton")}
+#: unless asked for
+DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "grouped"), "cuda": ("sdpa", "dense", "grouped", "flex", "triton")}
 
 
 def make_inputs(frames: int, grid: int, heads: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0):

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel
 
-from videograin.testing import word_tokenizer
+from videograin.testing import clip_text_encoder, sd15_scheduler, word_tokenizer
 
 from .world import SIZE, WORDS
 
@@ -45,19 +45,7 @@ def make_vae() -> AutoencoderKL:
 
 
 def make_text_encoder(tokenizer) -> CLIPTextModel:
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=2 * TEXT_WIDTH,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    return clip_text_encoder(tokenizer, width=TEXT_WIDTH, heads=2)
 
 
 def make_unet(channels: tuple[int, ...] = (32, 64, 64)) -> UNet2DConditionModel:
@@ -76,19 +64,6 @@ def make_unet(channels: tuple[int, ...] = (32, 64, 64)) -> UNet2DConditionModel:
     )
 
 
-def make_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> Path:
     """Save as a Stable Diffusion folder (safetensors) that ``VideoGrainPipeline.from_pretrained`` loads."""
     pipe = StableDiffusionPipeline(
@@ -96,7 +71,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=make_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videograin.testing import sd15_scheduler
+
 from . import world
-from .model import MODEL_DIR, make_scheduler, make_text_encoder, make_tokenizer, make_unet, make_vae, save_pipeline
-from .model import token_ids
+from .model import MODEL_DIR, make_text_encoder, make_tokenizer, make_unet, make_vae, save_pipeline, token_ids
 
 
 def _lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -129,7 +130,7 @@ def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=No
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    alphas = make_scheduler().alphas_cumprod.float()
+    alphas = sd15_scheduler().alphas_cumprod.float()
     losses = [] if losses_out is None else losses_out
     for step in range(args.steps):
         for group in opt.param_groups:

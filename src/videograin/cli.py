@@ -159,46 +159,54 @@ def _run(args, reconstruct_only: bool) -> dict:
             io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
             record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]
         if not reconstruct_only:
-            result = pipe(
-                inputs.frames,
-                inputs.masks,
-                spec.prompt,
-                [r.prompt for r in spec.regions],
-                source_prompt=spec.source_prompt,
-                negative_prompt=spec.negative_prompt,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                modulation=settings.modulation if settings.uses_videograin else None,
-                blend=settings.blend,
-                composite=settings.composite,
-                record_attention=settings.record_attention or getattr(args, "eval", False),
-                reatco=settings.reatco if settings.uses_reatco else None,
-                words=[r.word for r in spec.regions],
-                window=settings.window,
-                generator=torch.Generator().manual_seed(settings.seed),
-                temporal_aids=settings.temporal_aids,
-                **control,
-            )
-            timings.update(result.timings)
-            if settings.uses_reatco:
-                record["reatco_losses"] = result.guidance
-            edited = io.to_uint8(result.frames)
-            clock = time.perf_counter()
-            io.write_video(folder / "edited.mp4", edited, inputs.fps)
-            io.write_frames(folder / "frames", edited)
-            io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
-            io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
-            if settings.record_attention:
-                _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
-            timings["write"] = time.perf_counter() - clock
-            if getattr(args, "eval", False):
-                clock = time.perf_counter()
-                record["eval"] = _eval_edit(args, spec, inputs, edited, result, device)
-                timings["eval"] = time.perf_counter() - clock
+            _edit(args, spec, pipe, inputs, control, overlay, folder, record, timings, device)
         timings["total"] = time.perf_counter() - started
         record.update(timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device))
         io.write_json(folder / "run.json", record)
     return record
+
+
+def _edit(args, spec: EditSpec, pipe, inputs: io.VideoInputs, control: dict, overlay: np.ndarray, folder: Path,
+          record: dict, timings: dict, device: str) -> None:
+    """The edit itself and its outputs (edited.mp4, frames/, comparison.gif/png, attention/), into
+    ``folder``; ``record`` and ``timings`` gain its results."""
+    settings = spec.edit
+    result = pipe(
+        inputs.frames,
+        inputs.masks,
+        spec.prompt,
+        [r.prompt for r in spec.regions],
+        source_prompt=spec.source_prompt,
+        negative_prompt=spec.negative_prompt,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        modulation=settings.modulation if settings.uses_videograin else None,
+        blend=settings.blend,
+        composite=settings.composite,
+        record_attention=settings.record_attention or getattr(args, "eval", False),
+        reatco=settings.reatco if settings.uses_reatco else None,
+        words=[r.word for r in spec.regions],
+        window=settings.window,
+        generator=torch.Generator().manual_seed(settings.seed),
+        temporal_aids=settings.temporal_aids,
+        **control,
+    )
+    timings.update(result.timings)
+    if settings.uses_reatco:
+        record["reatco_losses"] = result.guidance
+    edited = io.to_uint8(result.frames)
+    clock = time.perf_counter()
+    io.write_video(folder / "edited.mp4", edited, inputs.fps)
+    io.write_frames(folder / "frames", edited)
+    io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
+    io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
+    if settings.record_attention:
+        _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
+    timings["write"] = time.perf_counter() - clock
+    if getattr(args, "eval", False):
+        clock = time.perf_counter()
+        record["eval"] = _eval_edit(args, spec, inputs, edited, result, device)
+        timings["eval"] = time.perf_counter() - clock
 
 
 def _run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoInputs) -> dict:
@@ -345,25 +353,14 @@ def _segment(args) -> dict:
         io.write_png(folder / "segments.png", viz.grid([inputs.frames_uint8, overlay, *alone]))
         config = spec.to_dict()
         timings["total"] = time.perf_counter() - started
-        record = {
-            "config": {key: config[key] for key in ("model", "video", "source_prompt")},
-            "command": "segment",
-            "k": args.k,
-            "steps": args.steps,
-            "seed": args.seed,
-            "features": {"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
-            "segments": [{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
-            "versions": _versions(),
-            "device": device,
-            "dtype": str(pipe.unet.dtype),
-            "frames": int(inputs.frames.shape[0]),
-            "size": list(inputs.size),
-            "source_size": list(inputs.source_size),
-            "fps": inputs.fps,
-            "notes": inputs.notes,
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            **_peak_memory_mb(device),
-        }
+        record = _run_record({key: config[key] for key in ("model", "video", "source_prompt")}, "segment", pipe,
+                             device, inputs)
+        record.update(
+            k=args.k, steps=args.steps, seed=args.seed,
+            features={"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
+            segments=[{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
+            timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device),
+        )
         io.write_json(folder / "run.json", record)
     logger.info("name a folder %s/segment_<i> as a region's `masks:` (segments.png shows which)", out)
     return record
@@ -399,6 +396,7 @@ def _convert_config(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # long only because it lists every subcommand's flags in one place, as `--help` shows them
     parser = argparse.ArgumentParser(prog="videograin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"videograin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

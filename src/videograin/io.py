@@ -424,39 +424,7 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
     n, src_h, src_w = frames_u8.shape[:3]
     w, h = fit_size((src_w, src_h), video.size, multiple)
     notes: list[str] = []
-    total_source: int | None = None
-
-    region_masks = []
-    for i, region in enumerate(spec.regions):
-        if region.masks is not None:
-            fld = f"regions[{i}].masks"
-            folder = Path(region.masks)
-            if total_source is None and folder.is_dir() and len(list_images(folder)) != n:
-                total_source = count_frames(video.path)  # only needed when counts differ
-            m = read_mask_folder(
-                folder, video.start, n, video.stride, total_source if total_source is not None else n, fld
-            )
-            mh, mw = m.shape[1:]
-            if (mw, mh) != (src_w, src_h):
-                raise SpecError(
-                    fld,
-                    f"mask images are {mw}x{mh} but video frames are {src_w}x{src_h}",
-                    f"export the masks of region '{region.name}' at {src_w}x{src_h}",
-                )
-        else:  # boxes: one static box or one per frame (config/parse.py checked the count)
-            fld = f"regions[{i}].masks"
-            m = boxes_to_masks(region.boxes, n, src_h, src_w)
-        m = resize_masks(m, (w, h))
-        empty = [f for f in range(n) if not m[f].any()]
-        if len(empty) == n:
-            raise SpecError(
-                fld,
-                f"region '{region.name}' is empty in every frame at {w}x{h}",
-                "check the masks/boxes (nonzero pixels mark the region) or use a larger size",
-            )
-        if empty:
-            notes.append(f"region '{region.name}' is empty in frames {empty}")
-        region_masks.append(m)
+    region_masks = [_region_masks(spec, i, n, (src_w, src_h), (w, h), notes) for i in range(len(spec.regions))]
 
     if (w, h) != (src_w, src_h):
         note = f"resized {src_w}x{src_h} -> {w}x{h}"
@@ -478,6 +446,33 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
         size=(w, h),
         notes=notes,
     )
+
+
+def _region_masks(spec: "EditSpec", i: int, n: int, source_size: tuple[int, int], size: tuple[int, int],
+                  notes: list[str]) -> np.ndarray:
+    """Region ``i``'s masks (n, h, w) bool at ``size``, from its folder (at ``source_size``) or boxes;
+    frames where it is empty are noted in ``notes``."""
+    region, video, field = spec.regions[i], spec.video, f"regions[{i}].masks"
+    (src_w, src_h), (w, h) = source_size, size
+    if region.masks is not None:
+        folder = Path(region.masks)
+        # the source's frame count matters only when the folder does not hold one mask per selected frame
+        total = count_frames(video.path) if folder.is_dir() and len(list_images(folder)) != n else n
+        m = read_mask_folder(folder, video.start, n, video.stride, total, field)
+        mh, mw = m.shape[1:]
+        if (mw, mh) != (src_w, src_h):
+            raise SpecError(field, f"mask images are {mw}x{mh} but video frames are {src_w}x{src_h}",
+                            f"export the masks of region '{region.name}' at {src_w}x{src_h}")
+    else:  # boxes: one static box or one per frame (config/parse.py checked the count)
+        m = boxes_to_masks(region.boxes, n, src_h, src_w)
+    m = resize_masks(m, (w, h))
+    empty = [f for f in range(n) if not m[f].any()]
+    if len(empty) == n:
+        raise SpecError(field, f"region '{region.name}' is empty in every frame at {w}x{h}",
+                        "check the masks/boxes (nonzero pixels mark the region) or use a larger size")
+    if empty:
+        notes.append(f"region '{region.name}' is empty in frames {empty}")
+    return m
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -192,7 +192,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
         ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
         """
-        spans = self.check_inputs(frames, masks, prompt, region_prompts)
+        # the six stages in order; the signature and docstring make up half of its length
+        spans = self.check_inputs(frames, masks, prompt, region_prompts)  # 1. check
         backbone = self.backbone
         control = backbone.control(control_images, control_scale)
         token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))

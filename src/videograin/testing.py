@@ -75,6 +75,35 @@ def word_tokenizer(words: Iterable[str], model_max_length: int = 77) -> CLIPToke
         return CLIPTokenizer(*map(str, _tokenizer_files(Path(scratch), list(words))), model_max_length=model_max_length)
 
 
+def sd15_scheduler() -> DDIMScheduler:
+    """A DDIM scheduler with Stable Diffusion 1.5's noise schedule (1000 steps, scaled linear betas)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, heads: int, layers: int = 2) -> CLIPTextModel:
+    """A small random CLIP text encoder for ``tokenizer`` (77 positions, MLP twice the width)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def make_tiny_model(folder: str | Path, seed: int = 0, controlnet: bool = False) -> Path:
     """Write a tiny random-weight SD-style pipeline (diffusers folder layout, safetensors) to ``folder``;
     ``controlnet`` adds a tiny ControlNet made from its UNet in ``folder/controlnet``."""
@@ -84,19 +113,7 @@ def make_tiny_model(folder: str | Path, seed: int = 0, controlnet: bool = False)
     scratch.mkdir(exist_ok=True)
     tokenizer = CLIPTokenizer(*map(str, _tokenizer_files(scratch)), model_max_length=77)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = clip_text_encoder(tokenizer, width=32, heads=4)
     vae = AutoencoderKL(
         block_out_channels=(16, 16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -116,14 +133,7 @@ def make_tiny_model(folder: str | Path, seed: int = 0, controlnet: bool = False)
         attention_head_dim=4,
         norm_num_groups=8,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd15_scheduler()
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -12,11 +12,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..method.attention import KernelChoice
 from ..method.layout import Layout
-from ..method.recorder import AttentionRecorder
 from ..method.sampling import DDIMSchedule, DenoiseFn
-from ..method.settings import Modulation, TemporalAidSettings
+from ..method.settings import TemporalAidSettings
 
 
 class Backbone(Protocol):
@@ -65,24 +63,13 @@ class Backbone(Protocol):
         """Structure conditioning for ``denoise_fn`` from condition images (F, 3, H, W) in [0, 1]; None
         without images."""
 
-    def denoise_fn(
-        self,
-        cond: torch.Tensor,
-        uncond: torch.Tensor | None,
-        guidance_scale: float,
-        num_frames: int,
-        schedule: DDIMSchedule,
-        *,
-        temporal: str = "full",
-        layout: Layout | None = None,
-        modulation: Modulation | None = None,
-        recorder: AttentionRecorder | None = None,
-        aids=None,
-        control=None,
-        kernels: KernelChoice | None = None,
-    ) -> DenoiseFn:
-        """ε-prediction with classifier-free guidance (uncond None: none); the layout modulation on the
-        conditional branch for the first ``modulation.steps`` steps."""
+    def denoise_fn(self, cond, uncond, guidance_scale: float, num_frames: int, schedule: DDIMSchedule,
+                   **options) -> DenoiseFn:
+        """ε-prediction for latents of ``num_frames`` frames with classifier-free guidance (cond, uncond:
+        (1, L, D); uncond None: no guidance). ``options``: ``temporal``, ``layout`` and ``modulation``
+        (ST-Layout attention on the conditional branch for the first ``modulation.steps`` steps),
+        ``recorder`` (an AttentionRecorder), ``aids`` and ``control`` (from ``temporal_aids`` and
+        ``control``), ``kernels`` (the edit's KernelChoice)."""
 
     def attention_processors(self) -> AbstractContextManager:
         """Install the method's attention processors for the duration of a ``with`` block."""

@@ -45,6 +45,7 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_M"] == 64 and c.num_warps == 8]
 
 
+# one function: a fused Triton kernel cannot call out for its inner loop without losing the fusion
 @triton.jit
 def _layout_attention_kernel(
     Q, K, V, Q_BITS, LAM, K_BITS, OUT,
