@@ -307,6 +307,7 @@ def test_output_that_is_a_file(case):
 def test_overwrite_keeps_an_old_output_on_an_input_error(case):
     case.out.mkdir()
     (case.out / "old.txt").write_text("keep me")
+    (case.out / "run.json").write_text('{"command": "edit"}')  # a previous output of ours
     case.config["video"]["frames"] = 40
     case.fail("video.frames", "--overwrite")
     assert (case.out / "old.txt").read_text() == "keep me"
@@ -315,6 +316,7 @@ def test_overwrite_keeps_an_old_output_on_an_input_error(case):
 def test_overwrite_replaces_a_non_empty_output(case, capsys):
     case.out.mkdir()
     (case.out / "old.txt").write_text("old")
+    (case.out / "run.json").write_text('{"command": "edit"}')  # a previous output of ours
     case.config["video"]["frames"] = 4
     case.config["video"]["size"] = [64, 48]  # fastest run on the tiny model
     # 48 is a multiple of 16; 4 frames need 4 masks of the 16: the selection applies to 16 source masks
@@ -438,3 +440,48 @@ def test_segment_arguments_checked_against_the_model(case, flags, field):
     case.config["output"] = str(case.root / "segments")
     line = case.fail(field, *flags, "--out", str(case.root / "segments"), command="segment")
     assert "--k" not in line or field == "--k"
+
+
+# --- output safety (issue 17: --overwrite deleted inputs, concurrent runs, interrupts) --------------------
+
+
+@pytest.mark.parametrize("where", ["config folder", "video file", "mask folder", "empty"])
+def test_overwrite_never_targets_an_input(case, where):
+    out = {"config folder": case.folder, "video file": case.folder / "video.mp4",
+           "mask folder": case.folder / "masks" / "left_ball" / "out", "empty": ""}[where]
+    field = "--out" if where == "empty" else "output"
+    case.fail(field, "--out", str(out), "--overwrite")
+
+
+def test_a_second_run_into_the_same_output_is_refused(case):
+    """A live run's lock (here: this process's id) makes the next run stop before the weights load."""
+    config = case.write()
+    lock = case.out.parent / f".{case.out.name}.lock"
+    lock.write_text(str(os.getpid()))
+    case.monkeypatch.setattr(cli, "_load_pipeline", lambda *a: pytest.fail("weights were loaded"))
+    case.capsys.readouterr()
+    assert main(["edit", str(config)]) == 2
+    line = case.capsys.readouterr().err.strip()
+    assert line.startswith("error: output: another videograin run") and "\n" not in line
+    assert lock.read_text() == str(os.getpid()) and not case.out.exists()  # the other run's lock is kept
+
+
+def test_sigterm_mid_edit_leaves_no_output_and_no_temp_folder(case):
+    """SIGTERM while the edit runs: one line, exit 130, no output, no temporary folder, no lock."""
+    import signal
+    import time
+
+    case.config["edit"]["steps"] = 200
+    config = case.write()
+    proc = subprocess.Popen([sys.executable, "-m", "videograin.cli", "edit", str(config)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.") and p.is_dir() for p in case.root.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the edit never started writing"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted; nothing written"
+    assert not case.out.exists()
+    assert not [p.name for p in case.root.iterdir() if p.name.startswith(".out")], "temp folder or lock left"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -307,18 +309,20 @@ def test_output_folder_leaves_nothing_on_error(tmp_path):
     # with an existing output and overwrite: old content survives a failure
     final.mkdir()
     (final / "old.txt").write_text("keep")
+    (final / "run.json").write_text('{"command": "edit"}')  # a previous output: --overwrite may replace it
     with pytest.raises(RuntimeError):
         with io.output_folder(final, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert [p.name for p in final.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt", "run.json"]
 
 
 def test_output_folder_replaces_on_success(tmp_path):
     final = tmp_path / "sub" / "out"
     with io.output_folder(final, overwrite=False) as tmp:
         (tmp / "a.txt").write_text("1")
+        (tmp / "run.json").write_text('{"command": "edit"}')
     assert (final / "a.txt").read_text() == "1"
     with io.output_folder(final, overwrite=True) as tmp:
         assert not (tmp / "a.txt").exists()
@@ -330,6 +334,42 @@ def test_output_folder_replaces_on_success(tmp_path):
     with io.output_folder(final_empty, overwrite=False) as tmp:  # empty folder is fine without overwrite
         (tmp / "c.txt").write_text("3")
     assert (final_empty / "c.txt").exists()
+
+
+def test_overwrite_replaces_only_our_outputs_and_never_an_input(tmp_path):
+    """Issue 17, cause 1: --overwrite replaced the config's folder, a video file or a folder of notes."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    video = tmp_path / "clip" / "video.mp4"
+    video.parent.mkdir()
+    video.write_bytes(b"not really")
+    for final, inputs, words in [(notes, [], "not a videograin output"), (video, [], "is a file"),
+                                 (tmp_path / "clip", [video], "input"), (tmp_path, [video], "input"),
+                                 (tmp_path / "clip" / "out", [video.parent], "input")]:
+        with pytest.raises(SpecError, match=words) as exc:
+            io.check_output_folder(final, overwrite=True, inputs=inputs)
+        assert exc.value.field == "output"
+    assert (notes / "todo.txt").read_text() == "mine" and video.read_bytes() == b"not really"
+
+
+def test_output_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
+    """Issue 17, cause 2: two runs into one folder both said "wrote"; 17: killed runs left temp folders."""
+    final = tmp_path / "out"
+    with io.output_lock(final):
+        with pytest.raises(SpecError, match="another videograin run") as exc:
+            with io.output_lock(final):
+                pass
+        assert exc.value.field == "output"
+    assert list(tmp_path.iterdir()) == []  # the lock is gone with the run
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".out.lock").write_text(dead.stdout.strip())  # a process that has exited
+    (tmp_path / ".out.0123abcd").mkdir()  # what a killed run leaves
+    (tmp_path / ".out.0123abcd" / "half.png").write_bytes(b"")
+    (tmp_path / ".outside").mkdir()  # not ours
+    with io.output_lock(final):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".outside"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".outside"]
 
 
 # ------------------------------------------------------------------------------------------ viz

@@ -13,7 +13,9 @@ import dataclasses
 import logging
 import platform
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -60,10 +62,23 @@ def _resolve(args) -> EditSpec:
         model = Path(args.model)
         spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
     if args.out is not None:
+        if not args.out.strip():
+            raise SpecError("--out", "is empty (an unset shell variable?)", "give an output folder, e.g. --out out/run")
         spec = dataclasses.replace(spec, output=Path(args.out).resolve())
     if spec.output is None:
         raise SpecError("output", "no output folder given", "set `output:` in the config or pass --out DIR")
     return spec
+
+
+def _inputs_of(spec: EditSpec, config: str) -> list[Path]:
+    """Every file or folder an edit reads: what its output may not be, hold or sit inside."""
+    paths = [Path(config), spec.video.path, *(r.masks for r in spec.regions if r.masks is not None)]
+    for model in (spec.model, spec.control.model if spec.control else None):
+        if model is not None and Path(model).is_dir():
+            paths.append(Path(model))
+    if spec.control is not None and isinstance(spec.control.condition, Path):
+        paths.append(spec.control.condition)
+    return paths
 
 
 def _load_pipeline(spec: EditSpec, device: str):
@@ -131,8 +146,13 @@ def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recor
 def _run(args, reconstruct_only: bool) -> dict:
     started = time.perf_counter()
     spec = _resolve(args)
+    io.check_output_folder(spec.output, args.overwrite, _inputs_of(spec, args.config))
+    with io.output_lock(spec.output):
+        return _run_locked(args, spec, reconstruct_only, started)
+
+
+def _run_locked(args, spec: EditSpec, reconstruct_only: bool, started: float) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    io.check_output_folder(spec.output, args.overwrite)
     inputs = io.load_inputs(spec, preflight(spec).size_multiple)
     for note in spec_notes(spec):
         logger.info("note: %s", note)
@@ -316,8 +336,6 @@ def _segment(args) -> dict:
     """`videograin segment`: K-means segments of the inversion's self-attention features (papers/000
     App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
     segments_overlay.mp4, segments.png and run.json, through a temporary folder renamed on success."""
-    from .segment import label_masks, segment_video
-
     started = time.perf_counter()
     if args.k < 2:
         raise SpecError("--k", f"must be at least 2, got {args.k}", "pass the number of segments, e.g. --k 3 "
@@ -332,7 +350,14 @@ def _segment(args) -> dict:
         spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
     out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    io.check_output_folder(out, args.overwrite)
+    io.check_output_folder(out, args.overwrite, _inputs_of(spec, args.config))
+    with io.output_lock(out):
+        return _segment_locked(args, spec, out, device, started)
+
+
+def _segment_locked(args, spec, out: Path, device: str, started: float) -> dict:
+    from .segment import label_masks, segment_video
+
     facts = read_model(spec.model)
     inputs = io.load_inputs(spec, facts.size_multiple)
     _check_segment_args(args, facts, inputs)
@@ -450,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "make-tiny-model":
             from .testing import make_tiny_model
@@ -466,7 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): the output folders cleaned up on the way out
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -573,22 +573,87 @@ def write_json(path: Path, obj: Any) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
-def check_output_folder(final: Path, overwrite: bool) -> None:
-    """SpecError("output") when ``final`` is a file or a non-empty folder and ``overwrite`` is false."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        if not final.is_dir():
-            raise SpecError("output", f"{final} is a file", "pass --overwrite or choose another folder")
-        if any(final.iterdir()):
+#: What a videograin run writes into run.json's "command": the mark of a folder --overwrite may replace.
+OUTPUT_COMMANDS = ("edit", "reconstruct", "segment")
+
+
+def _is_our_output(folder: Path) -> bool:
+    """Whether ``folder`` holds a run.json written by a videograin command."""
+    try:
+        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("command") in OUTPUT_COMMANDS
+
+
+def check_output_folder(final: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """SpecError("output") when ``final`` may not be written: it is a file, it is, holds or sits inside
+    one of the ``inputs`` (config, video, mask folders, model ...), or it is a non-empty folder and
+    ``overwrite`` is false or it is not a previous output of this tool (no run.json of ours)."""
+    final = Path(final).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if final == source or source.is_relative_to(final) or final.is_relative_to(source):
+            raise SpecError("output", f"{final} is, holds or sits inside the input {source}",
+                            "choose an output folder apart from the config, video, masks and model")
+    if final.exists() and not final.is_dir():
+        raise SpecError("output", f"{final} is a file", "choose a folder (--overwrite replaces only output folders)")
+    if final.is_dir() and any(final.iterdir()):
+        if not overwrite:
             raise SpecError("output", f"{final} is not empty", "pass --overwrite or choose another folder")
+        if not _is_our_output(final):
+            raise SpecError("output", f"{final} is not a videograin output folder (no run.json of ours), so "
+                            "--overwrite will not delete it", "choose an empty or new folder")
+
+
+@contextlib.contextmanager
+def output_lock(final: Path) -> Iterator[None]:
+    """Hold ``.<final.name>.lock`` beside ``final`` (created with O_EXCL, holding this process's id) for
+    one run: a second run into the same output is refused at once with SpecError("output"). A lock
+    whose process is gone is taken over; the run's stale temporary folders are removed then."""
+    final = Path(final).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None:
+                raise SpecError("output", f"another videograin run (process {owner}) is writing {final}",
+                                "wait for it to finish, or choose another folder") from None
+            logger.info("removing the stale lock %s", lock)
+            lock.unlink(missing_ok=True)
+    else:
+        raise SpecError("output", f"cannot take the lock {lock}", "remove it if no videograin run is writing there")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        for stale in final.parent.glob(f".{final.name}.*"):
+            if stale.is_dir() and re.fullmatch(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(\.old)?", stale.name):
+                logger.info("removing %s, left by an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The id of the live process holding ``lock``, or None when it is gone (a stale lock)."""
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 @contextlib.contextmanager
 def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
     """Write outputs into a temporary sibling folder and move it to ``final`` only on success.
 
-    Raises SpecError("output") if ``final`` exists and is not empty (or is a file) and ``overwrite`` is
-    false. Yields the temporary folder (same parent, name ``.<final.name>.<random>``). On normal exit the
+    Raises SpecError("output") as ``check_output_folder`` does. Yields the temporary folder (same parent, name ``.<final.name>.<random>``). On normal exit the
     old ``final`` (if any) is moved aside, the temporary folder renamed to ``final``, and the old one
     removed. On an exception the temporary folder is deleted and the exception re-raised; ``final`` is
     untouched. The parent of ``final`` is created if missing.
