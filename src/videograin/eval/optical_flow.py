@@ -71,7 +71,7 @@ def optical_flow(frames: Any, backend: str = "dis", device: str | None = None) -
 
     frames: uint8 ``(F, H, W, 3)`` or float ``(F, 3, H, W)`` in [-1, 1]. backend ``"dis"``: OpenCV DIS
     (medium preset) on grey frames, no weights; ``"raft"``: torchvision RAFT-large (raises
-    ``metrics.WeightsUnavailable`` without torchvision or its weights; may download them).
+    ``errors.WeightsUnavailable`` without torchvision or its weights; may download them).
     """
     frames = as_uint8_frames(frames)
     if len(frames) < 2:
