@@ -610,8 +610,10 @@ def check_output_folder(final: Path, overwrite: bool, inputs: Sequence[Path] = (
 def output_lock(final: Path) -> Iterator[None]:
     """Hold ``.<final.name>.lock`` beside ``final`` (created with O_EXCL, holding this process's id) for
     one run: a second run into the same output is refused at once with SpecError("output"). A lock
-    whose process is gone is taken over; the run's stale temporary folders are removed then."""
+    whose process is gone is taken over; the run's stale temporary folders are removed then. Parent
+    folders made for the lock are removed again if the run leaves them empty."""
     final = Path(final).resolve()
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = final.parent / f".{final.name}.lock"
     for _ in range(2):
@@ -637,6 +639,9 @@ def output_lock(final: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        for folder in created:  # what the lock needed: removed again unless the run wrote into it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _lock_owner(lock: Path) -> int | None:
