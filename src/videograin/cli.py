@@ -24,10 +24,11 @@ import torch
 
 from . import __version__, io, viz
 from .config.parse import load_source_spec, load_spec, spec_from_dict
-from .config.preflight import ModelFacts, check_prompts, preflight, read_model
+from .config.preflight import ModelFacts, preflight, read_model
 from .config.preflight import notes as spec_notes
 from .config.spec import EditSpec
 from .errors import SpecError, WeightsUnavailable
+from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
 
@@ -110,8 +111,7 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
         try:
             images = annotate(spec.control.condition, inputs.frames_uint8)
         except WeightsUnavailable as err:
-            problem, _, fix = str(err).partition("; ")
-            raise SpecError("control.condition", problem, fix or "give a folder of condition images") from None
+            raise SpecError("control.condition", str(err), "give a folder or video of condition images instead") from None
     return images, {"control_images": condition_tensor(images), "control_scale": spec.control.scale}
 
 
@@ -126,7 +126,7 @@ def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
 def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
     """attention/<region>.mp4: each region prompt's cross-attention over the source (and
     <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png."""
-    spans = check_prompts(spec, tokenizer)
+    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
     size = tuple(inputs.frames.shape[-2:])
     heat = viz.prompt_attention(recorder, spans, size)
     plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None

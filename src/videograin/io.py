@@ -11,6 +11,7 @@ Bad user input raises :class:`~videograin.errors.SpecError` naming the config fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -424,7 +425,9 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
     n, src_h, src_w = frames_u8.shape[:3]
     w, h = fit_size((src_w, src_h), video.size, multiple)
     notes: list[str] = []
-    region_masks = [_region_masks(spec, i, n, (src_w, src_h), (w, h), notes) for i in range(len(spec.regions))]
+    source_frames = functools.cache(lambda: count_frames(video.path))  # decoded once, and only if a folder needs it
+    region_masks = [_region_masks(spec, i, n, (src_w, src_h), (w, h), notes, source_frames)
+                    for i in range(len(spec.regions))]
 
     if (w, h) != (src_w, src_h):
         note = f"resized {src_w}x{src_h} -> {w}x{h}"
@@ -449,15 +452,15 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
 
 
 def _region_masks(spec: "EditSpec", i: int, n: int, source_size: tuple[int, int], size: tuple[int, int],
-                  notes: list[str]) -> np.ndarray:
+                  notes: list[str], source_frames) -> np.ndarray:
     """Region ``i``'s masks (n, h, w) bool at ``size``, from its folder (at ``source_size``) or boxes;
-    frames where it is empty are noted in ``notes``."""
+    frames where it is empty are noted in ``notes``. ``source_frames()``: the source's frame count."""
     region, video, field = spec.regions[i], spec.video, f"regions[{i}].masks"
     (src_w, src_h), (w, h) = source_size, size
     if region.masks is not None:
         folder = Path(region.masks)
         # the source's frame count matters only when the folder does not hold one mask per selected frame
-        total = count_frames(video.path) if folder.is_dir() and len(list_images(folder)) != n else n
+        total = source_frames() if folder.is_dir() and len(list_images(folder)) != n else n
         m = read_mask_folder(folder, video.start, n, video.stride, total, field)
         mh, mw = m.shape[1:]
         if (mw, mh) != (src_w, src_h):

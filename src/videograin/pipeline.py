@@ -134,13 +134,14 @@ class VideoGrainPipeline(DiffusionPipeline):
         temporal: str = "full",
         aids=None,
         control=None,
+        schedule: DDIMSchedule | None = None,
     ) -> list[torch.Tensor]:
         """DDIM-invert latents (F, C, h, w) under ``source_prompt`` (guidance 1), with the same
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
-        on every step, PnP features recorded; its structure ``control``). Returns the trajectory
-        (see ``ddim_invert``)."""
+        on every step, PnP features recorded; its structure ``control``). ``schedule``: the edit's, when
+        it has one (else built for ``steps``). Returns the trajectory (see ``ddim_invert``)."""
         backbone = self.backbone
-        schedule = backbone.schedule(steps)
+        schedule = schedule if schedule is not None else backbone.schedule(steps)
         cond = backbone.encode_prompt(source_prompt)
         aids = aids.for_inversion() if aids is not None else None
         denoise = backbone.denoise_fn(cond, None, 1.0, latents.shape[0], schedule, temporal=temporal, aids=aids,
@@ -209,13 +210,16 @@ class VideoGrainPipeline(DiffusionPipeline):
         layout = backbone.layout(masks, spans, latent_size, temporal)  # 3. layout
 
         aids = self.temporal_aids(frames, latent_size, temporal_aids)
+        schedule = backbone.schedule(num_inference_steps)  # shared by inversion and editing
         clock = time.perf_counter()
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, aids, control)  # 4. invert
+        trajectory = self.invert(  # 4. invert
+            latents, source_prompt, num_inference_steps, temporal, aids, control, schedule
+        )
         timings["invert"] = time.perf_counter() - clock
 
         clock = time.perf_counter()  # 5. edit
-        plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, num_inference_steps,
-                          window, layout, latent_size, temporal, record_attention, trajectory, aids, control)
+        plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
+                          layout, latent_size, temporal, record_attention, trajectory, aids, control)
         denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
         callback = self._edit_callback(plan, latents, blend, reatco, generator)
         guidance: list[dict] = []
@@ -247,7 +251,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             raise ValueError(f"ReAtCo level {level} does not exist: the model has levels 0..{backbone.num_levels - 1}")
         return level
 
-    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, steps, window, layout,
+    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window, layout,
               latent_size, temporal, record_attention, trajectory, aids, control) -> _EditPlan:
         """Text embeddings, temporal windows (one layout and recorder each), schedule and blend mask."""
         backbone = self.backbone
@@ -264,7 +268,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             for _ in windows
         ]
         edited_mask = blend_mask(masks, [bool(p.strip()) for p in region_prompts], latent_size)
-        return _EditPlan(cond, uncond, windows, layouts, recorders, backbone.schedule(steps), trajectory, edited_mask,
+        return _EditPlan(cond, uncond, windows, layouts, recorders, schedule, trajectory, edited_mask,
                          aids, control, KernelChoice())
 
     def _window_denoise_fn(self, plan: _EditPlan, w: slice, layout: Layout, uncond, guidance_scale, modulation,
@@ -318,8 +322,9 @@ class VideoGrainPipeline(DiffusionPipeline):
         backbone = self.backbone
         control = backbone.control(control_images, control_scale)
         latents = self.encode_frames(frames)
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control)
         schedule = backbone.schedule(num_inference_steps)
+        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control,
+                                 schedule=schedule)
         cond = backbone.encode_prompt(source_prompt)
         denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
         with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:

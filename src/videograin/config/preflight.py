@@ -96,16 +96,15 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
     check_prompts(spec, facts.tokenizer)
 
 
-def check_prompts(spec: EditSpec, tokenizer) -> list:
-    """The region prompts' token spans in the prompt (and their words of interest); SpecError naming
-    the field otherwise."""
+def check_prompts(spec: EditSpec, tokenizer) -> None:
+    """Each region prompt occurs in the prompt as tokens, and each word of interest in its region
+    prompt; SpecError naming the field otherwise."""
     try:
         spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
         word_token_indices(tokenizer, spec.prompt, spans, [r.word for r in spec.regions])
     except PromptError as err:
         field = "prompt" if err.region is None else f"regions[{err.region}].{err.part}"
         raise SpecError(field, err.problem, err.fix) from None
-    return spans
 
 
 def notes(spec: EditSpec) -> list[str]:

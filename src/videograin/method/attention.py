@@ -296,7 +296,7 @@ def layout_attention(
             failed, chosen = chosen, kernels.fastest_gpu_method()
             logger.warning("the %s kernel failed (%s); ST-Layout attention uses the %s path for the rest of "
                            "this edit", failed, kernels.failed[failed], chosen)
-    return _blocked(grouped_layout_attention, q, k, v, q_bits, k_bits, lam, scale)
+    return _blocked(KERNELS[chosen], q, k, v, q_bits, k_bits, lam, scale)  # grouped, the CPU path
 
 
 def _blocked(kernel, q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
