@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import platform
+import re
 import resource
 import signal
 import sys
@@ -23,11 +25,11 @@ import numpy as np
 import torch
 
 from . import __version__, io, viz
-from .config.parse import load_source_spec, load_spec, spec_from_dict
+from .config.parse import load_source_spec, load_spec, resolve_model, spec_from_dict
 from .config.preflight import ModelFacts, preflight, read_model
 from .config.preflight import notes as spec_notes
 from .config.spec import EditSpec
-from .errors import SpecError, WeightsUnavailable
+from .errors import SpecError, WeightsUnavailable, first_line
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -60,8 +62,7 @@ def _resolve(args) -> EditSpec:
             raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
         spec = dataclasses.replace(spec, edit=dataclasses.replace(spec.edit, steps=args.steps))
     if args.model is not None:
-        model = Path(args.model)
-        spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
+        spec = dataclasses.replace(spec, model=resolve_model(args.model, Path.cwd()))
     if args.out is not None:
         if not args.out.strip():
             raise SpecError("--out", "is empty (an unset shell variable?)", "give an output folder, e.g. --out out/run")
@@ -69,6 +70,23 @@ def _resolve(args) -> EditSpec:
     if spec.output is None:
         raise SpecError("output", "no output folder given", "set `output:` in the config or pass --out DIR")
     return spec
+
+
+def _device(flag: str | None) -> str:
+    """The torch device of ``--device`` (default: cuda when PyTorch sees a GPU), checked."""
+    if flag is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if flag == "cpu":
+        return flag
+    match = re.fullmatch(r"cuda(?::(\d+))?", flag)
+    if match is None:
+        raise SpecError("--device", f"unknown device {flag!r}", "pass cpu or cuda (cuda:N for the N-th GPU)")
+    if not torch.cuda.is_available():
+        raise SpecError("--device", f"{flag}: this PyTorch build sees no CUDA GPU",
+                        "pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise SpecError("--device", f"{flag}: there are {torch.cuda.device_count()} GPUs", "pick an index below that")
+    return flag
 
 
 def _inputs_of(spec: EditSpec, config: str) -> list[Path]:
@@ -152,8 +170,9 @@ def _run(args, reconstruct_only: bool) -> dict:
 
 
 def _run_locked(args, spec: EditSpec, reconstruct_only: bool, started: float) -> dict:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     inputs = io.load_inputs(spec, preflight(spec).size_multiple)
+    io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
     for note in spec_notes(spec):
         logger.info("note: %s", note)
         inputs.notes.append(note)
@@ -277,8 +296,6 @@ def _read_all(path: Path, field: str, frames: int | None = None, spec: EditSpec 
 
 def _eval(args) -> dict:
     """`videograin eval`: metrics of an edited video against its source; writes metrics.json."""
-    import json
-
     from .eval import evaluate, metrics
 
     given = Path(args.edited)
@@ -292,7 +309,7 @@ def _eval(args) -> dict:
         if args.config:
             spec = load_spec(args.config)
         elif (given / "run.json").is_file():
-            spec = spec_from_dict(json.loads((given / "run.json").read_text(encoding="utf-8"))["config"], given)
+            spec = spec_from_dict(_run_config(given / "run.json"), given)
         else:
             raise SpecError("--config", f"{given} has no run.json", "pass --config CONFIG (the edit's config)")
     else:
@@ -312,11 +329,15 @@ def _eval(args) -> dict:
         raise SpecError("--source", f"{source_path} gives {len(source)} frames, the edit has {count}",
                         "give the source video the edit was made from")
     masks = inputs.masks.numpy()
+    notes = []
     if source.shape[1:3] != (height, width):
+        notes.append(f"the source ({source.shape[2]}x{source.shape[1]}) and the masks were resized to the edit's "
+                     f"{width}x{height}")
+        logger.warning("note: %s", notes[-1])
         source = io.resize_frames(source, (width, height))
     if masks.shape[-2:] != (height, width):
         masks = io.resize_masks(masks, (width, height))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     evaluation = evaluate.evaluate(
         edited, source, masks, spec.prompt, [r.prompt for r in spec.regions], [r.name for r in spec.regions],
         clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
@@ -324,12 +345,25 @@ def _eval(args) -> dict:
     record = evaluation.to_dict()
     record["inputs"] = {"edited": edited_path.resolve(), "source": (source_path or spec.video.path).resolve(),
                         "frames": count, "size": [width, height]}
+    record["notes"].extend(notes)
     out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, record)
     print(evaluate.format_table(evaluation))
     logger.info("wrote %s", out)
     return record
+
+
+def _run_config(path: Path) -> dict:
+    """The resolved config an edit recorded in its run.json; SpecError("--edited") if it cannot be read."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SpecError("--edited", f"{path} holds no readable edit config ({type(err).__name__}: {first_line(err)})",
+                        "pass --config CONFIG (the edit's config)") from None
+    if not isinstance(config, dict):
+        raise SpecError("--edited", f"{path} holds no edit config", "pass --config CONFIG (the edit's config)")
+    return config
 
 
 def _segment(args) -> dict:
@@ -346,10 +380,9 @@ def _segment(args) -> dict:
         raise SpecError("--level", f"must be >= 0, got {args.level}", "leave it out for the coarsest level")
     spec = load_source_spec(args.config)
     if args.model is not None:
-        model = Path(args.model)
-        spec = dataclasses.replace(spec, model=str(model.resolve()) if model.exists() else args.model)
+        spec = dataclasses.replace(spec, model=resolve_model(args.model, Path.cwd()))
     out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     io.check_output_folder(out, args.overwrite, _inputs_of(spec, args.config))
     with io.output_lock(out):
         return _segment_locked(args, spec, out, device, started)

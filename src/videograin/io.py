@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FOLDER_FPS = 8.0  # frame rate assumed for a folder of images
+MASK_THRESHOLD = 128  # an 8-bit mask pixel is in its region from this value on (half of 255, rounded up)
+#: A region covering more of the clip than this is noted in run.json (a mask with a light background?).
+FULL_REGION_SHARE = 0.95
+#: Largest frame side written: H.264's highest level (6.2) covers 8192 pixels.
+MAX_SIDE = 8192
 
 # ----------------------------------------------------------------------------------------------- conversion
 
@@ -174,9 +179,17 @@ def count_frames(path: Path) -> int:
         container.close()
 
 
+#: PIL modes of high-bit-depth grey images (16-bit PNGs open as one of these) and their full scale.
+_WIDE_GREY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}
+
+
 def _read_rgb(path: Path, field: str) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB; 16-bit and float grey images are scaled, not clipped."""
     try:
         with Image.open(path) as im:
+            if im.mode in _WIDE_GREY:
+                grey = np.asarray(im, dtype=np.float64) / _WIDE_GREY[im.mode] * 255
+                return np.repeat(np.clip(np.round(grey), 0, 255).astype(np.uint8)[..., None], 3, -1)
             return np.asarray(im.convert("RGB"))
     except OSError as err:
         raise SpecError(field, f"cannot read image {path} ({err})", "replace or remove the broken file") from None
@@ -197,7 +210,6 @@ def read_video(path: Path, start: int, frames: int, stride: int) -> tuple[np.nda
     _check_selection(start, frames, stride)
     _check_source(path)
     need = _needed(start, frames, stride)
-    wanted = set(range(start, need, stride))
     out: list[np.ndarray] = []
 
     if path.is_dir():
@@ -206,7 +218,7 @@ def read_video(path: Path, start: int, frames: int, stride: int) -> tuple[np.nda
             if not files:
                 raise SpecError("video.path", f"folder {path} holds no images", f"put frames ({', '.join(IMAGE_SUFFIXES)}) in it")
             raise _too_few(f"folder {path}", len(files), start, frames, stride)
-        for i in sorted(wanted):
+        for i in range(start, need, stride):
             out.append(_read_rgb(files[i], "video.path"))
         fps = FOLDER_FPS
     else:
@@ -217,7 +229,7 @@ def read_video(path: Path, start: int, frames: int, stride: int) -> tuple[np.nda
             fps = _video_fps(stream)
             index = -1
             for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
+                if index >= start and (index - start) % stride == 0:
                     out.append(frame.to_ndarray(format="rgb24"))
                 if index + 1 >= need:
                     break
@@ -239,16 +251,20 @@ def read_video(path: Path, start: int, frames: int, stride: int) -> tuple[np.nda
 
 
 def _mask_from_image(im: Image.Image) -> np.ndarray:
-    """bool (H, W): True where any colour channel is nonzero (and the pixel is not fully transparent)."""
+    """bool (H, W): True where any colour channel is at least half its full scale (128 of 255, 32768
+    of 65535 for 16-bit) and the pixel is not fully transparent."""
     if im.mode == "P":
         im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        arr = np.asarray(im)
-        return (arr[..., :-1] != 0).any(axis=-1) & (arr[..., -1] != 0)
     if im.mode == "1":
         return np.asarray(im).astype(bool)
     arr = np.asarray(im)
-    return arr != 0 if arr.ndim == 2 else (arr != 0).any(axis=-1)
+    if im.mode in _WIDE_GREY:
+        return arr >= _WIDE_GREY[im.mode] / 2
+    opaque = True
+    if im.mode in ("RGBA", "LA", "PA"):
+        arr, opaque = arr[..., :-1], arr[..., -1] != 0
+    on = arr >= MASK_THRESHOLD
+    return (on if on.ndim == 2 else on.any(axis=-1)) & opaque
 
 
 def read_mask_folder(
@@ -256,7 +272,8 @@ def read_mask_folder(
 ) -> np.ndarray:
     """Read one region's per-frame mask images. Returns bool ``(F, H, W)`` (F = ``frames``).
 
-    A pixel is in the region when any colour channel is nonzero (fully transparent pixels are not).
+    A pixel is in the region when any colour channel is at least half its full scale (``MASK_THRESHOLD``,
+    128 of 255; fully transparent pixels are not).
     Images are naturally sorted by file name. If the folder holds exactly ``frames`` images they match the
     selected frames in order; else if it holds exactly ``total_source_frames`` images the same
     ``start``/``stride`` selection as for the video is applied; otherwise SpecError(``field``).
@@ -385,6 +402,9 @@ def fit_size(source: tuple[int, int], requested: tuple[int, int] | None, multipl
     side at most ``long_side``, each side rounded to the nearest multiple."""
     if requested is not None:
         w, h = requested
+        if max(w, h) > MAX_SIDE:
+            raise SpecError("video.size", f"{w}x{h} has a side above {MAX_SIDE}, the most the mp4 writer (H.264) takes",
+                            f"use sides of at most {MAX_SIDE} (the edit is made at this size)")
         if w % multiple or h % multiple:
             def near(x: int) -> str:
                 low = max(multiple, x // multiple * multiple)
@@ -472,9 +492,12 @@ def _region_masks(spec: "EditSpec", i: int, n: int, source_size: tuple[int, int]
     empty = [f for f in range(n) if not m[f].any()]
     if len(empty) == n:
         raise SpecError(field, f"region '{region.name}' is empty in every frame at {w}x{h}",
-                        "check the masks/boxes (nonzero pixels mark the region) or use a larger size")
+                        "check the masks/boxes (pixels from 128 of 255 mark the region) or use a larger size")
     if empty:
         notes.append(f"region '{region.name}' is empty in frames {empty}")
+    if m.mean() > FULL_REGION_SHARE:
+        notes.append(f"region '{region.name}' covers {m.mean():.0%} of the clip: check its masks (a mask pixel "
+                     f"counts from {MASK_THRESHOLD} of 255)")
     return m
 
 
@@ -617,7 +640,11 @@ def output_lock(final: Path) -> Iterator[None]:
     folders made for the lock are removed again if the run leaves them empty."""
     final = Path(final).resolve()
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError("output", f"cannot make the folder {final.parent} ({err.strerror or err})",
+                        "choose an output inside a folder you can write to") from None
     lock = final.parent / f".{final.name}.lock"
     for _ in range(2):
         try:
@@ -630,6 +657,9 @@ def output_lock(final: Path) -> Iterator[None]:
                                 "wait for it to finish, or choose another folder") from None
             logger.info("removing the stale lock %s", lock)
             lock.unlink(missing_ok=True)
+        except OSError as err:  # read-only, /proc, no permission
+            raise SpecError("output", f"cannot write in {final.parent} ({err.strerror or err})",
+                            "choose an output folder you can write to") from None
     else:
         raise SpecError("output", f"cannot take the lock {lock}", "remove it if no videograin run is writing there")
     with os.fdopen(fd, "w") as handle:
@@ -645,6 +675,24 @@ def output_lock(final: Path) -> Iterator[None]:
         for folder in created:  # what the lock needed: removed again unless the run wrote into it
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free on the file system of ``folder`` (or of its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(final: Path, frames: int, size: tuple[int, int]) -> None:
+    """SpecError("output") when the file system of ``final`` lacks room for an edit's outputs, estimated
+    as 8 bytes per output pixel (frames/ PNGs, the GIF and the mp4s, with margin) plus 16 MiB."""
+    need = 8 * frames * size[0] * size[1] + 16 * 2**20
+    free = free_bytes(Path(final).parent)
+    if free < need:
+        raise SpecError("output", f"only {free / 2**20:.0f} MiB free where {final} goes, the outputs need about "
+                        f"{need / 2**20:.0f} MiB", "free some space or choose another folder")
 
 
 def _lock_owner(lock: Path) -> int | None:

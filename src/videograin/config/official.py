@@ -54,7 +54,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
-from .parse import load_spec
+from .parse import UniqueKeyLoader, load_spec
 from .spec import DEFAULT_MODEL, EditSpec
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def read_official(path: str | Path) -> dict:
     if not path.is_file():
         raise SpecError("config", f"file {path} not found", "give the path of an official VideoGrain config (YAML)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # OmegaConf rejects them too
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise SpecError("config", f"cannot read {path} as YAML ({str(err).splitlines()[0]})",
                         "give an official VideoGrain config (YAML)") from err

@@ -35,6 +35,8 @@ _AIDS_KEYS = ("flow", "pnp")
 _FLOW_KEYS = ("levels", "steps")
 _PNP_KEYS = ("steps",)
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator takes
+MAX_STRENGTH = 100.0
 
 
 def read_config(path: str | Path) -> tuple[Any, Path]:
@@ -43,7 +45,7 @@ def read_config(path: str | Path) -> tuple[Any, Path]:
     if not path.is_file():
         raise SpecError("config", f"file {path} not found", "check the config path")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as err:
         raise SpecError("config", f"{path} is not UTF-8 text", "save the config as UTF-8 YAML") from err
     except yaml.YAMLError as err:
@@ -72,7 +74,7 @@ def load_source_spec(path: str | Path) -> EditSpec:
         prompt="",
         video=video,
         regions=(),
-        model=_model(data.get("model", EditSpec.model), base_dir),
+        model=resolve_model(data.get("model", EditSpec.model), base_dir),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         base_dir=base_dir,
     )
@@ -95,7 +97,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         prompt=prompt,
         video=video,
         regions=regions,
-        model=_model(data.get("model", EditSpec.model), base_dir),
+        model=resolve_model(data.get("model", EditSpec.model), base_dir),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
         edit=_edit(data.get("edit"), video.frames),
@@ -222,7 +224,7 @@ def _edit(value: Any, frames: int) -> EditSettings:
     settings = EditSettings(
         steps=_int(data.get("steps", EditSettings.steps), "edit.steps", 1),
         guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
-        seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0),
+        seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
         composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),
         record_attention=_record_attention(data.get("record_attention", EditSettings.record_attention)),
@@ -263,7 +265,7 @@ def _control(value: Any, base_dir: Path) -> ControlSpec | None:
         return None
     data = _mapping(value, "control", fix="write `control: {model: <ControlNet>, condition: canny}`")
     _check_keys(data, _CONTROL_KEYS, "control")
-    model = _model(_require(data, "model", "control", "add `model: <ControlNet hub id or folder>` under control"),
+    model = resolve_model(_require(data, "model", "control", "add `model: <ControlNet hub id or folder>` under control"),
                    base_dir, "control.model")
     condition = _text(_require(data, "condition", "control",
                                f"add `condition:` ({', '.join(ANNOTATORS)}, or a folder/video of condition images)"),
@@ -327,9 +329,8 @@ def _modulation(value: Any) -> Modulation:
     _check_keys(data, _MODULATION_KEYS, prefix)
     return Modulation(
         steps=_int(data.get("steps", Modulation.steps), f"{prefix}.steps", 0),
-        self_strength=_number(data.get("self_strength", Modulation.self_strength), f"{prefix}.self_strength"),
-        cross_strength=_number(data.get("cross_strength", Modulation.cross_strength),
-                               f"{prefix}.cross_strength"),
+        self_strength=_strength(data.get("self_strength", Modulation.self_strength), f"{prefix}.self_strength"),
+        cross_strength=_strength(data.get("cross_strength", Modulation.cross_strength), f"{prefix}.cross_strength"),
         levels=_levels(data.get("levels", Modulation.levels), f"{prefix}.levels"),
         temporal=_temporal(data.get("temporal", Modulation.temporal), f"{prefix}.temporal"),
     )
@@ -359,7 +360,9 @@ def _choice(value: Any, field: str, options: tuple[str, ...]) -> str:
     return value
 
 
-def _model(value: Any, base_dir: Path, field: str = "model") -> str:
+def resolve_model(value: Any, base_dir: Path, field: str = "model") -> str:
+    """A model given as a local folder (made absolute against ``base_dir``) or a hub id "org/name";
+    SpecError(``field``) for a path that does not exist."""
     name = _text(value, field, nonempty=True)
     local = (base_dir / Path(name).expanduser()).resolve()
     if local.exists():
@@ -403,13 +406,15 @@ def _mapping(value: Any, field: str, optional: bool = False, fix: str = "") -> d
     return value
 
 
-def _int(value: Any, field: str, minimum: int) -> int:
+def _int(value: Any, field: str, minimum: int, maximum: int | None = None) -> int:
     if not _is_int(value):
         example = f", e.g. {int(value)}" if isinstance(value, float) and value.is_integer() else ""
         raise SpecError(field, f"must be an integer, got {_describe(value)}",
                         f"write a whole number >= {minimum}{example}")
     if value < minimum:
         raise SpecError(field, f"must be >= {minimum}, got {value}", f"use a value >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise SpecError(field, f"must be <= {maximum}, got {value}", f"use a value from {minimum} to {maximum}")
     return value
 
 
@@ -420,6 +425,15 @@ def _number(value: Any, field: str) -> float:
     if value < 0:
         raise SpecError(field, f"must be >= 0, got {value}", "use a value >= 0")
     return float(value)
+
+
+def _strength(value: Any, field: str) -> float:
+    """A modulation strength: the paper's are 0.3 and 1.0; past MAX_STRENGTH the scores are swamped."""
+    strength = _number(value, field)
+    if strength > MAX_STRENGTH:
+        raise SpecError(field, f"{strength:g} is far outside the useful range (the paper uses 0.3 for self- and 1.0 "
+                        "for cross-attention)", f"use a value from 0 to {MAX_STRENGTH:g}")
+    return strength
 
 
 def _bool(value: Any, field: str) -> bool:
@@ -460,7 +474,7 @@ def _describe(value: Any) -> str:
 # --- YAML and serialisation -------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping (plain PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:

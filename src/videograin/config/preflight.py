@@ -55,12 +55,27 @@ def read_model(model: str) -> ModelFacts:
         raise SpecError("model", f"cannot read {model!r} ({first_line(err)})", _MODEL_FIX) from err
     if len(tokenizer) < 256:  # transformers 5 returns an empty tokenizer instead of raising when none is found
         raise SpecError("model", f"no tokenizer found for {model!r} (offline, or not a diffusers model?)", _MODEL_FIX)
+    if local.is_dir():
+        _check_weight_files(local)
     num_levels = len(unet["block_out_channels"])
     up_blocks = unet.get("up_block_types", ())
     attention = tuple(sorted(num_levels - 1 - i for i, kind in enumerate(up_blocks) if "Attn" in kind))
     vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     return ModelFacts(size_multiple(vae, unet), vae_factor, num_levels, attention, scheduler.get("num_train_timesteps", 1000),
                       tokenizer)
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Every safetensors file of a local model opens (its header is read, not its tensors)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError
+            raise SpecError("model", f"{path} is not a readable safetensors file ({first_line(err)})",
+                            "download or copy that file again") from None
 
 
 def check_control_model(spec: EditSpec) -> None:
@@ -99,6 +114,12 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
 def check_prompts(spec: EditSpec, tokenizer) -> None:
     """Each region prompt occurs in the prompt as tokens, and each word of interest in its region
     prompt; SpecError naming the field otherwise."""
+    limit = tokenizer.model_max_length - 2
+    for field in ("source_prompt", "negative_prompt"):
+        length = len(tokenizer(getattr(spec, field), add_special_tokens=False).input_ids)
+        if length > limit:
+            raise SpecError(field, f"is {length} tokens long, the text encoder reads at most {limit}",
+                            "shorten it (the rest would be cut off unseen)")
     try:
         spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
         word_token_indices(tokenizer, spec.prompt, spans, [r.word for r in spec.regions])
