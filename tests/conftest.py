@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -53,6 +54,14 @@ def example_config(tmp_path, tiny_model_dir) -> Path:
     return copy_example(tmp_path / "two_balls", tiny_model_dir, output=str(tmp_path / "out"))
 
 
+@pytest.fixture()
+def offline(monkeypatch):
+    """Make hub look-ups fail at once (as offline, without the retries of an unreachable network)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def sd_pipe():
     """VideoGrainPipeline on trained SD 1.x weights from VIDEOGRAIN_TEST_MODEL; skips without them (a
@@ -66,3 +75,82 @@ def sd_pipe():
     pipe = VideoGrainPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs
+
+
+def _tree(root: Path) -> dict[str, object]:
+    """Everything under ``root``: folders by name, files by size, mtime and content hash."""
+    state: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            state[rel] = "dir"
+        else:
+            stat = p.stat()
+            state[rel] = (stat.st_size, stat.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+    return state
+
+
+class Case:
+    """A tmp copy of the bundled example pointed at the tiny model; ``config`` is edited before ``fail``."""
+
+    def __init__(self, tmp_path: Path, model: Path, monkeypatch, capsys):
+        self.root = tmp_path
+        self.folder = tmp_path / "two_balls"
+        shutil.copytree(EXAMPLE, self.folder, ignore=shutil.ignore_patterns("out"))
+        self.config = yaml.safe_load((self.folder / "config.yaml").read_text())
+        self.config["model"] = str(model)
+        self.out = tmp_path / "out"
+        self.config["output"] = str(self.out)
+        self.monkeypatch, self.capsys = monkeypatch, capsys
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "config.yaml"
+
+    def write(self) -> Path:
+        self.path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return self.path
+
+    def masks(self, region: str) -> list[Path]:
+        return sorted((self.folder / "masks" / region).glob("*.png"))
+
+    def fail(self, field: str, *extra: str, command: str = "edit") -> str:
+        """Run the CLI, expect the one-line error naming ``field``; returns the line."""
+        config = self.write()
+        out = Path(self.config.get("output", self.out))
+        if not out.is_absolute():
+            out = self.folder / out
+
+        def tripwire(*args, **kwargs):
+            raise AssertionError("weights were loaded: the input error was not caught before the edit")
+
+        from videograin import cli
+
+        self.monkeypatch.setattr(cli, "_load_pipeline", tripwire)
+        existed = out.exists()
+        before = _tree(self.root)
+        self.capsys.readouterr()
+        from videograin.cli import main
+
+        code = main([command, str(config), *extra])
+        captured = self.capsys.readouterr()
+        assert code == 2, captured.err
+        assert captured.out == ""
+        assert captured.err.endswith("\n") and captured.err.count("\n") == 1, captured.err
+        line = captured.err.rstrip("\n")
+        assert line.startswith(f"error: {field}: "), line
+        problem, sep, fix = line[len(f"error: {field}: "):].partition("; fix: ")
+        assert sep and problem.strip() and fix.strip(), line
+        assert out.exists() == existed
+        if out.parent.is_dir():
+            assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folder left"
+        assert _tree(self.root) == before, "files were written or changed"
+        return line
+
+
+@pytest.fixture()
+def case(tmp_path, tiny_model_dir, monkeypatch, capsys) -> Case:
+    return Case(tmp_path, tiny_model_dir, monkeypatch, capsys)

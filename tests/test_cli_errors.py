@@ -28,79 +28,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_balls"
 BASE_PROMPT = "a red apple and an orange ball on the grass"  # 10 tokens with the tiny tokenizer
 
 
-def _tree(root: Path) -> dict[str, object]:
-    """Everything under ``root``: folders by name, files by size, mtime and content hash."""
-    state: dict[str, object] = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_dir():
-            state[rel] = "dir"
-        else:
-            stat = p.stat()
-            state[rel] = (stat.st_size, stat.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
-    return state
-
-
-class Case:
-    """A tmp copy of the bundled example pointed at the tiny model; ``config`` is edited before ``fail``."""
-
-    def __init__(self, tmp_path: Path, model: Path, monkeypatch, capsys):
-        self.root = tmp_path
-        self.folder = tmp_path / "two_balls"
-        shutil.copytree(EXAMPLE, self.folder, ignore=shutil.ignore_patterns("out"))
-        self.config = yaml.safe_load((self.folder / "config.yaml").read_text())
-        self.config["model"] = str(model)
-        self.out = tmp_path / "out"
-        self.config["output"] = str(self.out)
-        self.monkeypatch, self.capsys = monkeypatch, capsys
-
-    @property
-    def path(self) -> Path:
-        return self.folder / "config.yaml"
-
-    def write(self) -> Path:
-        self.path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        return self.path
-
-    def masks(self, region: str) -> list[Path]:
-        return sorted((self.folder / "masks" / region).glob("*.png"))
-
-    def fail(self, field: str, *extra: str, command: str = "edit") -> str:
-        """Run the CLI, expect the one-line error naming ``field``; returns the line."""
-        config = self.write()
-        out = Path(self.config.get("output", self.out))
-        if not out.is_absolute():
-            out = self.folder / out
-
-        def tripwire(*args, **kwargs):
-            raise AssertionError("weights were loaded: the input error was not caught before the edit")
-
-        self.monkeypatch.setattr(cli, "_load_pipeline", tripwire)
-        existed = out.exists()
-        before = _tree(self.root)
-        self.capsys.readouterr()
-        code = main([command, str(config), *extra])
-        captured = self.capsys.readouterr()
-        assert code == 2, captured.err
-        assert captured.out == ""
-        assert captured.err.endswith("\n") and captured.err.count("\n") == 1, captured.err
-        line = captured.err.rstrip("\n")
-        assert line.startswith(f"error: {field}: "), line
-        problem, sep, fix = line[len(f"error: {field}: "):].partition("; fix: ")
-        assert sep and problem.strip() and fix.strip(), line
-        assert out.exists() == existed
-        if out.parent.exists():
-            assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folder left"
-        assert _tree(self.root) == before, "files were written or changed"
-        return line
-
-
-@pytest.fixture()
-def case(tmp_path, tiny_model_dir, monkeypatch, capsys) -> Case:
-    return Case(tmp_path, tiny_model_dir, monkeypatch, capsys)
-
-
-def _region(case: Case, name: str) -> dict:
+def _region(case, name: str) -> dict:
     return next(r for r in case.config["regions"] if r["name"] == name)
 
 
@@ -402,86 +330,20 @@ def test_the_installed_command_prints_one_line(case):
 
 
 # --- the validation gate: checks against the model's config files, before weights load ------------------
+# (each cause of the hostile testing has its own named test in test_hostile.py)
 
 
 @pytest.mark.parametrize("edit,field", [
-    ({"modulation": {"levels": [9]}}, "edit.modulation.levels"),
-    ({"temporal_aids": {"flow": {"levels": [5]}}}, "edit.temporal_aids.flow.levels"),
     ({"method": "reatco", "reatco": {"level": 9}}, "edit.reatco.level"),
-    ({"steps": 2000}, "edit.steps"),
-    ({"window": {"size": 16, "stride": 8}}, "edit.window.size"),
 ])
 def test_settings_the_model_cannot_take_end_before_weights_load(case, edit, field):
-    """The tiny UNet has 2 levels and 1000 training timesteps; the clip has 16 frames. Before, levels [9]
-    modulated nothing and exited 0, flow levels [5] raised a ValueError after the weights loaded."""
+    """The tiny UNet has 2 levels."""
     case.config["edit"].update(edit)
-    line = case.fail(field)
-    assert "levels 0..1" in line or "1000" in line or "16" in line, line
-
-
-def test_flow_aids_on_one_frame(case):
-    case.config["video"]["frames"] = 1
-    for region in ("left_ball", "right_ball", "ground"):
-        _region(case, region)["masks"] = [0, 0, 64, 64]
-    case.config["edit"]["temporal_aids"] = {"flow": {"levels": [0]}}
-    case.fail("edit.temporal_aids.flow")
-
-
-def test_too_many_regions(case):
-    case.config["regions"] = [{"name": f"r{i}", "masks": [0, 0, 8, 8], "prompt": ""} for i in range(63)]
-    case.fail("regions")
+    assert "levels 0..1" in case.fail(field)
 
 
 @pytest.mark.parametrize("flags,field", [(["--level", "2", "--k", "3"], "--level"),
-                                         (["--k", "100000"], "--k"),
-                                         (["--steps", "5000", "--k", "3"], "--steps")])
+                                         (["--k", "100000"], "--k")])
 def test_segment_arguments_checked_against_the_model(case, flags, field):
-    """The tiny UNet has decoder self-attention at levels 0 and 1; `--steps 5000` used to blame --k."""
-    case.config["output"] = str(case.root / "segments")
-    line = case.fail(field, *flags, "--out", str(case.root / "segments"), command="segment")
-    assert "--k" not in line or field == "--k"
-
-
-# --- output safety (issue 17: --overwrite deleted inputs, concurrent runs, interrupts) --------------------
-
-
-@pytest.mark.parametrize("where", ["config folder", "video file", "mask folder", "empty"])
-def test_overwrite_never_targets_an_input(case, where):
-    out = {"config folder": case.folder, "video file": case.folder / "video.mp4",
-           "mask folder": case.folder / "masks" / "left_ball" / "out", "empty": ""}[where]
-    field = "--out" if where == "empty" else "output"
-    case.fail(field, "--out", str(out), "--overwrite")
-
-
-def test_a_second_run_into_the_same_output_is_refused(case):
-    """A live run's lock (here: this process's id) makes the next run stop before the weights load."""
-    config = case.write()
-    lock = case.out.parent / f".{case.out.name}.lock"
-    lock.write_text(str(os.getpid()))
-    case.monkeypatch.setattr(cli, "_load_pipeline", lambda *a: pytest.fail("weights were loaded"))
-    case.capsys.readouterr()
-    assert main(["edit", str(config)]) == 2
-    line = case.capsys.readouterr().err.strip()
-    assert line.startswith("error: output: another videograin run") and "\n" not in line
-    assert lock.read_text() == str(os.getpid()) and not case.out.exists()  # the other run's lock is kept
-
-
-def test_sigterm_mid_edit_leaves_no_output_and_no_temp_folder(case):
-    """SIGTERM while the edit runs: one line, exit 130, no output, no temporary folder, no lock."""
-    import signal
-    import time
-
-    case.config["edit"]["steps"] = 200
-    config = case.write()
-    proc = subprocess.Popen([sys.executable, "-m", "videograin.cli", "edit", str(config)],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".out.") and p.is_dir() for p in case.root.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, "the edit never started writing"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted; nothing written"
-    assert not case.out.exists()
-    assert not [p.name for p in case.root.iterdir() if p.name.startswith(".out")], "temp folder or lock left"
+    """The tiny UNet has decoder self-attention at levels 0 and 1."""
+    case.fail(field, *flags, "--out", str(case.root / "segments"), command="segment")

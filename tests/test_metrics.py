@@ -51,14 +51,6 @@ def tiny_scorer(clip_tokenizer):
     return M.ClipScorer(_tiny_clip(clip_tokenizer), clip_tokenizer)
 
 
-@pytest.fixture()
-def offline(monkeypatch):
-    """Make hub look-ups fail at once (as offline, without the retries of an unreachable network)."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 def _texture(height: int, width: int, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
     """Smoothed colour noise stretched to 0..255, uint8 (H, W, 3)."""
     noise = np.random.default_rng(seed).random((height, width, 3)).astype(np.float32)
