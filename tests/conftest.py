@@ -54,12 +54,14 @@ def example_config(tmp_path, tiny_model_dir) -> Path:
     return copy_example(tmp_path / "two_balls", tiny_model_dir, output=str(tmp_path / "out"))
 
 
-@pytest.fixture()
+@pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """Make hub look-ups fail at once (as offline, without the retries of an unreachable network)."""
+    """No test reaches the network: hub look-ups fail at once, in this process and in the CLI
+    subprocesses that tests start (as offline, without the retries of an unreachable network)."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -336,3 +336,10 @@ def test_the_loader_returns_a_spec_or_raises_spec_error(tmp_path, data):
         assert "\n" not in str(err) and err.field and err.fix
     else:
         assert spec.prompt.strip() and spec.regions
+
+
+def test_minor_an_uncached_hub_id_offline_fails_at_once(case, offline):
+    """Before: 30 s and 24 lines of retries, then an error about config.json."""
+    start = time.monotonic()
+    line = case.fail("model", "--model", "someorg/not-downloaded")
+    assert time.monotonic() - start < 2 and "local diffusers folder" in line
