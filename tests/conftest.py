@@ -129,9 +129,9 @@ class Case:
         def tripwire(*args, **kwargs):
             raise AssertionError("weights were loaded: the input error was not caught before the edit")
 
-        from videograin import cli
+        from videograin import runner
 
-        self.monkeypatch.setattr(cli, "_load_pipeline", tripwire)
+        self.monkeypatch.setattr(runner, "load_pipeline", tripwire)
         existed = out.exists()
         before = _tree(self.root)
         self.capsys.readouterr()

@@ -1,14 +1,13 @@
 """Input validation of the `videograin` command, run through ``cli.main``.
 
 Every bad input must end with exit code 2 and one stderr line ``error: <field>: <problem>; fix: <fix>``
-before any weights are loaded (``cli._load_pipeline`` is replaced by a tripwire here) and without
+before any weights are loaded (``runner.load_pipeline`` is replaced by a tripwire here) and without
 writing anything: the output folder does not appear (or stays as it was), no temporary ``.<name>.*``
 sibling is left, and no file under the test's tmp folder changes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -18,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from videograin import cli
 from videograin.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_balls"

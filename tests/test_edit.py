@@ -199,3 +199,59 @@ def test_prompt_attention_reads_the_span_and_normalises():
     hot = heatmap_overlay(frames, heat[0], alpha=1.0)
     assert hot[0, 0, 1, 0] > 100 > hot[0, 0, 1, 2]  # jet at 1 is red, at 0 blue
     assert hot[0, 1, 0, 2] > 100 > hot[0, 1, 0, 0]
+
+
+def test_cli_overrides_and_the_run_record(tmp_path, tiny_model_dir, capsys, caplog):
+    """--seed, --prompt, --guidance-scale, --method reach the resolved config; run.json says how the run
+    was called and when; the run ends with a summary of where the outputs went."""
+    from conftest import copy_example
+
+    config_path = copy_example(tmp_path / "short", tiny_model_dir, frames=4)
+    out = tmp_path / "over"
+    argv = ["edit", str(config_path), "--out", str(out), "--steps", "2", "--seed", "7", "--guidance-scale", "3",
+            "--method", "videograin+reatco", "--prompt", "a red apple and an orange ball on the green grass"]
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger="videograin"):
+        assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    config = run["config"]
+    assert (config["edit"]["seed"], config["edit"]["guidance_scale"], config["edit"]["method"]) == (7, 3.0,
+                                                                                                   "videograin+reatco")
+    assert config["prompt"].endswith("green grass") and run["seed"] == 7 and "reatco_losses" in run
+    assert run["argv"] == argv and run["started_utc"].endswith("+00:00") and run["model"]
+    assert f"wrote {out}" in caplog.text and "peak memory" in caplog.text and "edited.mp4" in caplog.text
+    capsys.readouterr()
+    assert main(["edit", str(config_path), "--out", str(tmp_path / "bad"), "--method", "magic"]) == 2
+    assert "edit.method" in capsys.readouterr().err
+
+
+def test_a_cli_edit_prints_no_third_party_warnings(example_config, tmp_path):
+    """Every stderr line of a whole edit is the project's: no transformers/torchvision notices, no
+    diffusers dtype warnings (the weights load in their dtype)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(example_config), "--steps", "2",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    foreign = [line for line in lines if any(word in line for word in
+                                             ("arning", "[transformers]", "There are modules", "deprecat", "torchvision"))]
+    assert not foreign, foreign
+    assert any(line.startswith("wrote ") for line in lines)
+    quiet = subprocess.run([sys.executable, "-m", "videograin", "edit", str(example_config), "--steps", "2",
+                            "--out", str(tmp_path / "quiet"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+
+
+def test_the_library_edit_call(example_config, tmp_path):
+    """videograin.edit is what the CLI runs: same folder, same frames."""
+    import videograin
+
+    record = videograin.edit(example_config, tmp_path / "lib", steps=2, progress=False)
+    assert record["command"] == "edit" and record["config"]["edit"]["steps"] == 2
+    assert main(["edit", str(example_config), "--steps", "2", "--out", str(tmp_path / "cli")]) == 0
+    for a, b in zip(sorted((tmp_path / "lib" / "frames").iterdir()), sorted((tmp_path / "cli" / "frames").iterdir())):
+        assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(TypeError, match="unknown override"):
+        videograin.edit(example_config, tmp_path / "x", colour="red")

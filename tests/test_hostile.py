@@ -8,7 +8,6 @@ and every input untouched. The fault tests run the CLI in a subprocess and signa
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from videograin import cli, io
+from videograin import io, runner
 from videograin.cli import main
 from videograin.config.parse import spec_from_dict
 from videograin.config.preflight import notes
@@ -76,7 +75,7 @@ def test_cause_02_two_runs_into_one_output_give_one_refusal(case):
     goes on (ended here with SIGTERM) and leaves nothing behind."""
     proc = _start_edit(case)
     try:
-        case.monkeypatch.setattr(cli, "_load_pipeline", lambda *a: pytest.fail("the second run loaded weights"))
+        case.monkeypatch.setattr(runner, "load_pipeline", lambda *a: pytest.fail("the second run loaded weights"))
         case.capsys.readouterr()
         assert main(["edit", str(case.path)]) == 2
         line = case.capsys.readouterr().err.strip()
@@ -247,7 +246,7 @@ def test_cause_17_a_killed_runs_leftovers_are_cleaned_by_the_next_run(case):
     case.config["edit"]["steps"] = 50
     case.config["video"]["frames"] = 40  # too many: an input error after the lock
     config = case.write()
-    case.monkeypatch.setattr(cli, "_load_pipeline", lambda *a: pytest.fail("weights were loaded"))
+    case.monkeypatch.setattr(runner, "load_pipeline", lambda *a: pytest.fail("weights were loaded"))
     assert main(["edit", str(config)]) == 2
     assert not [p.name for p in case.root.iterdir() if p.name.startswith(".out")]
 

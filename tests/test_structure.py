@@ -47,6 +47,9 @@ def _imports(module: str) -> set[str]:
 
 def test_the_import_graph_has_no_cycle():
     graph = {m: _imports(m) for m in MODULES}
+    # the package's own lazy exports (videograin.edit, videograin.VideoGrainPipeline, imported on first
+    # attribute access) are the top of the graph, not a dependency of what they export
+    graph["videograin"] = set()
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
@@ -74,7 +77,7 @@ def test_every_module_imports_alone_and_the_core_without_opencv_or_metrics():
         "    importlib.import_module(name)\n"
         "    print(name, *sorted(m for m in set(sys.modules) - before if m == 'cv2' or m.startswith('videograin.')))\n"
     )
-    for module in MODULES:
+    for module in [m for m in MODULES if m != "videograin.__main__"]:  # that one runs the command
         out = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True).stdout
         loaded = set(out.split()[1:])
         if module in PURE:

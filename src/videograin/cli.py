@@ -1,9 +1,7 @@
 """The `videograin` command: edit, reconstruct, eval, segment, convert-config, make-tiny-model.
 
-Reads the config, validates everything it can before loading weights, runs the pipeline, and writes
-the output folder (edited.mp4, frames/, source.mp4, masks_overlay.mp4, comparison.gif/png, run.json,
-attention/ when recorded) through a temporary folder renamed on success. Input errors end with one
-line and exit code 2.
+Argument parsing only: the work is in runner.py (edit, reconstruct), eval/, segment.py and
+config/official.py. Input errors end with one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,9 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import platform
-import re
-import resource
 import signal
 import sys
 import threading
@@ -22,264 +17,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from . import __version__, io, viz
+from . import __version__, io, runner, viz
 from .config.parse import load_source_spec, load_spec, resolve_model, spec_from_dict
-from .config.preflight import ModelFacts, preflight, read_model
-from .config.preflight import notes as spec_notes
+from .config.preflight import ModelFacts, read_model
 from .config.spec import EditSpec
-from .errors import SpecError, WeightsUnavailable, first_line
-from .method.tokens import region_token_spans
+from .errors import SpecError, first_line
 
 logger = logging.getLogger("videograin")
 
-
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {
-        "videograin": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+#: Notices of third-party libraries that say nothing about the user's run (transformers without
+#: torchvision falls back to its PIL image processors, which this project uses anyway).
+KNOWN_NOTICES = ("requires torchvision (not installed)",)
 
 
-def _peak_memory_mb(device: str) -> dict[str, float | str]:
-    if device.startswith("cuda"):
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "memory_kind": "cuda max allocated"}
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "process max RSS"}
+class _DropKnownNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in KNOWN_NOTICES)
 
 
-def _resolve(args) -> EditSpec:
-    """The config with command-line overrides applied; fails early on what needs no model."""
-    spec = load_spec(args.config)
-    if args.steps is not None:
-        if args.steps < 1:
-            raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
-        spec = dataclasses.replace(spec, edit=dataclasses.replace(spec.edit, steps=args.steps))
-    if args.model is not None:
-        spec = dataclasses.replace(spec, model=resolve_model(args.model, Path.cwd()))
-    if args.out is not None:
-        if not args.out.strip():
-            raise SpecError("--out", "is empty (an unset shell variable?)", "give an output folder, e.g. --out out/run")
-        spec = dataclasses.replace(spec, output=Path(args.out).resolve())
-    if spec.output is None:
-        raise SpecError("output", "no output folder given", "set `output:` in the config or pass --out DIR")
-    return spec
-
-
-def _device(flag: str | None) -> str:
-    """The torch device of ``--device`` (default: cuda when PyTorch sees a GPU), checked."""
-    if flag is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if flag == "cpu":
-        return flag
-    match = re.fullmatch(r"cuda(?::(\d+))?", flag)
-    if match is None:
-        raise SpecError("--device", f"unknown device {flag!r}", "pass cpu or cuda (cuda:N for the N-th GPU)")
-    if not torch.cuda.is_available():
-        raise SpecError("--device", f"{flag}: this PyTorch build sees no CUDA GPU",
-                        "pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
-    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
-        raise SpecError("--device", f"{flag}: there are {torch.cuda.device_count()} GPUs", "pick an index below that")
-    return flag
-
-
-def _inputs_of(spec: EditSpec, config: str) -> list[Path]:
-    """Every file or folder an edit reads: what its output may not be, hold or sit inside."""
-    paths = [Path(config), spec.video.path, *(r.masks for r in spec.regions if r.masks is not None)]
-    for model in (spec.model, spec.control.model if spec.control else None):
-        if model is not None and Path(model).is_dir():
-            paths.append(Path(model))
-    if spec.control is not None and isinstance(spec.control.condition, Path):
-        paths.append(spec.control.condition)
-    return paths
-
-
-def _load_pipeline(spec: EditSpec, device: str):
-    from .pipeline import VideoGrainPipeline
-
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    extra = {}
-    if spec.control is not None:
-        from diffusers import ControlNetModel
-
-        try:
-            extra["controlnet"] = ControlNetModel.from_pretrained(spec.control.model)
-        except (OSError, ValueError) as err:
-            raise SpecError("control.model", f"cannot load ControlNet {spec.control.model!r} "
-                            f"({str(err).splitlines()[0]})", "give a local ControlNet folder or a hub id") from err
-    return VideoGrainPipeline.from_pretrained(spec.model, **extra).to(device, dtype)
-
-
-def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray | None, dict]:
-    """The ControlNet conditions at the edit size, read or annotated from the frames, as uint8
-    (F, H, W, 3) for viewing and as the pipeline's keyword arguments; (None, {}) without control."""
-    if spec.control is None:
-        return None, {}
-    from .control import annotate, condition_tensor
-
-    if isinstance(spec.control.condition, Path):
-        images = io.read_condition_images(spec.control.condition, spec.video, inputs.size)
-    else:
-        try:
-            images = annotate(spec.control.condition, inputs.frames_uint8)
-        except WeightsUnavailable as err:
-            raise SpecError("control.condition", str(err), "give a folder or video of condition images instead") from None
-    return images, {"control_images": condition_tensor(images), "control_scale": spec.control.scale}
-
-
-def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
-    """Write source.mp4 and masks_overlay.mp4; return the overlay frames (F, H, W, 3) uint8."""
-    io.write_video(folder / "source.mp4", inputs.frames_uint8, inputs.fps)
-    overlay = viz.mask_overlay(inputs.frames_uint8, inputs.masks.numpy())
-    io.write_video(folder / "masks_overlay.mp4", overlay, inputs.fps)
-    return overlay
-
-
-def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
-    """attention/<region>.mp4: each region prompt's cross-attention over the source (and
-    <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png."""
-    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
-    size = tuple(inputs.frames.shape[-2:])
-    heat = viz.prompt_attention(recorder, spans, size)
-    plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None
-    (folder / "attention").mkdir()
-    rows = [inputs.frames_uint8]
-    for r, (region, span) in enumerate(zip(spec.regions, spans)):
-        if span is None:
-            continue
-        rows.append(viz.heatmap_overlay(inputs.frames_uint8, heat[r]))
-        io.write_video(folder / "attention" / f"{region.name}.mp4", rows[-1], inputs.fps)
-        if plain is not None:  # the row below: the same maps without the layout modulation
-            rows.append(viz.heatmap_overlay(inputs.frames_uint8, plain[r]))
-            io.write_video(folder / "attention" / f"{region.name}_unmodulated.mp4", rows[-1], inputs.fps)
-    io.write_png(folder / "attention" / "grid.png", viz.grid(rows))
-
-
-def _run(args, reconstruct_only: bool) -> dict:
-    started = time.perf_counter()
-    spec = _resolve(args)
-    io.check_output_folder(spec.output, args.overwrite, _inputs_of(spec, args.config))
-    with io.output_lock(spec.output):
-        return _run_locked(args, spec, reconstruct_only, started)
-
-
-def _run_locked(args, spec: EditSpec, reconstruct_only: bool, started: float) -> dict:
-    device = _device(args.device)
-    inputs = io.load_inputs(spec, preflight(spec).size_multiple)
-    io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
-    for note in spec_notes(spec):
-        logger.info("note: %s", note)
-        inputs.notes.append(note)
-    control_uint8, control = _control_inputs(spec, inputs)
-    pipe = _load_pipeline(spec, device)
-    timings = {"load": time.perf_counter() - started}
-    with io.output_folder(spec.output, args.overwrite) as folder:
-        torch.manual_seed(spec.edit.seed)
-        settings = spec.edit
-        record = _run_record(spec.to_dict(), "reconstruct" if reconstruct_only else "edit", pipe, device, inputs)
-        record["seed"] = settings.seed
-        overlay = _write_inputs(folder, inputs)
-        if control_uint8 is not None:
-            io.write_video(folder / "control.mp4", control_uint8, inputs.fps)
-        if reconstruct_only or args.reconstruct:
-            from .eval.metrics import psnr_masked
-
-            clock = time.perf_counter()
-            recon = io.to_uint8(
-                pipe.reconstruct(inputs.frames, spec.source_prompt, settings.steps, settings.modulation.temporal, **control)
-            )
-            timings["reconstruct"] = time.perf_counter() - clock
-            io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
-            record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]
-        if not reconstruct_only:
-            _edit(args, spec, pipe, inputs, control, overlay, folder, record, timings, device)
-        timings["total"] = time.perf_counter() - started
-        record.update(timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device))
-        io.write_json(folder / "run.json", record)
-    return record
-
-
-def _edit(args, spec: EditSpec, pipe, inputs: io.VideoInputs, control: dict, overlay: np.ndarray, folder: Path,
-          record: dict, timings: dict, device: str) -> None:
-    """The edit itself and its outputs (edited.mp4, frames/, comparison.gif/png, attention/), into
-    ``folder``; ``record`` and ``timings`` gain its results."""
-    settings = spec.edit
-    result = pipe(
-        inputs.frames,
-        inputs.masks,
-        spec.prompt,
-        [r.prompt for r in spec.regions],
-        source_prompt=spec.source_prompt,
-        negative_prompt=spec.negative_prompt,
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        modulation=settings.modulation if settings.uses_videograin else None,
-        blend=settings.blend,
-        composite=settings.composite,
-        record_attention=settings.record_attention or getattr(args, "eval", False),
-        reatco=settings.reatco if settings.uses_reatco else None,
-        words=[r.word for r in spec.regions],
-        window=settings.window,
-        generator=torch.Generator().manual_seed(settings.seed),
-        temporal_aids=settings.temporal_aids,
-        **control,
+def _edit(args) -> dict:
+    """`videograin edit` and `videograin reconstruct`: the config with the flags' overrides, run."""
+    if args.steps is not None and args.steps < 1:
+        raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
+    edit_only = args.command == "edit"
+    return runner.edit(
+        args.config, args.out, overwrite=args.overwrite, model=args.model, device=args.device, command=args.command,
+        reconstruct=edit_only and args.reconstruct, evaluate=edit_only and args.eval,
+        clip=args.clip if edit_only else None, progress=not args.quiet,
+        argv=sys.argv if args.argv is None else args.argv,
+        steps=args.steps, seed=args.seed, prompt=args.prompt, guidance_scale=args.guidance_scale, method=args.method,
     )
-    timings.update(result.timings)
-    if settings.uses_reatco:
-        record["reatco_losses"] = result.guidance
-    edited = io.to_uint8(result.frames)
-    clock = time.perf_counter()
-    io.write_video(folder / "edited.mp4", edited, inputs.fps)
-    io.write_frames(folder / "frames", edited)
-    io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
-    io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
-    if settings.record_attention:
-        _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
-    timings["write"] = time.perf_counter() - clock
-    if getattr(args, "eval", False):
-        clock = time.perf_counter()
-        record["eval"] = _eval_edit(args, spec, inputs, edited, result, device)
-        timings["eval"] = time.perf_counter() - clock
-
-
-def _run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoInputs) -> dict:
-    """The start of run.json: the resolved config, the command, versions, device and the input sizes."""
-    return {
-        "config": config,
-        "command": command,
-        "versions": _versions(),
-        "device": device,
-        "dtype": str(pipe.unet.dtype),
-        "frames": int(inputs.frames.shape[0]),
-        "size": list(inputs.size),
-        "source_size": list(inputs.source_size),
-        "fps": inputs.fps,
-        "notes": inputs.notes,
-    }
-
-
-def _eval_edit(args, spec: EditSpec, inputs: io.VideoInputs, edited: np.ndarray, result, device: str) -> dict:
-    """Metrics of a finished edit for `edit --eval` (in memory, attention mass included). A failure is
-    recorded in run.json and logged, so it never costs the edit."""
-    from .eval import evaluate, metrics
-
-    try:
-        evaluation = evaluate.evaluate(
-            edited, inputs.frames_uint8, inputs.masks, spec.prompt, [r.prompt for r in spec.regions],
-            [r.name for r in spec.regions], clip=args.clip or metrics.DEFAULT_CLIP, device=device,
-            recorder=result.recorder, layout=result.layout,
-        )
-    except Exception as err:  # noqa: BLE001 - keep the edit whatever the metrics do
-        logger.exception("evaluation failed")
-        return {"error": f"{type(err).__name__}: {err}"}
-    print(evaluate.format_table(evaluation))
-    return evaluation.to_dict()
 
 
 def _read_all(path: Path, field: str, frames: int | None = None, spec: EditSpec | None = None) -> np.ndarray:
@@ -337,7 +105,7 @@ def _eval(args) -> dict:
         source = io.resize_frames(source, (width, height))
     if masks.shape[-2:] != (height, width):
         masks = io.resize_masks(masks, (width, height))
-    device = _device(args.device)
+    device = runner.resolve_device(args.device)
     evaluation = evaluate.evaluate(
         edited, source, masks, spec.prompt, [r.prompt for r in spec.regions], [r.name for r in spec.regions],
         clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
@@ -382,8 +150,8 @@ def _segment(args) -> dict:
     if args.model is not None:
         spec = dataclasses.replace(spec, model=resolve_model(args.model, Path.cwd()))
     out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
-    device = _device(args.device)
-    io.check_output_folder(out, args.overwrite, _inputs_of(spec, args.config))
+    device = runner.resolve_device(args.device)
+    io.check_output_folder(out, args.overwrite, runner.inputs_of(spec, args.config))
     with io.output_lock(out):
         return _segment_locked(args, spec, out, device, started)
 
@@ -394,7 +162,7 @@ def _segment_locked(args, spec, out: Path, device: str, started: float) -> dict:
     facts = read_model(spec.model)
     inputs = io.load_inputs(spec, facts.size_multiple)
     _check_segment_args(args, facts, inputs)
-    pipe = _load_pipeline(spec, device)
+    pipe = runner.load_pipeline(spec, device)
     timings = {"load": time.perf_counter() - started}
     with io.output_folder(out, args.overwrite) as folder:
         clock, details = time.perf_counter(), {}
@@ -411,13 +179,13 @@ def _segment_locked(args, spec, out: Path, device: str, started: float) -> dict:
         io.write_png(folder / "segments.png", viz.grid([inputs.frames_uint8, overlay, *alone]))
         config = spec.to_dict()
         timings["total"] = time.perf_counter() - started
-        record = _run_record({key: config[key] for key in ("model", "video", "source_prompt")}, "segment", pipe,
+        record = runner.run_record({key: config[key] for key in ("model", "video", "source_prompt")}, "segment", pipe,
                              device, inputs)
         record.update(
             k=args.k, steps=args.steps, seed=args.seed,
             features={"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
             segments=[{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
-            timings={k: round(v, 3) for k, v in timings.items()}, **_peak_memory_mb(device),
+            timings={k: round(v, 3) for k, v in timings.items()}, **runner.peak_memory(device),
         )
         io.write_json(folder / "run.json", record)
     logger.info("name a folder %s/segment_<i> as a region's `masks:` (segments.png shows which)", out)
@@ -457,23 +225,31 @@ def main(argv: list[str] | None = None) -> int:
     # long only because it lists every subcommand's flags in one place, as `--help` shows them
     parser = argparse.ArgumentParser(prog="videograin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"videograin {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="only errors and warnings, no progress bars")
+    common.add_argument("--verbose", action="store_true", help="debug messages too")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [
         ("edit", "edit a video as the config describes"),
         ("reconstruct", "invert and re-sample with the source prompt, no edit (inversion fidelity)"),
     ]:
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, parents=[common], help=help_text)
         sub.add_argument("config", help="edit config (YAML)")
         sub.add_argument("--out", help="output folder (overrides `output:` in the config)")
         sub.add_argument("--model", help="hub id or local diffusers folder (overrides `model:`)")
         sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         sub.add_argument("--device", help="cpu or cuda (default: cuda when available)")
         sub.add_argument("--steps", type=int, help="denoising steps (overrides edit.steps)")
+        sub.add_argument("--seed", type=int, help="overrides edit.seed (only ReAtCo's IRJS draws noise)")
+        sub.add_argument("--prompt", help="overrides prompt (region prompts must still occur in it)")
+        sub.add_argument("--guidance-scale", type=float, help="overrides edit.guidance_scale")
+        sub.add_argument("--method", help="overrides edit.method: videograin, reatco or videograin+reatco")
         if name == "edit":
             sub.add_argument("--reconstruct", action="store_true", help="also write reconstruction.mp4")
             sub.add_argument("--eval", action="store_true", help="compute the metrics after the edit into run.json")
             sub.add_argument("--clip", help="CLIP model id or folder for --eval (default openai/clip-vit-large-patch14)")
-    evaluate = commands.add_parser("eval", help="metrics of an edit (CLIP-T/F, Warp-Err, masked PSNR/SSIM, ...)")
+    evaluate = commands.add_parser("eval", parents=[common],
+                                   help="metrics of an edit (CLIP-T/F, Warp-Err, masked PSNR/SSIM, ...)")
     evaluate.add_argument("--edited", required=True, help="output folder of `videograin edit`, or the edited video")
     evaluate.add_argument("--source", help="source video (default: the folder's source.mp4, else the config's video)")
     evaluate.add_argument("--config", help="the edit's config (default: the folder's run.json)")
@@ -482,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--pickscore", default="yuvalkirstain/PickScore_v1", help="PickScore model id or folder")
     evaluate.add_argument("--flow", choices=["dis", "raft"], default="dis", help="optical flow for Warp-Err")
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    segment = commands.add_parser("segment", help="mask-free layout: K-means segments of the inversion's "
-                                  "self-attention features, written as mask folders")
+    segment = commands.add_parser("segment", parents=[common], help="mask-free layout: K-means segments of the "
+                                  "inversion's self-attention features, written as mask folders")
     segment.add_argument("config", help="config (YAML); only model, video and source_prompt are read")
     segment.add_argument("--k", type=int, required=True, help="number of segments (clusters), at least 2")
     segment.add_argument("--out", help="output folder (default: segments/ next to the config)")
@@ -494,11 +270,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the coarsest level with self-attention)")
     segment.add_argument("--seed", type=int, default=0, help="K-means seed (default 0)")
     segment.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    tiny = commands.add_parser("make-tiny-model", help="write a tiny random-weight SD-style model (offline)")
+    tiny = commands.add_parser("make-tiny-model", parents=[common],
+                               help="write a tiny random-weight SD-style model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--controlnet", action="store_true", help="also write a tiny ControlNet to FOLDER/controlnet")
-    convert = commands.add_parser("convert-config", help="convert an official VideoGrain config (knightyxp/VideoGrain)")
+    convert = commands.add_parser("convert-config", parents=[common],
+                                  help="convert an official VideoGrain config (knightyxp/VideoGrain)")
     convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml)")
     convert.add_argument("--out", help="spec YAML to write (default: <name>.videograin.yaml in the current folder)")
     convert.add_argument("--root", help="folder its relative paths start from: the official repository root "
@@ -506,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--index", type=int, default=0, help="which editing_config.editing_prompts entry (default 0)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    args.argv = argv
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("videograin").setLevel(level)
+    logging.getLogger("transformers.utils.import_utils").addFilter(_DropKnownNotices())
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -522,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "segment":
             _segment(args)
         else:
-            _run(args, reconstruct_only=args.command == "reconstruct")
+            _edit(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import cv2
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import WeightsUnavailable, first_line
 from ..io import as_uint8_frames
-from .optical_flow import DIS_MIN_SIZE, FLOW_BACKENDS, optical_flow
+from .optical_flow import optical_flow
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ def pick_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
 # ----------------------------------------------------------------------------------------------- flow
 
 
-# optical_flow, FLOW_BACKENDS and DIS_MIN_SIZE come from flow.py (the one place for DIS/RAFT).
+# optical_flow comes from eval/optical_flow.py (the one place for DIS/RAFT).
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

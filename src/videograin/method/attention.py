@@ -18,7 +18,6 @@ from functools import cache
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 logger = logging.getLogger(__name__)
