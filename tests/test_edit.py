@@ -255,3 +255,21 @@ def test_the_library_edit_call(example_config, tmp_path):
         assert a.read_bytes() == b.read_bytes()
     with pytest.raises(TypeError, match="unknown override"):
         videograin.edit(example_config, tmp_path / "x", colour="red")
+
+
+def test_from_pipe_turns_a_stable_diffusion_pipeline_into_the_same_editor(tiny_model_dir, tiny_pipe):
+    """The type-annotated __init__ lets diffusers' from_pipe reuse a loaded SD pipeline's components;
+    its edit equals the one of the pipeline loaded from the folder."""
+    from diffusers import StableDiffusionPipeline
+
+    from videograin.pipeline import VideoGrainPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None, requires_safety_checker=False)
+    pipe = VideoGrainPipeline.from_pipe(sd)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet is sd.unet and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    masks = torch.zeros(2, 2, 32, 32, dtype=torch.bool)
+    masks[0, :, :, :16], masks[1, :, :, 16:] = True, True
+    run = lambda p: p(frames, masks, "a red apple on the grass", ["red apple", ""], num_inference_steps=2).latents  # noqa: E731
+    torch.testing.assert_close(run(pipe), run(tiny_pipe), rtol=0, atol=0)

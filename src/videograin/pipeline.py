@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from .backbones.base import Backbone
 from .backbones.sd import StableDiffusionBackbone
@@ -68,7 +70,15 @@ class VideoGrainPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
     _optional_components = ["controlnet"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, controlnet=None):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        controlnet: ControlNetModel | None = None,
+    ):
         super().__init__()
         if not isinstance(scheduler, DDIMScheduler):
             scheduler = DDIMScheduler.from_config(scheduler.config)
