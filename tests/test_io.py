@@ -410,3 +410,27 @@ def test_fit_size_checks_requested_size_and_fits_default():
     assert io.fit_size((1920, 1080), None, 64) == (512, 320)  # 288 rounds to the nearest multiple, 320
     assert io.fit_size((192, 128), None, 16) == (192, 128)  # small sources keep their size
     assert io.fit_size((100, 10), None, 64) == (128, 64)  # never below one multiple
+
+
+def test_labelled_grid_keeps_the_tiles_and_adds_names_numbers_and_legend():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    colours = viz.region_colors(2)
+    legend = viz.region_legend(["left", "right"], ["red square", ""])
+    assert [text for text, _ in legend] == ["left: red square", "right: (kept)"]
+    img = viz.labelled_grid([a, a[::-1]], ["source", "edited"], legend, max_columns=4)
+    body = viz.grid([a.repeat(3, 1).repeat(3, 2), a[::-1].repeat(3, 1).repeat(3, 2)], max_columns=4)  # 32 px -> 96
+    found = [(y, x) for y in range(img.shape[0] - body.shape[0] + 1) for x in range(img.shape[1] - body.shape[1] + 1)
+             if np.array_equal(img[y : y + body.shape[0], x : x + body.shape[1]], body)]
+    assert len(found) == 1, "the tiles are the grid's, enlarged, untouched"
+    y, x = found[0]
+    assert x > 20 and y > 10  # room for the row names and the frame numbers
+    for row in range(2):  # each row's name is written left of it
+        band = img[y + row * 98 : y + row * 98 + 96, :x]
+        assert (band < 128).any(axis=-1).sum() > 20
+    assert (img[:y, x:] < 128).any(axis=-1).sum() > 20  # frame numbers above
+    below = img[y + body.shape[0]:]
+    for colour in colours:
+        assert (below == colour).all(-1).sum() >= 100  # a 12x12 swatch per legend entry
+    with pytest.raises(ValueError, match="labels"):
+        viz.labelled_grid([a], ["one", "two"])

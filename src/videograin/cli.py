@@ -176,7 +176,10 @@ def _segment_locked(args, spec, out: Path, device: str, started: float) -> dict:
         io.write_video(folder / "segments_overlay.mp4", overlay, inputs.fps)
         alone = [viz.mask_overlay(inputs.frames_uint8, masks & (np.arange(args.k) == i)[:, None, None, None])
                  for i in range(args.k)]
-        io.write_png(folder / "segments.png", viz.grid([inputs.frames_uint8, overlay, *alone]))
+        labels = ["source", "segments", *(f"segment_{i}" for i in range(args.k))]
+        legend = [(f"segment_{i} ({m.mean():.0%} of the clip)", c) for i, (m, c) in
+                  enumerate(zip(masks, viz.region_colors(args.k)))]
+        io.write_png(folder / "segments.png", viz.labelled_grid([inputs.frames_uint8, overlay, *alone], labels, legend))
         config = spec.to_dict()
         timings["total"] = time.perf_counter() - started
         record = runner.run_record({key: config[key] for key in ("model", "video", "source_prompt")}, "segment", pipe,

@@ -134,16 +134,19 @@ def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recor
     heat = viz.prompt_attention(recorder, spans, size)
     plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None
     (folder / "attention").mkdir()
-    rows = [inputs.frames_uint8]
+    rows, labels = [inputs.frames_uint8], ["source"]
     for r, (region, span) in enumerate(zip(spec.regions, spans)):
         if span is None:
             continue
         rows.append(viz.heatmap_overlay(inputs.frames_uint8, heat[r]))
+        labels.append(f'"{region.prompt}"')
         io.write_video(folder / "attention" / f"{region.name}.mp4", rows[-1], inputs.fps)
         if plain is not None:  # the row below: the same maps without the layout modulation
             rows.append(viz.heatmap_overlay(inputs.frames_uint8, plain[r]))
+            labels.append(f'"{region.prompt}", unmodulated')
             io.write_video(folder / "attention" / f"{region.name}_unmodulated.mp4", rows[-1], inputs.fps)
-    io.write_png(folder / "attention" / "grid.png", viz.grid(rows))
+    legend = [("cross-attention of each region prompt's words: blue low, red high", np.array([200, 40, 40]))]
+    io.write_png(folder / "attention" / "grid.png", viz.labelled_grid(rows, labels, legend))
 
 
 #: Settings a caller may override on top of the config, and where each lives in it.
@@ -288,7 +291,9 @@ class _Run:
         io.write_video(folder / "edited.mp4", edited, inputs.fps)
         io.write_frames(folder / "frames", edited)
         io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
-        io.write_png(folder / "comparison.png", viz.grid([inputs.frames_uint8, overlay, edited]))
+        legend = viz.region_legend([r.name for r in spec.regions], [r.prompt for r in spec.regions])
+        io.write_png(folder / "comparison.png",
+                     viz.labelled_grid([inputs.frames_uint8, overlay, edited], ["source", "regions", "edited"], legend))
         if settings.record_attention:
             _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
         timings["write"] = time.perf_counter() - clock

@@ -11,8 +11,6 @@ import cv2
 import numpy as np
 import torch.nn.functional as F
 
-__all__ = ["PALETTE", "region_colors", "mask_overlay", "grid", "side_by_side", "prompt_attention", "heatmap_overlay"]
-
 # Fixed, well-separated colours (Tableau-10 order, most saturated first); more regions get golden-ratio hues.
 PALETTE = np.array(
     [
@@ -101,6 +99,57 @@ def grid(rows: list[np.ndarray], max_columns: int = 8, gap: int = 2) -> np.ndarr
             canvas[y : y + h, x : x + w] = tile
         y += h + gap
     return canvas
+
+
+_FONT, _FONT_SCALE, _INK = cv2.FONT_HERSHEY_SIMPLEX, 0.45, (20, 20, 20)
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)[0][0]
+
+
+def _put(canvas: np.ndarray, text: str, x: int, y: int) -> None:
+    """Write ``text`` with its baseline at ``y``, in dark ink (anti-aliased)."""
+    cv2.putText(canvas, text, (x, y), _FONT, _FONT_SCALE, _INK, 1, cv2.LINE_AA)
+
+
+def labelled_grid(rows: list[np.ndarray], labels: list[str], legend: list[tuple[str, np.ndarray]] = (),
+                  max_columns: int = 8, gap: int = 2, min_tile: int = 96) -> np.ndarray:
+    """``grid`` of clips of one size with a row name left of each row, the frame numbers above the
+    columns and a legend below (a colour swatch and its text per entry, e.g. region name and prompt).
+
+    rows: uint8 ``(F, H, W, 3)`` each; labels: one per row; legend: (text, colour uint8 (3,)) pairs.
+    Tiles smaller than ``min_tile`` px high are enlarged (nearest neighbour) so the text fits.
+    Returns uint8 ``(H_total, W_total, 3)``.
+    """
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+    scale = min(8, max(1, -(-min_tile // rows[0].shape[1])))
+    big = [np.asarray(r).repeat(scale, 1).repeat(scale, 2) for r in rows]
+    body = grid(big, max_columns, gap)
+    tile_h, tile_w = big[0].shape[1:3]
+    line = 18  # pixels per line of text
+    left = max(_text_width(label) for label in labels) + 12
+    top = line + 4
+    legend_h = line * len(legend) + (8 if legend else 0)
+    canvas = np.full((top + body.shape[0] + legend_h, left + body.shape[1], 3), 255, dtype=np.uint8)
+    canvas[top : top + body.shape[0], left:] = body
+    for j, frame in enumerate(_pick(len(rows[0]), max_columns)):
+        _put(canvas, f"frame {frame}", left + j * (tile_w + gap) + 2, top - 6)
+    for i, label in enumerate(labels):
+        _put(canvas, label, 4, top + i * (tile_h + gap) + tile_h // 2 + 5)
+    y = top + body.shape[0] + 8
+    for text, colour in legend:
+        canvas[y + 3 : y + 15, 4:16] = np.asarray(colour, dtype=np.uint8)
+        _put(canvas, text, 22, y + 13)
+        y += line
+    return canvas
+
+
+def region_legend(names: list[str], prompts: list[str]) -> list[tuple[str, np.ndarray]]:
+    """Legend entries of the regions in their overlay colours: "name: prompt" ("kept" when empty)."""
+    colours = region_colors(len(names))
+    return [(f"{name}: {prompt or '(kept)'}", colour) for name, prompt, colour in zip(names, prompts, colours)]
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 2) -> np.ndarray:
