@@ -342,3 +342,14 @@ def test_minor_an_uncached_hub_id_offline_fails_at_once(case, offline):
     start = time.monotonic()
     line = case.fail("model", "--model", "someorg/not-downloaded")
     assert time.monotonic() - start < 2 and "local diffusers folder" in line
+
+
+def test_minor_offline_metric_weights_fail_at_once():
+    """`eval` offline spent ~47 of 54 s in hub retries for CLIP and PickScore."""
+    from videograin.errors import WeightsUnavailable
+    from videograin.eval.metrics import DEFAULT_CLIP, ClipScorer
+
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailable, match="hub cannot be reached"):
+        ClipScorer.from_pretrained(DEFAULT_CLIP)
+    assert time.monotonic() - start < 2

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, first_line
+from ..hub import obtainable
 from ..method.tokens import PromptError, region_token_spans, word_token_indices
 from .spec import EditSpec
 
@@ -46,7 +47,7 @@ def read_model(model: str) -> ModelFacts:
         missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
         if missing:
             raise SpecError("model", f"{local} lacks {', '.join(missing)}", _MODEL_FIX)
-    elif not _cached(model) and not hub_reachable():
+    elif not obtainable(model, "model_index.json"):
         raise SpecError("model", f"{model!r} is not in the local cache and the Hugging Face hub cannot be reached",
                         "download it once where there is network (huggingface-cli download <id>), or pass "
                         "--model a local diffusers folder")
@@ -67,31 +68,6 @@ def read_model(model: str) -> ModelFacts:
     vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     return ModelFacts(size_multiple(vae, unet), vae_factor, num_levels, attention, scheduler.get("num_train_timesteps", 1000),
                       tokenizer)
-
-
-def _cached(repo_id: str) -> bool:
-    """Whether the hub cache holds the model's model_index.json (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """False when the hub is switched off (HF_HUB_OFFLINE) or its host does not answer within ``timeout``
-    seconds: one TCP connection, instead of the hub client's retries (about 30 s offline)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def _check_weight_files(folder: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsUnavailable, first_line
+from ..hub import obtainable
 from ..io import as_uint8_frames
 from .optical_flow import optical_flow
 
@@ -113,6 +114,8 @@ class ClipScorer:
         model or every tokenizer source cannot be read."""
         from transformers import CLIPModel, CLIPTokenizer
 
+        if not obtainable(model_id, "config.json"):
+            raise WeightsUnavailable(f"cannot load CLIP model {model_id!r}: not on disk and the hub cannot be reached")
         try:
             model = CLIPModel.from_pretrained(model_id, use_safetensors=True)
         except OSError as err:
