@@ -112,10 +112,10 @@ class ClipScorer:
         """Load ``CLIPModel.from_pretrained(model_id)`` (safetensors) and the CLIP tokenizer of
         ``tokenizer_id`` (else, or when that fails, of ``model_id``). Raises WeightsUnavailable when the
         model or every tokenizer source cannot be read."""
-        from transformers import CLIPModel, CLIPTokenizer
-
         if not obtainable(model_id, "config.json"):
             raise WeightsUnavailable(f"cannot load CLIP model {model_id!r}: not on disk and the hub cannot be reached")
+        from transformers import CLIPModel, CLIPTokenizer
+
         try:
             model = CLIPModel.from_pretrained(model_id, use_safetensors=True)
         except OSError as err:
