@@ -369,11 +369,11 @@ def _git_commit() -> str | None:
 
 
 def summary(folder: Path, record: dict) -> str:
-    """The end of a run in a few lines: where, which files, how long, how much memory."""
+    """The end of a run in a few lines, under io's "wrote <folder>": which files, how long, how much memory."""
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(folder).iterdir())
     timings = record["timings"]
     stages = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if k != "total")
-    return (f"wrote {folder}\n  files: {' '.join(names)}\n  seconds: {timings['total']:.1f} ({stages})\n"
+    return (f"  files: {' '.join(names)}\n  seconds: {timings['total']:.1f} ({stages})\n"
             f"  peak memory: {record['peak_memory_mb']:.0f} MiB ({record['memory_kind']})")
 
 
