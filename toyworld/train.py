@@ -47,9 +47,9 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def train_vae(images: torch.Tensor, steps: int, batch: int, lr: float, rng: np.random.Generator):
-    """images (N, 3, H, W) in [-1, 1]. Returns (vae, losses)."""
-    vae = make_vae()
+def train_vae(images: torch.Tensor, steps: int, batch: int, lr: float, rng: np.random.Generator, vae=None):
+    """images (N, 3, H, W) in [-1, 1]. Trains ``vae`` (default: a fresh one). Returns (vae, losses)."""
+    vae = make_vae() if vae is None else vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
@@ -201,13 +201,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="train a fresh UNet and text encoder (phase 2 only) on the VAE saved in the model folder "
                         "given (its encoder and fine-tuned decoder kept as they are); saves to --out")
     p.add_argument("--snapshot-every", type=int, default=0, help="also save <out>_step<N> every N steps")
+    p.add_argument("--part-prob", type=float, default=0.0,
+                   help="share of the shapes large enough for a part that carry one (world.random_scene)")
+    p.add_argument("--vae-refit-steps", type=int, default=0,
+                   help="with --resume: first train the saved VAE (encoder and decoder) this many more steps at "
+                        "--vae-refit-lr on this world, then phase 3, then resume the UNet on its new latents")
+    p.add_argument("--vae-refit-lr", type=float, default=5e-4)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     cpu0 = time.process_time()
-    frames, scenes = world.dataset(args.images, args.seed)
+    frames, scenes = world.dataset(args.images, args.seed, part_prob=args.part_prob)
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
     _log(f"{len(images)} frames rendered, cpu {time.process_time() - cpu0:.0f}s")
 
@@ -285,16 +291,29 @@ def _on_saved_vae(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
     ones of ``--channels``. Data order: its own generator seeded by ``(seed, 2)``, so a resumed run does not
     replay the first run's batches and is deterministic."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     src = Path(args.resume or args.vae_from)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae").eval()
     init = None
     if args.resume is not None:
         text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
-        if text_encoder.config.vocab_size != len(make_tokenizer()):
-            raise SystemExit(f"{src}: text encoder vocabulary does not match the world's tokenizer")
+        text_encoder = _on_world_vocabulary(text_encoder, CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
+                                            make_tokenizer(), args.seed)
         init = (text_encoder, UNet2DConditionModel.from_pretrained(src, subfolder="unet"))
+    refit = {}
+    if args.vae_refit_steps:
+        if args.resume is None:
+            raise SystemExit("--vae-refit-steps needs --resume")
+        torch.manual_seed(args.seed + 2)
+        _, refit["vae_loss_every_100"] = train_vae(images, args.vae_refit_steps, args.vae_batch, args.vae_refit_lr,
+                                                   np.random.default_rng([args.seed, 3]), vae)
+        means = encode_all(vae, images)
+        vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+        refit["decoder_loss_every_100"] = _every_100(
+            finetune_decoder(vae, images, means, args.decoder_steps, args.vae_batch, args.decoder_lr, args.seed))
+        refit["vae_pixels_off_after_decoder_finetune"] = pixels_off(vae, images, means)
+        refit["vae_loss_every_100"] = _every_100(refit["vae_loss_every_100"])
     scale = float(vae.config.scaling_factor)
     latents = encode_all(vae, images) * scale
     cpu_prep = time.process_time() - cpu0
@@ -305,19 +324,42 @@ def _on_saved_vae(args, images: torch.Tensor, scenes, cpu0: float, argv) -> int:
 
     def snapshot(step, te, un, tok):
         save_pipeline(Path(f"{args.out}_step{step}"), vae, te, tok, un)
-        _write_resume_log(Path(f"{args.out}_step{step}"), old_log, src, args, argv, losses_so_far[0], cpu0, cpu_prep, step)
+        _write_resume_log(Path(f"{args.out}_step{step}"), old_log, src, args, argv, losses_so_far[0], cpu0, cpu_prep, step,
+                          refit)
 
     losses_so_far = [[]]
     te, un, tokenizer, losses = train_diffusion(latents, scenes, args, rng, snapshot, init=init,
                                                 losses_out=losses_so_far[0])
     save_pipeline(args.out, vae, te, tokenizer, un)
-    _write_resume_log(Path(args.out), old_log, src, args, argv, losses, cpu0, cpu_prep, args.steps)
+    _write_resume_log(Path(args.out), old_log, src, args, argv, losses, cpu0, cpu_prep, args.steps, refit)
     _log(f"saved {args.out}; cpu {time.process_time() - cpu0:.0f}s")
     return 0
 
 
+def _on_world_vocabulary(text_encoder, old_tokenizer, tokenizer, seed: int):
+    """``text_encoder`` with its token embeddings re-indexed from ``old_tokenizer``'s vocabulary to
+    ``tokenizer``'s: a token both know keeps its learned row (the special tokens move when words are
+    added), a new word gets a random row of the learned rows' scale."""
+    old_vocab, vocab = old_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if old_vocab == vocab:
+        return text_encoder
+    old = text_encoder.get_input_embeddings().weight.detach()
+    rows = torch.randn(len(vocab), old.shape[1], generator=torch.Generator().manual_seed(seed + 3)) * old.std()
+    for token, i in vocab.items():
+        if token in old_vocab:
+            rows[i] = old[old_vocab[token]]
+    new = sorted(set(vocab) - set(old_vocab), key=vocab.get)
+    _log(f"text encoder: {len(new)} new tokens {new}, {len(vocab)} in all")
+    text_encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(rows, freeze=False))
+    config = text_encoder.config
+    config.vocab_size = len(vocab)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    return text_encoder
+
+
 def _write_resume_log(folder: Path, old_log: str, src: Path, args, argv, losses, cpu0: float, cpu_prep: float,
-                      step: int) -> None:
+                      step: int, refit: dict) -> None:
     log = json.loads(old_log)
     log.setdefault("resumed", []).append({
         "command": "python -m toyworld.train " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -327,6 +369,7 @@ def _write_resume_log(folder: Path, old_log: str, src: Path, args, argv, losses,
         "steps_done": step,
         "cpu_seconds": {"data_and_latents": round(cpu_prep, 1), "diffusion": round(time.process_time() - cpu0 - cpu_prep, 1)},
         "loss_every_100": _every_100(losses),
+        **({"vae_refit": refit} if refit else {}),
     })
     (folder / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
 

@@ -1,5 +1,10 @@
 """The toy world: flat-coloured circles, squares and triangles on a plain background, with captions.
 
+A shape may carry one part drawn inside it in another colour: a "dot" (a disc at the shape's inner
+centre) or a "stripe" (a horizontal band across its middle), captioned "a yellow circle with a red dot".
+Parts keep at least one pixel of the shape's own colour around them (they are cut from the shape eroded
+by one pixel), so the shape's colour stays one connected piece around its part.
+
 Geometry is analytic and sampled at pixel centres, so a shape's mask is exactly the set of pixels painted
 in its colour (no anti-aliasing; shapes never overlap or touch). Frames are uint8 ``(H, W, 3)`` RGB.
 
@@ -38,18 +43,33 @@ PLACE_MARGIN = 1.0  # px: shape centres keep this far from the thirds' borders (
 PLACE_PHRASE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 GAP = 2.0  # min px between bounding boxes of two shapes (and the frame border keeps 1 px)
 
-WORDS = ["a", "and", "on", "the", "in", "background", *PLACES, *SHAPES, *COLORS, *BACKGROUNDS]
+PARTS = ("dot", "stripe")
+PART_MIN_RADIUS = 5.0  # only shapes this large carry parts (a dot is then >= ~12 px, a stripe 2-3 rows)
+DOT_RADIUS = 0.45  # x the shape's half-extent
+STRIPE_HALF_HEIGHT = 0.3  # x the shape's half-extent
+
+# new words come last: the tokenizer's earlier words keep their merges (see videograin.testing)
+WORDS = ["a", "and", "on", "the", "in", "background", *PLACES, *SHAPES, *COLORS, *BACKGROUNDS, "with", *PARTS]
 
 
 @dataclass(frozen=True)
 class Shape:
-    """One shape: class, colour name, centre (x, y) in px (pixel i covers [i, i+1)), half-extent r."""
+    """One shape: class, colour name, centre (x, y) in px (pixel i covers [i, i+1)), half-extent r, and
+    optionally a part (one of PARTS) with its colour."""
 
     kind: str
     color: str
     x: float
     y: float
     r: float
+    part: str | None = None
+    part_color: str | None = None
+
+    @property
+    def phrase(self) -> str:
+        """E.g. "a yellow circle" or "a yellow circle with a red dot"."""
+        text = f"a {self.color} {self.kind}"
+        return text + (f" with a {self.part_color} {self.part}" if self.part else "")
 
     @property
     def place(self) -> str:
@@ -84,14 +104,39 @@ def shape_mask(shape: Shape, height: int = SIZE, width: int = SIZE) -> np.ndarra
     raise ValueError(f"unknown shape kind {shape.kind!r}")
 
 
+def part_mask(shape: Shape, height: int = SIZE, width: int = SIZE) -> np.ndarray:
+    """bool (H, W): the pixels of the shape's part (all False without one), inside the shape eroded by
+    one pixel (3x3). The dot is centred on the shape's incentre (the triangle's lies 0.382 r below its
+    centre), the stripe on the same row."""
+    if shape.part is None:
+        return np.zeros((height, width), dtype=bool)
+    inner = np.zeros((height + 2, width + 2), dtype=bool)
+    inner[1:-1, 1:-1] = shape_mask(shape, height, width)
+    inner = np.logical_and.reduce([inner[1 + dy : height + 1 + dy, 1 + dx : width + 1 + dx]
+                                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    inradius = (np.sqrt(5) - 1) / 2 * shape.r  # of the apex-up triangle of half-extent r
+    cy = shape.y + shape.r - inradius if shape.kind == "triangle" else shape.y
+    if shape.part == "dot":
+        region = (xs - shape.x) ** 2 + (ys - cy) ** 2 <= (DOT_RADIUS * shape.r) ** 2
+    elif shape.part == "stripe":
+        region = np.abs(ys - cy) <= STRIPE_HALF_HEIGHT * shape.r
+    else:
+        raise ValueError(f"unknown part {shape.part!r}")
+    return region & inner
+
+
 def render(scene: Scene, height: int = SIZE, width: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Frame uint8 (H, W, 3) and per-shape masks bool (S, H, W) (exactly the pixels painted per shape)."""
+    """Frame uint8 (H, W, 3) and per-shape masks bool (S, H, W) (exactly the pixels painted per shape,
+    its part included; :func:`part_mask` gives the part alone)."""
     frame = np.empty((height, width, 3), dtype=np.uint8)
     frame[:] = BACKGROUNDS[scene.background]
     masks = np.zeros((len(scene.shapes), height, width), dtype=bool)
     for i, shape in enumerate(scene.shapes):
         masks[i] = shape_mask(shape, height, width)
         frame[masks[i]] = COLORS[shape.color]
+        if shape.part is not None:
+            frame[part_mask(shape, height, width)] = COLORS[shape.part_color]
     return frame, masks
 
 
@@ -106,8 +151,8 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, positions: boo
     shapes = sorted(scene.shapes, key=lambda s: s.x)
     if rng is not None and not (positions and places_left_to_right):
         shapes = [shapes[i] for i in rng.permutation(len(shapes))]
-    parts = [f"a {s.color} {s.kind}" + (f" {PLACE_PHRASE[s.place]}" if positions else "") for s in shapes]
-    return " and ".join(parts) + f" on a {scene.background} background"
+    phrases = [s.phrase + (f" {PLACE_PHRASE[s.place]}" if positions else "") for s in shapes]
+    return " and ".join(phrases) + f" on a {scene.background} background"
 
 
 def _fits(shapes: list[Shape], width: int, height: int) -> bool:
@@ -124,8 +169,12 @@ def _fits(shapes: list[Shape], width: int, height: int) -> bool:
     return True
 
 
-def random_scene(rng: np.random.Generator, count: int | None = None, size: int = SIZE) -> Scene:
-    """A random scene of ``count`` shapes (1-3, default: 1 with p 0.35, 2 with p 0.5, 3 with p 0.15)."""
+def random_scene(rng: np.random.Generator, count: int | None = None, size: int = SIZE, part_prob: float = 0.0) -> Scene:
+    """A random scene of ``count`` shapes (1-3, default: 1 with p 0.35, 2 with p 0.5, 3 with p 0.15).
+
+    ``part_prob``: each shape of half-extent >= PART_MIN_RADIUS in a scene of one or two shapes carries a
+    random part, of a colour other than its own, with this probability (0: the draws of the world without
+    parts, unchanged)."""
     if count is None:
         count = int(rng.choice([1, 2, 3], p=[0.35, 0.5, 0.15]))
     places = {1: [PLACES[int(rng.integers(3))]], 2: ["left", "right"], 3: list(PLACES)}[count]
@@ -141,14 +190,22 @@ def random_scene(rng: np.random.Generator, count: int | None = None, size: int =
             x = float(rng.uniform(lo, hi - 1e-6))
             y = float(rng.uniform(r + 1, size - r - 1))
             shapes.append(Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), x, y, r))
+        if part_prob > 0 and count < 3:
+            shapes = [_with_random_part(s, rng) if s.r >= PART_MIN_RADIUS and rng.random() < part_prob else s
+                      for s in shapes]
         if _fits(shapes, size, size):
             return Scene(tuple(shapes), background)
 
 
-def dataset(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, list[Scene]]:
+def _with_random_part(shape: Shape, rng: np.random.Generator) -> Shape:
+    part_color = str(rng.choice([c for c in COLORS if c != shape.color]))
+    return replace(shape, part=str(rng.choice(PARTS)), part_color=part_color)
+
+
+def dataset(n: int, seed: int, size: int = SIZE, part_prob: float = 0.0) -> tuple[np.ndarray, list[Scene]]:
     """``n`` random scenes and their frames uint8 (n, H, W, 3); deterministic given ``seed``."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng, size=size) for _ in range(n)]
+    scenes = [random_scene(rng, size=size, part_prob=part_prob) for _ in range(n)]
     frames = np.stack([render(s, size, size)[0] for s in scenes])
     return frames, scenes
 
