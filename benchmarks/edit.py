@@ -68,7 +68,7 @@ def build_pipeline(model: str, device: str):
 
 
 def synthetic_clip(frames: int, width: int, height: int):
-    """Frames (F, 3, H, W) in [-1, 1] and masks (3, F, H, W): two discs moving towards each other,
+    """Frames (F, 3, H, W) in [0, 1] and masks (3, F, H, W): two discs moving towards each other,
     a part (upper half of the left disc), and the background."""
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     video = torch.empty(frames, 3, height, width)
@@ -80,7 +80,7 @@ def synthetic_clip(frames: int, width: int, height: int):
         right = (xs - 3 * width / 4 + shift) ** 2 + (ys - height / 2) ** 2 < radius**2
         masks[0, f], masks[1, f] = left, right
         masks[2, f] = left & (ys < height / 2)
-        video[f] = torch.stack([xs / width, ys / height, (left | right).float()]) * 2 - 1
+        video[f] = torch.stack([xs / width, ys / height, (left | right).float()])
     return video, masks
 
 
@@ -97,7 +97,7 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     if variant == "stock":
-        latents = pipe.encode_frames(video)
+        latents = pipe.encode_frames(video * 2 - 1)
         schedule = pipe.backbone.schedule(steps)
         unet = pipe.unet
         source = encode_prompt(pipe.text_encoder, pipe.tokenizer, "").expand(frames, -1, -1)
@@ -116,12 +116,12 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
             pipe.decode_latents(ddim_sample(edit_fn, trajectory[0], schedule))
     elif variant.startswith("reatco"):
         size = int(variant.partition("_w")[2] or frames)
-        pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=None,
+        pipe(video, masks, prompt, regions, height=size[1], width=size[0], num_inference_steps=steps, modulation=None,
              reatco=ReAtCoSettings(steps=steps // 2), window=Window(size, max(1, size // 2)))
     else:
         modulation = Modulation(steps=0 if variant == "fullframe" else round(0.3 * steps))
-        pipe(video, masks, prompt, regions, num_inference_steps=steps, modulation=modulation,
-             blend=variant == "videograin")
+        pipe(video, masks, prompt, regions, height=size[1], width=size[0], num_inference_steps=steps,
+             modulation=modulation, blend=variant == "videograin")
     seconds = time.perf_counter() - start
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20

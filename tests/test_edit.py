@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from videograin import io
+from videograin import formats, io
 from videograin.cli import main
 from videograin.eval.metrics import psnr_masked
 from videograin.io import to_uint8
 from videograin.method.settings import Modulation
+from videograin.method.tokens import region_token_spans
 from videograin.config.parse import load_spec
 
 from conftest import EXAMPLE
@@ -63,12 +64,12 @@ def test_modulation_moves_cross_attention_into_each_region(tiny_pipe, example_in
     must be there: at the first step (identical inputs) and on average over the modulated steps."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
-    spans = tiny_pipe.check_inputs(frames, masks, spec.prompt, region_prompts)
+    video, masks = inputs.frames_uint8[:4], inputs.masks[:, :4]
+    spans = region_token_spans(tiny_pipe.tokenizer, spec.prompt, region_prompts)
     runs = {}
     for name, mod_steps in [("on", 3), ("off", 0)]:
         runs[name] = tiny_pipe(
-            frames, masks, spec.prompt, region_prompts,
+            video, masks, spec.prompt, region_prompts,
             num_inference_steps=10, modulation=Modulation(steps=mod_steps), blend=False, record_attention=True,
         )
     for region, span in enumerate(spans):
@@ -85,17 +86,17 @@ def test_blend_pins_unedited_latents_to_the_source(tiny_pipe, example_inputs):
     is the VAE encoding of the source: there the edited latents equal it exactly."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames, masks = inputs.frames[:6], inputs.masks[:, :6]
-    source = tiny_pipe.encode_frames(frames)
+    video, masks = inputs.frames_uint8[:6], inputs.masks[:, :6]
+    source = tiny_pipe.encode_frames(inputs.frames[:6])
     # edited latent cells: any pixel of an edited region inside the 8x8 cell (computed here by hand)
     edited_pixels = masks[[bool(p) for p in region_prompts]].any(0)  # (F, H, W)
     cells = edited_pixels.unflatten(1, (-1, 8)).unflatten(3, (-1, 8)).any(4).any(2)[:, None]  # (F, 1, h, w)
     assert 0.05 < cells.float().mean() < 0.5
-    blended = tiny_pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=True)
+    blended = tiny_pipe(video, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=True)
     outside = ~cells.expand_as(source)
     torch.testing.assert_close(blended.latents[outside], source[outside], rtol=0, atol=1e-6)
     assert (blended.latents[~outside] - source[~outside]).abs().mean() > 0.1, "the edit changed nothing"
-    free = tiny_pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=False)
+    free = tiny_pipe(video, masks, spec.prompt, region_prompts, num_inference_steps=10, blend=False)
     assert (free.latents[outside] - source[outside]).abs().mean() > 0.1, "blending made no difference"
 
 
@@ -106,7 +107,8 @@ def test_composite_shows_the_source_away_from_edits_and_the_edit_on_them(tiny_pi
     region_prompts = [r.prompt for r in spec.regions]
     frames, masks = inputs.frames[:3], inputs.masks[:, :3]
     run = lambda composite: tiny_pipe(  # noqa: E731
-        frames, masks, spec.prompt, region_prompts, num_inference_steps=3, composite=composite).frames
+        inputs.frames_uint8[:3], masks, spec.prompt, region_prompts, num_inference_steps=3, composite=composite,
+        output_type="pt").frames[0] * 2 - 1
     plain, composited = run(False), run(True)
     edited = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]  # (F, 1, H, W)
     near = F.max_pool2d(edited, kernel_size=33, stride=1, padding=16)[:, 0].bool().unsqueeze(1).expand_as(plain)
@@ -122,11 +124,12 @@ def test_blend_keeps_pixels_away_from_edits_equal_to_the_vae_round_trip(sd_pipe,
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
     frames, masks = inputs.frames[:4], inputs.masks[:, :4]
-    edit = pipe(frames, masks, spec.prompt, region_prompts, num_inference_steps=20, blend=True, composite=False)
+    edit = pipe(inputs.frames_uint8[:4], masks, spec.prompt, region_prompts, num_inference_steps=20, blend=True,
+                composite=False, output_type="np")
     source = pipe.decode_latents(pipe.encode_frames(frames))
     edited_union = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]
     far = (F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr_masked(to_uint8(edit.frames), to_uint8(source), far)[0] >= 35
+    assert psnr_masked(formats.to_uint8(edit.frames[0]), to_uint8(source), far)[0] >= 35
 
 
 def test_same_config_and_seed_give_identical_frames(example_config, tmp_path):
@@ -162,8 +165,8 @@ def test_compared_attention_is_each_layer_before_its_modulation(tiny_pipe, examp
     each region prompt's mass inside its own mask when it is."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames, masks = inputs.frames[:3], inputs.masks[:, :3]
-    spans = tiny_pipe.check_inputs(frames, masks, spec.prompt, region_prompts)
+    frames, masks = inputs.frames_uint8[:3], inputs.masks[:, :3]
+    spans = region_token_spans(tiny_pipe.tokenizer, spec.prompt, region_prompts)
     run = lambda cross: tiny_pipe(  # noqa: E731
         frames, masks, spec.prompt, region_prompts, num_inference_steps=3, record_attention="compare",
         modulation=Modulation(steps=2, cross_strength=cross)).recorder
@@ -268,7 +271,7 @@ def test_from_pipe_turns_a_stable_diffusion_pipeline_into_the_same_editor(tiny_m
     pipe = VideoGrainPipeline.from_pipe(sd)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet is sd.unet and type(pipe.scheduler).__name__ == "DDIMScheduler"
-    frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(2, 2, 32, 32, dtype=torch.bool)
     masks[0, :, :, :16], masks[1, :, :, 16:] = True, True
     run = lambda p: p(frames, masks, "a red apple on the grass", ["red apple", ""], num_inference_steps=2).latents  # noqa: E731

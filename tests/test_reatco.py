@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from videograin import io
+from videograin import formats, io
 from videograin.method.attention import layout_attention
 from videograin.cli import main
 from videograin.eval.metrics import psnr_masked
@@ -179,7 +179,7 @@ def test_rad_lowers_the_loss_and_moves_attention_into_the_boxes(tiny_pipe, examp
     at every guided step after the first, and in the recorded attention of the denoising passes."""
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames = inputs.frames[:4]
+    frames = inputs.frames_uint8[:4]
     boxes = _box_regions(inputs.masks[:2, :4])
     region_prompts = region_prompts[:2]
     runs = {}
@@ -201,12 +201,12 @@ def test_rad_lowers_the_loss_and_moves_attention_into_the_boxes(tiny_pipe, examp
 def test_irjs_returns_the_source_outside_the_edit_and_noises_it_before(tiny_pipe, example_inputs):
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
-    source = tiny_pipe.encode_frames(frames)
+    masks = inputs.masks[:, :4]
+    source = tiny_pipe.encode_frames(inputs.frames[:4])
     edited_pixels = masks[[bool(p) for p in region_prompts]].any(0)
     cells = edited_pixels.unflatten(1, (-1, 8)).unflatten(3, (-1, 8)).any(4).any(2)[:, None]  # (F, 1, h, w)
     out = tiny_pipe(
-        frames, masks, spec.prompt, region_prompts, num_inference_steps=6,
+        inputs.frames_uint8[:4], masks, spec.prompt, region_prompts, num_inference_steps=6,
         reatco=ReAtCoSettings(steps=2), generator=torch.Generator().manual_seed(0),
     )
     outside = ~cells.expand_as(source)
@@ -225,7 +225,7 @@ def test_irjs_returns_the_source_outside_the_edit_and_noises_it_before(tiny_pipe
 def test_a_window_covering_all_frames_is_the_unwindowed_run(tiny_pipe, example_inputs):
     spec, inputs = example_inputs
     region_prompts = [r.prompt for r in spec.regions]
-    frames, masks = inputs.frames[:4], inputs.masks[:, :4]
+    frames, masks = inputs.frames_uint8[:4], inputs.masks[:, :4]
     common = dict(num_inference_steps=4, reatco=ReAtCoSettings(steps=2), record_attention=True)
     whole = tiny_pipe(frames, masks, spec.prompt, region_prompts, generator=torch.Generator().manual_seed(0), **common)
     covered = tiny_pipe(frames, masks, spec.prompt, region_prompts, generator=torch.Generator().manual_seed(0),
@@ -293,10 +293,10 @@ def test_irjs_keeps_pixels_away_from_the_boxes_equal_to_the_vae_round_trip(sd_pi
     spec, inputs = example_inputs
     frames = inputs.frames[:4]
     boxes = _box_regions(inputs.masks[:2, :4])
-    out = pipe(frames, boxes, spec.prompt, [r.prompt for r in spec.regions[:2]], num_inference_steps=20,
-               modulation=None, reatco=ReAtCoSettings(steps=10), composite=False,
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(inputs.frames_uint8[:4], boxes, spec.prompt, [r.prompt for r in spec.regions[:2]],
+               num_inference_steps=20, modulation=None, reatco=ReAtCoSettings(steps=10), composite=False,
+               generator=torch.Generator().manual_seed(0), output_type="np")
     source = pipe.decode_latents(pipe.encode_frames(frames))
     union = boxes.any(0).float()[:, None]
     far = (F.max_pool2d(union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr_masked(to_uint8(out.frames), to_uint8(source), far)[0] >= 35
+    assert psnr_masked(formats.to_uint8(out.frames[0]), to_uint8(source), far)[0] >= 35

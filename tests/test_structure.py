@@ -93,7 +93,7 @@ class FakeBackbone:
     """A backbone of a few lines: latents are 2x2-pooled frames, the 'denoiser' predicts a fixed share
     of its input, the text encoder embeds each token id as a constant vector."""
 
-    vae_factor, size_multiple, num_levels = 2, 2, 1
+    vae_factor, size_multiple, num_levels, native_size = 2, 2, 1, 16
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -162,6 +162,10 @@ class FakePipeline(VideoGrainPipeline):
     def _execution_device(self):  # diffusers finds it from the registered modules; there are none
         return torch.device("cpu")
 
+    @property
+    def components(self):  # no registered modules (diffusers would expect `backbone` to be one)
+        return {}
+
 
 @pytest.mark.parametrize("blend", [True, False])
 def test_a_fake_backbone_runs_the_pipeline_end_to_end(tiny_pipe, blend):
@@ -175,9 +179,9 @@ def test_a_fake_backbone_runs_the_pipeline_end_to_end(tiny_pipe, blend):
     masks = torch.zeros(2, 3, 8, 12, dtype=torch.bool)
     masks[0, :, :, :6] = True
     masks[1, :, :, 6:] = True
-    out = pipe(frames, masks, "a red apple on the grass", ["red apple", ""], num_inference_steps=3,
-               guidance_scale=1.0, modulation=Modulation(steps=3), blend=blend, composite=False)
-    assert out.frames.shape == frames.shape and out.latents.shape == (3, 3, 4, 6)
+    out = pipe((frames + 1) / 2, masks, "a red apple on the grass", ["red apple", ""], num_inference_steps=3,
+               guidance_scale=1.0, modulation=Modulation(steps=3), blend=blend, composite=False, output_type="pt")
+    assert out.frames.shape == (1, *frames.shape) and out.latents.shape == (3, 3, 4, 6)
     schedule = backbone.schedule(3)
     steps = [step for _, step, _ in backbone.calls]
     assert steps == [2, 1, 0, 0, 1, 2]  # inversion walks the schedule backwards, then the edit forwards

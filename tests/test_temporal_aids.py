@@ -29,7 +29,7 @@ def clip():
 
 def _edit(pipe, clip, **kwargs):
     prompt, region_prompts, frames, masks = clip
-    return pipe(frames, masks, prompt, region_prompts, num_inference_steps=4, **kwargs)
+    return pipe((frames + 1) / 2, masks, prompt, region_prompts, num_inference_steps=4, **kwargs)
 
 
 def test_flow_guided_attention_changes_the_edit(tiny_pipe, clip):

@@ -34,6 +34,10 @@ Scores, read by the judge (:mod:`toyworld.judge`) from the uint8 output frames:
   temporal_stability  share of frames in which an edited region shows its most frequent identity
   kept_accuracy       share of (kept shape region, frame) pairs still showing the source shape
   background_accuracy the background case: share of frames whose background has the target colour
+  part_accuracy       part cases (``--parts``): share of (part region, frame) pairs where the shape found
+                      in the part's shape region carries the region prompt's part (kind and colour)
+  part_leakage        share of (other shape, frame) pairs where another shape shows that part
+  part_kept_accuracy  share of (part region, frame) pairs where the rest of that shape is still the source shape
   seconds             wall-clock seconds of the pipeline call (CPU, one thread, shared machine)
 """
 
@@ -43,13 +47,13 @@ import argparse
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from videograin import io, viz
+from videograin import formats, io, viz
 from videograin.method.settings import Modulation, ReAtCoSettings
 
 from . import judge, world
@@ -69,11 +73,17 @@ class Region:
     name: str
     shape: int | None
     prompt: str
-    mask: str = "box"  # "box": bounding box + 1 px; "exact": the rendered shape pixels; "top" / "bottom": a half of the box
+    mask: str = "box"  # "box": bounding box + 1 px; "exact": the rendered shape pixels; "top" / "bottom": a half
+    # of the box; "dot" / "stripe": the box + 1 px of where the shape's part of that kind lies (world.part_mask)
 
     @property
     def part(self) -> bool:
         return self.mask in ("top", "bottom")
+
+    @property
+    def carries(self) -> bool:
+        """A region drawn around a part (world.PARTS) of its shape."""
+        return self.mask in world.PARTS
 
     @property
     def edited(self) -> bool:
@@ -145,6 +155,36 @@ VALIDATION_CASES: tuple[Case, ...] = (
          "a blue circle and a yellow triangle on a gray background",
          (Region("left", 0, "blue circle"), Region("right", 1, "yellow triangle"), _BG)),
 )
+# Part-level cases (the world with parts; a model trained on it: train.py --part-prob). The part region is
+# the box of where the part lies (grown by 1 px) inside the shape's own region, as a user would draw
+# "the sunglasses" inside "the man"; the rest of that shape is kept.
+def _two_big(kind, color, parts=(None, None), part_colors=(None, None), bg="gray", y=(12.0, 19.0)) -> Scene:
+    return Scene(tuple(Shape(kind, color, x, yy, 6.0, p, c) for x, yy, p, c in zip((7.5, 24.5), y, parts, part_colors)), bg)
+
+
+_DRIFT = (Motion(dx=1.5, dy=2.0), Motion(dx=-1.5, dy=-2.0))
+PART_CASES: tuple[Case, ...] = (
+    Case("part_add", "part", _two_big("circle", "yellow"), _DRIFT,
+         "a yellow circle with a red dot and a yellow circle on a gray background",
+         (Region("left_dot", 0, "red dot", "dot"), Region("left", 0, ""), Region("right", 1, ""), _BG),
+         "a red dot added to the left of two identical yellow circles, the right one kept"),
+    Case("part_recolour", "part", _two_big("square", "blue", ("stripe", "stripe"), ("yellow", "yellow")), _DRIFT,
+         "a blue square with a red stripe and a blue square with a yellow stripe on a gray background",
+         (Region("left_stripe", 0, "red stripe", "stripe"), Region("left", 0, ""), Region("right", 1, ""), _BG),
+         "the left square's yellow stripe -> red; the rest of it and the right square kept"),
+    Case("part_and_instance", "part", _two_big("circle", "green"), _DRIFT,
+         "a purple triangle and a green circle with a yellow dot on a gray background",
+         (Region("left", 0, "purple triangle"), Region("right_dot", 1, "yellow dot", "dot"), Region("right", 1, ""), _BG),
+         "left circle -> purple triangle, right circle gains a yellow dot, in one pass"),
+)
+PART_VALIDATION_CASES: tuple[Case, ...] = (
+    Case("val_part_add", "part", _two_big("square", "red", bg="black", y=(19.0, 12.0)), _DRIFT,
+         "a red square and a red square with a blue stripe on a black background",
+         (Region("left", 0, ""), Region("right_stripe", 1, "blue stripe", "stripe"), Region("right", 1, ""), _BG)),
+    Case("val_part_recolour", "part", _two_big("circle", "purple", ("dot", "dot"), ("green", "green"), bg="white"),
+         _DRIFT, "a purple circle with a yellow dot and a purple circle with a green dot on a white background",
+         (Region("left_dot", 0, "yellow dot", "dot"), Region("left", 0, ""), Region("right", 1, ""), _BG)),
+)
 QUICK_CASES = ("instance_shapes", "instance_colors")
 QUICK_STEPS = 25
 
@@ -195,6 +235,8 @@ def case_inputs(case: Case, frames: int = FRAMES):
     def shape_region(region: Region) -> np.ndarray:
         if region.mask == "exact":
             return shape_masks[region.shape]
+        if region.carries:
+            return world.box_masks(_part_masks(case, region, frames), margin=1)
         box = boxes[region.shape]
         if not region.part:
             return box
@@ -212,6 +254,24 @@ def case_inputs(case: Case, frames: int = FRAMES):
     return clip, np.stack(masks), shape_masks
 
 
+def _part_masks(case: Case, region: Region, frames: int) -> np.ndarray:
+    """bool (F, H, W): where the region's part lies on its shape in every frame of the clip (the shape
+    given that part if it has none)."""
+    scene = case.scene
+    shapes = tuple(replace(s, part=region.mask, part_color=s.part_color or s.color) if i == region.shape else s
+                   for i, s in enumerate(scene.shapes))
+    return part_video(Scene(shapes, scene.background), list(case.motions), frames)[region.shape]
+
+
+def part_video(scene: Scene, motions: list[Motion], frames: int) -> np.ndarray:
+    """bool (S, F, H, W): each shape's part pixels over the clip ``world.video`` renders."""
+    out = np.zeros((len(scene.shapes), frames, world.SIZE, world.SIZE), dtype=bool)
+    for f in range(frames):
+        for i, shape in enumerate(world.scene_at(scene, motions, f, frames).shapes):
+            out[i, f] = world.part_mask(shape)
+    return out
+
+
 def source_prompt(case: Case) -> str:
     return world.caption(case.scene, positions=False)
 
@@ -221,6 +281,8 @@ def region_target(case: Case, region: Region):
     ('part', colour) / ('keep_part', colour) for a half of a shape, ('background', name) /
     ('keep_background', name) for the background region."""
     words = region.prompt.split()
+    if region.carries:
+        return ("add_part", (next(w for w in words if w in world.COLORS), region.mask))
     if region.part:
         colour = next(w for w in words if w in world.COLORS) if region.edited else case.scene.shapes[region.shape].color
         return ("part" if region.edited else "keep_part", colour)
@@ -245,6 +307,7 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray,
     targets = [region_target(case, r) for r in case.regions]
     frames = len(output)
     correct, colour_ok, leaked, stable, kept, bg_ok, found = [], [], [], [], [], [], {}
+    part_ok, part_leaked, part_kept = [], [], []
     shape_targets = [t[1] for t in targets if t[0] == "shape"]
     for r, (region, (what, target)) in enumerate(zip(case.regions, targets)):
         if what in ("shape", "keep"):
@@ -276,6 +339,16 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray,
             correct += ids
             colour_ok += ids
             stable.append(max(ids.count(True), ids.count(False)) / frames)
+        elif what == "add_part":
+            shape = case.scene.shapes[region.shape]
+            here = [judge.in_region(detections[f][1], shape_masks[region.shape, f]) for f in range(frames)]
+            part_ok += [d is not None and d.part_identity == target for d in here]
+            part_kept += [d is not None and d.identity == (shape.color, shape.kind) for d in here]
+            found[region.name] = [None if d is None or d.part is None else " ".join(d.part_identity) for d in here]
+            for o, other in enumerate(case.scene.shapes):
+                if o != region.shape and (other.part_color, other.part) != target:
+                    there = [judge.in_region(detections[f][1], shape_masks[o, f]) for f in range(frames)]
+                    part_leaked += [d is not None and d.part_identity == target for d in there]
         elif what == "background":
             bg_ok += [detections[f][0] == target for f in range(frames)]
             found[region.name] = [detections[f][0] for f in range(frames)]
@@ -292,6 +365,9 @@ def score(case: Case, source: np.ndarray, output: np.ndarray, masks: np.ndarray,
         "temporal_stability": mean(stable),
         "kept_accuracy": mean(kept),
         "background_accuracy": mean(bg_ok),
+        "part_accuracy": mean(part_ok),
+        "part_leakage": mean(part_leaked),
+        "part_kept_accuracy": mean(part_kept),
         "found": found,
     }
 
@@ -314,12 +390,12 @@ def unedited_change(case: Case, source: np.ndarray, output: np.ndarray, masks: n
 def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES):
     source, masks, shape_masks = case_inputs(case, frames)
     clock = time.perf_counter()
-    out = pipe(io.from_uint8(source), torch.from_numpy(masks), case.prompt, [r.prompt for r in case.regions],
+    out = pipe(source, masks, case.prompt, [r.prompt for r in case.regions],
                source_prompt=source_prompt(case), negative_prompt="", num_inference_steps=steps,
                guidance_scale=guidance, modulation=method.modulation(steps), blend=blend,
-               reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0))
+               reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0), output_type="np")
     seconds = time.perf_counter() - clock
-    output = io.to_uint8(out.frames)
+    output = formats.to_uint8(out.frames[0])
     result = score(case, source, output, masks, shape_masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite
@@ -333,6 +409,7 @@ def variant_name(method: Method, blend: bool) -> str:
 
 
 SUMMARY_KEYS = ("instance_accuracy", "leakage", "background_change", "temporal_stability", "seconds")
+PART_KEYS = ("part_accuracy", "part_leakage", "part_kept_accuracy")
 
 
 def summarise(per_case: dict[str, dict], cases: list[Case]) -> dict:
@@ -344,7 +421,8 @@ def summarise(per_case: dict[str, dict], cases: list[Case]) -> dict:
     """
     out = {}
     changes = ("background_change", "background_change_latents")
-    for key in SUMMARY_KEYS + ("background_change_latents", "color_accuracy", "kept_accuracy", "background_accuracy"):
+    for key in SUMMARY_KEYS + ("background_change_latents", "color_accuracy", "kept_accuracy", "background_accuracy",
+                               *PART_KEYS):
         values = [per_case[c.name][key] for c in cases
                   if per_case[c.name].get(key) is not None and (key not in changes or c.level != "background")]
         out[key] = None if not values else round(float(np.mean(values)), 4)
@@ -386,26 +464,29 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
     return results, outputs, sources
 
 
-def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: float = 7.5, log=print) -> list[dict]:
+def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: float = 7.5, log=print,
+          keys: tuple[str, str] = ("instance_accuracy", "leakage")) -> list[dict]:
     """Score every (self, cross, fraction) of ``grid`` on ``cases`` with blend on: one row each, with
-    instance accuracy and leakage averaged over the cases, best first (ties: the earlier grid entry,
-    i.e. the weaker modulation). The baseline (no modulation) is a row with strengths None."""
+    the accuracy and leakage scores named by ``keys`` averaged over the cases, best first
+    (ties: the earlier grid entry, i.e. the weaker modulation). The baseline (no modulation) is a row
+    with strengths None."""
     rows = []
     for self_strength, cross_strength, fraction in ((None, None, None), *grid):
         method = Method(f"s{self_strength}_c{cross_strength}_f{fraction}", self_strength, cross_strength, fraction)
         results, _, _ = run(pipe, cases, [method], (True,), steps, guidance, log=lambda *_: None)
         row = {"self_strength": self_strength, "cross_strength": cross_strength, "fraction": fraction,
-               **{k: results["summary"][variant_name(method, True)][k] for k in ("instance_accuracy", "leakage")}}
+               **{k: results["summary"][variant_name(method, True)][k] for k in keys}}
         log(row)
         rows.append(row)
-    return sorted(rows, key=lambda r: (-r["instance_accuracy"], r["leakage"] or 0.0))
+    return sorted(rows, key=lambda r: (-r[keys[0]], r[keys[1]] or 0.0))
 
 
-def sweep_markdown(rows: list[dict], cases: list[Case]) -> str:
+def sweep_markdown(rows: list[dict], cases: list[Case], keys: tuple[str, str] = ("instance_accuracy", "leakage")) -> str:
+    labels = " | ".join(k.replace("_", " ") for k in keys)
     lines = [f"Modulation strengths on the held-out cases ({', '.join(c.name for c in cases)}), blend on, best first:",
-             "", "| self | cross | fraction of steps | instance acc. | leakage |", "|---|---|---|---|---|"]
+             "", f"| self | cross | fraction of steps | {labels} |", "|---|---|---|---|---|"]
     lines += [(f"| {r['self_strength']} | {r['cross_strength']} | {r['fraction']} " if r["self_strength"] is not None
-               else "| baseline (no modulation) | | ") + f"| {_fmt(r['instance_accuracy'])} | {_fmt(r['leakage'])} |"
+               else "| baseline (no modulation) | | ") + f"| {_fmt(r[keys[0]])} | {_fmt(r[keys[1]])} |"
               for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -429,14 +510,19 @@ def markdown(results: dict) -> str:
                      f"| {_fmt(s['background_change'])} ({_fmt(s['background_change_latents'])}) | {_fmt(s['temporal_stability'])} "
                      f"| {_fmt(s['kept_accuracy'])} | {_fmt(s['background_accuracy'])} "
                      f"({_fmt(s['kept_shapes_change'])}, {_fmt(s['kept_shapes_change_latents'])}) | {s['seconds']:.1f} |")
-    lines += ["", "Per case: instance accuracy (background case: background accuracy) / share of unedited pixels "
+    if any(s.get("part_accuracy") is not None for s in summary.values()):
+        lines += ["", "Part cases: | method | part acc. | part leakage | rest of the shape kept |", "|---|---|---|---|"]
+        lines += [f"| {name} | {_fmt(s['part_accuracy'])} | {_fmt(s['part_leakage'])} | {_fmt(s['part_kept_accuracy'])} |"
+                  for name, s in summary.items()]
+    lines += ["", "Per case: part accuracy, else instance accuracy (background case: background accuracy) / share of unedited pixels "
               "changed (latents only: decoded without the pixel composite)", "",
               "| method | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
     for name, rows in per_case.items():
         cells = []
         for c in cases:
             r = rows[c]
-            acc = r["instance_accuracy"] if r["instance_accuracy"] is not None else r["background_accuracy"]
+            acc = next((r.get(k) for k in ("part_accuracy", "instance_accuracy", "background_accuracy")
+                        if r.get(k) is not None), None)
             cells.append(f"{_fmt(acc)} / {_fmt(r['background_change'])} ({_fmt(r['background_change_latents'])})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -483,16 +569,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", action="store_true",
                    help="also score prompts (toyworld.sample) and update README (with --sweep: its sweep table)")
     p.add_argument("--sweep", action="store_true", help="score SWEEP_GRID on the held-out cases, write sweep.json/.md")
+    p.add_argument("--parts", action="store_true",
+                   help="the part-level cases (PART_CASES; with --sweep PART_VALIDATION_CASES), on a model of the world "
+                        "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.parts and (args.readme or args.quick):
+        p.error("--parts takes neither --readme nor --quick (its tables are not in the README yet)")
     torch.set_num_threads(args.threads)
+    prefix = "parts_" if args.parts else ""
     if args.sweep:
-        rows = sweep(load_pipeline(args.model), list(VALIDATION_CASES), steps=args.steps, guidance=args.guidance)
+        held_out = list(PART_VALIDATION_CASES if args.parts else VALIDATION_CASES)
+        keys = ("part_accuracy", "part_leakage") if args.parts else ("instance_accuracy", "leakage")
+        rows = sweep(load_pipeline(args.model), held_out, steps=args.steps, guidance=args.guidance, keys=keys)
         args.out.mkdir(parents=True, exist_ok=True)
-        io.write_json(args.out / "sweep.json", {"model": str(args.model), "steps": args.steps,
-                                                 "guidance_scale": args.guidance, "rows": rows})
-        table = sweep_markdown(rows, list(VALIDATION_CASES))
-        (args.out / "sweep.md").write_text(table, encoding="utf-8")
+        io.write_json(args.out / f"{prefix}sweep.json", {"model": str(args.model), "steps": args.steps,
+                                                          "guidance_scale": args.guidance, "rows": rows})
+        table = sweep_markdown(rows, held_out, keys)
+        (args.out / f"{prefix}sweep.md").write_text(table, encoding="utf-8")
         if args.readme:
             update_readme(HERE / "README.md", table, marker="sweep")
         print(table)
@@ -502,14 +596,15 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.extra:
         name, s, c, f = spec.split(":")
         methods.append(Method(name, float(s), float(c), float(f)))
-    cases = list(CASES)
+    all_cases = list(PART_CASES if args.parts else CASES)
+    cases = all_cases
     blends = (True, False)
     if args.quick:
         cases = [c for c in CASES if c.name in QUICK_CASES]
         methods = [m for m in methods if m.name in ("baseline", TUNED.name)]
         blends = (True,)
     if args.cases:
-        cases = [c for c in CASES if c.name in args.cases]
+        cases = [c for c in all_cases if c.name in args.cases]
     if args.methods:
         methods = [m for m in methods if m.name in args.methods]
     if args.no_blend_off:
@@ -522,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(results)
     masks = {c.name: viz.mask_overlay(sources[c.name], case_inputs(c)[1]) for c in cases}
-    io.write_png(args.out / "contact_sheet.png", contact_sheet(outputs, sources, masks))
+    io.write_png(args.out / f"{prefix}contact_sheet.png", contact_sheet(outputs, sources, masks))
     if args.readme:
         from .sample import evaluate
 
@@ -549,8 +644,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"Editing benchmark ({results['settings']['steps']} DDIM steps, guidance "
                  f"{results['settings']['guidance_scale']}, 8 frames of 32x32; `results/contact_sheet.png`):\n\n" + table)
         update_readme(HERE / "README.md", table)
-    io.write_json(args.out / "results.json", results)
-    (args.out / "results.md").write_text(table, encoding="utf-8")
+    io.write_json(args.out / f"{prefix}results.json", results)
+    (args.out / f"{prefix}results.md").write_text(table, encoding="utf-8")
     print(table)
     return 0
 

@@ -7,6 +7,9 @@
 4. Class: the component is compared with a circle, a square and an (apex-up) triangle of its area,
    rendered at its centroid as the world renders them; the best intersection-over-union wins.
 5. Place: the third of the frame width that holds the component's centroid.
+6. Parts: a component lying in the holes of another (its outline filled) is that shape's part, not a
+   shape: its colour, and "stripe" when its box is at least STRIPE_ASPECT times as wide as high, else "dot". Classes
+   are fitted to the filled outline, so a shape with a part reads as the same shape without one.
 
 On frames rendered by :mod:`toyworld.world` the judge is exact (see tests/test_toyworld.py).
 """
@@ -23,6 +26,8 @@ from .world import BACKGROUNDS, COLORS, SHAPES, Shape, place_of, shape_mask
 FG_DIST = 60.0  # RGB distance from the background colour above which a pixel is foreground
 COLOR_DIST = 110.0  # a foreground pixel farther than this from every shape colour is ignored
 MIN_AREA = 10  # px; smaller components are noise
+MIN_PART_AREA = 3  # px; a part smaller than this is not read
+STRIPE_ASPECT = 1.3  # a part box this many times wider than high is a stripe (rendered: dots 0.8-1.25, stripes 1.33-3.7)
 _OFFSETS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # px searched around the centroid when fitting a shape
 
 _SHAPE_RGB = np.array(list(COLORS.values()), dtype=np.float32)
@@ -43,6 +48,8 @@ class Detection:
     area: int
     mask: np.ndarray
     score: float
+    part: str | None = None
+    part_color: str | None = None
 
     @property
     def place(self) -> str:
@@ -51,6 +58,11 @@ class Detection:
     @property
     def identity(self) -> tuple[str, str]:
         return (self.color, self.kind)
+
+    @property
+    def part_identity(self) -> tuple[str, str] | None:
+        """(part colour, part kind), or None without a part."""
+        return None if self.part is None else (self.part_color, self.part)
 
 
 def background_color(frame: np.ndarray) -> str:
@@ -100,20 +112,41 @@ def detect(frame: np.ndarray) -> tuple[str, list[Detection]]:
     dist = np.sqrt(((f[..., None, :] - _SHAPE_RGB) ** 2).sum(-1))  # (H, W, C)
     label = dist.argmin(-1)
     ok = fg & (dist.min(-1) <= COLOR_DIST)
-    found = []
+    components = []  # (colour, mask, mask with its holes filled)
     for c, name in enumerate(_SHAPE_NAMES):
         layer = (ok & (label == c)).astype(np.uint8)
         if not layer.any():
             continue
-        n, comp, stats, cents = cv2.connectedComponentsWithStats(layer, connectivity=8)
+        n, comp, stats, _ = cv2.connectedComponentsWithStats(layer, connectivity=8)
         for i in range(1, n):
-            area = int(stats[i, cv2.CC_STAT_AREA])
-            if area < MIN_AREA:
-                continue
-            m = comp == i
-            kind, score = classify(m)
-            found.append(Detection(name, kind, float(cents[i][0]) + 0.5, float(cents[i][1]) + 0.5, area, m, score))
+            if stats[i, cv2.CC_STAT_AREA] >= MIN_PART_AREA:
+                m = comp == i
+                components.append((name, m, _filled(m)))
+    found = []
+    for j, (name, m, filled) in enumerate(components):
+        if any(k != j and (m & other & ~own).sum() == m.sum() for k, (_, own, other) in enumerate(components)):
+            continue  # inside another shape's outline: a part
+        if m.sum() < MIN_AREA:
+            continue
+        parts = [(pname, pm) for k, (pname, pm, _) in enumerate(components) if k != j and (pm & filled & ~m).sum() == pm.sum()]
+        part = part_color = None
+        if parts:
+            part_color, pm = max(parts, key=lambda p: p[1].sum())
+            ys, xs = np.nonzero(pm)
+            part = "stripe" if np.ptp(xs) + 1 >= STRIPE_ASPECT * (np.ptp(ys) + 1) else "dot"
+        kind, score = classify(filled)
+        ys, xs = np.nonzero(filled)
+        found.append(Detection(name, kind, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, int(filled.sum()), filled,
+                               score, part, part_color))
     return bg, sorted(found, key=lambda d: d.x)
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W): ``mask`` with its holes filled (its outer contours drawn filled)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool) | mask
 
 
 def detect_video(frames: np.ndarray) -> list[tuple[str, list[Detection]]]:

@@ -222,9 +222,17 @@ class Motion:
     scale: float = 1.0
 
 
+def scene_at(scene: Scene, motions: list[Motion], frame: int, frames: int) -> Scene:
+    """The scene at ``frame`` of a clip of ``frames``: each shape at ``start + u * motion`` with
+    u = frame / (frames - 1) eased (smoothstep)."""
+    u = frame / max(frames - 1, 1)
+    u = u * u * (3 - 2 * u)
+    return replace(scene, shapes=tuple(replace(s, x=s.x + u * m.dx, y=s.y + u * m.dy, r=s.r * (1 + u * (m.scale - 1)))
+                                       for s, m in zip(scene.shapes, motions)))
+
+
 def video(scene: Scene, motions: list[Motion], frames: int = 8, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``scene`` moving smoothly: frame f shows each shape at ``start + u * motion`` with u = f/(F-1)
-    eased (smoothstep). Returns frames uint8 (F, H, W, 3) and masks bool (S, F, H, W).
+    """Render ``scene`` moving smoothly (:func:`scene_at` for every frame). Returns frames uint8 (F, H, W, 3) and masks bool (S, F, H, W).
 
     Raises ValueError if shapes leave the frame, touch each other, or change their third mid-clip
     (captions and judge read places by thirds).
@@ -232,12 +240,7 @@ def video(scene: Scene, motions: list[Motion], frames: int = 8, size: int = SIZE
     clip = np.empty((frames, size, size, 3), dtype=np.uint8)
     masks = np.zeros((len(scene.shapes), frames, size, size), dtype=bool)
     for f in range(frames):
-        u = f / max(frames - 1, 1)
-        u = u * u * (3 - 2 * u)
-        shapes = [
-            replace(s, x=s.x + u * m.dx, y=s.y + u * m.dy, r=s.r * (1 + u * (m.scale - 1)))
-            for s, m in zip(scene.shapes, motions)
-        ]
+        shapes = list(scene_at(scene, motions, f, frames).shapes)
         if not _fits(shapes, size, size):
             raise ValueError(f"frame {f}: shapes leave the frame or touch")
         for s, s0 in zip(shapes, scene.shapes):

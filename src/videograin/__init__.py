@@ -2,11 +2,16 @@
 
 ``videograin.edit(config, out)`` runs an edit and writes its output folder; ``VideoGrainPipeline`` is
 the diffusers pipeline underneath. Both are imported on first use (torch and diffusers are heavy).
+``CUSTOM_PIPELINE`` is the file for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``.
 """
+
+from pathlib import Path
 
 __version__ = "0.1.0"
 
-__all__ = ["VideoGrainPipeline", "edit"]
+CUSTOM_PIPELINE = str(Path(__file__).with_name("custom_pipeline.py"))
+
+__all__ = ["CUSTOM_PIPELINE", "VideoGrainPipeline", "edit"]
 
 
 def __getattr__(name: str):

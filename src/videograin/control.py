@@ -69,8 +69,3 @@ def _pose(frames: np.ndarray) -> np.ndarray:
     height, width = frames.shape[1:3]
     poses = [np.asarray(detector(frame, output_type="np")) for frame in frames]
     return np.stack([cv2.resize(pose, (width, height), interpolation=cv2.INTER_NEAREST) for pose in poses])
-
-
-def condition_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [0, 1], what ControlNets take."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255

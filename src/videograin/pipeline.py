@@ -7,14 +7,18 @@ is ``StableDiffusionBackbone``. The method's math lives in method/, the backbone
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from . import formats
 from .backbones.base import Backbone
 from .backbones.sd import StableDiffusionBackbone
 from .method.attention import KernelChoice
@@ -29,12 +33,15 @@ from .method.tokens import region_token_spans, word_token_indices
 
 
 @dataclass
-class EditOutput:
-    """frames: (F, 3, H, W) float32 in [-1, 1] on the CPU; latents: the edited latents (F, C, h, w)
-    before decoding; timings in seconds per stage; guidance: ReAtCo's L_IR and L_OR per guided step."""
+class VideoGrainPipelineOutput(BaseOutput):
+    """What an edit returns. frames: the edited video in ``output_type`` (a batch of one: "pil" a list
+    of one list of PIL images, "np" (1, F, H, W, 3) and "pt" (1, F, 3, H, W) float in [0, 1], "latent"
+    (1, F, C, h, w)); latents: the edited latents (F, C, h, w) before decoding; timings in seconds per
+    stage; recorder: the cross-attention maps (``record_attention``); layout: the region layout on the
+    model's tokens; guidance: ReAtCo's L_IR and L_OR per guided step."""
 
-    frames: torch.Tensor
-    latents: torch.Tensor
+    frames: list | np.ndarray | torch.Tensor
+    latents: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     recorder: AttentionRecorder | None = None
     layout: Layout | None = None
@@ -69,6 +76,7 @@ class VideoGrainPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
     _optional_components = ["controlnet"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -106,6 +114,20 @@ class VideoGrainPipeline(DiffusionPipeline):
         """Latents (F, C, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
         return self.backbone.decode(latents)
 
+    def enable_vae_slicing(self) -> None:
+        """Encode and decode one frame at a time (less memory; diffusers' VAE slicing)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode large frames in overlapping tiles (diffusers' VAE tiling)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
     @contextmanager
     def _progress(self, total: int, desc: str):
         """The diffusers progress bar, labelled, keeping the user's other settings (e.g. disable)."""
@@ -122,16 +144,41 @@ class VideoGrainPipeline(DiffusionPipeline):
 
     # -- 1. check ---------------------------------------------------------------------------------
 
-    def check_inputs(self, frames: torch.Tensor, masks: torch.Tensor, prompt: str, region_prompts: list[str]):
-        """Validate shapes and prompts; returns each region prompt's token span (None when empty)."""
-        if frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
-        height, width = frames.shape[-2:]
-        self.backbone.check_size(frames.shape[0], height, width)
-        if masks.dtype != torch.bool or masks.shape[1:] != (frames.shape[0], height, width):
-            raise ValueError(f"masks must be bool (R, {frames.shape[0]}, {height}, {width}), got {masks.dtype} {tuple(masks.shape)}")
-        if masks.shape[0] != len(region_prompts):
-            raise ValueError(f"{masks.shape[0]} mask sequences but {len(region_prompts)} region prompts")
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (from ``callback_on_step_end`` or another thread) to skip the
+        edit's remaining steps; the call returns the latents it has reached, decoded."""
+        return getattr(self, "_interrupt", False)
+
+    def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
+                     callback_on_step_end_tensor_inputs: list[str] | None = None) -> str:
+        """Raise ValueError for call arguments that cannot work; returns the prompt as one string."""
+        if isinstance(prompt, (list, tuple)) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be one string (one video per call), got {type(prompt).__name__}")
+        if not isinstance(region_prompts, (list, tuple)) or not all(isinstance(p, str) for p in region_prompts):
+            raise ValueError("region_prompts must be a list of strings, one per mask sequence")
+        if output_type not in formats.OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
+        if isinstance(generator, list) and len(generator) != num_frames:
+            raise ValueError(f"a list of generators needs one per frame: {len(generator)} for {num_frames} frames")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among "
+                             f"{self._callback_tensor_inputs}")
+        return prompt
+
+    def prepare_video(self, video, height: int | None, width: int | None, name: str = "video") -> torch.Tensor:
+        """Any supported video (see ``formats``) -> float32 (F, 3, H, W) in [0, 1] at the edit size."""
+        frames = formats.video_01(video, name)
+        size = formats.frame_size((frames.shape[-1], frames.shape[-2]), height, width, self.size_multiple,
+                                  self.backbone.native_size)
+        return formats.resize_01(frames, size)
+
+    def _check_spans(self, frames: torch.Tensor, prompt: str, region_prompts: list[str]):
+        """Each region prompt's token span (None when empty), after the backbone's size rules."""
+        self.backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         return region_token_spans(self.backbone.tokenizer, prompt, region_prompts)
 
     # -- 4. invert --------------------------------------------------------------------------------
@@ -166,12 +213,14 @@ class VideoGrainPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        frames: torch.Tensor,
-        masks: torch.Tensor,
+        video,
+        masks,
         prompt: str,
         region_prompts: list[str],
         source_prompt: str = "",
         negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         modulation: Modulation | None = Modulation(),
@@ -181,31 +230,55 @@ class VideoGrainPipeline(DiffusionPipeline):
         reatco: ReAtCoSettings | None = None,
         words: list[str | None] | None = None,
         window: Window | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         temporal_aids: TemporalAidSettings | None = None,
-        control_images: torch.Tensor | None = None,
+        control_images=None,
         control_scale: float = 1.0,
-    ) -> EditOutput:
-        """Edit ``frames`` (F, 3, H, W) in [-1, 1] so that region r of ``masks`` (R, F, H, W) bool shows
-        ``region_prompts[r]`` inside the scene described by ``prompt``.
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> VideoGrainPipelineOutput | tuple:
+        """Edit ``video`` so that region r of ``masks`` shows ``region_prompts[r]`` inside the scene
+        described by ``prompt`` (each region prompt written word for word in it).
+
+        ``video``: a list of PIL images, a uint8 array or a float array in [0, 1] (numpy (F, H, W, 3),
+        torch (F, 3, H, W)); ``masks``: one mask sequence per region at any size (see ``formats``).
+        Both are resized to ``height`` x ``width`` (default: the aspect kept, the long side at most the
+        model's resolution, rounded to its size multiple).
 
         A region with an empty prompt is kept (latent blend preserves it) but still separates the
         others in self-attention. ``modulation=None`` turns VideoGrain's ST-Layout attention off (with
         ``reatco=None`` too: the plain inversion + target-prompt baseline). ``reatco`` adds ReAtCo's
         RAD guidance towards each region's word of interest (``words[r]``, None: its prompt's last
-        word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``).
-        ``window`` denoises overlapping temporal windows separately (averaged on overlaps).
-        ``composite`` (with blend or IRJS): after decoding, pixels away from the edited regions are
-        the source frames' (feathered over a margin of the VAE's factor), and so are kept regions
-        (empty prompt) wherever no edited region covers them; the latent guarantee alone leaves the
-        decoder's spill and its frame-wide normalisation on the unedited pixels.
-        ``temporal_aids``: FLATTEN flow-guided attention (flow of ``frames``) and PnP injection.
-        ``control_images`` (F, 3, H, W) in [0, 1]: ControlNet conditions (needs ``self.controlnet``).
-        ``record_attention``: True records the cross-attention maps; "compare" also without modulation.
+        word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``:
+        one, or a list of one per frame). ``window`` denoises overlapping temporal windows separately
+        (averaged on overlaps). ``composite`` (with blend or IRJS): after decoding, pixels away from the
+        edited regions are the source frames' (feathered over a margin of the VAE's factor), and so are
+        kept regions (empty prompt) wherever no edited region covers them.
+        ``latents`` (F, C, h, w): the noisy latents the edit starts from (default: the video's DDIM
+        inversion, which still runs for the latent blend). ``temporal_aids``: FLATTEN flow-guided
+        attention (flow of the video) and PnP injection. ``control_images`` (same formats as ``video``):
+        ControlNet conditions (needs ``self.controlnet``). ``record_attention``: True records the
+        cross-attention maps; "compare" also without modulation.
+        ``callback_on_step_end(pipe, step, t, callback_kwargs) -> dict`` runs after every edit step
+        with the tensors named in ``callback_on_step_end_tensor_inputs`` (default ["latents"]); the
+        latents it returns replace the pipeline's. With ``return_dict=False`` the result is
+        ``(frames,)``.
         """
         # the six stages in order; the signature and docstring make up half of its length
-        spans = self.check_inputs(frames, masks, prompt, region_prompts)  # 1. check
+        self._interrupt = False
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        frames01 = self.prepare_video(video, height, width)  # 1. check
+        num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
+        prompt = self.check_inputs(prompt, region_prompts, output_type, generator, num_frames, tensor_inputs)
+        masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
+        frames = frames01 * 2 - 1
+        spans = self._check_spans(frames, prompt, region_prompts)
         backbone = self.backbone
+        if control_images is not None:
+            control_images = formats.resize_01(formats.video_01(control_images, "control_images"), size)
         control = backbone.control(control_images, control_scale)
         token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))
         rad_at = self._rad_level(reatco)
@@ -213,9 +286,11 @@ class VideoGrainPipeline(DiffusionPipeline):
         timings: dict[str, float] = {}
 
         clock = time.perf_counter()
-        latents = self.encode_frames(frames)  # 2. encode
+        source_latents = self.encode_frames(frames)  # 2. encode
         timings["encode"] = time.perf_counter() - clock
-        latent_size = tuple(latents.shape[-2:])
+        if latents is not None and tuple(latents.shape) != tuple(source_latents.shape):
+            raise ValueError(f"latents must be {tuple(source_latents.shape)} (the video's), got {tuple(latents.shape)}")
+        latent_size = tuple(source_latents.shape[-2:])
         masks = masks.to(self._execution_device)
         layout = backbone.layout(masks, spans, latent_size, temporal)  # 3. layout
 
@@ -223,7 +298,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         schedule = backbone.schedule(num_inference_steps)  # shared by inversion and editing
         clock = time.perf_counter()
         trajectory = self.invert(  # 4. invert
-            latents, source_prompt, num_inference_steps, temporal, aids, control, schedule
+            source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule
         )
         timings["invert"] = time.perf_counter() - clock
 
@@ -231,23 +306,32 @@ class VideoGrainPipeline(DiffusionPipeline):
         plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
                           layout, latent_size, temporal, record_attention, trajectory, aids, control)
         denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
-        callback = self._edit_callback(plan, latents, blend, reatco, generator)
+        callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
+                                  callback_on_step_end, tensor_inputs)
         guidance: list[dict] = []
         guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
+        start = trajectory[0] if latents is None else latents.to(trajectory[0])
         with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
-            edited_latents = ddim_sample(denoise, trajectory[0], plan.schedule, callback, progress=bar, guide=guide)
+            edited_latents = ddim_sample(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
+                                         interrupt=lambda: self.interrupt)
         timings["edit"] = time.perf_counter() - clock
-        num_frames = frames.shape[0]
         recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames) if record_attention else None
 
         clock = time.perf_counter()  # 6. decode
-        out = self.decode_latents(edited_latents)
-        if composite and (blend or (reatco is not None and reatco.irjs)):
-            edited = [bool(p.strip()) for p in region_prompts]
-            weights = composite_weights(masks.cpu(), edited, backbone.vae_factor)
-            out = weights * out + (1 - weights) * frames.float().cpu()
+        if output_type == "latent":
+            video_out = edited_latents.unsqueeze(0)
+        else:
+            out = self.decode_latents(edited_latents)
+            if composite and (blend or (reatco is not None and reatco.irjs)):
+                edited = [bool(p.strip()) for p in region_prompts]
+                weights = composite_weights(masks.cpu(), edited, backbone.vae_factor)
+                out = weights * out + (1 - weights) * frames
+            video_out = formats.postprocess(out, output_type)
         timings["decode"] = time.perf_counter() - clock
-        return EditOutput(out, edited_latents, timings, recorder, layout, guidance)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video_out,)
+        return VideoGrainPipelineOutput(video_out, edited_latents, timings, recorder, layout, guidance)
 
     # -- 5. edit: its parts -----------------------------------------------------------------------
 
@@ -304,6 +388,21 @@ class VideoGrainPipeline(DiffusionPipeline):
             return latent_blend(plan.trajectory, plan.edited_mask)
         return None
 
+    def _step_end(self, method_callback: Callback | None, user_callback, tensor_inputs: list[str]) -> Callback | None:
+        """The method's step callback, then the user's ``callback_on_step_end`` (diffusers' contract:
+        ``(pipe, step, t, {"latents": ...}) -> dict``; returned latents replace the pipeline's)."""
+        if user_callback is None:
+            return method_callback
+
+        def step_end(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
+            if method_callback is not None:
+                latents = method_callback(step, t, latents)
+            given = {"latents": latents}
+            returned = user_callback(self, step, t, {name: given[name] for name in tensor_inputs}) or {}
+            return returned.get("latents", latents)
+
+        return step_end
+
     def _rad_guide(self, plan: _EditPlan, modulation, temporal, reatco, level, token_indices, log) -> Guide | None:
         """ReAtCo's RAD guidance on the conditional branch of each window, or None."""
         if reatco is None:
@@ -320,16 +419,28 @@ class VideoGrainPipeline(DiffusionPipeline):
     @torch.no_grad()
     def reconstruct(
         self,
-        frames: torch.Tensor,
+        video,
         source_prompt: str = "",
         num_inference_steps: int = 50,
         temporal: str = "full",
-        control_images: torch.Tensor | None = None,
+        control_images=None,
         control_scale: float = 1.0,
-    ) -> torch.Tensor:
-        """Invert and re-sample under the source prompt with no edit: shows inversion fidelity.
-        frames (F, 3, H, W) in [-1, 1] -> (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+    ):
+        """Invert and re-sample under the source prompt with no edit: shows inversion fidelity. Takes
+        ``video`` (and ``control_images``) as ``__call__`` does; returns the frames in ``output_type``
+        (a batch of one video, "latent" excepted)."""
+        if output_type not in formats.OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
+        frames01 = self.prepare_video(video, height, width)
+        frames = frames01 * 2 - 1
+        self.backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         backbone = self.backbone
+        if control_images is not None:
+            control_images = formats.resize_01(formats.video_01(control_images, "control_images"),
+                                               (frames.shape[-1], frames.shape[-2]))
         control = backbone.control(control_images, control_scale)
         latents = self.encode_frames(frames)
         schedule = backbone.schedule(num_inference_steps)
@@ -339,4 +450,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
         with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
             latents = ddim_sample(denoise, trajectory[0], schedule, progress=bar)
-        return self.decode_latents(latents)
+        self.maybe_free_model_hooks()
+        if output_type == "latent":
+            return latents.unsqueeze(0)
+        return formats.postprocess(self.decode_latents(latents), output_type)

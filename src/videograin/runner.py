@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, io, viz
+from . import __version__, formats, io, viz
 from .config.parse import load_spec, resolve_model, spec_from_dict
 from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
@@ -106,7 +106,7 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
     (F, H, W, 3) for viewing and as the pipeline's keyword arguments; (None, {}) without control."""
     if spec.control is None:
         return None, {}
-    from .control import annotate, condition_tensor
+    from .control import annotate
 
     if isinstance(spec.control.condition, Path):
         images = io.read_condition_images(spec.control.condition, spec.video, inputs.size)
@@ -115,7 +115,7 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
             images = annotate(spec.control.condition, inputs.frames_uint8)
         except WeightsUnavailable as err:
             raise SpecError("control.condition", str(err), "give a folder or video of condition images instead") from None
-    return images, {"control_images": condition_tensor(images), "control_scale": spec.control.scale}
+    return images, {"control_images": images, "control_scale": spec.control.scale}
 
 
 def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
@@ -264,7 +264,7 @@ class _Run:
         ``folder``; ``record`` and ``timings`` gain its results."""
         spec, settings = self.spec, self.spec.edit
         result = pipe(
-            inputs.frames,
+            inputs.frames_uint8,
             inputs.masks,
             spec.prompt,
             [r.prompt for r in spec.regions],
@@ -281,12 +281,15 @@ class _Run:
             window=settings.window,
             generator=torch.Generator().manual_seed(settings.seed),
             temporal_aids=settings.temporal_aids,
+            width=inputs.size[0],
+            height=inputs.size[1],
+            output_type="np",
             **control,
         )
         timings.update(result.timings)
         if settings.uses_reatco:
             record["reatco_losses"] = result.guidance
-        edited = io.to_uint8(result.frames)
+        edited = formats.to_uint8(result.frames[0])
         clock = time.perf_counter()
         io.write_video(folder / "edited.mp4", edited, inputs.fps)
         io.write_frames(folder / "frames", edited)
@@ -327,9 +330,9 @@ def _reconstruct(spec: EditSpec, pipe, inputs: io.VideoInputs, control: dict, fo
     from .eval.metrics import psnr_masked
 
     settings, clock = spec.edit, time.perf_counter()
-    recon = io.to_uint8(
-        pipe.reconstruct(inputs.frames, spec.source_prompt, settings.steps, settings.modulation.temporal, **control)
-    )
+    recon = formats.to_uint8(pipe.reconstruct(inputs.frames_uint8, spec.source_prompt, settings.steps,
+                                              settings.modulation.temporal, height=inputs.size[1], width=inputs.size[0],
+                                              output_type="np", **control)[0])
     timings["reconstruct"] = time.perf_counter() - clock
     io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
     record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]

@@ -124,7 +124,7 @@ def make_tiny_model(folder: str | Path, seed: int = 0, controlnet: bool = False)
         sample_size=64,
     )
     unet = UNet2DConditionModel(
-        sample_size=8,
+        sample_size=32,  # native size 256: the example clip (192x128) edits at its own size
         block_out_channels=(32, 64),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),

@@ -31,6 +31,8 @@ class Backbone(Protocol):
     size_multiple: int
     #: levels (token grids) the layout modulation can act on, 0 = highest resolution
     num_levels: int
+    #: the model's training resolution: the long side frames get when the caller names no size
+    native_size: int
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         """Raise ValueError when the backbone cannot take this many frames of this size."""

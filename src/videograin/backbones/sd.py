@@ -94,6 +94,7 @@ class StableDiffusionBackbone:
         self.vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.size_multiple = size_multiple(pipe.vae.config, pipe.unet.config)
         self.num_levels = len(pipe.unet.config.block_out_channels)
+        self.native_size = pipe.unet.config.sample_size * self.vae_factor
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         m = self.size_multiple

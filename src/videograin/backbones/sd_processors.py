@@ -88,12 +88,16 @@ class LayoutAttnProcessor:
 
     Holds no state of its own: everything per call arrives in ``videograin`` (a StepContext), including
     the recorder and PnP store it writes into; ``layer`` is the name of the attention layer it serves
-    (for PnP's features). Without a context the processor computes exactly what diffusers' stock
-    AttnProcessor2_0 does (per-frame attention).
+    (for PnP's features). ``fallback``: the processor it replaced (the user's attention backend:
+    SDPA, sliced, xformers, ...), which computes every call the method leaves unchanged: per-frame
+    attention without a context, cross-attention that is neither modulated nor recorded, and full
+    spatio-temporal self-attention without modulation, flow or PnP (all frames as one sequence).
+    Without a fallback those calls run diffusers' stock AttnProcessor2_0 math.
     """
 
-    def __init__(self, layer: str = ""):
+    def __init__(self, layer: str = "", fallback=None):
         self.layer = layer
+        self.fallback = fallback
 
     def __call__(
         self,
@@ -106,6 +110,10 @@ class LayoutAttnProcessor:
     ) -> torch.Tensor:
         if attention_mask is not None or attn.spatial_norm is not None or hidden_states.ndim != 3:
             raise NotImplementedError("LayoutAttnProcessor supports the SD 1.x/2.x transformer blocks only")
+        if self.fallback is not None and attn.group_norm is None:
+            plain = self._plain_call(attn, hidden_states, encoder_hidden_states, videograin)
+            if plain is not None:
+                return plain
         residual = hidden_states
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -132,6 +140,24 @@ class LayoutAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _plain_call(self, attn, hidden_states, encoder_hidden_states, ctx: StepContext | None):
+        """The fallback's output when this call needs nothing of the method's, else None.
+        hidden_states: (branches·F, n, C)."""
+        if ctx is None:
+            return self.fallback(attn, hidden_states, encoder_hidden_states)
+        n = hidden_states.shape[1]
+        if encoder_hidden_states is not None:
+            recorded = ctx.recorder is not None and ctx.layout is not None and ctx.recorder.wants(ctx.layout.at(n).index)
+            if self._level(ctx, n, ctx.cross_strength) is None and not recorded:
+                return self.fallback(attn, hidden_states, encoder_hidden_states)
+            return None
+        pnp = ctx.features is not None and FeatureStore.takes(self.layer)
+        flow = bool(ctx.trajectories) and n in ctx.trajectories
+        if ctx.temporal != "full" or pnp or flow or self._level(ctx, n, ctx.self_strength) is not None:
+            return None
+        video = hidden_states.unflatten(0, (-1, ctx.num_frames)).flatten(1, 2)  # (branches, F·n, C)
+        return self.fallback(attn, video).unflatten(1, (ctx.num_frames, n)).flatten(0, 1)
 
     @staticmethod
     def _level(ctx: StepContext, tokens_per_frame: int, strength: float):
@@ -261,9 +287,11 @@ def residual_injection(unet, ctx: StepContext):
 
 @contextmanager
 def layout_processors(unet):
-    """Install LayoutAttnProcessor on every attention layer of ``unet``; restore the originals after."""
+    """Install LayoutAttnProcessor on every attention layer of ``unet``, each falling back to the processor
+    it replaces; restore the originals after."""
     original = unet.attn_processors
-    unet.set_attn_processor({name: LayoutAttnProcessor(name.removesuffix(".processor")) for name in original})
+    unet.set_attn_processor({name: LayoutAttnProcessor(name.removesuffix(".processor"), processor)
+                             for name, processor in original.items()})
     try:
         yield unet
     finally:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from .recorder import AttentionRecorder
 from .settings import ReAtCoSettings
@@ -134,7 +135,8 @@ def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[f
 
 
 def invariant_region_sampling(
-    source: torch.Tensor, mask: torch.Tensor, alphas: list[float], generator: torch.Generator | None = None
+    source: torch.Tensor, mask: torch.Tensor, alphas: list[float],
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ):
     """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``ddim_sample``.
 
@@ -142,7 +144,7 @@ def invariant_region_sampling(
     change the video; alphas: ᾱ of every level the sampler visits (``DDIMSchedule.alphas``). After
     step i the latents sit at alphas[i + 1]; outside the mask they become the source diffused there,
     √ᾱ·z₀ + √(1 − ᾱ)·ε with fresh seeded noise, and after the last step the clean source itself
-    (V(0) = V in the paper).
+    (V(0) = V in the paper). ``generator``: one, or a list of one per frame (diffusers' randn_tensor).
     """
 
     def callback(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,8 @@ def invariant_region_sampling(
             target = source.to(latents)
         else:
             alpha = alphas[step + 1]
-            noise = torch.randn(source.shape, generator=generator, dtype=torch.float32, device="cpu").to(latents)
+            noise = randn_tensor(source.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+            noise = noise.to(latents)
             target = alpha**0.5 * source.to(latents) + (1 - alpha) ** 0.5 * noise
         return keep * latents + (1 - keep) * target
 

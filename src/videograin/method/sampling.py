@@ -62,12 +62,16 @@ def ddim_sample(
     callback: Callback | None = None,
     progress=None,
     guide: Guide | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM from the noise level of the schedule's first timestep to clean latents.
 
-    latents: (F, C, h, w); progress: an optional tqdm-like bar (``update()``).
+    latents: (F, C, h, w); progress: an optional tqdm-like bar (``update()``); ``interrupt()`` true
+    before a step: stop there and return the latents reached.
     """
     for step, t in enumerate(schedule.timesteps.tolist()):
+        if interrupt is not None and interrupt():
+            break
         if guide is not None:
             latents = guide(step, t, latents)
         eps = denoise_fn(latents, t, step)
