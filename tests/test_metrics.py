@@ -434,3 +434,63 @@ def test_cli_eval_input_errors(tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
     assert main(["eval", "--edited", str(tmp_path / "missing")]) == 2
     assert "--edited" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- eval of any video
+
+
+def test_eval_of_any_video_without_a_config(tmp_path, offline):
+    """Another method's output as a frames folder or an mp4, the source as an mp4, a prompt and
+    regions from the flags: Warp-Err near 0 when the edit follows the source's motion, large when its
+    frames are shuffled; regions give the masked metrics; differing counts and sizes are one line."""
+    from PIL import Image
+
+    from videograin import io
+    from videograin.cli import main
+
+    source = _moving_window()  # (8, 48, 64, 3): a texture moving under the window
+    follows = 255 - source  # recoloured, same motion
+    frames_dir = tmp_path / "theirs"
+    io.write_frames(frames_dir, follows)
+    io.write_video(tmp_path / "source.mp4", source, 8)
+    io.write_video(tmp_path / "shuffled.mp4", follows[[5, 0, 3, 1, 7, 2, 6, 4]], 8)
+    left = tmp_path / "masks" / "left"
+    left.mkdir(parents=True)
+    for i in range(len(source)):
+        mask = np.zeros(source.shape[1:3], np.uint8)
+        mask[:, : source.shape[2] // 2] = 255
+        Image.fromarray(mask).save(left / f"{i:05d}.png")
+    common = ["--source", str(tmp_path / "source.mp4"), "--prompt", "a negative texture", "--clip",
+              str(tmp_path / "no-clip"), "--pickscore", str(tmp_path / "no-pickscore")]
+    assert main(["eval", "--edited", str(frames_dir), *common, "--regions", f"left={left}:a negative texture",
+                 "--out", str(tmp_path / "follows.json")]) == 0
+    follows_record = json.loads((tmp_path / "follows.json").read_text())
+    assert main(["eval", "--edited", str(tmp_path / "shuffled.mp4"), *common, "--out", str(tmp_path / "shuffled.json")]) == 0
+    shuffled_record = json.loads((tmp_path / "shuffled.json").read_text())
+    assert follows_record["metrics"]["warp_err"] < 1.0 < 3 < shuffled_record["metrics"]["warp_err"]
+    assert follows_record["inputs"]["regions"] == ["left"] and follows_record["inputs"]["prompt"] == "a negative texture"
+    assert "psnr_inside_db" in follows_record["metrics"] and "psnr_inside_db" not in shuffled_record["metrics"]
+    assert "no-clip" in follows_record["skipped"]["clip_t"]  # CLIP-T skipped for want of weights, not of a prompt
+
+
+def test_eval_of_mismatched_videos_is_one_line_and_resize_compares_at_the_source_size(tmp_path, offline, capsys):
+    from videograin import io
+    from videograin.cli import main
+
+    source = _moving_window()
+    io.write_video(tmp_path / "source.mp4", source, 8)
+    io.write_video(tmp_path / "short.mp4", source[:5], 8)
+    io.write_video(tmp_path / "big.mp4", io.resize_frames(source, (256, 192)), 8)
+    assert main(["eval", "--edited", str(tmp_path / "short.mp4"), "--source", str(tmp_path / "source.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--source" in err[0] and "gives 8 frames, the edit has 5" in err[0]
+    assert main(["eval", "--edited", str(tmp_path / "big.mp4"), "--source", str(tmp_path / "source.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is 256x192 but the source is 128x96" in err[0] and "--resize" in err[0]
+    assert main(["eval", "--edited", str(tmp_path / "big.mp4"), "--source", str(tmp_path / "source.mp4"), "--resize",
+                 "--clip", str(tmp_path / "none"), "--pickscore", str(tmp_path / "none")]) == 0
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["inputs"]["size"] == [128, 96] and record["metrics"]["warp_err"] < 1.0
+    assert main(["eval", "--edited", str(tmp_path / "big.mp4"), "--source", str(tmp_path / "source.mp4"), "--resize",
+                 "--regions", "left"]) == 2
+    assert "NAME=MASK_DIR:PROMPT" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import signal
 import sys
@@ -19,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, io, runner, viz
-from .config.parse import load_source_spec, load_spec, resolve_model, spec_from_dict
+from .config.parse import load_source_spec, resolve_model
 from .config.preflight import ModelFacts, read_model
-from .config.spec import EditSpec
-from .errors import SpecError, first_line
+from .errors import SpecError
 
 logger = logging.getLogger("videograin")
 
@@ -50,88 +48,28 @@ def _edit(args) -> dict:
     )
 
 
-def _read_all(path: Path, field: str, frames: int | None = None, spec: EditSpec | None = None) -> np.ndarray:
-    """Frames of a video for `eval`: all of them, or, when the count is not ``frames``, the config's
-    start/stride selection of ``frames``. Read errors name ``field``."""
-    try:
-        total = io.count_frames(path)
-        if frames is None or total == frames or spec is None:
-            return io.read_video(path, 0, total, 1)[0]
-        return io.read_video(path, spec.video.start, frames, spec.video.stride)[0]
-    except SpecError as err:
-        raise SpecError(field, err.problem, err.fix) from None
-
-
 def _eval(args) -> dict:
     """`videograin eval`: metrics of an edited video against its source; writes metrics.json."""
     from .eval import evaluate, metrics
+    from .eval.inputs import load
 
-    given = Path(args.edited)
-    if not given.exists():
-        raise SpecError("--edited", f"{given} does not exist", "give an output folder of `videograin edit` or a video")
-    if given.is_dir():
-        edited_path, default_out = given / "edited.mp4", given / "metrics.json"
-        if not edited_path.is_file():
-            raise SpecError("--edited", f"{given} has no edited.mp4", "give an output folder of `videograin edit`")
-        source_path = Path(args.source) if args.source else given / "source.mp4"
-        if args.config:
-            spec = load_spec(args.config)
-        elif (given / "run.json").is_file():
-            spec = spec_from_dict(_run_config(given / "run.json"), given)
-        else:
-            raise SpecError("--config", f"{given} has no run.json", "pass --config CONFIG (the edit's config)")
-    else:
-        edited_path, default_out = given, given.parent / "metrics.json"
-        source_path = Path(args.source) if args.source else None
-        if not args.config:
-            raise SpecError("--config", "is needed when --edited is a video file", "pass --config CONFIG (the edit's config)")
-        spec = load_spec(args.config)
-    edited = _read_all(edited_path, "--edited")
-    count, height, width = edited.shape[:3]
-    if count != spec.video.frames:
-        raise SpecError("--edited", f"{edited_path} has {count} frames but the config selects {spec.video.frames}",
-                        "give the config the edit was made with")
-    inputs = io.load_inputs(spec, 1)  # masks (and the source when --source is not given) at the config's size
-    source = inputs.frames_uint8 if source_path is None else _read_all(source_path, "--source", count, spec)
-    if len(source) != count:
-        raise SpecError("--source", f"{source_path} gives {len(source)} frames, the edit has {count}",
-                        "give the source video the edit was made from")
-    masks = inputs.masks.numpy()
-    notes = []
-    if source.shape[1:3] != (height, width):
-        notes.append(f"the source ({source.shape[2]}x{source.shape[1]}) and the masks were resized to the edit's "
-                     f"{width}x{height}")
-        logger.warning("note: %s", notes[-1])
-        source = io.resize_frames(source, (width, height))
-    if masks.shape[-2:] != (height, width):
-        masks = io.resize_masks(masks, (width, height))
+    inputs = load(args.edited, args.source, args.config, args.prompt, args.regions, args.resize)
     device = runner.resolve_device(args.device)
     evaluation = evaluate.evaluate(
-        edited, source, masks, spec.prompt, [r.prompt for r in spec.regions], [r.name for r in spec.regions],
+        inputs.edited, inputs.source, inputs.masks, inputs.prompt, inputs.region_prompts, inputs.region_names,
         clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
     )
     record = evaluation.to_dict()
-    record["inputs"] = {"edited": edited_path.resolve(), "source": (source_path or spec.video.path).resolve(),
-                        "frames": count, "size": [width, height]}
-    record["notes"].extend(notes)
-    out = Path(args.out) if args.out else default_out
+    count, height, width = inputs.edited.shape[:3]
+    record["inputs"] = {"edited": inputs.edited_path.resolve(), "source": Path(inputs.source_path).resolve(),
+                        "prompt": inputs.prompt, "regions": inputs.region_names, "frames": count, "size": [width, height]}
+    record["notes"].extend(inputs.notes)
+    out = Path(args.out) if args.out else inputs.default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, record)
     print(evaluate.format_table(evaluation))
     logger.info("wrote %s", out)
     return record
-
-
-def _run_config(path: Path) -> dict:
-    """The resolved config an edit recorded in its run.json; SpecError("--edited") if it cannot be read."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))["config"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SpecError("--edited", f"{path} holds no readable edit config ({type(err).__name__}: {first_line(err)})",
-                        "pass --config CONFIG (the edit's config)") from None
-    if not isinstance(config, dict):
-        raise SpecError("--edited", f"{path} holds no edit config", "pass --config CONFIG (the edit's config)")
-    return config
 
 
 def _segment(args) -> dict:
@@ -253,9 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--clip", help="CLIP model id or folder for --eval (default openai/clip-vit-large-patch14)")
     evaluate = commands.add_parser("eval", parents=[common],
                                    help="metrics of an edit (CLIP-T/F, Warp-Err, masked PSNR/SSIM, ...)")
-    evaluate.add_argument("--edited", required=True, help="output folder of `videograin edit`, or the edited video")
-    evaluate.add_argument("--source", help="source video (default: the folder's source.mp4, else the config's video)")
-    evaluate.add_argument("--config", help="the edit's config (default: the folder's run.json)")
+    evaluate.add_argument("--edited", required=True,
+                          help="output folder of `videograin edit`, or an edited video (mp4, webm, gif, ...) or "
+                               "folder of frames from any method")
+    evaluate.add_argument("--source", help="source video or frames folder (default: the folder's source.mp4, else "
+                                           "the config's video)")
+    evaluate.add_argument("--config", help="the edit's config (default: the folder's run.json; optional with --source)")
+    evaluate.add_argument("--prompt", help="target prompt for CLIP-T and PickScore (default: the config's)")
+    evaluate.add_argument("--regions", nargs="+", metavar="NAME=MASK_DIR:PROMPT",
+                          help="regions for masked fidelity and instance accuracy (default: the config's); "
+                               "an empty PROMPT marks a kept region")
+    evaluate.add_argument("--resize", action="store_true",
+                          help="without a config: compare at the source's size when the sizes differ")
     evaluate.add_argument("--out", help="metrics JSON to write (default: metrics.json next to the edited video)")
     evaluate.add_argument("--clip", help="CLIP model id or folder (default openai/clip-vit-large-patch14)")
     evaluate.add_argument("--pickscore", default="yuvalkirstain/PickScore_v1", help="PickScore model id or folder")
