@@ -620,3 +620,19 @@ def test_control_images_of_an_official_run_are_preferred(repo, tmp_path):
     result = convert_config(instance, out, root=tmp_path / "other", overwrite=True)
     assert result.spec.control.condition == "pose"
     assert "not used: videograin would select" in "\n".join(header(out))
+
+
+def test_a_folder_of_official_configs_becomes_a_job_list(repo, tmp_path, caplog):
+    from videograin.batch import load_jobs
+
+    make_repo(repo, INSTANCE)
+    (repo / "config" / "notes.yaml").write_text("just: notes\n")  # not an official config: named, not converted
+    out = tmp_path / "converted"
+    with caplog.at_level(logging.WARNING, logger="videograin"):
+        assert main(["convert-config", str(repo / "config"), "--out", str(out), "--root", str(repo)]) == 0
+    assert any("not converted" in r.message and "notes.yaml" in r.message for r in caplog.records)
+    jobs = load_jobs([out / "jobs.yaml"])
+    assert [job.name for job in jobs] == ["x"]
+    spec = jobs[0].spec(tmp_path / "batch")
+    assert [r.name for r in spec.regions] == ["left_man", "right_man", "ground", "full_trees"]
+    assert spec.output == (tmp_path / "batch" / "x").resolve()

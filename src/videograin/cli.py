@@ -72,6 +72,31 @@ def _eval(args) -> dict:
     return record
 
 
+def _batch(args) -> int:
+    """`videograin batch`: exit code 0 when every job is done or skipped, 1 when any failed."""
+    from .batch import load_jobs, run_batch
+
+    jobs = load_jobs(args.jobs)
+    address = None if args.ray in (None, "auto", "local") else args.ray
+    rows = run_batch(jobs, args.out, evaluate=args.eval, force=args.force, retries=args.retries, device=args.device,
+                     use_ray=args.ray is not None, ray_address=address, gpus_per_job=args.gpus_per_job,
+                     cpus_per_job=args.cpus_per_job, progress=not args.quiet)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    logger.info("batch: %d done, %d skipped, %d failed; results in %s (results.csv, results.md, report.html)",
+                counts["done"], counts["skipped"], counts["failed"], Path(args.out).resolve())
+    return 1 if counts["failed"] else 0
+
+
+def _report(args) -> None:
+    from .report import write_report
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise SpecError("FOLDER", f"{folder} is not a folder", "give a batch's --out or a folder of edit outputs")
+    rows = write_report(folder)
+    logger.info("report of %d edits: %s", len(rows), folder / "report.html")
+
+
 def _segment(args) -> dict:
     """`videograin segment`: K-means segments of the inversion's self-attention features (papers/000
     App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
@@ -154,12 +179,49 @@ def _check_segment_args(args, facts: ModelFacts, inputs: io.VideoInputs) -> None
 
 
 def _convert_config(args) -> None:
-    """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML."""
+    """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML; a folder
+    of them -> one spec each and a job list (jobs.yaml) for `videograin batch`."""
     from .config.official import convert_config
 
+    if Path(args.official).is_dir():
+        _convert_folder(args)
+        return
     result = convert_config(args.official, args.out, root=args.root, prompt_index=args.index, overwrite=args.overwrite)
     logger.info("wrote %s (%d regions; %d official option(s) not applied, listed at its top)",
                 result.path, len(result.spec.regions), len(result.unsupported))
+
+
+def _convert_folder(args) -> None:
+    """Every official config under a folder into ``--out`` (a folder), and ``--out/jobs.yaml`` listing
+    the ones that converted; the others are named with their one-line reason."""
+    import yaml
+
+    from .config.official import convert_config
+
+    folder, out = Path(args.official), Path(args.out or "converted")
+    if out.is_file():
+        raise SpecError("--out", f"{out} is a file", "give a folder for the converted configs and jobs.yaml")
+    officials = sorted(folder.rglob("*.yaml"), key=lambda p: io.natural_key(str(p)))
+    if not officials:
+        raise SpecError("OFFICIAL", f"{folder} holds no .yaml configs", "give the official repository's config folder")
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, failed = [], 0
+    for official in officials:
+        name = "_".join(official.relative_to(folder).with_suffix("").parts)
+        try:
+            result = convert_config(official, out / f"{name}.yaml", root=args.root, prompt_index=args.index,
+                                    overwrite=args.overwrite)
+        except SpecError as err:
+            failed += 1
+            logger.warning("not converted: %s (%s)", official, err)
+            continue
+        jobs.append({"config": result.path.name, "name": name})
+    if not jobs:
+        raise SpecError("OFFICIAL", f"none of the {len(officials)} configs in {folder} converted",
+                        "see the reasons above; check --root")
+    (out / "jobs.yaml").write_text(yaml.safe_dump({"jobs": jobs}, sort_keys=False), encoding="utf-8")
+    logger.info("wrote %s: %d jobs (%d configs not converted); run them with `videograin batch %s --out DIR`",
+                out / "jobs.yaml", len(jobs), failed, out / "jobs.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--controlnet", action="store_true", help="also write a tiny ControlNet to FOLDER/controlnet")
     convert = commands.add_parser("convert-config", parents=[common],
                                   help="convert an official VideoGrain config (knightyxp/VideoGrain)")
-    convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml)")
-    convert.add_argument("--out", help="spec YAML to write (default: <name>.videograin.yaml in the current folder)")
+    convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml), or a folder "
+                         "of them (-> one spec each and a jobs.yaml for `videograin batch`)")
+    convert.add_argument("--out", help="spec YAML to write (default: <name>.videograin.yaml in the current folder); "
+                         "for a folder: the folder to write into (default: converted/)")
     convert.add_argument("--root", help="folder its relative paths start from: the official repository root "
                          "(default: the current folder)")
     convert.add_argument("--index", type=int, default=0, help="which editing_config.editing_prompts entry (default 0)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    batch = commands.add_parser("batch", parents=[common], help="many edits: a folder of configs, config paths or "
+                                "a YAML job list, in this process or on Ray; results.csv/.md and report.html")
+    batch.add_argument("jobs", nargs="+", metavar="JOBS", help="configs, folders of configs, or job lists (YAML with `jobs:`)")
+    batch.add_argument("--out", required=True, help="folder of the jobs' output folders and the results")
+    batch.add_argument("--eval", action="store_true", help="compute each edit's metrics into its run.json")
+    batch.add_argument("--force", action="store_true", help="redo jobs already done with the same config")
+    batch.add_argument("--retries", type=int, default=1, help="more tries of a job that fails at run time (default 1)")
+    batch.add_argument("--device", help="cpu or cuda (default: cuda when available; with --ray, each worker's)")
+    batch.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                       help="run the jobs as Ray tasks: `--ray` alone joins a running cluster (`ray start --head`) "
+                            "or starts a local one; `--ray ADDRESS` joins that one (needs the [cluster] extra)")
+    batch.add_argument("--gpus-per-job", type=float, help="GPUs per Ray worker (default 1 when the cluster has GPUs)")
+    batch.add_argument("--cpus-per-job", type=int, default=1, help="CPU threads per job (default 1)")
+    report = commands.add_parser("report", parents=[common],
+                                 help="rebuild results.csv/.md and report.html from a folder of output folders")
+    report.add_argument("folder", help="a batch's --out, or any folder holding edit output folders")
     args = parser.parse_args(argv)
     args.argv = argv
 
@@ -253,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "segment":
             _segment(args)
+        elif args.command == "batch":
+            return _batch(args)
+        elif args.command == "report":
+            _report(args)
         else:
             _edit(args)
     except SpecError as err:

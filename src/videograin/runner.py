@@ -182,6 +182,7 @@ def edit(
     clip: str | None = None,
     progress: bool = True,
     argv: list[str] | None = None,
+    pipelines: dict | None = None,
     **overrides,
 ) -> dict:
     """Run the edit a config describes and write its output folder; returns the folder's run.json record.
@@ -191,7 +192,9 @@ def edit(
     or folder), all before any weights load; an input error is a SpecError naming the field.
     ``command`` "reconstruct" only inverts and re-samples (inversion fidelity); ``reconstruct`` adds
     that to an edit. ``evaluate`` adds the metrics to run.json (CLIP model ``clip``). ``progress``:
-    progress bars. ``argv`` is recorded. ``overrides``: OVERRIDES such as ``seed=3``.
+    progress bars. ``argv`` is recorded. ``pipelines``: a dict kept by the caller across edits (a batch):
+    a loaded pipeline is reused for the next edit of the same model and device. ``overrides``: OVERRIDES
+    such as ``seed=3``.
     """
     started = time.perf_counter()
     config = Path(spec) if isinstance(spec, (str, Path)) else None
@@ -208,7 +211,7 @@ def edit(
     device = resolve_device(device)
     if command not in ("edit", "reconstruct"):
         raise ValueError(f"command must be 'edit' or 'reconstruct', got {command!r}")
-    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv)
+    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv, pipelines)
     io.check_output_folder(spec.output, overwrite, inputs_of(spec, config))
     with io.output_lock(spec.output):
         record = run.execute(started)
@@ -229,6 +232,7 @@ class _Run:
     clip: str | None
     progress: bool
     argv: list[str] | None
+    pipelines: dict | None = None
 
     def execute(self, started: float) -> dict:
         spec = self.spec
@@ -238,8 +242,13 @@ class _Run:
             logger.info("note: %s", note)
             inputs.notes.append(note)
         control_uint8, control = _control_inputs(spec, inputs)
-        with _loading_bars(self.progress):
-            pipe = load_pipeline(spec, self.device)
+        key = (str(spec.model), str(spec.control.model) if spec.control else None, self.device)
+        pipe = (self.pipelines or {}).get(key)
+        if pipe is None:
+            with _loading_bars(self.progress):
+                pipe = load_pipeline(spec, self.device)
+            if self.pipelines is not None:
+                self.pipelines[key] = pipe
         pipe.set_progress_bar_config(disable=not self.progress)
         timings = {"load": time.perf_counter() - started}
         with io.output_folder(spec.output, self.overwrite) as folder:

@@ -1,0 +1,86 @@
+"""`videograin batch` and `videograin report`: a job list with a broken job, in this process and on a
+local Ray cluster, resumable, one results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from conftest import copy_example
+
+
+@pytest.fixture()
+def job_list(tmp_path, tiny_model_dir):
+    config = copy_example(tmp_path / "two_balls", tiny_model_dir, frames=2)
+    broken = tmp_path / "broken.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["video"]["path"] = str(tmp_path / "no-such-video.mp4")
+    broken.write_text(yaml.safe_dump(data))
+    jobs = {"jobs": [
+        {"config": "two_balls/config.yaml", "name": "plain", "steps": 2},
+        {"config": "two_balls/config.yaml", "name": "seeded", "steps": 2, "seed": 3, "method": "reatco"},
+        {"config": "two_balls/config.yaml", "name": "strong", "steps": 2, "set": {"edit.modulation.cross_strength": 2.0}},
+        {"config": "broken.yaml", "name": "broken"},
+    ]}
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(jobs))
+    return path
+
+
+def _frames(folder):
+    return {p.name: p.read_bytes() for p in sorted((folder / "frames").iterdir())}
+
+
+def test_batch_runs_resumes_and_reports_and_ray_gives_the_same_frames(job_list, tmp_path, capsys):
+    from videograin.cli import main
+
+    out = tmp_path / "batch"
+    assert main(["batch", str(job_list), "--out", str(out), "--quiet"]) == 1  # one job failed
+    rows = {r["name"]: r for r in json.loads((out / "batch.json").read_text())["jobs"]}
+    assert {n: r["status"] for n, r in rows.items()} == {"plain": "done", "seeded": "done", "strong": "done",
+                                                         "broken": "failed"}
+    assert "video.path" in rows["broken"]["error"] and "\n" not in rows["broken"]["error"]
+    runs = {n: json.loads((out / n / "run.json").read_text()) for n in ("plain", "seeded", "strong")}
+    assert runs["seeded"]["config"]["edit"]["seed"] == 3 and runs["seeded"]["config"]["edit"]["method"] == "reatco"
+    assert runs["strong"]["config"]["edit"]["modulation"]["cross_strength"] == 2.0
+    assert _frames(out / "plain") != _frames(out / "strong")
+    first = {n: (out / n / "run.json").stat().st_mtime_ns for n in runs}
+
+    assert main(["batch", str(job_list), "--out", str(out), "--quiet"]) == 1
+    again = {r["name"]: r["status"] for r in json.loads((out / "batch.json").read_text())["jobs"]}
+    assert again == {"plain": "skipped", "seeded": "skipped", "strong": "skipped", "broken": "failed"}
+    assert {n: (out / n / "run.json").stat().st_mtime_ns for n in runs} == first  # nothing redone
+    with open(out / "results.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["name"], r["status"]) for r in table] == [("broken", "failed"), ("plain", "skipped"),
+                                                         ("seeded", "skipped"), ("strong", "skipped")]
+    assert float(table[1]["seconds"]) > 0 and table[0]["error"].startswith("video.path")
+    page = (out / "report.html").read_text()
+    assert page.count("<tr class=") == 4 and 'src="plain/comparison.gif"' in page
+    assert main(["report", str(out)]) == 0 and (out / "results.md").read_text().count("\n") == 6
+
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = tmp_path / "on_ray"
+        assert main(["batch", str(job_list), "--out", str(on_ray), "--ray", "--cpus-per-job", "1", "--quiet"]) == 1
+    finally:
+        ray.shutdown()
+    statuses = {r["name"]: r["status"] for r in json.loads((on_ray / "batch.json").read_text())["jobs"]}
+    assert statuses == {"plain": "done", "seeded": "done", "strong": "done", "broken": "failed"}
+    for name in runs:
+        assert _frames(on_ray / name) == _frames(out / name), name
+
+
+def test_job_list_errors_name_the_entry(tmp_path, capsys):
+    from videograin.cli import main
+
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text(yaml.safe_dump({"jobs": [{"config": "a.yaml", "sead": 1}]}))
+    assert main(["batch", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "jobs[0]" in err and "sead" in err and len(err.strip().splitlines()) == 1
+    assert main(["batch", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
