@@ -34,11 +34,16 @@ def _frames(folder):
     return {p.name: p.read_bytes() for p in sorted((folder / "frames").iterdir())}
 
 
-def test_batch_runs_resumes_and_reports_and_ray_gives_the_same_frames(job_list, tmp_path, capsys):
+def test_batch_runs_resumes_and_reports_and_ray_gives_the_same_frames(job_list, tmp_path, capsys, monkeypatch):
+    from videograin import runner
     from videograin.cli import main
 
+    loads = []
+    load = runner.load_pipeline
+    monkeypatch.setattr(runner, "load_pipeline", lambda *a, **k: loads.append(1) or load(*a, **k))
     out = tmp_path / "batch"
     assert main(["batch", str(job_list), "--out", str(out), "--quiet"]) == 1  # one job failed
+    assert len(loads) == 1  # three jobs of one model: loaded once
     rows = {r["name"]: r for r in json.loads((out / "batch.json").read_text())["jobs"]}
     assert {n: r["status"] for n, r in rows.items()} == {"plain": "done", "seeded": "done", "strong": "done",
                                                          "broken": "failed"}
