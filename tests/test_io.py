@@ -50,7 +50,7 @@ def mask_folder(folder: Path, masks: np.ndarray, mode: str = "L") -> Path:
 def make_spec(video: Path, regions, frames: int, start: int = 0, stride: int = 1, size=None):
     """Duck-typed EditSpec: load_inputs only reads .video and .regions."""
     regs = tuple(
-        SimpleNamespace(name=f"r{i}", prompt="x", masks=m, boxes=b) for i, (m, b) in enumerate(regions)
+        SimpleNamespace(name=f"r{i}", prompt="x", masks=m, boxes=b, prompts=None) for i, (m, b) in enumerate(regions)
     )
     vid = SimpleNamespace(path=video, frames=frames, start=start, stride=stride, size=size)
     return SimpleNamespace(video=vid, regions=regs)

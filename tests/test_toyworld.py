@@ -387,3 +387,19 @@ def test_part_cases_score_the_intended_result_right_and_the_source_wrong():
     source, masks, shape_masks = bench.case_inputs(case)
     leaked = bench.score(case, source, world.video(wrong, list(case.motions), bench.FRAMES)[0], masks, shape_masks)
     assert leaked["part_accuracy"] == 0.0 and leaked["part_leakage"] == 1.0
+
+
+def test_part_prompts_are_scored_right_on_the_scene_they_describe_and_wrong_without_the_part():
+    from toyworld import sample
+
+    cases = sample.part_prompts(12)
+    centre = {"left": 6.0, "middle": 16.0, "right": 26.0}
+    drawn, plain = [], []
+    for _, ((color, kind, place),), bg, (part_color, part) in cases:
+        shape = world.Shape(kind, color, centre[place], 16.0, 5.0, part, part_color)
+        drawn.append(world.render(world.Scene((shape,), bg))[0])
+        plain.append(world.render(world.Scene((world.Shape(kind, color, centre[place], 16.0, 5.0),), bg))[0])
+    assert all(r["correct"] and r["part_ok"] for r in sample.score_parts(np.stack(drawn), cases))
+    rows = sample.score_parts(np.stack(plain), cases)
+    assert all(r["shape_ok"] and not r["part_present"] and not r["correct"] for r in rows)
+    assert all(" with a " in prompt for prompt, *_ in cases)

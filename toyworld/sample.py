@@ -80,6 +80,36 @@ def pair_prompts(n: int = 135, seed: int = 1, left_to_right: bool = False) -> li
     return cases
 
 
+def part_prompts(n: int = 90, seed: int = 2) -> list[tuple[str, tuple, str, tuple]]:
+    """(prompt, expected shape ((colour, kind, place),), background, expected part (colour, kind)) for
+    ``n`` random single shapes with a part, e.g. "a yellow circle with a red dot on the left on a gray
+    background"."""
+    rng = np.random.default_rng(seed)
+    colors, bgs = list(world.COLORS), list(world.BACKGROUNDS)
+    cases = []
+    for _ in range(n):
+        color, kind = colors[rng.integers(5)], world.SHAPES[rng.integers(3)]
+        part, part_color = world.PARTS[rng.integers(len(world.PARTS))], str(rng.choice([c for c in colors if c != color]))
+        place, bg = world.PLACES[rng.integers(3)], bgs[rng.integers(3)]
+        text = f"a {color} {kind} with a {part_color} {part} {world.PLACE_PHRASE[place]} on a {bg} background"
+        cases.append((text, ((color, kind, place),), bg, (part_color, part)))
+    return cases
+
+
+def score_parts(frames: np.ndarray, cases) -> list[dict]:
+    """Per sample of ``part_prompts``: the shape found (colour, class, third), a part found on any
+    shape, the right part (kind and colour) on that shape, and everything exactly right."""
+    rows = []
+    for frame, (prompt, expected, bg, part) in zip(frames, cases):
+        got_bg, dets = judge.detect(frame)
+        shape = next((d for d in dets if (d.color, d.kind, d.place) == expected[0]), None)
+        right = shape is not None and shape.part_identity == part
+        rows.append({"prompt": prompt, "shape_ok": shape is not None, "part_present": any(d.part for d in dets),
+                     "part_ok": right, "correct": bool(right and got_bg == bg and len(dets) == 1),
+                     "found": [[d.color, d.kind, d.place, d.part_color, d.part] for d in dets]})
+    return rows
+
+
 def score(frames: np.ndarray, cases) -> list[dict]:
     """Per sample: exactly right, requested shapes present, per requested shape whether a shape of
     its colour and class (``class_ok``) and one of its colour in its third (``place_ok``) was found,
@@ -144,6 +174,13 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pair
             "shape_colour_and_third": round(float(np.mean(sum((r["place_ok"] for r in rows[name]), []))), 4),
             "swapped": round(float(np.mean([r["swapped"] for r in rows[name]])), 4),
         }
+    if "dot</w>" in pipe.tokenizer.get_vocab():  # a model of the world with parts
+        cases = part_prompts()
+        frames["parts"] = text_to_image(pipe, [c[0] for c in cases], seed, steps, guidance)
+        rows["parts"] = score_parts(frames["parts"], cases)
+        summary["parts"] = {"prompts": len(cases), **{
+            key: round(float(np.mean([r[key] for r in rows["parts"]])), 4)
+            for key in ("correct", "shape_ok", "part_present", "part_ok")}}
     summary["place_sensitivity"] = place_sensitivity(pipe)
     return summary, rows, frames
 

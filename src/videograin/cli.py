@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__, io, runner, viz
 from .config.parse import load_source_spec, resolve_model
 from .config.preflight import ModelFacts, read_model
-from .errors import SpecError
+from .errors import SpecError, WeightsUnavailable
 
 logger = logging.getLogger("videograin")
 
@@ -95,6 +95,40 @@ def _report(args) -> None:
         raise SpecError("FOLDER", f"{folder} is not a folder", "give a batch's --out or a folder of edit outputs")
     rows = write_report(folder)
     logger.info("report of %d edits: %s", len(rows), folder / "report.html")
+
+
+def _masks(args) -> None:
+    """`videograin masks`: a mask sequence per region from a box or clicks, into ``--out``."""
+    from .masks import make_masks, parse_region, resolve_engine, write_masks
+
+    prompts = [parse_region(text) for text in args.region]
+    names = [p.name for p in prompts]
+    if len(set(names)) != len(names):
+        raise SpecError("--region", f"region names repeat: {names}", "give every region its own name")
+    video = Path(args.video)
+    try:
+        count = args.frames or max(1, (io.count_frames(video) - args.start + args.stride - 1) // args.stride)
+        frames, fps = io.read_video(video, args.start, count, args.stride)
+    except SpecError as err:
+        raise SpecError({"video.path": "VIDEO", "video.frames": "--frames"}.get(err.field, err.field), err.problem,
+                        err.fix) from None
+    for prompt in prompts:
+        prompt.check(len(frames), frames.shape[2], frames.shape[1], f"--region {prompt.name}")
+    try:
+        engine = resolve_engine(args.engine, args.model)
+    except ValueError as err:
+        raise SpecError("--engine", str(err), "pass auto, flow or sam2") from None
+    out = Path(args.out)
+    io.check_output_folder(out, args.overwrite, [video])
+    with io.output_lock(out), io.output_folder(out, args.overwrite) as folder:
+        try:
+            masks, record = make_masks(frames, prompts, engine, args.model, runner.resolve_device(args.device),
+                                       progress=not args.quiet)
+        except WeightsUnavailable as err:
+            raise SpecError("--model", str(err), "give a local SAM 2 folder, or --engine flow (no weights)") from None
+        write_masks(folder, frames, masks, names, {**record, "video": str(video.resolve()),
+                                                   "start": args.start, "stride": args.stride}, fps)
+    logger.info("masks of %d regions (%s engine, %.1f s): %s", len(names), record["engine"], record["seconds"], out)
 
 
 def _segment(args) -> dict:
@@ -310,6 +344,21 @@ def main(argv: list[str] | None = None) -> int:
                             "or starts a local one; `--ray ADDRESS` joins that one (needs the [cluster] extra)")
     batch.add_argument("--gpus-per-job", type=float, help="GPUs per Ray worker (default 1 when the cluster has GPUs)")
     batch.add_argument("--cpus-per-job", type=int, default=1, help="CPU threads per job (default 1)")
+    masks = commands.add_parser("masks", parents=[common], help="mask sequences from a box or clicks on one frame "
+                                "(SAM 2, or the weights-free flow tracker), in the folders `regions[].masks` reads")
+    masks.add_argument("video", help="video file or folder of frames")
+    masks.add_argument("--region", action="append", required=True, metavar="NAME:PROMPTS",
+                       help="NAME:box=x0,y0,x1,y1[@F] and/or points=x,y,-x,y[@F] (minus: a negative click, @F: the "
+                            "frame, default 0), joined by ';'; once per region")
+    masks.add_argument("--out", required=True, help="folder to write: <name>/00000.png ..., masks_overlay.mp4, "
+                       "masks.png, masks.json")
+    masks.add_argument("--overwrite", action="store_true", help="replace a previous masks folder")
+    masks.add_argument("--engine", default="auto", help="auto (SAM 2 when its weights are here, else flow), sam2, flow")
+    masks.add_argument("--model", default="facebook/sam2.1-hiera-tiny", help="SAM 2 hub id or local folder")
+    masks.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    masks.add_argument("--frames", type=int, help="number of frames (default: all from --start)")
+    masks.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
+    masks.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     report = commands.add_parser("report", parents=[common],
                                  help="rebuild results.csv/.md and report.html from a folder of output folders")
     report.add_argument("folder", help="a batch's --out, or any folder holding edit output folders")
@@ -337,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return _batch(args)
         elif args.command == "report":
             _report(args)
+        elif args.command == "masks":
+            _masks(args)
         else:
             _edit(args)
     except SpecError as err:

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import av
 import cv2
@@ -430,7 +430,8 @@ def read_condition_images(path: Path, video: "VideoSpec", size: tuple[int, int])
     return resize_frames(images, size)
 
 
-def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
+def load_inputs(spec: "EditSpec", multiple: int,
+                prompted: Callable[[np.ndarray], dict[int, np.ndarray]] | None = None) -> VideoInputs:
     """Read the video and every region's masks of ``spec`` and resize both to the edit size:
     ``spec.video.size`` (checked against ``multiple``, the model's total downsampling) or, when
     unset, the source size fitted by ``fit_size``.
@@ -438,7 +439,9 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
     Mask folders must have the source frames' size; boxes are in source pixels and are rasterised at the
     source size, then resized like the frames. Raises SpecError for: unreadable video / too few frames
     (``video.*``), mask count or size mismatch, a region empty in every frame after resizing
-    (``regions[i].masks``).
+    (``regions[i].masks``). Regions given by a box or clicks (``RegionSpec.prompts``) get their masks
+    from ``prompted(source frames uint8 (F, H, W, 3))`` -> {region index: bool (F, H, W)} (the runner's
+    masks engine).
     """
     video = spec.video
     frames_u8, fps = read_video(video.path, video.start, video.frames, video.stride)
@@ -446,7 +449,8 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
     w, h = fit_size((src_w, src_h), video.size, multiple)
     notes: list[str] = []
     source_frames = functools.cache(lambda: count_frames(video.path))  # decoded once, and only if a folder needs it
-    region_masks = [_region_masks(spec, i, n, (src_w, src_h), (w, h), notes, source_frames)
+    made = prompted(frames_u8) if prompted is not None and any(r.prompts for r in spec.regions) else {}
+    region_masks = [_region_masks(spec, i, n, (src_w, src_h), (w, h), notes, source_frames, made.get(i))
                     for i in range(len(spec.regions))]
 
     if (w, h) != (src_w, src_h):
@@ -472,12 +476,17 @@ def load_inputs(spec: "EditSpec", multiple: int) -> VideoInputs:
 
 
 def _region_masks(spec: "EditSpec", i: int, n: int, source_size: tuple[int, int], size: tuple[int, int],
-                  notes: list[str], source_frames) -> np.ndarray:
-    """Region ``i``'s masks (n, h, w) bool at ``size``, from its folder (at ``source_size``) or boxes;
-    frames where it is empty are noted in ``notes``. ``source_frames()``: the source's frame count."""
+                  notes: list[str], source_frames, made: np.ndarray | None) -> np.ndarray:
+    """Region ``i``'s masks (n, h, w) bool at ``size``, from its folder (at ``source_size``), boxes, or
+    ``made`` (at ``source_size``: from its MaskPrompt); frames where it is empty are noted in ``notes``.
+    ``source_frames()``: the source's frame count."""
     region, video, field = spec.regions[i], spec.video, f"regions[{i}].masks"
     (src_w, src_h), (w, h) = source_size, size
-    if region.masks is not None:
+    if region.prompts is not None:
+        if made is None:
+            raise ValueError(f"region {region.name!r} is given by a box or clicks: load_inputs needs `prompted`")
+        m = made
+    elif region.masks is not None:
         folder = Path(region.masks)
         # the source's frame count matters only when the folder does not hold one mask per selected frame
         total = source_frames() if folder.is_dir() and len(list_images(folder)) != n else n
@@ -599,17 +608,21 @@ def write_json(path: Path, obj: Any) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
-#: What a videograin run writes into run.json's "command": the mark of a folder --overwrite may replace.
-OUTPUT_COMMANDS = ("edit", "reconstruct", "segment")
+#: What a videograin run writes into its record's "command" (run.json; masks.json for `masks`): the
+#: mark of a folder --overwrite may replace.
+OUTPUT_COMMANDS = ("edit", "reconstruct", "segment", "masks")
 
 
 def _is_our_output(folder: Path) -> bool:
-    """Whether ``folder`` holds a run.json written by a videograin command."""
-    try:
-        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("command") in OUTPUT_COMMANDS
+    """Whether ``folder`` holds a run.json (or masks.json) written by a videograin command."""
+    for name in ("run.json", "masks.json"):
+        try:
+            record = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("command") in OUTPUT_COMMANDS:
+            return True
+    return False
 
 
 def check_output_folder(final: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import platform
 import re
@@ -116,6 +117,66 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
         except WeightsUnavailable as err:
             raise SpecError("control.condition", str(err), "give a folder or video of condition images instead") from None
     return images, {"control_images": images, "control_scale": spec.control.scale}
+
+
+@dataclass
+class _PromptedMasks:
+    """The masks of the regions given by a box or clicks (``RegionSpec.prompts``), made by the masks
+    engine when ``io.load_inputs`` reads the source (its ``prompted``), or reused from the previous
+    output's masks/ when its masks.json holds the same prompts, engine and frames; written into the new
+    output's masks/ (the folders a region's ``masks:`` reads, with an overlay and masks.json)."""
+
+    spec: EditSpec
+    device: str
+    progress: bool
+    frames: np.ndarray | None = None
+    masks: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    record: dict | None = None
+
+    def __call__(self, frames: np.ndarray) -> dict[int, np.ndarray]:
+        from .masks import RegionPrompt, make_masks
+
+        spec, video = self.spec, self.spec.video
+        indices = [i for i, r in enumerate(spec.regions) if r.prompts is not None]
+        prompts = []
+        for i in indices:
+            p = spec.regions[i].prompts
+            prompts.append(RegionPrompt(spec.regions[i].name, p.box, p.points, p.negative, p.frame))
+            prompts[-1].check(len(frames), frames.shape[2], frames.shape[1], f"regions[{i}].masks")
+        key = {"requested_engine": spec.masks_engine, "prompts": [p.to_dict() for p in prompts],
+               "video": {"path": str(video.path), "start": video.start, "frames": video.frames, "stride": video.stride}}
+        self.frames, self.masks = frames, self._cached(key, indices, len(frames))
+        if not self.masks:
+            try:
+                made, record = make_masks(frames, prompts, spec.masks_engine, device=self.device, progress=self.progress)
+            except WeightsUnavailable as err:
+                raise SpecError("masks_engine", str(err), "give `masks_engine: flow` (no weights) or make the SAM 2 "
+                                "weights available") from None
+            self.masks, self.record = dict(zip(indices, made)), {**record, **key}
+        return self.masks
+
+    def _cached(self, key: dict, indices: list[int], frames: int) -> dict[int, np.ndarray]:
+        folder = self.spec.output / "masks"
+        try:
+            record = json.loads((folder / "masks.json").read_text(encoding="utf-8"))
+            if any(record.get(k) != v for k, v in key.items()):
+                return {}
+            masks = {i: io.read_mask_folder(folder / self.spec.regions[i].name, 0, frames, 1, frames, "masks")
+                     for i in indices}
+        except (OSError, ValueError, SpecError):
+            return {}
+        logger.info("note: masks of %s reused from %s", ", ".join(self.spec.regions[i].name for i in indices), folder)
+        self.record = record
+        return masks
+
+    def write(self, folder: Path, fps: float) -> None:
+        if not self.masks:
+            return
+        from .masks import write_masks
+
+        order = sorted(self.masks)
+        write_masks(folder / "masks", self.frames, np.stack([self.masks[i] for i in order]),
+                    [self.spec.regions[i].name for i in order], self.record, fps)
 
 
 def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
@@ -236,7 +297,8 @@ class _Run:
 
     def execute(self, started: float) -> dict:
         spec = self.spec
-        inputs = io.load_inputs(spec, preflight(spec).size_multiple)
+        prompted = _PromptedMasks(spec, self.device, self.progress)
+        inputs = io.load_inputs(spec, preflight(spec).size_multiple, prompted)
         io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
         for note in spec_notes(spec):
             logger.info("note: %s", note)
@@ -256,6 +318,9 @@ class _Run:
             record = run_record(spec.to_dict(), self.command, pipe, self.device, inputs, self.argv)
             record["seed"] = spec.edit.seed
             overlay = _write_inputs(folder, inputs)
+            prompted.write(folder, inputs.fps)
+            if prompted.record is not None:
+                record["masks"] = {k: prompted.record.get(k) for k in ("engine", "model", "prompts", "seconds")}
             if control_uint8 is not None:
                 io.write_video(folder / "control.mp4", control_uint8, inputs.fps)
             if self.reconstruct or self.command == "reconstruct":

@@ -18,9 +18,13 @@ import yaml
 
 from ..errors import SpecError
 from ..method.settings import MAX_REGIONS, TEMPORAL_MODES, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
-from .spec import ANNOTATORS, DEFAULT_MODEL, METHODS, ControlSpec, EditSettings, EditSpec, RegionSpec, VideoSpec
+from .spec import (
+    ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, MaskPrompt, RegionSpec, VideoSpec,
+)
 
-_TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "control", "output")
+_TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "control", "output",
+             "masks_engine")
+_MASK_PROMPT_KEYS = ("box", "points", "negative", "frame")
 _CONTROL_KEYS = ("model", "condition", "scale")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
@@ -103,6 +107,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         edit=_edit(data.get("edit"), video.frames),
         control=_control(data.get("control"), base_dir),
         output=None if output is None else _path(output, "output", base_dir),
+        masks_engine=_choice(data.get("masks_engine", EditSpec.masks_engine), "masks_engine", MASK_ENGINES),
         base_dir=base_dir,
     )
 
@@ -180,8 +185,35 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
         return RegionSpec(name=name, prompt=prompt, masks=_mask_folder(masks, field, base_dir), word=word)
     if isinstance(masks, list):
         return RegionSpec(name=name, prompt=prompt, boxes=_boxes(masks, field, frames), word=word)
-    raise SpecError(field, f"must be a folder path or a box, got {_describe(masks)}",
+    if isinstance(masks, dict):
+        return RegionSpec(name=name, prompt=prompt, prompts=_mask_prompt(masks, field, frames), word=word)
+    raise SpecError(field, f"must be a folder path, a box or a mapping of box/points, got {_describe(masks)}",
                     "give a folder of per-frame PNGs, a box [x0, y0, x1, y1], or one such box per frame")
+
+
+def _mask_prompt(value: dict, field: str, frames: int) -> MaskPrompt:
+    """``{box: [x0, y0, x1, y1], points: [[x, y], ...], negative: [[x, y], ...], frame: N}`` (a box or
+    points at least); whether they lie inside the frame is checked once the video's size is known."""
+    _check_keys(value, _MASK_PROMPT_KEYS, field)
+    if value.get("box") is None and not value.get("points"):
+        raise SpecError(field, "has neither `box` nor `points`",
+                        "give `box: [x0, y0, x1, y1]` or `points: [[x, y]]` (and optionally `negative:`) on `frame:`")
+
+    def points(key: str) -> tuple[tuple[int, int], ...]:
+        items = value.get(key) or []
+        if not isinstance(items, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in p)
+                for p in items):
+            raise SpecError(f"{field}.{key}", f"must be a list of [x, y] pixel pairs, got {_describe(items)}",
+                            f"write e.g. `{key}: [[120, 80]]`")
+        return tuple((int(x), int(y)) for x, y in items)
+
+    frame = value.get("frame", 0)
+    if not isinstance(frame, int) or isinstance(frame, bool) or not 0 <= frame < frames:
+        raise SpecError(f"{field}.frame", f"must be a frame index of the selected clip, 0..{frames - 1}, got {frame!r}",
+                        f"give a frame between 0 and {frames - 1} (counted in the selected frames)")
+    box = value.get("box")
+    return MaskPrompt(None if box is None else _box(box, f"{field}.box"), points("points"), points("negative"), frame)
 
 
 def _mask_folder(value: str, field: str, base_dir: Path) -> Path:

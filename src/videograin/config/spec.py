@@ -16,6 +16,7 @@ from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, W
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 METHODS = ("videograin", "reatco", "videograin+reatco")
 ANNOTATORS = ("canny", "depth", "pose")
+MASK_ENGINES = ("auto", "flow", "sam2")  # how regions given by a box or clicks get their masks
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,20 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class MaskPrompt:
+    """A region to segment and track through the clip (videograin.masks): a box (x0, y0, x1, y1) and/or
+    positive and negative clicks (x, y), in source-frame pixels, on ``frame`` of the selected clip."""
+
+    box: tuple[int, int, int, int] | None = None
+    points: tuple[tuple[int, int], ...] = ()
+    negative: tuple[tuple[int, int], ...] = ()
+    frame: int = 0
+
+
+@dataclass(frozen=True)
 class RegionSpec:
-    """One region and its prompt; located by a folder of per-frame mask PNGs or by boxes.
+    """One region and its prompt; located by a folder of per-frame mask PNGs, by boxes, or by a
+    ``MaskPrompt`` (masks made from a box or clicks).
 
     ``boxes`` holds one (x0, y0, x1, y1) box in source-frame pixels for a static box, else one per frame.
     ``word`` is the word of interest ReAtCo's guidance steers into the region (None: the prompt's last word).
@@ -45,10 +58,11 @@ class RegionSpec:
     masks: Path | None = None
     boxes: tuple[tuple[int, int, int, int], ...] | None = None
     word: str | None = None
+    prompts: MaskPrompt | None = None
 
     def __post_init__(self) -> None:
-        if (self.masks is None) == (self.boxes is None):
-            raise ValueError(f"RegionSpec {self.name!r} needs exactly one of masks or boxes")
+        if sum(x is not None for x in (self.masks, self.boxes, self.prompts)) != 1:
+            raise ValueError(f"RegionSpec {self.name!r} needs exactly one of masks, boxes or prompts")
 
     @property
     def edited(self) -> bool:
@@ -106,6 +120,7 @@ class EditSpec:
     edit: EditSettings = EditSettings()
     control: ControlSpec | None = None
     output: Path | None = None
+    masks_engine: str = "auto"  # for regions given by a MaskPrompt: auto / flow / sam2 (videograin.masks)
     base_dir: Path = Path(".")
 
     def to_dict(self) -> dict:
@@ -124,10 +139,13 @@ class EditSpec:
         return data
 
 
-def _masks_value(region: RegionSpec) -> Path | tuple:
-    """A region's ``masks`` as written in YAML: the folder, one static box, or one box per frame."""
+def _masks_value(region: RegionSpec) -> Path | tuple | dict:
+    """A region's ``masks`` as written in YAML: the folder, one static box, one box per frame, or the
+    mapping of a MaskPrompt."""
     if region.masks is not None:
         return region.masks
+    if region.prompts is not None:
+        return dataclasses.asdict(region.prompts)
     return region.boxes[0] if len(region.boxes) == 1 else region.boxes
 
 

@@ -1,0 +1,307 @@
+"""Masks from a click or a box: one mask sequence per region, made from prompts on one frame.
+
+Two engines:
+
+- ``"flow"`` (no weights, always available): GrabCut (OpenCV) on the prompt frame, from the box (its
+  inside probable foreground, its outside background) and the clicks (positive clicks foreground,
+  negative ones background); then frame by frame, forward and backward from the prompt frame: the mask
+  warped with the source's DIS optical flow, trusted where the flow is forward-backward consistent, and
+  re-fitted with GrabCut initialised from it (its eroded core foreground, a band around it probable,
+  farther away background), so it follows the object without drifting or eroding.
+- ``"sam2"``: transformers' ``Sam2VideoModel`` (one inference session per clip, the prompts added on
+  their frame, propagated forward and, from a later frame, backward).
+
+``make_masks(frames, prompts, engine)`` returns bool (R, F, H, W); ``write_masks`` writes the folders
+``regions[].masks`` reads, an overlay video, a grid and masks.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import io, viz
+from .config.spec import MASK_ENGINES as ENGINES
+from .errors import SpecError, WeightsUnavailable
+
+logger = logging.getLogger("videograin")
+
+DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
+
+
+@dataclass(frozen=True)
+class RegionPrompt:
+    """A region's prompts on one frame: a box (x0, y0, x1, y1) in pixels of the frame, positive and
+    negative clicks (x, y), or a ready mask (H, W) bool to propagate."""
+
+    name: str
+    box: tuple[int, int, int, int] | None = None
+    points: tuple[tuple[int, int], ...] = ()
+    negative: tuple[tuple[int, int], ...] = ()
+    frame: int = 0
+    mask: np.ndarray | None = field(default=None, compare=False)
+
+    def check(self, num_frames: int, width: int, height: int, field_name: str) -> None:
+        """SpecError naming ``field_name`` for prompts outside the frame or the clip, or no prompt."""
+        if self.box is None and not self.points and self.mask is None:
+            raise SpecError(field_name, "has neither a box, positive points nor a mask",
+                            "give a box [x0, y0, x1, y1] or at least one positive point [x, y]")
+        if not 0 <= self.frame < num_frames:
+            raise SpecError(f"{field_name}.frame", f"{self.frame} is outside the clip's frames 0..{num_frames - 1}",
+                            "give a frame index of the selected clip")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise SpecError(f"{field_name}.box", f"{list(self.box)} is not inside the {width}x{height} frame "
+                                "with x0 < x1, y0 < y1", f"give pixels within 0..{width} x 0..{height}")
+        for kind, points in (("points", self.points), ("negative", self.negative)):
+            for x, y in points:
+                if not (0 <= x < width and 0 <= y < height):
+                    raise SpecError(f"{field_name}.{kind}", f"[{x}, {y}] is outside the {width}x{height} frame",
+                                    f"give points within 0..{width - 1} x 0..{height - 1}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "box": list(self.box) if self.box else None, "points": [list(p) for p in self.points],
+                "negative": [list(p) for p in self.negative], "frame": self.frame, "mask": self.mask is not None}
+
+
+def parse_region(text: str) -> RegionPrompt:
+    """``NAME:box=x0,y0,x1,y1[@F]`` and/or ``points=x,y[@F],-x,y[@F],...`` (a minus sign marks a negative
+    click, ``@F`` the frame, default 0), joined by ``;``. SpecError("--region") when malformed."""
+    name, colon, rest = text.partition(":")
+    fix = "write e.g. --region man:box=40,60,200,300 or --region face:points=150,90,-160,140@0"
+    if not colon or not name.strip() or not rest.strip():
+        raise SpecError("--region", f"{text!r} is not NAME:box=...|points=...", fix)
+    box, points, negative, frames = None, [], [], set()
+
+    def number(token: str) -> int:
+        value, _, frame = token.partition("@")
+        if frame:
+            frames.add(int(frame))
+        return int(float(value))
+
+    try:
+        for part in rest.split(";"):
+            key, eq, values = part.partition("=")
+            tokens = [t for t in values.split(",") if t.strip()]
+            if key.strip() == "box" and len(tokens) == 4:
+                box = tuple(number(t) for t in tokens)
+            elif key.strip() == "points" and tokens and len(tokens) % 2 == 0:
+                for x, y in zip(tokens[::2], tokens[1::2]):
+                    (negative if x.strip().startswith("-") else points).append((abs(number(x)), number(y)))
+            else:
+                raise ValueError(part)
+    except ValueError:
+        raise SpecError("--region", f"{text!r}: cannot read {part!r}", fix) from None
+    if len(frames) > 1:
+        raise SpecError("--region", f"{text!r} puts prompts on frames {sorted(frames)}", "give one region's prompts on one frame")
+    return RegionPrompt(name.strip(), box, tuple(points), tuple(negative), frames.pop() if frames else 0)
+
+
+# ------------------------------------------------------------------------------------------- flow engine
+
+
+def _grabcut(frame: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut of uint8 (H, W, 3) from GC labels (H, W), inside the box around the non-background
+    labels (grown by a margin); bool (H, W) foreground."""
+    unsure = labels != cv2.GC_BGD
+    fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    if not fg.any():
+        return fg
+    ys, xs = np.nonzero(unsure)
+    h, w = labels.shape
+    pad = max(4, (ys.max() - ys.min() + xs.max() - xs.min()) // 8)
+    y0, y1, x0, x1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, h), max(xs.min() - pad, 0), min(xs.max() + pad + 1, w)
+    crop = labels[y0:y1, x0:x1].copy()
+    if not ((crop == cv2.GC_BGD) | (crop == cv2.GC_PR_BGD)).any():  # GrabCut needs both classes
+        return fg
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(frame[y0:y1, x0:x1]), crop, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    out = np.zeros((h, w), bool)
+    out[y0:y1, x0:x1] = (crop == cv2.GC_FGD) | (crop == cv2.GC_PR_FGD)
+    return out
+
+
+def _disc(shape: tuple[int, int], points, radius: int) -> np.ndarray:
+    out = np.zeros(shape, np.uint8)
+    for x, y in points:
+        cv2.circle(out, (int(x), int(y)), radius, 1, -1)
+    return out.astype(bool)
+
+
+def first_mask(frame: np.ndarray, prompt: RegionPrompt, iterations: int = 5) -> np.ndarray:
+    """The prompt frame's mask, bool (H, W): the given mask, or GrabCut from the box and clicks. Only
+    the connected pieces holding a positive click (or, without clicks, inside the box) are kept."""
+    if prompt.mask is not None:
+        return np.asarray(prompt.mask, bool)
+    h, w = frame.shape[:2]
+    radius = max(2, min(h, w) // 50)
+    labels = np.full((h, w), cv2.GC_PR_BGD if prompt.box is None else cv2.GC_BGD, np.uint8)
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    labels[_disc((h, w), prompt.points, radius)] = cv2.GC_FGD
+    labels[_disc((h, w), prompt.negative, radius)] = cv2.GC_BGD
+    if prompt.box is None:  # clicks alone: the foreground may only grow a while around them
+        near = cv2.dilate(_disc((h, w), prompt.points, radius).astype(np.uint8), None, iterations=min(h, w) // 4)
+        labels[(near == 0) & (labels == cv2.GC_PR_BGD)] = cv2.GC_BGD
+        labels[(near > 0) & (labels == cv2.GC_PR_BGD)] = cv2.GC_PR_FGD
+    mask = _grabcut(frame, labels, iterations)
+    count, pieces = cv2.connectedComponents(mask.astype(np.uint8))
+    keep = set(int(pieces[y, x]) for x, y in prompt.points) - {0} if prompt.points else set(range(1, count))
+    return np.isin(pieces, list(keep)) if keep else mask
+
+
+def refit(frame: np.ndarray, warped: np.ndarray, valid: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """The mask of ``frame`` from the previous frame's mask warped onto it (float (H, W) in [0, 1]) and
+    the flow's consistency (bool (H, W)): GrabCut from its eroded core (foreground where the flow is
+    trusted), the rest of it and a band around it (probable), background beyond. Falls back to the
+    warped mask when GrabCut's answer is less than half or more than twice its area."""
+    inside = warped >= 0.5
+    area = int(inside.sum())
+    if area == 0:
+        return inside
+    band = max(2, int(round(0.15 * np.sqrt(area))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    core = cv2.erode(inside.astype(np.uint8), kernel).astype(bool)
+    around = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool)
+    labels = np.full(inside.shape, cv2.GC_BGD, np.uint8)
+    labels[around] = cv2.GC_PR_BGD
+    labels[inside] = cv2.GC_PR_FGD
+    labels[core & valid] = cv2.GC_FGD
+    mask = _grabcut(frame, labels, iterations)
+    return mask if 0.5 * area <= mask.sum() <= 2 * area else inside
+
+
+def propagate(frames: np.ndarray, mask: np.ndarray, start: int, progress=None) -> np.ndarray:
+    """bool (F, H, W): ``mask`` (H, W) on frame ``start`` carried to every other frame of uint8
+    (F, H, W, 3), forward then backward, by flow warping and GrabCut re-fitting (``refit``)."""
+    from .eval.metrics import consistency_mask
+    from .eval.optical_flow import optical_flow
+
+    out = np.zeros(frames.shape[:3], bool)
+    out[start] = mask
+    h, w = mask.shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    for steps in (range(start, len(frames) - 1), range(start, 0, -1)):
+        for t in steps:
+            nxt = t + 1 if steps.step == 1 else t - 1
+            forward, backward = (f[0] for f in optical_flow(frames[[t, nxt]]))
+            warped = cv2.remap(out[t].astype(np.float32), xs + backward[..., 0], ys + backward[..., 1],
+                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            out[nxt] = refit(frames[nxt], warped, consistency_mask(forward, backward))
+            if progress is not None:
+                progress.update()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- SAM 2 engine
+
+
+def _load_sam2(model: str, device: str):
+    import torch
+    from transformers import Sam2VideoModel, Sam2VideoProcessor
+
+    from .hub import obtainable
+
+    if not obtainable(model, "config.json"):
+        raise WeightsUnavailable(f"SAM 2 weights {model!r} are neither on disk nor in the hub cache, and the hub "
+                                 "cannot be reached")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        processor = Sam2VideoProcessor.from_pretrained(model)
+        sam = Sam2VideoModel.from_pretrained(model, dtype=dtype).to(device).eval()
+    except OSError as err:
+        raise WeightsUnavailable(f"cannot load SAM 2 from {model!r} ({str(err).splitlines()[0]})") from None
+    return sam, processor
+
+
+def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, processor, device: str = "cpu",
+               progress=None) -> np.ndarray:
+    """bool (R, F, H, W) from a loaded Sam2VideoModel and Sam2VideoProcessor: every region an object of
+    one inference session, its box and clicks (or mask) added on its frame, propagated forward from the
+    earliest prompt frame and backward from the latest."""
+    import torch
+
+    session = processor.init_video_session(video=list(frames), inference_device=device,
+                                           dtype=next(model.parameters()).dtype)
+    for i, prompt in enumerate(prompts):
+        kwargs = {}
+        if prompt.mask is not None:
+            kwargs["input_masks"] = torch.from_numpy(np.asarray(prompt.mask, np.float32))
+        else:
+            clicks = [*prompt.points, *prompt.negative]
+            if clicks:
+                kwargs["input_points"] = [[[list(map(float, p)) for p in clicks]]]
+                kwargs["input_labels"] = [[[1] * len(prompt.points) + [0] * len(prompt.negative)]]
+            if prompt.box is not None:
+                kwargs["input_boxes"] = [[list(map(float, prompt.box))]]
+        processor.add_inputs_to_inference_session(inference_session=session, frame_idx=prompt.frame, obj_ids=i,
+                                                  **kwargs)
+    out = np.zeros((len(prompts), *frames.shape[:3]), bool)
+    first, last = min(p.frame for p in prompts), max(p.frame for p in prompts)
+    with torch.inference_mode():
+        for reverse, start in ((False, first), (True, last)):
+            if reverse and last == 0:
+                continue
+            for step in model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=reverse):
+                video = processor.post_process_masks([step.pred_masks], original_sizes=[frames.shape[1:3]],
+                                                     binarize=True)[0]
+                out[:, step.frame_idx] = video[:, 0].cpu().numpy().astype(bool)
+                if progress is not None:
+                    progress.update()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- both
+
+
+def resolve_engine(engine: str, model: str = DEFAULT_SAM2) -> str:
+    """"auto": SAM 2 when its weights are on disk or cached, else the flow engine."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    from .hub import cached
+
+    return "sam2" if Path(model).is_dir() or cached(model, "config.json") else "flow"
+
+
+def make_masks(frames: np.ndarray, prompts: list[RegionPrompt], engine: str = "auto", model: str = DEFAULT_SAM2,
+               device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, dict]:
+    """bool (R, F, H, W) for uint8 frames (F, H, W, 3) and one prompt per region, and the record of how
+    (engine, model, prompts, seconds) for masks.json / run.json."""
+    from tqdm.auto import tqdm
+
+    engine = resolve_engine(engine, model)
+    clock = time.perf_counter()
+    loaded = _load_sam2(model, device) if engine == "sam2" else None  # a missing model fails before the bar
+    with tqdm(total=len(prompts) * (len(frames) - 1) if engine == "flow" else len(frames), desc=f"masks ({engine})",
+              unit="frame", disable=not progress) as bar:
+        if engine == "sam2":
+            masks = sam2_masks(frames, prompts, *loaded, device, progress=bar)
+        else:
+            masks = np.stack([propagate(frames, first_mask(frames[p.frame], p), p.frame, bar) for p in prompts])
+    record = {"engine": engine, "model": model if engine == "sam2" else None,
+              "prompts": [p.to_dict() for p in prompts], "seconds": round(time.perf_counter() - clock, 3)}
+    return masks, record
+
+
+def write_masks(folder: Path, frames: np.ndarray, masks: np.ndarray, names: list[str], record: dict, fps: float) -> None:
+    """``folder/<name>/00000.png ...`` (255 inside), masks_overlay.mp4, masks.png (a labelled grid) and
+    masks.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, mask in zip(names, masks):
+        io.write_frames(folder / name, np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1))
+    overlay = viz.mask_overlay(frames, masks)
+    io.write_video(folder / "masks_overlay.mp4", overlay, fps)
+    legend = viz.region_legend(names, [f"{record['engine']} engine"] * len(names))
+    io.write_png(folder / "masks.png", viz.labelled_grid([frames, overlay], ["source", "masks"], legend))
+    io.write_json(folder / "masks.json", {"command": "masks", **record, "regions": names, "frames": len(frames),
+                                          "size": [frames.shape[2], frames.shape[1]]})
