@@ -143,7 +143,12 @@ def test_a_config_with_a_box_and_clicks_edits_end_to_end_and_reuses_its_masks(tm
     assert overlay.shape[0] == 4
     with caplog.at_level(logging.INFO, logger="videograin"):
         assert main(["edit", str(config), "--steps", "2", "--overwrite"]) == 0
-    assert any("reused" in r.message for r in caplog.records)
+        assert any("reused" in r.message for r in caplog.records)
+        caplog.clear()
+        assert main(["eval", "--edited", str(out), "--clip", str(tmp_path / "none"), "--pickscore",
+                     str(tmp_path / "none")]) == 0  # its regions' masks: the output's masks/
+        assert any("reused" in r.message for r in caplog.records)
+    assert "psnr_inside_db" in json.loads((out / "metrics.json").read_text())["metrics"]
 
 
 def _prompt_regions(case, engine: str) -> None:

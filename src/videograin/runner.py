@@ -120,7 +120,7 @@ def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray 
 
 
 @dataclass
-class _PromptedMasks:
+class PromptedMasks:
     """The masks of the regions given by a box or clicks (``RegionSpec.prompts``), made by the masks
     engine when ``io.load_inputs`` reads the source (its ``prompted``), or reused from the previous
     output's masks/ when its masks.json holds the same prompts, engine and frames; written into the new
@@ -297,7 +297,7 @@ class _Run:
 
     def execute(self, started: float) -> dict:
         spec = self.spec
-        prompted = _PromptedMasks(spec, self.device, self.progress)
+        prompted = PromptedMasks(spec, self.device, self.progress)
         inputs = io.load_inputs(spec, preflight(spec).size_multiple, prompted)
         io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
         for note in spec_notes(spec):

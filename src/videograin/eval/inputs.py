@@ -119,7 +119,10 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         if count != spec.video.frames:
             raise SpecError("--edited", f"{edited_path} has {count} frames but the config selects {spec.video.frames}",
                             "give the config the edit was made with")
-        inputs = io.load_inputs(spec, 1)  # masks (and the source when --source is not given) at the config's size
+        from ..runner import PromptedMasks  # regions given by a box or clicks: the edit's masks/ (or made again)
+
+        # masks (and the source when --source is not given) at the config's size
+        inputs = io.load_inputs(spec, 1, PromptedMasks(spec, "cpu", progress=False))
         source_frames = inputs.frames_uint8 if source_path is None else read_frames(source_path, "--source", count, spec)
         masks = inputs.masks.numpy()
     else:
