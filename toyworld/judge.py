@@ -3,13 +3,15 @@
 1. Background: the world's background colour nearest to the median of the frame border.
 2. Foreground: pixels farther than ``FG_DIST`` from the background colour; each gets the nearest of
    the world's shape colours, and pixels far from every shape colour are dropped.
-3. Shapes: 8-connected components of equal colour label, at least ``MIN_AREA`` px.
+3. Shapes: 8-connected components of foreground, at least ``MIN_AREA`` px (shapes never touch), each
+   of its most frequent colour label.
 4. Class: the component is compared with a circle, a square and an (apex-up) triangle of its area,
    rendered at its centroid as the world renders them; the best intersection-over-union wins.
 5. Place: the third of the frame width that holds the component's centroid.
-6. Parts: a component lying in the holes of another (its outline filled) is that shape's part, not a
-   shape: its colour, and "stripe" when its box is at least STRIPE_ASPECT times as wide as high, else "dot". Classes
-   are fitted to the filled outline, so a shape with a part reads as the same shape without one.
+6. Parts: the largest piece of one other colour inside a shape, of at least MIN_PART_SHARE of it and
+   mostly off its rim (so a blurred edge is none): its colour, and "stripe" when its box is at least
+   STRIPE_ASPECT times as wide as high, else "dot". Classes are fitted to the shape's filled outline,
+   so a shape with a part reads as the same shape without one.
 
 On frames rendered by :mod:`toyworld.world` the judge is exact (see tests/test_toyworld.py).
 """
@@ -27,6 +29,7 @@ FG_DIST = 60.0  # RGB distance from the background colour above which a pixel is
 COLOR_DIST = 110.0  # a foreground pixel farther than this from every shape colour is ignored
 MIN_AREA = 10  # px; smaller components are noise
 MIN_PART_AREA = 3  # px; a part smaller than this is not read
+MIN_PART_SHARE = 0.05  # nor one covering less than this share of its shape
 STRIPE_ASPECT = 1.3  # a part box this many times wider than high is a stripe (rendered: dots 0.8-1.25, stripes 1.33-3.7)
 _OFFSETS = (-0.5, -0.25, 0.0, 0.25, 0.5)  # px searched around the centroid when fitting a shape
 
@@ -112,33 +115,37 @@ def detect(frame: np.ndarray) -> tuple[str, list[Detection]]:
     dist = np.sqrt(((f[..., None, :] - _SHAPE_RGB) ** 2).sum(-1))  # (H, W, C)
     label = dist.argmin(-1)
     ok = fg & (dist.min(-1) <= COLOR_DIST)
-    components = []  # (colour, mask, mask with its holes filled)
-    for c, name in enumerate(_SHAPE_NAMES):
-        layer = (ok & (label == c)).astype(np.uint8)
-        if not layer.any():
-            continue
-        n, comp, stats, _ = cv2.connectedComponentsWithStats(layer, connectivity=8)
-        for i in range(1, n):
-            if stats[i, cv2.CC_STAT_AREA] >= MIN_PART_AREA:
-                m = comp == i
-                components.append((name, m, _filled(m)))
+    count, objects, stats, _ = cv2.connectedComponentsWithStats(ok.astype(np.uint8), connectivity=8)
     found = []
-    for j, (name, m, filled) in enumerate(components):
-        if any(k != j and (m & other & ~own).sum() == m.sum() for k, (_, own, other) in enumerate(components)):
-            continue  # inside another shape's outline: a part
-        if m.sum() < MIN_AREA:
+    for i in range(1, count):
+        if stats[i, cv2.CC_STAT_AREA] < MIN_AREA:
             continue
-        parts = [(pname, pm) for k, (pname, pm, _) in enumerate(components) if k != j and (pm & filled & ~m).sum() == pm.sum()]
-        part = part_color = None
-        if parts:
-            part_color, pm = max(parts, key=lambda p: p[1].sum())
-            ys, xs = np.nonzero(pm)
-            part = "stripe" if np.ptp(xs) + 1 >= STRIPE_ASPECT * (np.ptp(ys) + 1) else "dot"
-        kind, score = classify(filled)
-        ys, xs = np.nonzero(filled)
-        found.append(Detection(name, kind, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, int(filled.sum()), filled,
-                               score, part, part_color))
+        pixels = objects == i
+        c = int(np.bincount(label[pixels], minlength=len(_SHAPE_NAMES)).argmax())
+        shape = _filled(pixels)
+        part, part_color = _part(shape, pixels & (label != c), label)
+        kind, score = classify(shape)
+        ys, xs = np.nonzero(shape)
+        found.append(Detection(_SHAPE_NAMES[c], kind, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, int(shape.sum()),
+                               shape, score, part, part_color))
     return bg, sorted(found, key=lambda d: d.x)
+
+
+def _part(shape: np.ndarray, others: np.ndarray, label: np.ndarray) -> tuple[str | None, str | None]:
+    """(kind, colour) of the largest piece of one other colour inside ``shape`` (bool (H, W), filled)
+    that is at least MIN_PART_SHARE of it and lies mostly off its rim (a blurred edge is no part)."""
+    inner = cv2.erode(shape.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    best, best_area = (None, None), max(MIN_PART_AREA, MIN_PART_SHARE * shape.sum()) - 1
+    for c in np.unique(label[others]):
+        count, pieces = cv2.connectedComponents((others & (label == c)).astype(np.uint8), connectivity=8)
+        for i in range(1, count):
+            piece = pieces == i
+            area = int(piece.sum())
+            if area > best_area and (piece & inner).sum() >= 0.5 * area:
+                ys, xs = np.nonzero(piece)
+                kind = "stripe" if np.ptp(xs) + 1 >= STRIPE_ASPECT * (np.ptp(ys) + 1) else "dot"
+                best, best_area = (kind, _SHAPE_NAMES[int(c)]), area
+    return best
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
