@@ -571,11 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="score SWEEP_GRID on the held-out cases, write sweep.json/.md")
     p.add_argument("--parts", action="store_true",
                    help="the part-level cases (PART_CASES; with --sweep PART_VALIDATION_CASES), on a model of the world "
-                        "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep)")
+                        "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep); "
+                        "--readme updates its own table")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    if args.parts and (args.readme or args.quick):
-        p.error("--parts takes neither --readme nor --quick (its tables are not in the README yet)")
+    if args.parts and args.quick:
+        p.error("--parts has no --quick")
     torch.set_num_threads(args.threads)
     prefix = "parts_" if args.parts else ""
     if args.sweep:
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         table = sweep_markdown(rows, held_out, keys)
         (args.out / f"{prefix}sweep.md").write_text(table, encoding="utf-8")
         if args.readme:
-            update_readme(HERE / "README.md", table, marker="sweep")
+            update_readme(HERE / "README.md", table, marker=f"{prefix}sweep")
         print(table)
         return 0
 
@@ -618,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     masks = {c.name: viz.mask_overlay(sources[c.name], case_inputs(c)[1]) for c in cases}
     io.write_png(args.out / f"{prefix}contact_sheet.png", contact_sheet(outputs, sources, masks))
-    if args.readme:
+    if args.readme and args.parts:
+        update_readme(HERE / "README.md", table, marker="parts")
+    elif args.readme:
         from .sample import evaluate
 
         prompt_summary, rows, _ = evaluate(pipe)
@@ -637,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
                            f"| {x['swapped']:.0%} |\n"
                            for label, x in (("one shape", single), ("two shapes, left to right", two),
                                             ("two shapes, random order", any_order)))
+                 + (f"\nParts ({prompt_summary['parts']['prompts']} prompts \"a yellow circle with a red dot on the left on "
+                    f"a gray background\", `sample.part_prompts`): the shape right {prompt_summary['parts']['shape_ok']:.0%}, "
+                    f"a part on some shape {prompt_summary['parts']['part_present']:.0%}, the right part (kind and colour) "
+                    f"on the right shape {prompt_summary['parts']['part_ok']:.0%}, all of it and nothing else "
+                    f"{prompt_summary['parts']['correct']:.0%}.\n" if "parts" in prompt_summary else "")
                  + "\nDo the place words matter? Denoising loss of 96 single-shape frames with the true caption / "
                  "the place phrase swapped / the empty caption (`sample.place_sensitivity`): "
                  + ", ".join(f"t={t}: {v['true']:.4f} / {v['swapped']:.4f} / {v['empty']:.4f}" for t, v in probe.items())
