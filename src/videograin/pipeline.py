@@ -176,6 +176,13 @@ class VideoGrainPipeline(DiffusionPipeline):
                                   self.backbone.native_size)
         return formats.resize_01(frames, size)
 
+    def _control(self, control_images, scale: float, size: tuple[int, int]):
+        """The backbone's structure control from condition images in any video format, resized to
+        ``size`` (w, h) as [0, 1] floats; None without images."""
+        if control_images is not None:
+            control_images = formats.resize_01(formats.video_01(control_images, "control_images"), size)
+        return self.backbone.control(control_images, scale)
+
     def _check_spans(self, frames: torch.Tensor, prompt: str, region_prompts: list[str]):
         """Each region prompt's token span (None when empty), after the backbone's size rules."""
         self.backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
@@ -277,9 +284,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)
         backbone = self.backbone
-        if control_images is not None:
-            control_images = formats.resize_01(formats.video_01(control_images, "control_images"), size)
-        control = backbone.control(control_images, control_scale)
+        control = self._control(control_images, control_scale, size)
         token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))
         rad_at = self._rad_level(reatco)
         temporal = modulation.temporal if modulation is not None else "full"
@@ -434,14 +439,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         (a batch of one video, "latent" excepted)."""
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
-        frames01 = self.prepare_video(video, height, width)
-        frames = frames01 * 2 - 1
-        self.backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
+        frames = self.prepare_video(video, height, width) * 2 - 1
         backbone = self.backbone
-        if control_images is not None:
-            control_images = formats.resize_01(formats.video_01(control_images, "control_images"),
-                                               (frames.shape[-1], frames.shape[-2]))
-        control = backbone.control(control_images, control_scale)
+        backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
+        control = self._control(control_images, control_scale, (frames.shape[-1], frames.shape[-2]))
         latents = self.encode_frames(frames)
         schedule = backbone.schedule(num_inference_steps)
         trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control,

@@ -469,7 +469,7 @@ def _eval_edit(spec: EditSpec, inputs: io.VideoInputs, edited: np.ndarray, resul
     except Exception as err:  # noqa: BLE001 - keep the edit whatever the metrics do
         logger.exception("evaluation failed")
         return {"error": f"{type(err).__name__}: {err}"}
-    print(evaluate.format_table(evaluation))
+    logger.info("%s", evaluate.format_table(evaluation))
     return evaluation.to_dict()
 
 
