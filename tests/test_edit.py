@@ -260,6 +260,34 @@ def test_the_library_edit_call(example_config, tmp_path):
         videograin.edit(example_config, tmp_path / "x", colour="red")
 
 
+def test_edit_reports_each_step_and_a_cancel_writes_nothing_and_leaves_the_pipeline_usable(example_config, tmp_path):
+    """on_step follows inversion then editing; a cancel set at edit step 2 (as a web app's Cancel
+    button, from its own thread) ends the run with EditCancelled, no output folder and no temporary
+    folder; the next edit with the same cached pipeline runs to the end."""
+    import threading
+
+    import videograin
+    from videograin.errors import EditCancelled
+
+    steps, seen, cancel, pipelines = 3, [], threading.Event(), {}
+
+    def on_step(stage, done, total):
+        seen.append((stage, done, total))
+        if (stage, done) == ("edit", 2):
+            threading.Thread(target=cancel.set).start()
+            cancel.wait()
+
+    with pytest.raises(EditCancelled):
+        videograin.edit(example_config, tmp_path / "out" / "cancelled", steps=steps, progress=False,
+                        pipelines=pipelines, on_step=on_step, cancel=cancel)
+    assert seen == [("invert", i, steps) for i in (1, 2, 3)] + [("edit", 1, steps), ("edit", 2, steps)]
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    seen.clear()
+    videograin.edit(example_config, tmp_path / "out" / "next", steps=steps, progress=False, pipelines=pipelines,
+                    on_step=lambda *a: seen.append(a), cancel=threading.Event())
+    assert len(seen) == 2 * steps and len(list((tmp_path / "out" / "next" / "frames").iterdir())) > 0
+
+
 def test_from_pipe_turns_a_stable_diffusion_pipeline_into_the_same_editor(tiny_model_dir, tiny_pipe):
     """The type-annotated __init__ lets diffusers' from_pipe reuse a loaded SD pipeline's components;
     its edit equals the one of the pipeline loaded from the folder."""

@@ -96,6 +96,30 @@ def test_callback_on_step_end_sees_every_step_and_can_change_the_latents(tiny_pi
         _edit(tiny_pipe, video, masks, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["noise"])
 
 
+def test_callback_on_invert_step_sees_every_inversion_step_and_an_interrupt_there_skips_the_edit(tiny_pipe, clip):
+    """Interrupted after the second inversion step, the call returns the latents of that step of a
+    full inversion (run separately) and runs no edit step."""
+    video, masks = clip
+    source = tiny_pipe.encode_frames(tiny_pipe.prepare_video(video, None, None) * 2 - 1)
+    full = tiny_pipe.invert(source, "", STEPS)
+    seen, edit_steps = [], []
+
+    def invert_step(pipe, step, t):
+        seen.append((step, int(t)))
+        pipe._interrupt = step == 1
+
+    out = _edit(tiny_pipe, video, masks, output_type="latent", modulation=None, callback_on_invert_step=invert_step,
+                callback_on_step_end=lambda pipe, step, t, tensors: edit_steps.append(step) or tensors)
+    timesteps = tiny_pipe.backbone.schedule(STEPS).timesteps.tolist()
+    assert seen == [(0, timesteps[-1]), (1, timesteps[-2])]  # inversion walks the schedule backwards
+    assert edit_steps == []
+    torch.testing.assert_close(out.latents, full[-3], rtol=0, atol=1e-6)
+    seen.clear()
+    _edit(tiny_pipe, video, masks, output_type="latent", modulation=None,
+          callback_on_invert_step=lambda pipe, step, t: seen.append(step))
+    assert seen == list(range(STEPS))  # the next call starts uninterrupted
+
+
 def test_given_latents_start_the_edit(tiny_pipe, clip):
     """Other starting latents than the inverted noise change the edit; the wrong shape is refused."""
     video, masks = clip

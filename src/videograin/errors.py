@@ -1,4 +1,5 @@
-"""The project's errors: what the user gave is wrong (SpecError), or a model cannot be had (WeightsUnavailable).
+"""The project's errors: what the user gave is wrong (SpecError), a model cannot be had (WeightsUnavailable),
+or the caller cancelled an edit (EditCancelled).
 
 Library code raises ValueError/TypeError with plain messages; the config layer and the CLI turn them into
 SpecError, which names the config field (or flag), the problem and the fix in one line.
@@ -16,6 +17,10 @@ class SpecError(ValueError):
     def __init__(self, field: str, problem: str, fix: str):
         self.field, self.problem, self.fix = field, problem, fix
         super().__init__(f"{field}: {problem}; fix: {fix}")
+
+
+class EditCancelled(Exception):
+    """The edit was cancelled by its caller (``videograin.edit(cancel=...)``); nothing was written."""
 
 
 class WeightsUnavailable(OSError):

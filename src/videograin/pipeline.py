@@ -146,8 +146,9 @@ class VideoGrainPipeline(DiffusionPipeline):
 
     @property
     def interrupt(self) -> bool:
-        """Set ``pipe._interrupt = True`` (from ``callback_on_step_end`` or another thread) to skip the
-        edit's remaining steps; the call returns the latents it has reached, decoded."""
+        """Set ``pipe._interrupt = True`` (from a step callback or another thread) to skip the remaining
+        steps: the call returns the latents it has reached, decoded (the inversion's last latents when
+        it stopped there, with no edit step run)."""
         return getattr(self, "_interrupt", False)
 
     def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
@@ -199,11 +200,13 @@ class VideoGrainPipeline(DiffusionPipeline):
         aids=None,
         control=None,
         schedule: DDIMSchedule | None = None,
+        callback: Callable | None = None,
     ) -> list[torch.Tensor]:
         """DDIM-invert latents (F, C, h, w) under ``source_prompt`` (guidance 1), with the same
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
         on every step, PnP features recorded; its structure ``control``). ``schedule``: the edit's, when
-        it has one (else built for ``steps``). Returns the trajectory (see ``ddim_invert``)."""
+        it has one (else built for ``steps``). ``callback(pipe, step, t)`` runs after every step;
+        ``pipe._interrupt = True`` stops the inversion early. Returns the trajectory (see ``ddim_invert``)."""
         backbone = self.backbone
         schedule = schedule if schedule is not None else backbone.schedule(steps)
         cond = backbone.encode_prompt(source_prompt)
@@ -211,7 +214,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         denoise = backbone.denoise_fn(cond, None, 1.0, latents.shape[0], schedule, temporal=temporal, aids=aids,
                                       control=control)
         with backbone.attention_processors(), self._progress(steps, "invert") as bar:
-            return ddim_invert(denoise, latents, schedule, progress=bar)
+            return ddim_invert(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
+                               on_step=None if callback is None else lambda step, t: callback(self, step, t))
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
         """The runtime aids of an edit (see ``Backbone.temporal_aids``)."""
@@ -246,6 +250,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        callback_on_invert_step: Callable | None = None,
     ) -> VideoGrainPipelineOutput | tuple:
         """Edit ``video`` so that region r of ``masks`` shows ``region_prompts[r]`` inside the scene
         described by ``prompt`` (each region prompt written word for word in it).
@@ -271,8 +276,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         cross-attention maps; "compare" also without modulation.
         ``callback_on_step_end(pipe, step, t, callback_kwargs) -> dict`` runs after every edit step
         with the tensors named in ``callback_on_step_end_tensor_inputs`` (default ["latents"]); the
-        latents it returns replace the pipeline's. With ``return_dict=False`` the result is
-        ``(frames,)``.
+        latents it returns replace the pipeline's; ``callback_on_invert_step(pipe, step, t)`` runs after
+        every inversion step (progress). ``pipe._interrupt = True``, from a callback or another
+        thread, stops inversion or editing where it is (see ``interrupt``). With ``return_dict=False``
+        the result is ``(frames,)``.
         """
         # the six stages in order; the signature and docstring make up half of its length
         self._interrupt = False
@@ -303,24 +310,28 @@ class VideoGrainPipeline(DiffusionPipeline):
         schedule = backbone.schedule(num_inference_steps)  # shared by inversion and editing
         clock = time.perf_counter()
         trajectory = self.invert(  # 4. invert
-            source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule
+            source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule,
+            callback_on_invert_step,
         )
         timings["invert"] = time.perf_counter() - clock
 
         clock = time.perf_counter()  # 5. edit
-        plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
-                          layout, latent_size, temporal, record_attention, trajectory, aids, control)
-        denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
-        callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
-                                  callback_on_step_end, tensor_inputs)
         guidance: list[dict] = []
-        guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
-        start = trajectory[0] if latents is None else latents.to(trajectory[0])
-        with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
-            edited_latents = ddim_sample(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
-                                         interrupt=lambda: self.interrupt)
+        edited_latents, recorder = trajectory[0], None  # an interrupted inversion: nothing to edit
+        if not self.interrupt:
+            plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
+                              layout, latent_size, temporal, record_attention, trajectory, aids, control)
+            denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
+            callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
+                                      callback_on_step_end, tensor_inputs)
+            guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
+            start = trajectory[0] if latents is None else latents.to(trajectory[0])
+            with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
+                edited_latents = ddim_sample(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
+                                             interrupt=lambda: self.interrupt)
+            if record_attention:
+                recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames)
         timings["edit"] = time.perf_counter() - clock
-        recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames) if record_attention else None
 
         clock = time.perf_counter()  # 6. decode
         if output_type == "latent":

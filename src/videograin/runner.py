@@ -16,7 +16,9 @@ import platform
 import re
 import resource
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from .config.parse import load_spec, resolve_model, spec_from_dict
 from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
 from .config.spec import EditSpec
-from .errors import SpecError, WeightsUnavailable
+from .errors import EditCancelled, SpecError, WeightsUnavailable
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -244,6 +246,8 @@ def edit(
     progress: bool = True,
     argv: list[str] | None = None,
     pipelines: dict | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
     **overrides,
 ) -> dict:
     """Run the edit a config describes and write its output folder; returns the folder's run.json record.
@@ -254,8 +258,10 @@ def edit(
     ``command`` "reconstruct" only inverts and re-samples (inversion fidelity); ``reconstruct`` adds
     that to an edit. ``evaluate`` adds the metrics to run.json (CLIP model ``clip``). ``progress``:
     progress bars. ``argv`` is recorded. ``pipelines``: a dict kept by the caller across edits (a batch):
-    a loaded pipeline is reused for the next edit of the same model and device. ``overrides``: OVERRIDES
-    such as ``seed=3``.
+    a loaded pipeline is reused for the next edit of the same model and device. ``on_step(stage, done,
+    total)`` follows the run step by step (stage "invert" or "edit"; a web app's progress bar).
+    ``cancel``: once set (from another thread), the run stops at its next step and raises
+    EditCancelled, with nothing written. ``overrides``: OVERRIDES such as ``seed=3``.
     """
     started = time.perf_counter()
     config = Path(spec) if isinstance(spec, (str, Path)) else None
@@ -272,7 +278,7 @@ def edit(
     device = resolve_device(device)
     if command not in ("edit", "reconstruct"):
         raise ValueError(f"command must be 'edit' or 'reconstruct', got {command!r}")
-    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv, pipelines)
+    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv, pipelines, on_step, cancel)
     io.check_output_folder(spec.output, overwrite, inputs_of(spec, config))
     with io.output_lock(spec.output):
         record = run.execute(started)
@@ -294,6 +300,8 @@ class _Run:
     progress: bool
     argv: list[str] | None
     pipelines: dict | None = None
+    on_step: Callable[[str, int, int], None] | None = None
+    cancel: threading.Event | None = None
 
     def execute(self, started: float) -> dict:
         spec = self.spec
@@ -313,6 +321,7 @@ class _Run:
                 self.pipelines[key] = pipe
         pipe.set_progress_bar_config(disable=not self.progress)
         timings = {"load": time.perf_counter() - started}
+        self._check_cancel()
         with io.output_folder(spec.output, self.overwrite) as folder:
             torch.manual_seed(spec.edit.seed)
             record = run_record(spec.to_dict(), self.command, pipe, self.device, inputs, self.argv)
@@ -326,6 +335,7 @@ class _Run:
             if self.reconstruct or self.command == "reconstruct":
                 _reconstruct(spec, pipe, inputs, control, folder, record, timings)
             if self.command == "edit":
+                self._check_cancel()
                 self._edit(pipe, inputs, control, overlay, folder, record, timings)
             timings["total"] = time.perf_counter() - started
             record.update(timings={k: round(v, 3) for k, v in timings.items()}, **peak_memory(self.device))
@@ -358,8 +368,11 @@ class _Run:
             width=inputs.size[0],
             height=inputs.size[1],
             output_type="np",
+            callback_on_invert_step=lambda pipe, step, t: self._step("invert", pipe, step),
+            callback_on_step_end=lambda pipe, step, t, tensors: self._step("edit", pipe, step) or tensors,
             **control,
         )
+        self._check_cancel()
         timings.update(result.timings)
         if settings.uses_reatco:
             record["reatco_losses"] = result.guidance
@@ -378,6 +391,18 @@ class _Run:
             clock = time.perf_counter()
             record["eval"] = _eval_edit(spec, inputs, edited, result, self.device, self.clip)
             timings["eval"] = time.perf_counter() - clock
+
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise EditCancelled("the edit was cancelled; nothing was written")
+
+    def _step(self, stage: str, pipe, step: int) -> None:
+        """After each inversion or edit step of the pipeline: report it; stop the pipeline once cancelled."""
+        if self.on_step is not None:
+            self.on_step(stage, step + 1, self.spec.edit.steps)
+        if self.cancel is not None and self.cancel.is_set():
+            pipe._interrupt = True
 
 
 @contextlib.contextmanager

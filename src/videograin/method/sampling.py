@@ -84,20 +84,28 @@ def ddim_sample(
 
 
 @torch.no_grad()
-def ddim_invert(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule, progress=None) -> list[torch.Tensor]:
+def ddim_invert(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule, progress=None,
+                interrupt: Callable[[], bool] | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Run DDIM backwards from clean latents (F, C, h, w) to the level of the first timestep.
 
     Inversion walks the (descending) schedule in reverse, predicting ε at the next, noisier timestep
     from the current latents (the usual approximation). Returns the trajectory: entry i holds the
     latents at the noise level of ``schedule.timesteps[i]`` and the last entry the clean input, so
-    ``ddim_sample`` from entry 0 retraces it.
+    ``ddim_sample`` from entry 0 retraces it. ``interrupt()`` true before a step: stop there (the
+    trajectory is then shorter than ``len(schedule) + 1``). ``on_step(i, t)`` runs after the i-th
+    inversion step (i from 0), which reached the noise level of timestep t.
     """
     trajectory = [latents]
     for step in reversed(range(len(schedule))):
+        if interrupt is not None and interrupt():
+            break
         t = int(schedule.timesteps[step])
         eps = denoise_fn(latents, t, step)
         latents = ddim_step(latents, eps, schedule.alphas[step + 1], schedule.alphas[step])
         trajectory.append(latents)
+        if on_step is not None:
+            on_step(len(trajectory) - 2, t)
         if progress is not None:
             progress.update()
     return trajectory[::-1]
