@@ -1,7 +1,8 @@
-"""The `videograin` command: edit, reconstruct, eval, segment, convert-config, make-tiny-model.
+"""The `videograin` command: edit, reconstruct, eval, batch, report, masks, segment, app, convert-config,
+make-tiny-model.
 
 Argument parsing only: the work is in runner.py (edit, reconstruct), eval/, segment.py and
-config/official.py. Input errors end with one line and exit code 2.
+config/official.py, batch.py, masks.py, app.py. Input errors end with one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -95,6 +96,24 @@ def _report(args) -> None:
         raise SpecError("FOLDER", f"{folder} is not a folder", "give a batch's --out or a folder of edit outputs")
     rows = write_report(folder)
     logger.info("report of %d edits: %s", len(rows), folder / "report.html")
+
+
+def _app(args) -> None:
+    """`videograin app`: serve the web app until Ctrl-C; Gradio's own files go under --out too."""
+    import os
+
+    out = Path(args.out).resolve()
+    model = None if args.model is None else resolve_model(args.model, Path.cwd())
+    device = runner.resolve_device(args.device)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(out / ".gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from .app import build_app
+    except ImportError as err:
+        raise SpecError("app", f"Gradio is not installed ({err})", "pip install 'videograin[app]'") from None
+    out.mkdir(parents=True, exist_ok=True)
+    build_app(model, out, device).queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out)],
+                                                 quiet=args.quiet)
 
 
 def _masks(args) -> None:
@@ -359,6 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     masks.add_argument("--frames", type=int, help="number of frames (default: all from --start)")
     masks.add_argument("--stride", type=int, default=1, help="take every N-th frame (default 1)")
     masks.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    app = commands.add_parser("app", parents=[common], help="the web app (Gradio; needs the [app] extra): upload, "
+                              "mark regions by clicks or boxes, prompt, edit, compare, download")
+    app.add_argument("--model", help="hub id or local diffusers folder (default: the bundled toy-world model in a "
+                     "checkout of the project, else Stable Diffusion 1.5)")
+    app.add_argument("--out", default="out/app", help="folder for everything the app writes (default out/app)")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     report = commands.add_parser("report", parents=[common],
                                  help="rebuild results.csv/.md and report.html from a folder of output folders")
     report.add_argument("folder", help="a batch's --out, or any folder holding edit output folders")
@@ -388,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             _report(args)
         elif args.command == "masks":
             _masks(args)
+        elif args.command == "app":
+            _app(args)
         else:
             _edit(args)
     except SpecError as err:

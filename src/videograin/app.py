@@ -1,0 +1,583 @@
+"""The web app: ``videograin app`` (Gradio, the ``[app]`` extra), or ``videograin.app:build_app()`` for a Space.
+
+A person uploads a clip (or loads the bundled example), marks each region on a frame with a box or
+clicks (or uploads its masks), writes what each region becomes, and presses Edit. The progress bar
+follows inversion and editing step by step; Cancel stops the run with nothing written; the result is
+shown beside the source, with the output folder as a zip and the ``config.yaml`` that reproduces it
+with the CLI. Input errors are the CLI's one-line errors, shown next to their field, and start no run.
+
+The form's values become a config (``config_from_form``) that ``videograin.edit`` runs, so the app
+checks and edits exactly as ``videograin edit`` does. Everything it writes lies under its output
+folder (default ``out/app``): ``uploads/``, ``previews/``, ``runs/<time>/`` and ``runs/<time>.zip``.
+"""
+
+import dataclasses
+import datetime
+import logging
+import shutil
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw, ImageSequence
+
+from . import io, viz
+from .config.parse import spec_from_dict
+from .config.preflight import preflight, read_model
+from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
+from .errors import EditCancelled, SpecError
+from .masks import parse_region
+from .method.settings import Modulation
+
+logger = logging.getLogger("videograin")
+
+MAX_REGIONS = 6  # region slots in the form
+VIDEO_TYPES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_REPO = Path(__file__).resolve().parents[2]
+TOY_MODEL = _REPO / "toyworld" / "model"  # present in a checkout of the project (not in the wheel)
+TOY_EXAMPLE = _REPO / "toyworld" / "demo"
+CLICK_MODES = ("box corners", "positive click", "negative click")
+
+
+def default_model() -> str:
+    """The bundled toy-world model when this runs from a checkout (offline, CPU), else Stable Diffusion 1.5."""
+    return str(TOY_MODEL) if (TOY_MODEL / "model_index.json").is_file() else DEFAULT_MODEL
+
+
+# --------------------------------------------------------------------------- the form, as plain values
+
+
+@dataclass
+class RegionForm:
+    """One region of the form: ``where`` in the ``videograin masks --region`` syntax without the name
+    (``box=x0,y0,x1,y1[@F]; points=x,y,-x,y[@F]``), or ``mask_files``: its uploaded per-frame PNGs or a zip."""
+
+    name: str
+    prompt: str
+    where: str = ""
+    mask_files: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class Form:
+    """What the app's fields hold; ``config_from_form`` turns it into a config."""
+
+    video: str | None
+    regions: list[RegionForm]
+    prompt: str
+    source_prompt: str = ""
+    negative_prompt: str = ""
+    start: int = 0
+    frames: int = 16
+    stride: int = 1
+    width: int | None = None  # None (or 0) and height None: the model's default size
+    height: int | None = None
+    model: str = DEFAULT_MODEL
+    method: str = EditSettings.method
+    steps: int = EditSettings.steps
+    guidance_scale: float = EditSettings.guidance_scale
+    seed: int = EditSettings.seed
+    modulation_steps: int = Modulation.steps
+    self_strength: float = Modulation.self_strength
+    cross_strength: float = Modulation.cross_strength
+    blend: bool = EditSettings.blend
+    composite: bool = EditSettings.composite
+    flow: bool = False
+    record_attention: bool = False
+
+
+def mask_prompt(where: str, field: str) -> dict:
+    """A region's ``where`` text -> the config's ``masks:`` mapping {box, points, negative, frame}."""
+    try:
+        prompt = parse_region(f"region:{where}")
+    except SpecError as err:
+        raise SpecError(field, err.problem.replace("'region:", "'"),
+                        "click on the frame (two box corners, or points) or write box=x0,y0,x1,y1 and/or "
+                        "points=x,y,-x,y (minus: a negative click), @F for the frame") from None
+    mapping = {"points": [list(p) for p in prompt.points], "negative": [list(p) for p in prompt.negative],
+               "frame": prompt.frame}
+    return ({"box": list(prompt.box)} if prompt.box else {}) | mapping
+
+
+def _unpack_masks(files: list[str], folder: Path, field: str) -> Path:
+    """Uploaded mask PNGs (or one zip of them) -> ``folder`` of per-frame masks, in file-name order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        path = Path(file)
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.infolist():
+                    name = Path(member.filename).name
+                    if not member.is_dir() and name.lower().endswith(IMAGE_TYPES) and not name.startswith("."):
+                        (folder / name).write_bytes(archive.read(member))
+        elif path.suffix.lower() in IMAGE_TYPES:
+            shutil.copy(path, folder / path.name)
+        else:
+            raise SpecError(field, f"{path.name} is neither an image nor a zip",
+                            f"upload the region's per-frame masks as {'/'.join(IMAGE_TYPES)} files or one zip of them")
+    return folder
+
+
+def config_from_form(form: Form, uploads: Path) -> dict:
+    """The config (the YAML's shape) of an edit described by the form; uploaded masks are unpacked
+    under ``uploads``. SpecError for what the form lacks (no video, no regions, a region without a
+    place); everything else is checked by ``spec_from_dict`` and ``preflight`` as for the CLI."""
+    if not form.video:
+        raise SpecError("video.path", "no video loaded", "upload a video (or frames) or press 'Load the example'")
+    if not form.regions:
+        raise SpecError("regions", "no regions", "press 'Add region', mark it on the frame and write its prompt")
+    if bool(form.width) != bool(form.height):
+        raise SpecError("video.size", "only one of width and height is given",
+                        "give both, or leave both at 0 for the model's default size")
+    regions = []
+    for i, region in enumerate(form.regions):
+        field = f"regions[{i}].masks"
+        if region.where.strip() and region.mask_files:
+            raise SpecError(field, f"region {region.name!r} has both clicks/a box and uploaded masks",
+                            "clear its clicks (the 'where' field) or remove its uploaded masks")
+        if region.mask_files:
+            masks = str(_unpack_masks(region.mask_files, uploads / f"masks-{region.name}", field))
+        elif region.where.strip():
+            masks = mask_prompt(region.where, field)
+        else:
+            raise SpecError(field, f"region {region.name!r} is not marked",
+                            "click on the frame (box corners or points) for it, or upload its masks")
+        regions.append({"name": region.name, "prompt": region.prompt, "masks": masks})
+    video = {"path": form.video, "start": int(form.start), "frames": int(form.frames), "stride": int(form.stride)}
+    if form.width:
+        video["size"] = [int(form.width), int(form.height)]
+    edit = {"method": form.method, "steps": int(form.steps), "guidance_scale": float(form.guidance_scale),
+            "seed": int(form.seed), "blend": bool(form.blend), "composite": bool(form.composite),
+            "record_attention": bool(form.record_attention),
+            "modulation": {"steps": int(form.modulation_steps), "self_strength": float(form.self_strength),
+                           "cross_strength": float(form.cross_strength)}}
+    if form.flow:
+        edit["temporal_aids"] = {"flow": {}}
+    return {"model": form.model, "video": video, "source_prompt": form.source_prompt, "prompt": form.prompt,
+            "negative_prompt": form.negative_prompt, "regions": regions, "edit": edit}
+
+
+def compose_prompt(region_prompts: list[str]) -> str:
+    """A global prompt holding each region prompt word for word (the user may edit it)."""
+    return " and ".join(p.strip() for p in region_prompts if p.strip())
+
+
+def add_click(where: str, mode: str, x: int, y: int, frame: int, corner: tuple[int, int] | None):
+    """A click on frame ``frame`` at (x, y) added to a region's ``where`` text. ``mode`` "box corners":
+    the first click is kept as ``corner``, the second completes the box. Returns (where, corner)."""
+    parts = [p.strip() for p in where.split(";") if p.strip()]
+    if mode == "box corners":
+        if corner is None:
+            return where, (x, y)
+        (x0, x1), (y0, y1) = sorted((corner[0], x)), sorted((corner[1], y))
+        parts = [p for p in parts if not p.startswith("box=")] + [f"box={x0},{y0},{x1 + 1},{y1 + 1}@{frame}"]
+        return "; ".join(parts), None
+    sign = "-" if mode == "negative click" else ""
+    points = [p for p in parts if p.startswith("points=")]
+    others = [p for p in parts if not p.startswith("points=")]
+    listed = points[0] + "," if points else "points="
+    return "; ".join(others + [f"{listed}{sign}{x},{y}@{frame}"]), None
+
+
+def draw_prompts(frame: np.ndarray, wheres: list[str], scale: int) -> np.ndarray:
+    """uint8 (H, W, 3) frame enlarged ``scale`` times (nearest) with each region's box and clicks drawn
+    in its colour (positive clicks filled, negative ones hollow); unreadable ``where`` texts skipped."""
+    image = Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    for where, colour in zip(wheres, viz.region_colors(len(wheres))):
+        try:
+            prompt = parse_region(f"r:{where}") if where and where.strip() else None
+        except SpecError:
+            continue
+        if prompt is None:
+            continue
+        colour = tuple(int(c) for c in colour)
+        if prompt.box is not None:
+            x0, y0, x1, y1 = (v * scale for v in prompt.box)
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=max(1, scale // 2))
+        r = max(2, scale)
+        for points, fill in ((prompt.points, colour), (prompt.negative, None)):
+            for x, y in points:
+                cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=colour, width=max(1, scale // 3))
+    return np.asarray(image)
+
+
+def display_scale(frame: np.ndarray, target: int = 384) -> int:
+    """Whole-number enlargement so a small frame shows at about ``target`` pixels (1 for large frames)."""
+    return max(1, target // max(frame.shape[:2]))
+
+
+def enlarged_gif(source: Path, target: Path, fps: float, long_side: int = 512) -> Path:
+    """``source`` GIF enlarged (nearest) by a whole number so its long side is about ``long_side``."""
+    with Image.open(source) as gif:
+        frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
+    scale = display_scale(frames[0], long_side)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    io.write_gif(target, frames.repeat(scale, axis=1).repeat(scale, axis=2), fps)
+    return target
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """``archive`` holding ``folder``'s files under ``folder.name/``, written through a temporary file."""
+    partial = archive.with_name(f".{archive.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                out.write(path, Path(folder.name) / path.relative_to(folder))
+    partial.replace(archive)
+    return archive
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class App:
+    """The app's state across sessions: its output folder, the loaded pipelines (one model kept in
+    memory), one run at a time and a cancel flag per browser session."""
+
+    def __init__(self, out: Path, model: str | None = None, device: str | None = None):
+        self.out = Path(out).resolve()
+        self.model = model or default_model()
+        self.device = device
+        self.pipelines: dict = {}
+        self.cancels: dict[str, threading.Event] = {}  # per browser session, while it runs an edit
+
+    def session_folder(self, kind: str, session: str) -> Path:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        folder = self.out / kind / f"{stamp}-{session[:8]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def size_help(self, source: tuple[int, int] | None) -> str:
+        """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
+        facts = read_model(self.model)
+        text = f"width and height: multiples of {facts.size_multiple} (0 and 0: the default"
+        if source is not None:
+            text += f", {'x'.join(map(str, io.fit_size(source, None, facts.size_multiple)))} for this clip"
+        return text + ", the long side at most 512)"
+
+    def upload(self, files: list[str] | None, session: str) -> str:
+        """Uploaded files -> a video path: one video file, one zip of frames, or several frame images."""
+        if not files:
+            raise SpecError("video.path", "nothing uploaded", "drop a video file (or frame images) on the upload box")
+        paths = [Path(f) for f in files]
+        folder = self.session_folder("uploads", session)
+        if len(paths) == 1 and paths[0].suffix.lower() in VIDEO_TYPES:
+            return str(shutil.copy(paths[0], folder / paths[0].name))
+        frames = _unpack_masks(files, folder / "frames", "video.path")
+        if not any(frames.iterdir()):
+            raise SpecError("video.path", "the upload holds no frame images",
+                            f"upload one video ({'/'.join(VIDEO_TYPES)}) or frame images ({'/'.join(IMAGE_TYPES)})")
+        return str(frames)
+
+    def run(self, form: Form, session: str, on_step) -> tuple[Path, dict]:
+        """Check and run the edit of ``form``; returns (output folder, run.json record). SpecError before
+        anything is written; EditCancelled when this session's Cancel was pressed during the run."""
+        uploads = self.session_folder("uploads", session)
+        spec = spec_from_dict(config_from_form(form, uploads), uploads)
+        preflight(spec)
+        folder = self.out / "runs" / uploads.name
+        self.cancels[session] = threading.Event()
+        try:
+            record = _edit(spec, folder, device=self.device, progress=False, pipelines=self.pipelines,
+                           on_step=on_step, cancel=self.cancels[session], argv=["app"])
+        finally:
+            del self.cancels[session]
+        config = spec.to_dict()
+        del config["output"]
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        zip_folder(folder, folder.with_suffix(".zip"))
+        return folder, record
+
+    def cancel(self, session: str) -> bool:
+        """Stop this session's running edit at its next step; False when it runs none."""
+        if session not in self.cancels:
+            return False
+        self.cancels[session].set()
+        return True
+
+
+def _edit(*args, **kwargs) -> dict:
+    from .runner import edit
+
+    return edit(*args, **kwargs)
+
+
+def _error_text(err: Exception) -> str:
+    return f"**error** — {err}"
+
+
+def build_app(model: str | None = None, out: str | Path = "out/app", device: str | None = None):
+    """The Gradio Blocks of the app (``.launch()`` it; ``allowed_paths=[out]`` when ``out`` lies outside
+    the working directory). ``model``: hub id or folder (default: ``default_model()``)."""
+    import gradio as gr
+
+    app = App(Path(out), model, device)
+    defaults, modulation = EditSettings(), Modulation()
+    with gr.Blocks(title="videograin", analytics_enabled=False) as blocks:
+        clip = gr.State(None)  # {"path", "start", "frames", "stride", "fps", "pixels": (F, H, W, 3) uint8}
+        corner = gr.State(None)
+        count = gr.State(0)
+        gr.Markdown(f"# videograin\nEdit each region of a clip with its own prompt, in one pass "
+                    f"(VideoGrain's ST-Layout attention). Model: `{app.model}`.")
+
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### 1. Video")
+                files = gr.File(label="video (mp4/webm/gif/mov) or frame images", file_count="multiple",
+                                elem_id="upload")
+                with gr.Row():
+                    load_example = gr.Button("Load the example", elem_id="load-example",
+                                             visible=(TOY_EXAMPLE / "frames").is_dir())
+                    load = gr.Button("Load clip", elem_id="load-clip")
+                video_path = gr.Textbox(label="video path", interactive=False, elem_id="video-path")
+                with gr.Row():
+                    start = gr.Number(0, label="start frame", precision=0, minimum=0)
+                    frames = gr.Number(16, label="frames", precision=0, minimum=1)
+                    stride = gr.Number(1, label="stride", precision=0, minimum=1)
+                with gr.Row():
+                    width = gr.Number(0, label="width", precision=0, minimum=0, elem_id="width")
+                    height = gr.Number(0, label="height", precision=0, minimum=0, elem_id="height")
+                size_info = gr.Markdown(app.size_help(None))
+                video_error = gr.Markdown(elem_id="video-error")
+            with gr.Column():
+                gr.Markdown("### 2. Regions\nPick a region and a click mode, then click on the frame.")
+                frame_index = gr.Slider(0, 15, 0, step=1, label="frame shown (clicks land on it)")
+                preview = gr.Image(label="frame: click to mark regions", interactive=False, elem_id="frame")
+                with gr.Row():
+                    target = gr.Dropdown([str(i + 1) for i in range(MAX_REGIONS)], value="1", label="clicks mark region")
+                    mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="click mode")
+                masks_preview = gr.Video(label="masks over the clip", elem_id="masks-preview")
+                preview_masks = gr.Button("Preview masks", elem_id="preview-masks")
+
+        slots = []
+        with gr.Column():
+            with gr.Row():
+                add_region = gr.Button("Add region", elem_id="add-region")
+                remove_region = gr.Button("Remove last region", elem_id="remove-region")
+            for i in range(MAX_REGIONS):
+                with gr.Group(visible=False) as group, gr.Row():
+                    name = gr.Textbox(f"region{i + 1}", label=f"region {i + 1}: name", elem_id=f"region-{i}-name")
+                    prompt = gr.Textbox(label="becomes (empty: kept)", elem_id=f"region-{i}-prompt")
+                    where = gr.Textbox(label="where: box=x0,y0,x1,y1 / points=x,y,-x,y (@frame)",
+                                       elem_id=f"region-{i}-where")
+                    upload = gr.File(label="or its masks (PNGs or a zip)", file_count="multiple", height=80)
+                slots.append((group, name, prompt, where, upload))
+            region_error = gr.Markdown(elem_id="region-error")
+
+        gr.Markdown("### 3. Prompt")
+        with gr.Row():
+            source_prompt = gr.Textbox(label="source prompt (the clip as it is)", elem_id="source-prompt")
+            prompt = gr.Textbox(label="prompt (the edited clip; holds each region prompt word for word)",
+                                elem_id="prompt")
+            compose = gr.Button("Compose from regions", elem_id="compose", scale=0)
+        negative_prompt = gr.Textbox(label="negative prompt")
+        prompt_error = gr.Markdown(elem_id="prompt-error")
+
+        with gr.Accordion("4. Settings", open=False):
+            with gr.Row():
+                method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
+                                     info="VideoGrain's layout attention, ReAtCo's guidance, or both")
+                steps = gr.Number(defaults.steps, label="steps", precision=0, minimum=1, elem_id="steps")
+                guidance = gr.Number(defaults.guidance_scale, label="guidance scale")
+                seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0)
+            with gr.Row():
+                mod_steps = gr.Number(modulation.steps, label="modulated steps", precision=0, minimum=0,
+                                      info="the first N edit steps modulate attention")
+                self_strength = gr.Number(modulation.self_strength, label="self-attention strength")
+                cross_strength = gr.Number(modulation.cross_strength, label="cross-attention strength")
+            with gr.Row():
+                blend = gr.Checkbox(defaults.blend, label="latent blend (keep what no region edits)")
+                composite = gr.Checkbox(defaults.composite, label="composite the source's pixels outside edits")
+                flow = gr.Checkbox(False, label="flow-guided attention (temporal aid)")
+                attention = gr.Checkbox(False, label="record attention maps")
+
+        with gr.Row():
+            run = gr.Button("Edit", variant="primary", elem_id="run")
+            cancel = gr.Button("Cancel", elem_id="cancel")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            source_video = gr.Video(label="source", elem_id="source-video")
+            edited_video = gr.Video(label="edited", elem_id="edited-video")
+        with gr.Row():
+            comparison = gr.Image(label="source | edited", type="filepath", elem_id="comparison")
+            grid = gr.Image(label="source, regions, edited", type="filepath", elem_id="grid")
+        attention_maps = gr.Gallery(label="attention maps", visible=False)
+        downloads = gr.File(label="downloads: the output folder (zip) and config.yaml", elem_id="downloads")
+
+        # -- handlers --------------------------------------------------------------------------
+        wheres = [slot[3] for slot in slots]
+        errors = {"video": video_error, "regions": region_error, "prompt": prompt_error, "": status}
+
+        def show(message: str = "", where: str = "") -> dict:
+            """One error text in its box, the other boxes cleared."""
+            return {box: (message if key == where else "") for key, box in errors.items()}
+
+        def error_box(err: SpecError) -> str:
+            """Where an error shows: prompts (a region prompt missing from the prompt too) by the
+            prompt, video and region fields by theirs, the rest by the Edit button."""
+            if err.field.endswith("prompt"):
+                return "prompt"
+            return next((key for key in ("video", "regions") if err.field.startswith(key)), "")
+
+        def read_clip(path, start_value, frames_value, stride_value):
+            pixels, fps = io.read_video(Path(path), int(start_value), int(frames_value), int(stride_value))
+            return {"path": path, "fps": fps, "pixels": pixels}
+
+        def frame_image(state, index, *texts):
+            if state is None:
+                return None
+            frame = state["pixels"][min(int(index), len(state["pixels"]) - 1)]
+            return draw_prompts(frame, list(texts), display_scale(frame))
+
+        def loaded(state):
+            pixels = state["pixels"]
+            source = (pixels.shape[2], pixels.shape[1])
+            return {clip: state, video_path: state["path"], size_info: app.size_help(source),
+                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1),
+                    preview: draw_prompts(pixels[0], [""], display_scale(pixels[0])),
+                    **show(f"loaded {len(pixels)} frames of {source[0]}x{source[1]}")}
+
+        def on_load(uploaded, start_value, frames_value, stride_value, request: gr.Request):
+            try:
+                path = app.upload(uploaded, request.session_hash)
+                return loaded(read_clip(path, start_value, frames_value, stride_value))
+            except SpecError as err:
+                return show(_error_text(err), "video")
+
+        def on_example():
+            config = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text(encoding="utf-8"))
+            settings = config["edit"]
+            path = str(TOY_EXAMPLE / config["video"]["path"])
+            state = read_clip(path, 0, config["video"]["frames"], 1)
+            return {**loaded(state), frames: config["video"]["frames"], start: 0, stride: 1,
+                    width: config["video"]["size"][0], height: config["video"]["size"][1],
+                    source_prompt: config["source_prompt"], steps: settings["steps"],
+                    mod_steps: settings["modulation"]["steps"],
+                    self_strength: settings["modulation"]["self_strength"],
+                    cross_strength: settings["modulation"]["cross_strength"],
+                    status: "loaded the example: two yellow circles. Add a region per circle (a box around "
+                            "each), write e.g. `red square` and `blue triangle`, compose the prompt, press Edit."}
+
+        def on_reselect(state, start_value, frames_value, stride_value):
+            if state is None:
+                return show()
+            try:
+                return loaded(read_clip(state["path"], start_value, frames_value, stride_value))
+            except SpecError as err:
+                return show(_error_text(err), "video")
+
+        def on_click(data, evt: gr.SelectData):
+            """A click on the frame: added to the chosen region's ``where`` (see ``add_click``)."""
+            state, index, slot = data[clip], int(data[frame_index]), int(data[target]) - 1
+            if state is None:
+                return {}
+            frame = state["pixels"][index]
+            scale = display_scale(frame)
+            x = min(frame.shape[1] - 1, int(evt.index[0]) // scale)
+            y = min(frame.shape[0] - 1, int(evt.index[1]) // scale)
+            text, pending = add_click(data[wheres[slot]] or "", data[mode], x, y, index, data[corner])
+            return {corner: pending, wheres[slot]: text}
+
+        def set_count(n):
+            return [n] + [gr.Group(visible=i < n) for i in range(MAX_REGIONS)]
+
+        def form_of(data) -> Form:
+            n = data[count]
+            regions = [RegionForm((data[s[1]] or "").strip(), data[s[2]] or "", data[s[3]] or "", list(data[s[4]] or []))
+                       for s in slots[:n]]
+            return Form(video=data[video_path] or None, regions=regions, prompt=data[prompt],
+                        source_prompt=data[source_prompt], negative_prompt=data[negative_prompt],
+                        start=data[start], frames=data[frames], stride=data[stride], width=data[width] or None,
+                        height=data[height] or None, model=app.model, method=data[method], steps=data[steps],
+                        guidance_scale=data[guidance], seed=data[seed], modulation_steps=data[mod_steps],
+                        self_strength=data[self_strength], cross_strength=data[cross_strength], blend=data[blend],
+                        composite=data[composite], flow=data[flow], record_attention=data[attention])
+
+        def on_preview_masks(data, request: gr.Request):
+            from .masks import make_masks, parse_region as parse
+
+            state = data[clip]
+            if state is None:
+                return {masks_preview: None, **show(_error_text(SpecError("video.path", "no clip loaded",
+                                                                          "load a video first")), "video")}
+            try:
+                form = form_of(data)
+                marked = [r for r in form.regions if r.where.strip()]
+                if not marked:
+                    raise SpecError("regions", "no region is marked by a box or clicks",
+                                    "click on the frame for a region first")
+                prompts = []
+                for i, r in enumerate(marked):
+                    mask_prompt(r.where, f"regions[{i}].masks")  # the app's error text for a bad one
+                    prompts.append(parse(f"{r.name}:{r.where}"))
+                    prompts[-1].check(len(state["pixels"]), state["pixels"].shape[2], state["pixels"].shape[1],
+                                      f"regions[{i}].masks")
+                masks, _ = make_masks(state["pixels"], prompts, progress=False)
+            except SpecError as err:
+                return {masks_preview: None, **show(_error_text(err), error_box(err))}
+            path = app.session_folder("previews", request.session_hash) / "masks_overlay.mp4"
+            io.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
+            return {masks_preview: str(path), **show()}
+
+        def on_run(data, request: gr.Request, progress=gr.Progress()):
+            cleared = {source_video: None, edited_video: None, comparison: None, grid: None, downloads: None,
+                       attention_maps: gr.Gallery(visible=False)}
+            steps_total = max(1, int(data[steps] or 1))
+
+            def on_step(stage: str, done: int, total: int) -> None:
+                progress((done + (total if stage == "edit" else 0), 2 * total),
+                         desc=f"{'inverting' if stage == 'invert' else 'editing'}: step {done}/{total}")
+
+            try:
+                progress((0, 2 * steps_total), desc="checking, making masks, loading the model")
+                folder, record = app.run(form_of(data), request.session_hash, on_step)
+            except SpecError as err:
+                return {**cleared, **show(_error_text(err), error_box(err))}
+            except EditCancelled as err:
+                return {**cleared, **show(f"cancelled — {err}")}
+            maps = sorted((folder / "attention").glob("*.png")) if (folder / "attention").is_dir() else []
+            seconds = record["timings"]["total"]
+            gif = enlarged_gif(folder / "comparison.gif", app.out / "previews" / f"{folder.name}.gif", record["fps"])
+            return {source_video: str(folder / "source.mp4"), edited_video: str(folder / "edited.mp4"),
+                    comparison: str(gif), grid: str(folder / "comparison.png"),
+                    downloads: [str(folder.with_suffix(".zip")), str(folder / "config.yaml")],
+                    attention_maps: gr.Gallery([str(p) for p in maps], visible=bool(maps)),
+                    **show(f"done in {seconds:.1f} s: {record['frames']} frames of {record['size'][0]}x"
+                           f"{record['size'][1]}, written to `{folder}`. `videograin edit config.yaml --out DIR` "
+                           "(the config in the downloads) runs it again.")}
+
+        def on_cancel(request: gr.Request):
+            if app.cancel(request.session_hash):
+                return "cancelling: the edit stops at its next step; nothing is written"
+            return "no edit of yours is running"
+
+        select_inputs = [start, frames, stride]
+        files.upload(on_load, [files, *select_inputs], [clip, video_path, size_info, frame_index, preview,
+                                                       *errors.values()])
+        load.click(on_reselect, [clip, *select_inputs], [clip, video_path, size_info, frame_index, preview,
+                                                       *errors.values()])
+        load_example.click(on_example, None, [clip, video_path, size_info, frame_index, preview, frames, start,
+                                              stride, width, height, source_prompt, steps, mod_steps,
+                                              self_strength, cross_strength, *errors.values()])
+        redraw = dict(fn=frame_image, inputs=[clip, frame_index, *wheres], outputs=preview)
+        frame_index.change(**redraw)
+        for text in wheres:
+            text.change(**redraw)
+        preview.select(on_click, {clip, frame_index, mode, target, corner, *wheres}, [corner, *wheres])
+        add_region.click(lambda n: set_count(min(MAX_REGIONS, n + 1)), count, [count, *[s[0] for s in slots]])
+        remove_region.click(lambda n: set_count(max(0, n - 1)), count, [count, *[s[0] for s in slots]])
+        compose.click(lambda n, *texts: compose_prompt(list(texts[:n])), [count, *[s[2] for s in slots]], prompt)
+        form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
+                       height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
+                       composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
+        preview_masks.click(on_preview_masks, form_inputs, [masks_preview, *errors.values()])
+        run.click(on_run, form_inputs, [source_video, edited_video, comparison, grid, downloads, attention_maps,
+                                        *errors.values()], concurrency_limit=1, concurrency_id="edit")
+        cancel.click(on_cancel, None, status, concurrency_limit=None, queue=False)
+    return blocks

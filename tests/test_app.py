@@ -1,0 +1,262 @@
+"""The web app: its form -> config logic, and the app itself driven in headless Chromium (Playwright)
+against `videograin app` on the bundled toy-world model: example, regions by a typed box and by two
+clicks, an edit whose zip is downloaded and read, bad input that starts no run, and Cancel."""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import yaml
+
+from videograin.app import (
+    TOY_EXAMPLE, TOY_MODEL, Form, RegionForm, add_click, compose_prompt, config_from_form, draw_prompts, zip_folder,
+)
+from videograin.config.parse import spec_from_dict
+from videograin.config.spec import MaskPrompt
+from videograin.errors import SpecError
+from videograin.viz import region_colors
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# the toy demo's circles on frame 0 (from toyworld/demo/masks/*/00000.png, grown by one pixel)
+LEFT_BOX, RIGHT_BOX = (0, 5, 14, 19), (18, 12, 32, 26)
+
+
+# --------------------------------------------------------------------------- form -> config
+
+
+def _form(**changes) -> Form:
+    regions = [RegionForm("left", "red square", "box=0,5,14,19"), RegionForm("right", "blue triangle", "points=24,18,-2,2@3")]
+    values = dict(video=str(TOY_EXAMPLE / "frames"), regions=regions, prompt="a red square and a blue triangle",
+                  frames=12, model=str(TOY_MODEL), steps=4)
+    return Form(**{**values, **changes})
+
+
+def test_the_form_becomes_the_config_the_cli_reads(tmp_path):
+    spec = spec_from_dict(config_from_form(_form(width=32, height=32, flow=True), tmp_path), tmp_path)
+    left, right = spec.regions
+    assert left.prompts == MaskPrompt(box=LEFT_BOX) and left.prompt == "red square"
+    assert right.prompts == MaskPrompt(points=((24, 18),), negative=((2, 2),), frame=3)
+    assert spec.video.size == (32, 32) and spec.video.frames == 12 and spec.edit.steps == 4
+    assert spec.edit.temporal_aids.flow is not None and spec.model == str(TOY_MODEL)
+    # uploaded masks: a zip of PNGs becomes the region's mask folder
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(12):
+            png = _io.BytesIO()
+            PIL.Image.fromarray(np.full((32, 32), 255 * (i % 2), np.uint8)).save(png, format="PNG")
+            z.writestr(f"masks/{i:05d}.png", png.getvalue())
+    uploaded = _form(regions=[RegionForm("left", "red square", mask_files=[str(archive)])], prompt="a red square")
+    region = spec_from_dict(config_from_form(uploaded, tmp_path / "up"), tmp_path).regions[0]
+    assert region.masks is not None and len(list(region.masks.iterdir())) == 12
+
+
+@pytest.mark.parametrize(("changes", "field", "text"), [
+    (dict(video=None), "video.path", "no video loaded"),
+    (dict(regions=[]), "regions", "no regions"),
+    (dict(width=32), "video.size", "only one of width and height"),
+    (dict(regions=[RegionForm("left", "red square")]), "regions[0].masks", "is not marked"),
+    (dict(regions=[RegionForm("left", "red square", "box=1,2,3")]), "regions[0].masks", "cannot read 'box=1,2,3'"),
+])
+def test_what_the_form_lacks_is_a_one_line_error_naming_the_field(tmp_path, changes, field, text):
+    with pytest.raises(SpecError) as info:
+        config_from_form(_form(**changes), tmp_path)
+    assert info.value.field == field and text in str(info.value) and "\n" not in str(info.value)
+
+
+def test_clicks_make_boxes_and_points():
+    where, corner = add_click("", "box corners", 20, 9, 2, None)
+    assert (where, corner) == ("", (20, 9))
+    where, corner = add_click(where, "box corners", 5, 30, 2, corner)  # any two opposite corners
+    assert (where, corner) == ("box=5,9,21,31@2", None)
+    where, _ = add_click(where, "positive click", 7, 8, 2, None)
+    where, _ = add_click(where, "negative click", 1, 2, 2, None)
+    assert where == "box=5,9,21,31@2; points=7,8@2,-1,2@2"
+    assert compose_prompt(["red square", " ", "blue triangle"]) == "red square and blue triangle"
+
+
+def test_the_frame_preview_draws_each_region_in_its_colour():
+    frame = np.zeros((8, 10, 3), np.uint8)
+    drawn = draw_prompts(frame, ["box=1,1,5,6", "points=8,2"], 4)
+    assert drawn.shape == (32, 40, 3)
+    colours = region_colors(2)
+    assert (drawn[4, 4:20] == colours[0]).all()  # the box's top edge, row y0 * scale
+    assert (drawn[2 * 4 + 2, 8 * 4 + 2] == colours[1]).all()  # the click's centre
+    assert (drawn[28, 36] == 0).all()  # elsewhere the frame
+
+
+def test_zip_folder_holds_every_file(tmp_path):
+    (tmp_path / "run" / "frames").mkdir(parents=True)
+    (tmp_path / "run" / "frames" / "00000.png").write_bytes(b"x")
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with zipfile.ZipFile(zip_folder(tmp_path / "run", tmp_path / "run.zip")) as z:
+        assert sorted(z.namelist()) == ["run/frames/00000.png", "run/run.json"]
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`videograin app` on a free port with the toy model: (its URL, its output folder)."""
+    if not (TOY_MODEL / "model_index.json").is_file():
+        pytest.skip("needs the committed toy-world model (toyworld/model)")
+    out = tmp_path_factory.mktemp("app") / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "videograin", "app", "--out", str(out), "--port", str(port),
+                                "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"the app did not start: {process.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+    yield url, out
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium; scripts/test.sh installs it)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(60_000)
+    page.goto(server[0], wait_until="load")
+    page.wait_for_selector("#load-example")
+    yield page
+    page.close()
+
+
+def _field(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def _fill(page, elem_id: str, value) -> None:
+    field = _field(page, elem_id)
+    field.fill(str(value))
+    field.press("Tab")  # Gradio reads a field when it loses focus
+    assert field.input_value() == str(value)
+    page.wait_for_timeout(100)
+
+
+def _example_with_two_regions(page, steps: int) -> None:
+    """Load the example, add two regions: the left one by a typed box, the right one by clicking two
+    corners of its box on the frame; prompts typed; the steps set."""
+    page.click("#load-example")
+    page.wait_for_selector("#frame img")
+    page.wait_for_function("document.querySelector('#video-path textarea, #video-path input').value.includes('demo')")
+    for i in range(2):
+        page.click("#add-region")
+        page.wait_for_selector(f"#region-{i}-name textarea, #region-{i}-name input", state="visible")
+    _fill(page, "region-0-name", "left")
+    _fill(page, "region-0-prompt", "red square")
+    _fill(page, "region-0-where", "box={},{},{},{}".format(*LEFT_BOX))
+    _fill(page, "region-1-name", "right")
+    _fill(page, "region-1-prompt", "blue triangle")
+    page.locator("input[aria-label='clicks mark region']").click()
+    page.locator("ul[role='listbox'] li", has_text="2").first.click()
+    frame = page.locator("#frame img")
+    scale = frame.bounding_box()["width"] / 32  # the 32x32 frame, as shown
+    x0, y0, x1, y1 = RIGHT_BOX
+    frame.click(position={"x": (x0 + 0.5) * scale, "y": (y0 + 0.5) * scale})
+    time.sleep(0.5)
+    frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
+    page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
+    _fill(page, "prompt", "a red square and a blue triangle on a gray background")
+    page.get_by_text("4. Settings").click()
+    # the accordion's fields are drawn when it first opens: wait until they show the example's steps
+    example_steps = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text())["edit"]["steps"]
+    page.wait_for_function(f"document.querySelector('#steps input')?.value === '{example_steps}'")
+    _fill(page, "steps", steps)
+
+
+def _runs(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "runs").iterdir()) if (out / "runs").is_dir() else []
+
+
+def test_the_app_edits_the_example_and_its_zip_holds_the_frames(page, server, tmp_path):
+    url, out = server
+    _example_with_two_regions(page, steps=3)
+    assert _field(page, "region-1-where").input_value() == "box={},{},{},{}@0".format(*RIGHT_BOX)
+    page.click("#preview-masks")
+    page.wait_for_selector("#masks-preview video")
+    page.click("#run")
+    page.wait_for_selector("#edited-video video", timeout=300_000)
+    assert "done in" in page.locator("#status").inner_text()
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    link = page.locator("#downloads a[href$='.zip']").first
+    with page.expect_download() as download:
+        link.click()
+    archive = tmp_path / "out.zip"
+    download.value.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        frames = sorted(n for n in z.namelist() if "/frames/" in n and n.endswith(".png"))
+        assert len(frames) == 12
+        assert {PIL.Image.open(_io.BytesIO(z.read(n))).size for n in frames} == {(32, 32)}
+        config = yaml.safe_load(z.read(next(n for n in z.namelist() if n.endswith("/config.yaml"))))
+    assert [r["masks"]["box"] for r in config["regions"]] == [list(LEFT_BOX), list(RIGHT_BOX)]
+    assert config["edit"]["steps"] == 3 and config["prompt"].startswith("a red square")
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("change", "box", "text"), [
+    (lambda page: _fill(page, "prompt", "a green circle on a gray background"), "prompt-error", "does not occur"),
+    (lambda page: _fill(page, "width", 30), "video-error", "not a multiple of 8"),
+    (lambda page: [page.click("#remove-region") or time.sleep(0.5) for _ in range(2)], "region-error", "no regions"),
+])
+def test_bad_input_shows_the_one_line_error_next_to_its_field_and_starts_no_run(page, server, change, box, text):
+    _, out = server
+    _example_with_two_regions(page, steps=2)
+    before = _runs(out)
+    change(page)
+    page.click("#run")
+    shown = page.locator(f"#{box} [data-testid='markdown']")
+    page.wait_for_function(f"document.querySelector(\"#{box} [data-testid='markdown']\")?.innerText.includes({text!r})")
+    assert shown.inner_text().strip().count("\n") == 0
+    assert _runs(out) == before
+
+
+def test_cancel_stops_the_run_with_nothing_written_and_the_app_edits_again(page, server):
+    _, out = server
+    _example_with_two_regions(page, steps=400)
+    before = _runs(out)
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('inverting')", timeout=120_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('cancelled')", timeout=120_000)
+    assert _runs(out) == before and not list(out.glob("runs/.*"))
+    _fill(page, "steps", 2)
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('done in')", timeout=300_000)
+    assert len(_runs(out)) == len(before) + 2  # the folder and its zip
