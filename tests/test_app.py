@@ -260,3 +260,21 @@ def test_cancel_stops_the_run_with_nothing_written_and_the_app_edits_again(page,
     page.click("#run")
     page.wait_for_function("document.querySelector('#status').innerText.includes('done in')", timeout=300_000)
     assert len(_runs(out)) == len(before) + 2  # the folder and its zip
+
+
+def test_uploads_become_a_video_path_under_the_apps_folder(tmp_path):
+    from videograin.app import App
+
+    app = App(tmp_path / "out", model=str(tmp_path / "no-model"))
+    assert "not readable" in app.size_help(None)  # a missing model is a note, not a crash at start
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00")
+    path = Path(app.upload([str(video)], "session1"))
+    assert path.name == "clip.mp4" and path.is_relative_to(tmp_path / "out" / "uploads")
+    frames = [tmp_path / f"{i}.png" for i in (10, 2, 1)]
+    for f in frames:
+        PIL.Image.new("RGB", (8, 8)).save(f)
+    folder = Path(app.upload([str(f) for f in frames], "session1"))
+    assert sorted(p.name for p in folder.iterdir()) == ["1.png", "10.png", "2.png"]
+    with pytest.raises(SpecError, match="neither an image nor a zip"):
+        app.upload([str(video), str(tmp_path / "notes.txt")], "session1")

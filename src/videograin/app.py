@@ -28,9 +28,10 @@ from . import io, viz
 from .config.parse import spec_from_dict
 from .config.preflight import preflight, read_model
 from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
-from .errors import EditCancelled, SpecError
-from .masks import parse_region
+from .errors import EditCancelled, SpecError, first_line
+from .masks import make_masks, parse_region
 from .method.settings import Modulation
+from .runner import edit
 
 logger = logging.getLogger("videograin")
 
@@ -103,8 +104,8 @@ def mask_prompt(where: str, field: str) -> dict:
     return ({"box": list(prompt.box)} if prompt.box else {}) | mapping
 
 
-def _unpack_masks(files: list[str], folder: Path, field: str) -> Path:
-    """Uploaded mask PNGs (or one zip of them) -> ``folder`` of per-frame masks, in file-name order."""
+def _unpack_images(files: list[str], folder: Path, field: str) -> Path:
+    """Uploaded per-frame images (frames or masks), or zips of them -> ``folder`` holding them."""
     folder.mkdir(parents=True, exist_ok=True)
     for file in files:
         path = Path(file)
@@ -118,7 +119,7 @@ def _unpack_masks(files: list[str], folder: Path, field: str) -> Path:
             shutil.copy(path, folder / path.name)
         else:
             raise SpecError(field, f"{path.name} is neither an image nor a zip",
-                            f"upload the region's per-frame masks as {'/'.join(IMAGE_TYPES)} files or one zip of them")
+                            f"upload one image per frame ({'/'.join(IMAGE_TYPES)}) or one zip of them")
     return folder
 
 
@@ -140,7 +141,7 @@ def config_from_form(form: Form, uploads: Path) -> dict:
             raise SpecError(field, f"region {region.name!r} has both clicks/a box and uploaded masks",
                             "clear its clicks (the 'where' field) or remove its uploaded masks")
         if region.mask_files:
-            masks = str(_unpack_masks(region.mask_files, uploads / f"masks-{region.name}", field))
+            masks = str(_unpack_images(region.mask_files, uploads / f"masks-{region.name}", field))
         elif region.where.strip():
             masks = mask_prompt(region.where, field)
         else:
@@ -247,15 +248,20 @@ class App:
         self.pipelines: dict = {}
         self.cancels: dict[str, threading.Event] = {}  # per browser session, while it runs an edit
 
-    def session_folder(self, kind: str, session: str) -> Path:
+    def session_folder(self, kind: str, session: str, make: bool = True) -> Path:
+        """A new folder ``out/<kind>/<time>-<session>`` (made unless ``make`` is False)."""
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         folder = self.out / kind / f"{stamp}-{session[:8]}"
-        folder.mkdir(parents=True)
+        if make:
+            folder.mkdir(parents=True)
         return folder
 
     def size_help(self, source: tuple[int, int] | None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
-        facts = read_model(self.model)
+        try:
+            facts = read_model(self.model)
+        except (SpecError, OSError) as err:
+            return f"width and height: multiples of the model's size multiple (its config is not readable: {err})"
         text = f"width and height: multiples of {facts.size_multiple} (0 and 0: the default"
         if source is not None:
             text += f", {'x'.join(map(str, io.fit_size(source, None, facts.size_multiple)))} for this clip"
@@ -269,7 +275,7 @@ class App:
         folder = self.session_folder("uploads", session)
         if len(paths) == 1 and paths[0].suffix.lower() in VIDEO_TYPES:
             return str(shutil.copy(paths[0], folder / paths[0].name))
-        frames = _unpack_masks(files, folder / "frames", "video.path")
+        frames = _unpack_images(files, folder / "frames", "video.path")
         if not any(frames.iterdir()):
             raise SpecError("video.path", "the upload holds no frame images",
                             f"upload one video ({'/'.join(VIDEO_TYPES)}) or frame images ({'/'.join(IMAGE_TYPES)})")
@@ -278,14 +284,14 @@ class App:
     def run(self, form: Form, session: str, on_step) -> tuple[Path, dict]:
         """Check and run the edit of ``form``; returns (output folder, run.json record). SpecError before
         anything is written; EditCancelled when this session's Cancel was pressed during the run."""
-        uploads = self.session_folder("uploads", session)
+        uploads = self.session_folder("uploads", session, make=False)  # made if the form has mask files
         spec = spec_from_dict(config_from_form(form, uploads), uploads)
         preflight(spec)
         folder = self.out / "runs" / uploads.name
         self.cancels[session] = threading.Event()
         try:
-            record = _edit(spec, folder, device=self.device, progress=False, pipelines=self.pipelines,
-                           on_step=on_step, cancel=self.cancels[session], argv=["app"])
+            record = edit(spec, folder, device=self.device, progress=False, pipelines=self.pipelines,
+                          on_step=on_step, cancel=self.cancels[session], argv=["app"])
         finally:
             del self.cancels[session]
         config = spec.to_dict()
@@ -302,12 +308,6 @@ class App:
         return True
 
 
-def _edit(*args, **kwargs) -> dict:
-    from .runner import edit
-
-    return edit(*args, **kwargs)
-
-
 def _error_text(err: Exception) -> str:
     return f"**error** — {err}"
 
@@ -320,7 +320,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
     app = App(Path(out), model, device)
     defaults, modulation = EditSettings(), Modulation()
     with gr.Blocks(title="videograin", analytics_enabled=False) as blocks:
-        clip = gr.State(None)  # {"path", "start", "frames", "stride", "fps", "pixels": (F, H, W, 3) uint8}
+        clip = gr.State(None)  # the loaded clip: {"path", "fps", "pixels": (F, H, W, 3) uint8}
         corner = gr.State(None)
         count = gr.State(0)
         gr.Markdown(f"# videograin\nEdit each region of a clip with its own prompt, in one pass "
@@ -500,8 +500,6 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                         composite=data[composite], flow=data[flow], record_attention=data[attention])
 
         def on_preview_masks(data, request: gr.Request):
-            from .masks import make_masks, parse_region as parse
-
             state = data[clip]
             if state is None:
                 return {masks_preview: None, **show(_error_text(SpecError("video.path", "no clip loaded",
@@ -515,7 +513,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 prompts = []
                 for i, r in enumerate(marked):
                     mask_prompt(r.where, f"regions[{i}].masks")  # the app's error text for a bad one
-                    prompts.append(parse(f"{r.name}:{r.where}"))
+                    prompts.append(parse_region(f"{r.name}:{r.where}"))
                     prompts[-1].check(len(state["pixels"]), state["pixels"].shape[2], state["pixels"].shape[1],
                                       f"regions[{i}].masks")
                 masks, _ = make_masks(state["pixels"], prompts, progress=False)
@@ -541,6 +539,9 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 return {**cleared, **show(_error_text(err), error_box(err))}
             except EditCancelled as err:
                 return {**cleared, **show(f"cancelled — {err}")}
+            except Exception as err:  # a failure inside the edit: shown, logged, the app stays up
+                logger.exception("the edit failed")
+                return {**cleared, **show(f"**failed** — {first_line(err)} (the app's log has the traceback)")}
             maps = sorted((folder / "attention").glob("*.png")) if (folder / "attention").is_dir() else []
             seconds = record["timings"]["total"]
             gif = enlarged_gif(folder / "comparison.gif", app.out / "previews" / f"{folder.name}.gif", record["fps"])
