@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> a real edit offline: makes .venv, installs the project and edits the toy-world demo
-# clip (two yellow circles) with the small model the project trained and ships (toyworld/model):
-# the left circle becomes a red square, the right one a blue triangle, the background is kept.
+# clip (two blue squares) with the small model the project trained and ships (toyworld/model):
+# the left square becomes a yellow triangle, the right one a purple circle, the background is kept.
 # Writes out/toyworld_demo/ (edited.mp4, comparison.gif, comparison.png, run.json, ...).
 # With Stable Diffusion 1.5 (downloaded on first use, GPU recommended):
 #   .venv/bin/videograin edit examples/two_balls/config.yaml --out out/two_balls_sd15

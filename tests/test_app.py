@@ -31,8 +31,9 @@ from videograin.viz import region_colors
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# the toy demo's circles on frame 0 (from toyworld/demo/masks/*/00000.png, grown by one pixel)
+# the toy demo's shapes on frame 0 (from toyworld/demo/masks/*/00000.png, grown by one pixel)
 LEFT_BOX, RIGHT_BOX = (0, 5, 14, 19), (18, 12, 32, 26)
+DEMO = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text())
 
 
 # --------------------------------------------------------------------------- form -> config
@@ -180,10 +181,10 @@ def _example_with_two_regions(page, steps: int) -> None:
         page.click("#add-region")
         page.wait_for_selector(f"#region-{i}-name textarea, #region-{i}-name input", state="visible")
     _fill(page, "region-0-name", "left")
-    _fill(page, "region-0-prompt", "red square")
+    _fill(page, "region-0-prompt", DEMO["regions"][0]["prompt"])
     _fill(page, "region-0-where", "box={},{},{},{}".format(*LEFT_BOX))
     _fill(page, "region-1-name", "right")
-    _fill(page, "region-1-prompt", "blue triangle")
+    _fill(page, "region-1-prompt", DEMO["regions"][1]["prompt"])
     page.locator("input[aria-label='clicks mark region']").click()
     page.locator("ul[role='listbox'] li", has_text="2").first.click()
     frame = page.locator("#frame img")
@@ -193,11 +194,10 @@ def _example_with_two_regions(page, steps: int) -> None:
     time.sleep(0.5)
     frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
     page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
-    _fill(page, "prompt", "a red square and a blue triangle on a gray background")
+    _fill(page, "prompt", DEMO["prompt"])
     page.get_by_text("4. Settings").click()
     # the accordion's fields are drawn when it first opens: wait until they show the example's steps
-    example_steps = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text())["edit"]["steps"]
-    page.wait_for_function(f"document.querySelector('#steps input')?.value === '{example_steps}'")
+    page.wait_for_function(f"document.querySelector('#steps input')?.value === '{DEMO['edit']['steps']}'")
     _fill(page, "steps", steps)
 
 
@@ -226,12 +226,12 @@ def test_the_app_edits_the_example_and_its_zip_holds_the_frames(page, server, tm
         assert {PIL.Image.open(_io.BytesIO(z.read(n))).size for n in frames} == {(32, 32)}
         config = yaml.safe_load(z.read(next(n for n in z.namelist() if n.endswith("/config.yaml"))))
     assert [r["masks"]["box"] for r in config["regions"]] == [list(LEFT_BOX), list(RIGHT_BOX)]
-    assert config["edit"]["steps"] == 3 and config["prompt"].startswith("a red square")
+    assert config["edit"]["steps"] == 3 and config["prompt"] == DEMO["prompt"]
     assert (tmp_path / "app.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(("change", "box", "text"), [
-    (lambda page: _fill(page, "prompt", "a green circle on a gray background"), "prompt-error", "does not occur"),
+    (lambda page: _fill(page, "prompt", "a green circle on a black background"), "prompt-error", "does not occur"),
     (lambda page: _fill(page, "width", 30), "video-error", "not a multiple of 8"),
     (lambda page: [page.click("#remove-region") or time.sleep(0.5) for _ in range(2)], "region-error", "no regions"),
 ])

@@ -461,8 +461,10 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                     mod_steps: settings["modulation"]["steps"],
                     self_strength: settings["modulation"]["self_strength"],
                     cross_strength: settings["modulation"]["cross_strength"],
-                    status: "loaded the example: two yellow circles. Add a region per circle (a box around "
-                            "each), write e.g. `red square` and `blue triangle`, compose the prompt, press Edit."}
+                    status: "loaded the example: {}. Add a region per shape (two clicks for a box around each), "
+                            "write what each becomes (e.g. `{}` on the left, `{}` on the right), the prompt "
+                            "(`{}`), press Edit.".format(config["source_prompt"], *(r["prompt"] for r in config["regions"][:2]),
+                                                         config["prompt"])}
 
         def on_reselect(state, start_value, frames_value, stride_value):
             if state is None:
