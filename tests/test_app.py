@@ -195,14 +195,14 @@ def _example_with_two_regions(page, steps: int) -> None:
     frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
     page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
     _fill(page, "prompt", DEMO["prompt"])
-    page.get_by_text("4. Settings").click()
-    # the accordion's fields are drawn when it first opens: wait until they show the example's steps
     page.wait_for_function(f"document.querySelector('#steps input')?.value === '{DEMO['edit']['steps']}'")
     _fill(page, "steps", steps)
 
 
 def _runs(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / "runs").iterdir()) if (out / "runs").is_dir() else []
+    """The finished runs' folders and zips (a running edit writes into a hidden temporary folder)."""
+    folder = out / "runs"
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def test_the_app_edits_the_example_and_its_zip_holds_the_frames(page, server, tmp_path):
@@ -247,19 +247,31 @@ def test_bad_input_shows_the_one_line_error_next_to_its_field_and_starts_no_run(
     assert _runs(out) == before
 
 
-def test_cancel_stops_the_run_with_nothing_written_and_the_app_edits_again(page, server):
-    _, out = server
+def test_cancel_stops_the_run_with_nothing_written_and_a_queued_edit_runs_next(page, browser, server):
+    """A long edit is cancelled while it inverts; meanwhile a second browser session's Edit says that
+    another edit is running and waits in the queue; after the cancel it runs to the end. The cancelled
+    edit leaves no folder (nor a temporary one)."""
+    url, out = server
     _example_with_two_regions(page, steps=400)
+    other = browser.new_page(viewport={"width": 1400, "height": 1800})
+    other.set_default_timeout(60_000)
+    other.goto(url, wait_until="load")
+    other.wait_for_selector("#load-example")
+    _example_with_two_regions(other, steps=2)
     before = _runs(out)
     page.click("#run")
     page.wait_for_function("document.querySelector('#status').innerText.includes('inverting')", timeout=120_000)
+    other.click("#run")
+    other.wait_for_function("document.querySelector('#status').innerText.includes('another edit is running')")
+    assert _runs(out) == before
     page.click("#cancel")
     page.wait_for_function("document.querySelector('#status').innerText.includes('cancelled')", timeout=120_000)
-    assert _runs(out) == before and not list(out.glob("runs/.*"))
-    _fill(page, "steps", 2)
-    page.click("#run")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('done in')", timeout=300_000)
-    assert len(_runs(out)) == len(before) + 2  # the folder and its zip
+    other.wait_for_function("document.querySelector('#status').innerText.includes('done in')", timeout=300_000)
+    added = sorted(set(_runs(out)) - set(before))
+    assert len(added) == 2 and added[0] + ".zip" == added[1]  # the queued edit's folder and zip only
+    assert not list(out.glob("runs/.*"))  # no temporary folder left by the cancelled one
+    assert "steps: 2\n" in (out / "runs" / added[0] / "config.yaml").read_text()
+    other.close()
 
 
 def test_uploads_become_a_video_path_under_the_apps_folder(tmp_path):

@@ -379,7 +379,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         negative_prompt = gr.Textbox(label="negative prompt")
         prompt_error = gr.Markdown(elem_id="prompt-error")
 
-        with gr.Accordion("4. Settings", open=False):
+        with gr.Accordion("4. Settings", open=True):
             with gr.Row():
                 method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
                                      info="VideoGrain's layout attention, ReAtCo's guidance, or both")
@@ -555,6 +555,12 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                            f"{record['size'][1]}, written to `{folder}`. `videograin edit config.yaml --out DIR` "
                            "(the config in the downloads) runs it again.")}
 
+        def busy_note(request: gr.Request):
+            """At once on Edit (outside the queue): say so when another session's edit holds the model."""
+            if set(app.cancels) - {request.session_hash}:
+                return "another edit is running (one at a time); yours starts when it ends"
+            return gr.skip()
+
         def on_cancel(request: gr.Request):
             if app.cancel(request.session_hash):
                 return "cancelling: the edit stops at its next step; nothing is written"
@@ -580,7 +586,8 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
                        composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
         preview_masks.click(on_preview_masks, form_inputs, [masks_preview, *errors.values()])
+        run.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
         run.click(on_run, form_inputs, [source_video, edited_video, comparison, grid, downloads, attention_maps,
                                         *errors.values()], concurrency_limit=1, concurrency_id="edit")
-        cancel.click(on_cancel, None, status, concurrency_limit=None, queue=False)
+        cancel.click(on_cancel, None, status, queue=False)
     return blocks
