@@ -85,7 +85,7 @@ def synthetic_clip(frames: int, width: int, height: int):
 
 
 def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], steps: int, device: str) -> dict:
-    from videograin.method.sampling import ddim_invert, ddim_sample
+    from videograin.method.sampling import invert_latents, sample_latents
     from videograin.method.settings import Modulation, ReAtCoSettings, Window
     from videograin.method.tokens import encode_prompt
 
@@ -112,8 +112,8 @@ def run_variant(variant: str, model: str, frames: int, size: tuple[int, int], st
             return uncond + 7.5 * (cond - uncond)
 
         with torch.no_grad():
-            trajectory = ddim_invert(invert_fn, latents, schedule)
-            pipe.decode_latents(ddim_sample(edit_fn, trajectory[0], schedule))
+            trajectory = invert_latents(invert_fn, latents, schedule)
+            pipe.decode_latents(sample_latents(edit_fn, trajectory[0], schedule))
     elif variant.startswith("reatco"):
         size = int(variant.partition("_w")[2] or frames)
         pipe(video, masks, prompt, regions, height=size[1], width=size[0], num_inference_steps=steps, modulation=None,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from videograin import io, viz
-from videograin.method.sampling import DDIMSchedule, ddim_sample
+from videograin.method.sampling import DDIMSchedule, sample_latents
 
 from . import judge, world
 from .model import MODEL_DIR, load_pipeline, token_ids
@@ -48,7 +48,7 @@ def text_to_image(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
             eps_u, eps_c = unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample.chunk(2)
             return eps_u + guidance * (eps_c - eps_u)
 
-        z0 = ddim_sample(denoise, z, schedule)
+        z0 = sample_latents(denoise, z, schedule)
         out.append(pipe.decode_latents(z0))
     return io.to_uint8(torch.cat(out))
 

@@ -26,7 +26,7 @@ from .method.layout import Layout, blend_mask, composite_weights
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
-    Callback, DDIMSchedule, Guide, ddim_invert, ddim_sample, latent_blend, temporal_windows, windowed_denoise_fn,
+    Callback, DDIMSchedule, Guide, invert_latents, sample_latents, latent_blend, temporal_windows, windowed_denoise_fn,
 )
 from .method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
 from .method.tokens import region_token_spans, word_token_indices
@@ -206,7 +206,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
         on every step, PnP features recorded; its structure ``control``). ``schedule``: the edit's, when
         it has one (else built for ``steps``). ``callback(pipe, step, t)`` runs after every step;
-        ``pipe._interrupt = True`` stops the inversion early. Returns the trajectory (see ``ddim_invert``)."""
+        ``pipe._interrupt = True`` stops the inversion early. Returns the trajectory (see ``invert_latents``)."""
         backbone = self.backbone
         schedule = schedule if schedule is not None else backbone.schedule(steps)
         cond = backbone.encode_prompt(source_prompt)
@@ -214,7 +214,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         denoise = backbone.denoise_fn(cond, None, 1.0, latents.shape[0], schedule, temporal=temporal, aids=aids,
                                       control=control)
         with backbone.attention_processors(), self._progress(steps, "invert") as bar:
-            return ddim_invert(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
+            return invert_latents(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
                                on_step=None if callback is None else lambda step, t: callback(self, step, t))
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
@@ -327,7 +327,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
             start = trajectory[0] if latents is None else latents.to(trajectory[0])
             with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
-                edited_latents = ddim_sample(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
+                edited_latents = sample_latents(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
                                              interrupt=lambda: self.interrupt)
             if record_attention:
                 recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames)
@@ -461,7 +461,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         cond = backbone.encode_prompt(source_prompt)
         denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
         with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
-            latents = ddim_sample(denoise, trajectory[0], schedule, progress=bar)
+            latents = sample_latents(denoise, trajectory[0], schedule, progress=bar)
         self.maybe_free_model_hooks()
         if output_type == "latent":
             return latents.unsqueeze(0)

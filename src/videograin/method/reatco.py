@@ -1,5 +1,5 @@
 """ReAtCo (papers/003): attention refocusing by latent guidance (RAD) and invariant-region joint
-sampling (IRJS), as a guide and a callback for ``sampling.ddim_sample``.
+sampling (IRJS), as a guide and a callback for ``sampling.sample_latents``.
 
 RAD (Eq. 3-7): before a denoising step, the noisy latents x_t move against the gradient of
 
@@ -101,7 +101,7 @@ class RadWindow:
 
 
 def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[float], spec: ReAtCoSettings, log: list[dict]):
-    """A ``guide(step, t, latents) -> latents`` for ``ddim_sample``: on the first ``spec.steps``
+    """A ``guide(step, t, latents) -> latents`` for ``sample_latents``: on the first ``spec.steps``
     steps, ``spec.iterations`` gradient steps of size ``alphas[step]`` on L_IR + L_OR (top-K share
     ``spec.top_k``) per window; windows that overlap average their updated latents. Gradients flow
     through the UNet for one window at a time. Appends {"step", "t", "L_IR", "L_OR"} (before the
@@ -138,7 +138,7 @@ def invariant_region_sampling(
     source: torch.Tensor, mask: torch.Tensor, alphas: list[float],
     generator: torch.Generator | list[torch.Generator] | None = None,
 ):
-    """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``ddim_sample``.
+    """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``sample_latents``.
 
     source: clean source latents (F, 4, h, w); mask: (F, 1, h, w) in {0, 1}, 1 where the edit may
     change the video; alphas: ᾱ of every level the sampler visits (``DDIMSchedule.alphas``). After

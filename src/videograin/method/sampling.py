@@ -1,8 +1,11 @@
-"""Samplers as plain functions: a DDIM schedule built once, DDIM sampling and inversion, and the
-callbacks and wrappers the method adds (latent blend, temporal windows).
+"""Samplers as plain functions: a schedule built once (DDIM for SD's ε-prediction, flow matching for
+Wan's velocity), sampling and inversion over it, and the callbacks and wrappers the method adds
+(latent blend, temporal windows).
 
-A ``denoise_fn(latents, t, step) -> eps`` predicts the noise of latents (F, C, h, w) at timestep t;
-``step`` is the index of t in the sampling schedule (the attention processors learn the step from it).
+A ``denoise_fn(latents, t, step) -> prediction`` predicts the noise (DDIM) or the velocity (flow
+matching) of latents (F, C, h, w) at timestep t; ``step`` is the index of t in the sampling schedule
+(the attention processors learn the step from it). A schedule's ``step(latents, prediction, i)``
+moves latents from its level i to level i + 1 and ``invert_step`` back.
 A ``guide(step, t, latents) -> latents`` moves the latents before they are denoised (ReAtCo's RAD); a
 ``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
 """
@@ -47,6 +50,47 @@ class DDIMSchedule:
         t̂ = (t − 1) / 1000, which differs by under 0.2% at every step."""
         return (t / (self.num_train_timesteps - 1)) ** 5
 
+    def step(self, latents: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        return ddim_step(latents, eps, self.alphas[i], self.alphas[i + 1])
+
+    def invert_step(self, latents: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        return ddim_step(latents, eps, self.alphas[i + 1], self.alphas[i])
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """A flow-matching (rectified flow) schedule: latents x_σ = (1 − σ)·x₀ + σ·ε, velocity v = ε − x₀.
+
+    sigmas: S + 1 noise levels descending from 1 to 0, σ_i = shift·s / (1 + (shift − 1)·s) at
+    s = 1 − i·(1 − 1/T)/S (the σ grid of diffusers' flow schedulers with ``flow_shift``), then 0; timesteps:
+    (S,) the model's time input σ_i·T. One Euler step per level: x_{i+1} = x_i + (σ_{i+1} − σ_i)·v.
+    """
+
+    sigmas: tuple[float, ...]
+    num_train_timesteps: int = 1000
+
+    @classmethod
+    def build(cls, steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> FlowSchedule:
+        s = [1 - i * (1 - 1 / num_train_timesteps) / steps for i in range(steps)]
+        return cls(tuple(shift * x / (1 + (shift - 1) * x) for x in s) + (0.0,), num_train_timesteps)
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return torch.tensor(self.sigmas[:-1]) * self.num_train_timesteps
+
+    def __len__(self) -> int:
+        return len(self.sigmas) - 1
+
+    def time_factor(self, t: float) -> float:
+        """ξ = σ⁵ on the flow time (σ = t / T in [0, 1]), as t̂⁵ for DDIM."""
+        return (t / self.num_train_timesteps) ** 5
+
+    def step(self, latents: torch.Tensor, velocity: torch.Tensor, i: int) -> torch.Tensor:
+        return latents + (self.sigmas[i + 1] - self.sigmas[i]) * velocity
+
+    def invert_step(self, latents: torch.Tensor, velocity: torch.Tensor, i: int) -> torch.Tensor:
+        return latents + (self.sigmas[i] - self.sigmas[i + 1]) * velocity
+
 
 def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
     """Move latents from noise level ᾱ=alpha_from to ᾱ=alpha_to along the DDIM (η=0) direction eps."""
@@ -55,16 +99,17 @@ def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha
 
 
 @torch.no_grad()
-def ddim_sample(
+def sample_latents(
     denoise_fn: DenoiseFn,
     latents: torch.Tensor,
-    schedule: DDIMSchedule,
+    schedule: DDIMSchedule | FlowSchedule,
     callback: Callback | None = None,
     progress=None,
     guide: Guide | None = None,
     interrupt: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM from the noise level of the schedule's first timestep to clean latents.
+    """Deterministic sampling (DDIM, or Euler on the velocity) from the noise level of the schedule's
+    first timestep to clean latents.
 
     latents: (F, C, h, w); progress: an optional tqdm-like bar (``update()``); ``interrupt()`` true
     before a step: stop there and return the latents reached.
@@ -74,8 +119,7 @@ def ddim_sample(
             break
         if guide is not None:
             latents = guide(step, t, latents)
-        eps = denoise_fn(latents, t, step)
-        latents = ddim_step(latents, eps, schedule.alphas[step], schedule.alphas[step + 1])
+        latents = schedule.step(latents, denoise_fn(latents, t, step), step)
         if callback is not None:
             latents = callback(step, t, latents)
         if progress is not None:
@@ -84,15 +128,15 @@ def ddim_sample(
 
 
 @torch.no_grad()
-def ddim_invert(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule, progress=None,
+def invert_latents(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule | FlowSchedule, progress=None,
                 interrupt: Callable[[], bool] | None = None,
                 on_step: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
-    """Run DDIM backwards from clean latents (F, C, h, w) to the level of the first timestep.
+    """Run the sampler backwards from clean latents (F, C, h, w) to the level of the first timestep.
 
-    Inversion walks the (descending) schedule in reverse, predicting ε at the next, noisier timestep
-    from the current latents (the usual approximation). Returns the trajectory: entry i holds the
+    Inversion walks the (descending) schedule in reverse, predicting ε (or v) at the next, noisier
+    timestep from the current latents (the usual approximation). Returns the trajectory: entry i holds the
     latents at the noise level of ``schedule.timesteps[i]`` and the last entry the clean input, so
-    ``ddim_sample`` from entry 0 retraces it. ``interrupt()`` true before a step: stop there (the
+    ``sample_latents`` from entry 0 retraces it. ``interrupt()`` true before a step: stop there (the
     trajectory is then shorter than ``len(schedule) + 1``). ``on_step(i, t)`` runs after the i-th
     inversion step (i from 0), which reached the noise level of timestep t.
     """
@@ -100,9 +144,8 @@ def ddim_invert(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSche
     for step in reversed(range(len(schedule))):
         if interrupt is not None and interrupt():
             break
-        t = int(schedule.timesteps[step])
-        eps = denoise_fn(latents, t, step)
-        latents = ddim_step(latents, eps, schedule.alphas[step + 1], schedule.alphas[step])
+        t = schedule.timesteps[step].item()
+        latents = schedule.invert_step(latents, denoise_fn(latents, t, step), step)
         trajectory.append(latents)
         if on_step is not None:
             on_step(len(trajectory) - 2, t)
