@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from videograin.method.layout import blend_mask, build_layout, composite_weights, downsample_masks, key_frames, region_share, text_token_bits, token_bits
+from videograin.method.layout import (
+    blend_mask, build_layout, composite_weights, downsample_masks, key_frames, latent_frame_masks, region_share,
+    text_token_bits, token_bits,
+)
 
 
 def test_downsample_left_half_maps_to_left_half_of_tokens():
@@ -211,3 +214,21 @@ def test_composite_weights_keep_kept_regions_exact_and_feather_elsewhere():
     assert got.shape == (1, 1, h, w)
     np.testing.assert_allclose(got[0, 0].numpy(), want, atol=1e-6)
     assert got[0, 0, 5, 8] == 0 and got[0, 0, 5, 10] == 1 and 0 < got[0, 0, 5, 3] < 1
+
+
+def test_latent_frame_masks_follow_an_object_across_wans_four_frame_groups():
+    """A 2x2-pixel object on a 4x4 frame (2x2 tokens of 2x2 pixels) at the left on frame 0, then moving
+    right one pixel a frame and leaving on frame 4. By hand: frame 0 covers token (0,0) fully; frame 1
+    half of (0,0) and half of (0,1); frames 2 and 3 (0,1) fully / half; frame 4 nothing. Latent frame
+    0 is source frame 0: token (0,0); latent frame 1 is source frames 1-4: tokens (0,0) and (0,1)."""
+    masks = torch.zeros(1, 5, 4, 4, dtype=torch.bool)
+    for frame, x in enumerate([0, 1, 2, 3]):
+        masks[0, frame, 0:2, x:x + 2] = True
+    tokens = downsample_masks(masks, 2, 2)
+    latent = latent_frame_masks(tokens, 4)
+    expected = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    expected[0, 0, 0, 0] = True
+    expected[0, 1, 0, :] = True
+    assert torch.equal(latent, expected)
+    with pytest.raises(ValueError, match="give 4k \\+ 1 frames"):
+        latent_frame_masks(tokens[:, :4], 4)

@@ -109,6 +109,19 @@ def downsample_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tens
     return down
 
 
+def latent_frame_masks(masks: torch.Tensor, temporal_factor: int) -> torch.Tensor:
+    """(R, F, h, w) bool per source frame -> (R, T, h, w) per latent frame of a video VAE that
+    compresses time by ``temporal_factor`` (Wan: 4, T = (F − 1)/4 + 1): latent frame 0 is source frame
+    0 and latent frame j >= 1 covers source frames 4j − 3 .. 4j; a token is in a region when it is in
+    any of them, so a moving object is never cut."""
+    frames = masks.shape[1]
+    if (frames - 1) % temporal_factor:
+        raise ValueError(f"{frames} frames do not fill latent frames of {temporal_factor}: "
+                         f"give {temporal_factor}k + 1 frames")
+    groups = masks[:, 1:].unflatten(1, (-1, temporal_factor)).any(2)  # (R, T - 1, h, w)
+    return torch.cat([masks[:, :1], groups], dim=1)
+
+
 def token_bits(masks: torch.Tensor) -> torch.Tensor:
     """(R, F, h, w) bool -> (F, h·w) int64 bitmask."""
     weights = torch.tensor([1 << r for r in range(masks.shape[0])], dtype=torch.int64, device=masks.device)
