@@ -336,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     segment.add_argument("--seed", type=int, default=0, help="K-means seed (default 0)")
     segment.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     tiny = commands.add_parser("make-tiny-model", parents=[common],
-                               help="write a tiny random-weight SD-style model (offline)")
+                               help="write a tiny random-weight SD-style (or Wan 2.1) model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--controlnet", action="store_true", help="also write a tiny ControlNet to FOLDER/controlnet")
+    tiny.add_argument("--wan", action="store_true", help="a tiny Wan 2.1 text-to-video model instead of SD")
     convert = commands.add_parser("convert-config", parents=[common],
                                   help="convert an official VideoGrain config (knightyxp/VideoGrain)")
     convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml), or a folder "
@@ -400,9 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.command == "make-tiny-model":
-            from .testing import make_tiny_model
+            from .testing import make_tiny_model, make_tiny_wan_model
 
-            logger.info("wrote %s", make_tiny_model(args.folder, args.seed, args.controlnet))
+            if args.wan and args.controlnet:
+                raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet or --wan")
+            made = make_tiny_wan_model(args.folder, args.seed) if args.wan else make_tiny_model(args.folder, args.seed,
+                                                                                               args.controlnet)
+            logger.info("wrote %s", made)
         elif args.command == "convert-config":
             _convert_config(args)
         elif args.command == "eval":

@@ -1,8 +1,10 @@
-"""A tiny random-weight Stable-Diffusion-shaped model, built offline, for smoke tests and CI.
+"""Tiny random-weight models, built offline, for smoke tests and CI.
 
-Same classes and folder layout as SD 1.5 (AutoencoderKL with 8x downsampling, CLIP text encoder and
-tokenizer, UNet2DConditionModel with cross-attention at two levels, DDIM scheduler), a few MB in
-all. Its output is noise; every stage of an edit runs on it.
+``make_tiny_model``: the classes and folder layout of SD 1.5 (AutoencoderKL with 8x downsampling, CLIP
+text encoder and tokenizer, UNet2DConditionModel with cross-attention at two levels, DDIM scheduler),
+a few MB in all. ``make_tiny_wan_model``: those of Wan 2.1 text-to-video (AutoencoderKLWan, 4x in
+time and 8x in space; umT5 encoder and a T5-style tokenizer; WanTransformer3DModel with 2x2 patches;
+the flow-matching UniPC scheduler with shift 3), under 1 MB. Their output is noise.
 """
 
 from __future__ import annotations
@@ -163,3 +165,44 @@ def tiny_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
         for conv in zero_convs:
             conv.weight.normal_(0, 0.1)
     return controlnet
+
+
+def t5_word_tokenizer(words: Iterable[str] = WORDS, model_max_length: int = 512):
+    """A T5-style tokenizer (SentencePiece-like Unigram with ▁ word starts, ``</s>`` appended, ``<pad>``
+    id 0) in which each of ``words`` is one token and other text is spelled in characters; offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys(words))
+    chars = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz0123456789,.-'"))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in words] + [("▁", -2.0)]
+    tokenizer = Tokenizer(models.Unigram(vocab + [(c, -5.0) for c in chars], unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=model_max_length)
+
+
+def make_tiny_wan_model(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight Wan 2.1 text-to-video pipeline (diffusers folder layout) to ``folder``:
+    2 transformer blocks of 2 heads of dim 12 (RoPE splits 4/4/4 over time, height, width), a 4-channel
+    VAE latent, a 2-layer umT5 of width 32."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = t5_word_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                               num_heads=4, relative_attention_num_buckets=8))
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32,
+                                        num_layers=2, rope_max_seq_len=32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    return folder
