@@ -116,12 +116,13 @@ def server(tmp_path_factory):
     if not (TOY_MODEL / "model_index.json").is_file():
         pytest.skip("needs the committed toy-world model (toyworld/model)")
     out = tmp_path_factory.mktemp("app") / "out"
+    log = out.parent / "app.log"  # a file, not a pipe: a full pipe nobody reads would block the app
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "videograin", "app", "--out", str(out), "--port", str(port),
-                                "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -131,7 +132,7 @@ def server(tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
-                pytest.fail(f"the app did not start: {process.stderr.read()[-2000:]}")
+                pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
             time.sleep(0.5)
     yield url, out
     process.terminate()
@@ -199,6 +200,16 @@ def _example_with_two_regions(page, steps: int) -> None:
     _fill(page, "steps", steps)
 
 
+def _wait_status(page, text: str, out: Path, timeout: float = 120_000) -> None:
+    """Wait until the status says ``text``; on a timeout, fail with what it says and the app's log."""
+    try:
+        page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=timeout)
+    except Exception:  # Playwright's TimeoutError
+        log = (out.parent / "app.log").read_text()[-3000:]
+        pytest.fail(f"the status never said {text!r}; it says {page.locator('#status').inner_text()!r}; "
+                    f"the app's log ends: {log}")
+
+
 def _runs(out: Path) -> list[str]:
     """The finished runs' folders and zips (a running edit writes into a hidden temporary folder)."""
     folder = out / "runs"
@@ -260,13 +271,15 @@ def test_cancel_stops_the_run_with_nothing_written_and_a_queued_edit_runs_next(p
     _example_with_two_regions(other, steps=2)
     before = _runs(out)
     page.click("#run")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('inverting')", timeout=120_000)
+    _wait_status(page, "inverting", out)
     other.click("#run")
-    other.wait_for_function("document.querySelector('#status').innerText.includes('another edit is running')")
+    _wait_status(other, "another edit is running", out, timeout=60_000)
     assert _runs(out) == before
     page.click("#cancel")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('cancelled')", timeout=120_000)
-    other.wait_for_function("document.querySelector('#status').innerText.includes('done in')", timeout=300_000)
+    _wait_status(page, "cancelled", out)
+    _wait_status(other, "done in", out, timeout=300_000)
+    page.wait_for_timeout(1000)
+    assert "cancelled" in page.locator("#status").inner_text()  # not overwritten by a late message
     added = sorted(set(_runs(out)) - set(before))
     assert len(added) == 2 and added[0] + ".zip" == added[1]  # the queued edit's folder and zip only
     assert not list(out.glob("runs/.*"))  # no temporary folder left by the cancelled one

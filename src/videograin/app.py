@@ -237,6 +237,15 @@ def zip_folder(folder: Path, archive: Path) -> Path:
 # --------------------------------------------------------------------------- the app
 
 
+@dataclass
+class _Running:
+    """One session's edit in progress: its cancel flag, set when it has ended and whether a cancel ended it."""
+
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
+    cancelled: bool = False
+
+
 class App:
     """The app's state across sessions: its output folder, the loaded pipelines (one model kept in
     memory), one run at a time and a cancel flag per browser session."""
@@ -246,7 +255,7 @@ class App:
         self.model = model or default_model()
         self.device = device
         self.pipelines: dict = {}
-        self.cancels: dict[str, threading.Event] = {}  # per browser session, while it runs an edit
+        self.running: dict[str, _Running] = {}  # per browser session, while it runs an edit
 
     def session_folder(self, kind: str, session: str, make: bool = True) -> Path:
         """A new folder ``out/<kind>/<time>-<session>`` (made unless ``make`` is False)."""
@@ -288,12 +297,16 @@ class App:
         spec = spec_from_dict(config_from_form(form, uploads), uploads)
         preflight(spec)
         folder = self.out / "runs" / uploads.name
-        self.cancels[session] = threading.Event()
+        running = self.running[session] = _Running()
         try:
             record = edit(spec, folder, device=self.device, progress=False, pipelines=self.pipelines,
-                          on_step=on_step, cancel=self.cancels[session], argv=["app"])
+                          on_step=on_step, cancel=running.cancel, argv=["app"])
+        except EditCancelled:
+            running.cancelled = True
+            raise
         finally:
-            del self.cancels[session]
+            del self.running[session]
+            running.ended.set()
         config = spec.to_dict()
         del config["output"]
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -301,11 +314,14 @@ class App:
         return folder, record
 
     def cancel(self, session: str) -> bool:
-        """Stop this session's running edit at its next step; False when it runs none."""
-        if session not in self.cancels:
+        """Stop this session's running edit at its next step and wait until it has stopped; True when
+        it was cancelled, False when it runs none (or ended before it could be stopped)."""
+        running = self.running.get(session)
+        if running is None:
             return False
-        self.cancels[session].set()
-        return True
+        running.cancel.set()
+        running.ended.wait()
+        return running.cancelled
 
 
 def _error_text(err: Exception) -> str:
@@ -539,8 +555,8 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 folder, record = app.run(form_of(data), request.session_hash, on_step)
             except SpecError as err:
                 return {**cleared, **show(_error_text(err), error_box(err))}
-            except EditCancelled as err:
-                return {**cleared, **show(f"cancelled — {err}")}
+            except EditCancelled:  # the Cancel event, waiting for this end, says so in the status
+                return {**cleared, **show(), status: gr.skip()}
             except Exception as err:  # a failure inside the edit: shown, logged, the app stays up
                 logger.exception("the edit failed")
                 return {**cleared, **show(f"**failed** — {first_line(err)} (the app's log has the traceback)")}
@@ -557,14 +573,19 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
 
         def busy_note(request: gr.Request):
             """At once on Edit (outside the queue): say so when another session's edit holds the model."""
-            if set(app.cancels) - {request.session_hash}:
+            if set(app.running) - {request.session_hash}:
                 return "another edit is running (one at a time); yours starts when it ends"
             return gr.skip()
 
-        def on_cancel(request: gr.Request):
+        def on_cancel(request: gr.Request, progress=gr.Progress()):
+            """Queued beside the edit (so its status message comes after the edit's last one), it
+            waits until the edit has stopped and is the one that writes the status."""
+            if request.session_hash not in app.running:
+                return "no edit of yours is running"
+            progress(None, desc="cancelling: the edit stops at its next step")
             if app.cancel(request.session_hash):
-                return "cancelling: the edit stops at its next step; nothing is written"
-            return "no edit of yours is running"
+                return "cancelled — the edit stopped at the end of a step; nothing was written"
+            return gr.skip()  # it ended on its own first: its status says so
 
         select_inputs = [start, frames, stride]
         files.upload(on_load, [files, *select_inputs], [clip, video_path, size_info, frame_index, preview,
@@ -589,5 +610,5 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         run.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
         run.click(on_run, form_inputs, [source_video, edited_video, comparison, grid, downloads, attention_maps,
                                         *errors.values()], concurrency_limit=1, concurrency_id="edit")
-        cancel.click(on_cancel, None, status, queue=False)
+        cancel.click(on_cancel, None, status, concurrency_limit=None, concurrency_id="cancel")
     return blocks
