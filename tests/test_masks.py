@@ -185,3 +185,147 @@ def test_sam2_with_real_weights_follows_the_shape():
     masks, record = make_masks(frames, [RegionPrompt("shape", box=_box(truth[8]), frame=8)], "sam2",
                                model=os.environ["VIDEOGRAIN_SAM2_MODEL"], progress=False)
     assert record["engine"] == "sam2" and np.mean([_iou(m, t) for m, t in zip(masks[0], truth)]) >= 0.85
+
+
+# ------------------------------------------------------------------------------------------- SAM 2 engine
+# A tiny random-weight Sam2VideoModel built in code (64x64 input): its masks mean nothing, so these
+# tests check the wiring. transformers' SAM 2 processors need torchvision (not installed), which is
+# why sam2_masks does their steps with torch; the prompt test checks those against the processor's
+# own code, which for prompts needs only its target size.
+
+def _tiny_sam2():
+    import torch
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoModel, Sam2VisionConfig
+
+    size, hidden = 64, 128  # hidden: a multiple of the memory's 64 channels, as in the real models
+    backbone = Sam2HieraDetConfig(hidden_size=8, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
+                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  window_size_per_stage=[4, 2, 2, 1], global_attention_blocks=[3],
+                                  window_positional_embedding_background_size=[2, 2])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=hidden,
+                              backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2])
+    config = Sam2VideoConfig(
+        vision_config=vision, image_size=size,
+        prompt_encoder_config={"hidden_size": hidden, "image_size": size, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": hidden, "mlp_dim": 64, "num_attention_heads": 2,
+                             "iou_head_hidden_dim": 32},
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[size // 16] * 2, memory_encoder_hidden_size=hidden,
+        memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden,
+        memory_fuser_intermediate_dim=64)
+    torch.manual_seed(0)
+    return Sam2VideoModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_sam2():
+    return _tiny_sam2()
+
+
+class _Count:
+    n = 0
+
+    def update(self):
+        self.n += 1
+
+
+_SAM2_FRAMES = np.random.default_rng(0).integers(0, 256, (5, 48, 80, 3), dtype=np.uint8)  # not square: h, w stay apart
+
+
+def _rect(x0, y0, x1, y1, shape=(48, 80)):
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_sam2_gives_each_region_its_masks_on_every_frame_forward_and_backward(tiny_sam2):
+    from videograin.masks import sam2_masks
+
+    left, right = _rect(5, 6, 40, 30), _rect(45, 10, 75, 44)
+    count = _Count()
+    masks = sam2_masks(_SAM2_FRAMES, [RegionPrompt("l", mask=left, frame=2), RegionPrompt("r", mask=right, frame=2)],
+                       tiny_sam2, progress=count)
+    assert masks.shape == (2, 5, 48, 80) and masks.dtype == bool
+    assert _iou(masks[0, 2], left) > 0.95 and _iou(masks[1, 2], right) > 0.95  # a mask prompt: its frame's mask
+    assert _iou(masks[0, 2], right) == 0  # of its own region
+    assert count.n == 3 + 3  # frames 2, 3, 4 forward, then 2, 1, 0 backward
+    assert masks.any(axis=(2, 3)).all()  # every frame of both regions written by the model
+
+
+def test_sam2_prompts_reach_the_session_as_transformers_processor_puts_them(tiny_sam2, monkeypatch):
+    import torch
+    import transformers
+    from transformers import Sam2VideoInferenceSession, Sam2VideoProcessor
+
+    from videograin.masks import sam2_masks
+
+    sessions = []
+
+    class Recorded(Sam2VideoInferenceSession):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    monkeypatch.setattr(transformers, "Sam2VideoInferenceSession", Recorded)
+    mask = _rect(45, 10, 75, 44)
+    prompts = [RegionPrompt("a", box=(5, 6, 40, 30), points=((20, 15),), negative=((60, 40),), frame=2),
+               RegionPrompt("b", points=((70, 12), (50, 30)), frame=1), RegionPrompt("c", mask=mask, frame=3)]
+    frames = _SAM2_FRAMES.copy()
+    frames[0] = (10, 128, 250)
+    count = _Count()
+    sam2_masks(frames, prompts, tiny_sam2, progress=count)
+    assert count.n == 4 + 4  # forward from frame 1 (1..4), backward from frame 3 (3..0)
+    made = sessions[0]
+    assert made.num_frames == 5 and made.get_frame(4).shape == (3, 64, 64)  # the model's input size
+    imagenet_mean, imagenet_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    colour = (torch.tensor([10, 128, 250]) / 255 - imagenet_mean) / imagenet_std
+    assert torch.allclose(made.get_frame(0), colour.view(3, 1, 1).expand(3, 64, 64), atol=1e-5)  # RGB, ImageNet
+    processor = object.__new__(Sam2VideoProcessor)  # its image processor needs torchvision; prompts use only:
+    processor.point_pad_value, processor.target_size = -10, tiny_sam2.config.image_size
+    want = Sam2VideoInferenceSession(video_height=48, video_width=80, dtype=torch.float32)
+    processor.add_inputs_to_inference_session(want, frame_idx=2, obj_ids=0, input_boxes=[[[5, 6, 40, 30]]],
+                                              input_points=[[[[20, 15], [60, 40]]]], input_labels=[[[1, 0]]])
+    processor.add_inputs_to_inference_session(want, frame_idx=1, obj_ids=1, input_points=[[[[70, 12], [50, 30]]]],
+                                              input_labels=[[[1, 1]]])
+    processor.add_inputs_to_inference_session(want, frame_idx=3, obj_ids=2, input_masks=mask)
+    for region in range(3):
+        obj, ref = made.obj_id_to_idx(region), want.obj_id_to_idx(region)
+        got, expected = made.point_inputs_per_obj[obj], want.point_inputs_per_obj[ref]
+        assert got.keys() == expected.keys()
+        for frame in expected:
+            assert torch.allclose(got[frame]["point_coords"], expected[frame]["point_coords"])
+            assert got[frame]["point_labels"].tolist() == expected[frame]["point_labels"].tolist()
+        got, expected = made.mask_inputs_per_obj[obj], want.mask_inputs_per_obj[ref]
+        assert got.keys() == expected.keys() and all(torch.equal(got[f], expected[f]) for f in expected)
+    assert made.point_inputs_per_obj[made.obj_id_to_idx(0)][2]["point_labels"].tolist() == [[[2, 3, 1, 0]]]
+
+
+def test_sam2_regions_are_separate_objects_and_a_run_repeats(tiny_sam2):
+    from videograin.masks import sam2_masks
+
+    left, right = _rect(5, 6, 40, 30), _rect(45, 10, 75, 44)
+    prompts = [RegionPrompt("l", mask=left, frame=2), RegionPrompt("r", mask=right, frame=2)]
+    both = sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2)
+    assert np.array_equal(both, sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2))  # nothing left over between runs
+    moved = sam2_masks(_SAM2_FRAMES, [prompts[0], RegionPrompt("r", mask=_rect(10, 20, 70, 40), frame=2)], tiny_sam2)
+    assert np.array_equal(moved[0], both[0])  # region 0 does not see region 1's prompt
+    assert (moved[1, 2] != both[1, 2]).any() and (moved[1, 3:] != both[1, 3:]).any()  # region 1 does, tracked too
+    assert np.array_equal(sam2_masks(_SAM2_FRAMES, prompts[:1], tiny_sam2)[0], both[0])  # nor whether region 1 exists
+    later_first = [RegionPrompt("l", mask=left, frame=3), RegionPrompt("r", mask=right, frame=1)]
+    later_first = sam2_masks(_SAM2_FRAMES, later_first, tiny_sam2)  # objects enter the session by frame: region 1 first
+    assert _iou(later_first[0, 3], left) > 0.95 and _iou(later_first[1, 1], right) > 0.95
+
+
+def test_make_masks_loads_a_saved_sam2_folder(tiny_sam2, tmp_path, capsys):
+    from videograin.masks import resolve_engine, sam2_masks
+
+    folder = tmp_path / "sam2"
+    tiny_sam2.save_pretrained(folder)
+    prompts = [RegionPrompt("a", box=(5, 6, 40, 30), frame=1), RegionPrompt("b", points=((60, 20),), frame=3)]
+    assert resolve_engine("auto", str(folder)) == "sam2"
+    capsys.readouterr()
+    masks, record = make_masks(_SAM2_FRAMES, prompts, "sam2", model=str(folder))
+    assert record["engine"] == "sam2" and record["model"] == str(folder)
+    assert np.array_equal(masks, sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2))  # the saved weights, loaded
+    assert "8/8" in capsys.readouterr().err  # the bar's total: forward 1..4, backward 3..0

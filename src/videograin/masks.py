@@ -9,7 +9,8 @@ Two engines:
   re-fitted with GrabCut initialised from it (its eroded core foreground, a band around it probable,
   farther away background), so it follows the object without drifting or eroding.
 - ``"sam2"``: transformers' ``Sam2VideoModel`` (one inference session per clip, the prompts added on
-  their frame, propagated forward and, from a later frame, backward).
+  their frame, propagated forward and, from a later frame, backward; what its processor would do is
+  done with torch, as that processor needs torchvision).
 
 ``make_masks(frames, prompts, engine)`` returns bool (R, F, H, W); ``write_masks`` writes the folders
 ``regions[].masks`` reads, an overlay video, a grid and masks.json.
@@ -204,8 +205,11 @@ def propagate(frames: np.ndarray, mask: np.ndarray, start: int, progress=None) -
 
 
 def _load_sam2(model: str, device: str):
+    """Sam2VideoModel from a folder or the hub, on ``device`` (bfloat16 on CUDA) in eval mode;
+    WeightsUnavailable when it cannot be had. No processor: transformers' SAM 2 image and video
+    processors need torchvision, so ``sam2_masks`` does their few steps itself."""
     import torch
-    from transformers import Sam2VideoModel, Sam2VideoProcessor
+    from transformers import Sam2VideoModel
 
     from .hub import obtainable
 
@@ -214,45 +218,62 @@ def _load_sam2(model: str, device: str):
                                  "cannot be reached")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        processor = Sam2VideoProcessor.from_pretrained(model)
-        sam = Sam2VideoModel.from_pretrained(model, dtype=dtype).to(device).eval()
+        return Sam2VideoModel.from_pretrained(model, dtype=dtype).to(device).eval()
     except OSError as err:
         raise WeightsUnavailable(f"cannot load SAM 2 from {model!r} ({str(err).splitlines()[0]})") from None
-    return sam, processor
 
 
-def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, processor, device: str = "cpu",
+def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, device: str = "cpu",
                progress=None) -> np.ndarray:
-    """bool (R, F, H, W) from a loaded Sam2VideoModel and Sam2VideoProcessor: every region an object of
-    one inference session, its box and clicks (or mask) added on its frame, propagated forward from the
-    earliest prompt frame and backward from the latest."""
-    import torch
+    """bool (R, F, H, W) for uint8 frames (F, H, W, 3) from a loaded Sam2VideoModel: region ``i`` is
+    object ``i`` of one inference session, its box and clicks (or mask) added and run on its frame; then
+    all objects are propagated forward from the earliest prompt frame and backward from the latest
+    (``progress.update()`` per frame of each pass).
 
-    session = processor.init_video_session(video=list(frames), inference_device=device,
-                                           dtype=next(model.parameters()).dtype)
+    Sam2VideoProcessor's part (it needs torchvision) is done here with torch as it does it: frames
+    resized to the model's square input (bilinear, antialiased), scaled to [0, 1] and normalised with
+    ImageNet's mean and std; prompt pixels scaled to that size, a box as two points labelled 2 and 3
+    ahead of the clicks (1 positive, 0 negative); a mask resized and thresholded at 0.5; the mask
+    logits resized to the frame and thresholded at 0."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Sam2VideoInferenceSession
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    (h, w), size = frames.shape[1:3], model.config.image_size
+    session = Sam2VideoInferenceSession(video_height=h, video_width=w, inference_device=device,
+                                        inference_state_device=device, video_storage_device=device,
+                                        dtype=next(model.parameters()).dtype)
+    mean, std = (torch.tensor(v, device=device).view(3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    by_frame: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        kwargs = {}
-        if prompt.mask is not None:
-            kwargs["input_masks"] = torch.from_numpy(np.asarray(prompt.mask, np.float32))
-        else:
-            clicks = [*prompt.points, *prompt.negative]
-            if clicks:
-                kwargs["input_points"] = [[[list(map(float, p)) for p in clicks]]]
-                kwargs["input_labels"] = [[[1] * len(prompt.points) + [0] * len(prompt.negative)]]
-            if prompt.box is not None:
-                kwargs["input_boxes"] = [[list(map(float, prompt.box))]]
-        processor.add_inputs_to_inference_session(inference_session=session, frame_idx=prompt.frame, obj_ids=i,
-                                                  **kwargs)
+        by_frame.setdefault(prompt.frame, []).append(i)
     out = np.zeros((len(prompts), *frames.shape[:3]), bool)
-    first, last = min(p.frame for p in prompts), max(p.frame for p in prompts)
     with torch.inference_mode():
-        for reverse, start in ((False, first), (True, last)):
-            if reverse and last == 0:
-                continue
+        for frame in frames:
+            pixels = torch.from_numpy(frame).to(device).permute(2, 0, 1)[None].float()
+            pixels = F.interpolate(pixels, (size, size), mode="bilinear", antialias=True, align_corners=False)
+            session.add_new_frame((pixels[0] / 255 - mean) / std)
+        for frame_idx, ids in sorted(by_frame.items()):
+            for i in ids:
+                prompt, obj = prompts[i], session.obj_id_to_idx(i)
+                if prompt.mask is not None:
+                    mask = torch.from_numpy(np.asarray(prompt.mask, np.float32))[None, None]
+                    mask = F.interpolate(mask, (size, size), mode="bilinear", antialias=True, align_corners=False)
+                    session.add_mask_inputs(obj, frame_idx, (mask >= 0.5).float())
+                    continue
+                corners = [prompt.box[:2], prompt.box[2:]] if prompt.box is not None else []
+                points = torch.tensor([*corners, *prompt.points, *prompt.negative], dtype=torch.float32)
+                labels = [2, 3][:len(corners)] + [1] * len(prompt.points) + [0] * len(prompt.negative)
+                session.add_point_inputs(obj, frame_idx, {
+                    "point_coords": (points * torch.tensor([size / w, size / h]))[None, None],
+                    "point_labels": torch.tensor(labels)[None, None]})
+            session.obj_with_new_inputs = list(ids)
+            model(inference_session=session, frame_idx=frame_idx)  # the prompts' own masks, kept as memory
+        for reverse, start in ((False, min(by_frame)), (True, max(by_frame))):  # no backward pass from 0
             for step in model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=reverse):
-                video = processor.post_process_masks([step.pred_masks], original_sizes=[frames.shape[1:3]],
-                                                     binarize=True)[0]
-                out[:, step.frame_idx] = video[:, 0].cpu().numpy().astype(bool)
+                logits = F.interpolate(step.pred_masks.float(), (h, w), mode="bilinear", align_corners=False)
+                out[step.object_ids, step.frame_idx] = (logits[:, 0] > 0).cpu().numpy()
                 if progress is not None:
                     progress.update()
     return out
@@ -280,11 +301,15 @@ def make_masks(frames: np.ndarray, prompts: list[RegionPrompt], engine: str = "a
 
     engine = resolve_engine(engine, model)
     clock = time.perf_counter()
-    loaded = _load_sam2(model, device) if engine == "sam2" else None  # a missing model fails before the bar
-    with tqdm(total=len(prompts) * (len(frames) - 1) if engine == "flow" else len(frames), desc=f"masks ({engine})",
-              unit="frame", disable=not progress) as bar:
+    sam = _load_sam2(model, device) if engine == "sam2" else None  # a missing model fails before the bar
+    if engine == "flow":
+        total = len(prompts) * (len(frames) - 1)
+    else:  # forward from the first prompt frame to the end, backward from the last one to 0 (none from 0)
+        last = max(p.frame for p in prompts)
+        total = len(frames) - min(p.frame for p in prompts) + (last + 1 if last else 0)
+    with tqdm(total=total, desc=f"masks ({engine})", unit="frame", disable=not progress) as bar:
         if engine == "sam2":
-            masks = sam2_masks(frames, prompts, *loaded, device, progress=bar)
+            masks = sam2_masks(frames, prompts, sam, device, progress=bar)
         else:
             masks = np.stack([propagate(frames, first_mask(frames[p.frame], p), p.frame, bar) for p in prompts])
     record = {"engine": engine, "model": model if engine == "sam2" else None,
