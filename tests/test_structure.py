@@ -116,6 +116,9 @@ class FakeBackbone:
     def regional_prompt_embeds(self, prompt, region_prompts, spans):
         return self.encode_prompt(prompt)
 
+    def latent_frames(self, masks):
+        return masks
+
     def token_grids(self, latent_size):
         return [token_grid(latent_size, 0)]
 

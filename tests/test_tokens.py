@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videograin.method.tokens import PromptError, region_token_spans, regional_prompt_embeds
+from videograin.method.tokens import PromptError, encode_prompt, region_token_spans, regional_prompt_embeds
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_regional_prompt_embeds_swaps_spans_only(tokenizer, text_encoder):
     prompt = "spiderman and a polar bear on the beach"
     regions = ["spiderman", "a polar bear", "", "beach"]
     spans = region_token_spans(tokenizer, prompt, regions)
-    got = regional_prompt_embeds(text_encoder, tokenizer, prompt, regions, spans)
+    got = regional_prompt_embeds(lambda text: encode_prompt(text_encoder, tokenizer, text), tokenizer, prompt, regions, spans)
 
     plain = text_encoder(padded_ids(tokenizer, prompt))[0]  # (1, 77, 32)
     assert got.shape == plain.shape

@@ -138,3 +138,141 @@ def test_modulated_attention_equals_the_float64_formula_on_the_layers_own_qkv(ti
     assert (seen["output"].double() - want).abs().max() < 1e-5
     assert (want - attn.to_out[0](torch.nn.functional.scaled_dot_product_attention(
         *(y.float() for y in (q, k, v))).transpose(1, 2).flatten(2)).double()).abs().max() > 1e-3  # not plain
+
+
+# ------------------------------------------------------------------------------------- the Wan backbone
+
+@pytest.fixture(scope="module")
+def wan_pipe(tiny_wan_dir):
+    from videograin.pipeline import WanVideoGrainPipeline
+
+    pipe = WanVideoGrainPipeline.from_pretrained(tiny_wan_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _moving_square(frames: int = 9, size: int = 32) -> torch.Tensor:
+    """(1, F, 32, 32) bool: a 12x12 square whose left edge moves 2 px a frame from x = 0."""
+    masks = torch.zeros(1, frames, size, size, dtype=torch.bool)
+    for f in range(frames):
+        masks[0, f, 2:14, 2 * f : 2 * f + 12] = True
+    return masks
+
+
+def test_the_layout_puts_a_token_in_a_region_when_half_its_patch_is_covered_in_any_of_its_frames(wan_pipe):
+    """32x32 frames -> 4x4 latents -> 2x2 tokens of 16x16 pixels. The square (rows 2-13: 12 of a top
+    token's 16 rows) covers >= half of a top-right token's 16 columns from frame 6 (x 12..23: columns
+    16..23 = 8), so latent frame 0 (frame 0) and 1 (frames 1-4) hold only the top-left token, latent
+    frame 2 (frames 5-8) both top tokens. Size terms: self over all 12 tokens (4 in the region), cross
+    per latent frame (2 of 4 in frame 2); a token in no region shares none."""
+    from videograin.backbones.wan import WanBackbone
+
+    backbone = WanBackbone(wan_pipe)
+    layout = backbone.layout(_moving_square(), [(1, 3)], (4, 4), "full")
+    (level,) = layout.levels.values()
+    assert (level.height, level.width, layout.num_frames) == (2, 2, 3)
+    assert level.bits.tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert torch.allclose(level.self_share[0], torch.tensor([4 / 12, 0, 0, 0]))  # no region: shares none
+    assert torch.allclose(level.cross_share[2], torch.tensor([2 / 4, 2 / 4, 0, 0]))
+    assert layout.text_bits.shape == (512,) and layout.text_bits[1:3].tolist() == [1, 1] and layout.text_bits.sum() == 2
+
+
+def test_region_spans_and_the_regional_embedding_swap_on_umt5_tokens(wan_pipe):
+    """T5 has no start token: "a blue square" is tokens 4..6 of "a red circle and a blue square"; its
+    span's embeddings are those of the region prompt encoded alone, and the padding is zero."""
+    from videograin.backbones.wan import WanBackbone
+    from videograin.method.tokens import region_token_spans
+
+    backbone = WanBackbone(wan_pipe)
+    prompt, regions = "a red circle and a blue square", ["a red circle", "a blue square"]
+    spans = region_token_spans(backbone.tokenizer, prompt, regions)
+    assert spans == [(0, 3), (4, 7)]
+    embeds = backbone.regional_prompt_embeds(prompt, regions, spans)
+    alone = backbone.encode_prompt("a blue square")
+    whole = backbone.encode_prompt(prompt)
+    assert embeds.shape == (1, 512, 32) and torch.equal(embeds[:, 4:7], alone[:, :3])
+    assert torch.equal(embeds[:, 3], whole[:, 3]) and not torch.equal(whole[:, 4:7], alone[:, :3])
+    assert embeds[:, 8:].abs().max() == 0  # after the 7 words and the end token
+
+
+def test_flow_inversion_then_sampling_returns_the_source_latents_to_first_order(wan_pipe):
+    """Euler inversion evaluates the velocity at the start of each step, sampling at its end, so the
+    round trip is exact only as the steps shrink: its error must fall like 1/steps (first order)."""
+    from videograin.backbones.wan import WanBackbone
+    from videograin.method.sampling import invert_latents, sample_latents
+
+    backbone = WanBackbone(wan_pipe)
+    source = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond = backbone.encode_prompt("two blue squares")
+    errors = {}
+    for steps in (10, 40):
+        schedule = backbone.schedule(steps)
+        denoise = backbone.denoise_fn(cond, None, 1.0, 3, schedule)
+        noise = invert_latents(denoise, source, schedule)[0]
+        errors[steps] = ((sample_latents(denoise, noise, schedule) - source).norm() / source.norm()).item()
+    assert errors[40] < 0.02 and errors[40] < errors[10] / 2.5, errors  # measured: 0.037 and 0.009
+
+
+def test_the_edit_keeps_latents_outside_the_edited_regions_and_modulation_raises_prompt_mass(wan_pipe):
+    """Latent blend: with a static mask on the left half, the edited latents of the right half equal
+    the source's (the trajectory's clean end) exactly, the left half changes. Modulation: on step 0,
+    the cross-attention mass on the region prompt's words, computed from block 0's q and k with the
+    step's strengths, rises for the region's tokens and falls for the others."""
+    from videograin.backbones.wan_processors import wan_qkv
+    from videograin.method.attention import layout_attention
+
+    video = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(1, 9, 32, 32, dtype=torch.bool)
+    masks[..., :16] = True
+    source = wan_pipe.encode_frames(wan_pipe.prepare_video(video, 32, 32) * 2 - 1)
+    seen = []
+    attn = wan_pipe.transformer.blocks[0].attn2
+
+    def record(module, args, output):
+        context = getattr(module.processor, "context", None)
+        if context is not None and not seen:
+            seen.append((wan_qkv(module, args[0], args[1], None), context))
+
+    hook = attn.register_forward_hook(record)
+    try:
+        out = wan_pipe(video, masks, "a red circle and a black background", ["a red circle"], height=32, width=32,
+                       num_inference_steps=3, guidance_scale=3.0, output_type="latent")
+    finally:
+        hook.remove()
+    edited = out.frames[0]
+    assert edited.shape == source.shape == (3, 4, 4, 4)
+    assert torch.equal(edited[..., 2:], source[..., 2:]) and (edited[..., :2] - source[..., :2]).abs().max() > 1e-3
+    (q, k, _), context = seen[0]
+    words = context.text_bits.float()[None, None, :, None].expand(*k.shape[:3], 1)  # 1 on the region's words
+    left = context.bits == 1
+    masses = [layout_attention(q, k, words, context.bits, context.text_bits, lam)[0, :, :, 0]  # (H, N)
+              for lam in (torch.zeros_like(context.cross_strength), context.cross_strength)]
+    assert context.cross_strength.min() > 0  # σ ≈ 1 on step 0: ξ ≈ 1
+    plain, modulated = masses
+    # 3 of 512 text tokens are the region's words: masses are small, their ratios large
+    assert modulated[:, left].mean() > 1.5 * plain[:, left].mean()  # the region's tokens: towards its words
+    assert modulated[:, ~left].mean() < plain[:, ~left].mean() / 1.5  # the others: away from them
+
+
+def test_videograin_edit_on_the_tiny_wan_model_writes_the_outputs_and_checks_frames_first(tiny_wan_dir, tmp_path):
+    import yaml
+
+    from videograin.app import TOY_EXAMPLE
+
+    config = {"model": str(tiny_wan_dir), "video": {"path": str(TOY_EXAMPLE / "frames"), "frames": 9},
+              "prompt": "a purple circle and a yellow triangle on a black background",
+              "source_prompt": "two blue squares on a black background",
+              "regions": [{"name": "left", "prompt": "a yellow triangle", "masks": {"box": [0, 5, 14, 19]}},
+                          {"name": "right", "prompt": "a purple circle", "masks": {"box": [18, 12, 32, 26]}}],
+              "edit": {"steps": 3}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["edit", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["frames"] == 9 and len(list((tmp_path / "out" / "frames").glob("*.png"))) == 9
+    assert {"edited.mp4", "comparison.png", "masks_overlay.mp4"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    for field, change in [("video.frames", {"video": {**config["video"], "frames": 12}}),
+                          ("edit.method", {"edit": {"steps": 3, "method": "reatco"}}),
+                          ("video", {"video": {**config["video"], "width": 40, "height": 32}})]:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, **change}))
+        assert main(["edit", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2, field
+        assert not (tmp_path / "bad").exists()

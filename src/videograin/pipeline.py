@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL, AutoencoderKLWan, ControlNetModel, DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel, UniPCMultistepScheduler, WanTransformer3DModel,
+)
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from . import formats
 from .backbones.base import Backbone
 from .backbones.sd import StableDiffusionBackbone
+from .backbones.wan import WanBackbone
 from .method.attention import KernelChoice
 from .method.layout import Layout, blend_mask, composite_weights
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes
@@ -377,7 +381,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             AttentionRecorder(unmodulated=AttentionRecorder() if compare else None) if record_attention else None
             for _ in windows
         ]
-        edited_mask = blend_mask(masks, [bool(p.strip()) for p in region_prompts], latent_size)
+        edited_mask = blend_mask(backbone.latent_frames(masks), [bool(p.strip()) for p in region_prompts], latent_size)
         return _EditPlan(cond, uncond, windows, layouts, recorders, schedule, trajectory, edited_mask,
                          aids, control, KernelChoice())
 
@@ -466,3 +470,38 @@ class VideoGrainPipeline(DiffusionPipeline):
         if output_type == "latent":
             return latents.unsqueeze(0)
         return formats.postprocess(self.decode_latents(latents), output_type)
+
+
+class WanVideoGrainPipeline(VideoGrainPipeline):
+    """VideoGrain on a Wan 2.x text-to-video model (``backbones.wan``): the same call, the same stages.
+
+    Frames must number 4k + 1 and their sides be multiples of 16; the inversion and the edit are Euler
+    steps on the velocity over the flow scheduler's σ grid (its ``flow_shift``). ``modulation.levels``
+    names transformer blocks here ("all" by default); ``temporal`` is always "full". ReAtCo, temporal
+    windows, the temporal aids, ControlNet and attention maps are SD-only (a ValueError says so).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = []
+
+    def __init__(
+        self,
+        vae: AutoencoderKLWan,
+        text_encoder: UMT5EncoderModel,
+        tokenizer: AutoTokenizer,
+        transformer: WanTransformer3DModel,
+        scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+    ):
+        DiffusionPipeline.__init__(self)
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                              scheduler=scheduler)
+
+    @property
+    def backbone(self) -> Backbone:
+        return WanBackbone(self)
+
+    def __call__(self, video, masks, prompt, region_prompts, *args, **kwargs):
+        for name in ("reatco", "window", "record_attention"):
+            if kwargs.get(name):
+                raise ValueError(f"{name} is SD-only for now; a Wan model edits without it")
+        return super().__call__(video, masks, prompt, region_prompts, *args, **kwargs)

@@ -87,9 +87,14 @@ def inputs_of(spec: EditSpec, config: str | Path | None) -> list[Path]:
 
 
 def load_pipeline(spec: EditSpec, device: str):
-    """The pipeline of ``spec.model`` (and its ControlNet) on ``device``: float16 on CUDA, float32 else."""
-    from .pipeline import VideoGrainPipeline
+    """The pipeline of ``spec.model`` (and its ControlNet) on ``device``: float16 on CUDA (Wan: bfloat16),
+    float32 else."""
+    from .config.preflight import model_backbone
+    from .pipeline import VideoGrainPipeline, WanVideoGrainPipeline
 
+    if model_backbone(str(spec.model)) == "wan":  # bfloat16 on CUDA, as Wan is trained; statistics in float32
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return WanVideoGrainPipeline.from_pretrained(spec.model, dtype=dtype).to(device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     extra = {}
     if spec.control is not None:
@@ -451,7 +456,7 @@ def run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoIn
         "device": device,
         "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
         "model": pipe.name_or_path,
-        "dtype": str(pipe.unet.dtype),
+        "dtype": str(pipe.dtype),
         "frames": int(inputs.frames.shape[0]),
         "size": list(inputs.size),
         "source_size": list(inputs.source_size),

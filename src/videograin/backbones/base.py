@@ -13,14 +13,15 @@ from typing import Any, Protocol
 import torch
 
 from ..method.layout import Layout
-from ..method.sampling import DDIMSchedule, DenoiseFn
+from ..method.sampling import DDIMSchedule, DenoiseFn, FlowSchedule
 from ..method.settings import TemporalAidSettings
 
 
 class Backbone(Protocol):
     """A frozen denoiser with its autoencoder and text encoder, as the pipeline sees it.
 
-    Frames are (F, 3, H, W) in [-1, 1]; latents (F, C, h, w); text embeddings (1, L, D).
+    Frames are (F, 3, H, W) in [-1, 1]; latents (T, C, h, w), T latent frames (T = F for an image
+    model, fewer for a video VAE that compresses time); text embeddings (1, L, D).
     """
 
     #: the tokenizer region prompts are located with (``method.tokens.region_token_spans``)
@@ -49,13 +50,16 @@ class Backbone(Protocol):
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
         """The prompt's embeddings with each region's span replaced by its own prompt's: (1, L, D)."""
 
+    def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
+        """Masks per source frame (R, F, H, W) -> per latent frame (R, T, H, W) (T = F for an image model)."""
+
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         """The per-frame token grid (h, w) of every level for latents of this size."""
 
     def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
         """Region bitmasks and size terms on the backbone's tokens; masks (R, F, H, W) bool."""
 
-    def schedule(self, steps: int) -> DDIMSchedule:
+    def schedule(self, steps: int) -> DDIMSchedule | FlowSchedule:
         """The sampling schedule of ``steps`` steps, shared by inversion and editing."""
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):

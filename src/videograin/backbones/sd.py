@@ -123,7 +123,10 @@ class StableDiffusionBackbone:
         return encode_prompt(self.pipe.text_encoder, self.tokenizer, text)
 
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
-        return regional_prompt_embeds(self.pipe.text_encoder, self.tokenizer, prompt, region_prompts, spans)
+        return regional_prompt_embeds(self.encode_prompt, self.tokenizer, prompt, region_prompts, spans)
+
+    def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
+        return masks
 
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [token_grid(latent_size, level) for level in range(self.num_levels)]

@@ -19,13 +19,16 @@ from .spec import EditSpec
 
 logger = logging.getLogger(__name__)
 
+_WAN_FIX = "give a local Wan 2.x text-to-video diffusers folder (model_index.json, transformer/, vae/, " \
+           "text_encoder/, tokenizer/, scheduler/) or its hub id"
 _MODEL_FIX = "give a local diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/) or a hub id"
 
 
 @dataclass(frozen=True)
 class ModelFacts:
     """What a model's config files say, no weights loaded: the frame size multiple, the number of
-    levels, the levels whose decoder has self-attention, the training timesteps, the tokenizer."""
+    levels (a Wan transformer's: its blocks), the levels whose decoder has self-attention, the training
+    timesteps, the tokenizer, the backbone ("sd" or "wan") and its VAE's compression of time."""
 
     size_multiple: int
     vae_factor: int
@@ -33,6 +36,44 @@ class ModelFacts:
     self_attention_levels: tuple[int, ...]
     num_train_timesteps: int
     tokenizer: Any
+    backbone: str = "sd"
+    temporal_factor: int = 1
+
+
+#: model_index.json class names of Wan 2.x text-to-video folders
+WAN_PIPELINES = ("WanPipeline", "WanVideoGrainPipeline")
+
+
+def model_backbone(model: str) -> str:
+    """"wan" for a Wan 2.x text-to-video folder or hub id (its model_index.json), else "sd"."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(model)
+    except (OSError, ValueError):
+        return "sd"  # read_model says why it cannot be read
+    return "wan" if index.get("_class_name") in WAN_PIPELINES else "sd"
+
+
+def _read_wan(model: str) -> ModelFacts:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer
+
+    from ..backbones.wan import vae_factors
+
+    try:
+        vae = AutoencoderKLWan.load_config(model, subfolder="vae")
+        transformer = WanTransformer3DModel.load_config(model, subfolder="transformer")
+        scheduler = UniPCMultistepScheduler.load_config(model, subfolder="scheduler")  # any scheduler's JSON
+        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+    except (OSError, ValueError) as err:
+        raise SpecError("model", f"cannot read {model!r} ({first_line(err)})", _WAN_FIX) from err
+    if transformer.get("image_dim"):
+        raise SpecError("model", f"{model!r} is an image-to-video Wan model", "give a Wan text-to-video model "
+                        "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    spatial, temporal = vae_factors(vae)
+    return ModelFacts(spatial * transformer["patch_size"][1], spatial, transformer["num_layers"], (),
+                      scheduler.get("num_train_timesteps", 1000), tokenizer, "wan", temporal)
 
 
 def read_model(model: str) -> ModelFacts:
@@ -43,6 +84,10 @@ def read_model(model: str) -> ModelFacts:
     from ..backbones.sd import size_multiple
 
     local = Path(model)
+    if model_backbone(model) == "wan":
+        if local.is_dir():
+            _check_weight_files(local)
+        return _read_wan(model)
     if local.is_dir():
         missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
         if missing:
@@ -113,13 +158,38 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
     if settings.uses_reatco and settings.reatco.level is not None:
         _levels([settings.reatco.level], "edit.reatco.level", facts,
                 "pick one of those, or leave `level` out for the paper's H/32 level")
+    if facts.backbone == "wan":
+        check_wan(spec, facts)
     check_prompts(spec, facts.tokenizer)
+
+
+def check_wan(spec: EditSpec, facts: ModelFacts) -> None:
+    """A Wan model's rules: 4k + 1 frames, and only what its backbone implements."""
+    from ..backbones.wan import nearest_frame_counts
+
+    frames, factor = spec.video.frames, facts.temporal_factor
+    if (frames - 1) % factor:
+        below, above = nearest_frame_counts(frames, factor)
+        raise SpecError("video.frames", f"{frames} frames: Wan takes {factor}k + 1 frames (its VAE compresses time "
+                        f"by {factor})", f"use {below} or {above}")
+    settings, fix = spec.edit, "remove it: a Wan model edits with VideoGrain's modulation and the latent blend"
+    unsupported = [("edit.method", settings.uses_reatco, "method: videograin"),
+                   ("edit.window", settings.window is not None, fix),
+                   ("edit.temporal_aids", settings.temporal_aids.flow is not None or settings.temporal_aids.pnp
+                    is not None, "remove it: Wan's self-attention spans every frame already"),
+                   ("edit.record_attention", bool(settings.record_attention), "set it to false"),
+                   ("control", spec.control is not None, fix),
+                   ("edit.modulation.temporal", settings.modulation.temporal != "full",
+                    "use temporal: full (Wan attends over all frames)")]
+    for field, used, what in unsupported:
+        if used:
+            raise SpecError(field, "is SD-only for now (not on a Wan model)", what)
 
 
 def check_prompts(spec: EditSpec, tokenizer) -> None:
     """Each region prompt occurs in the prompt as tokens, and each word of interest in its region
     prompt; SpecError naming the field otherwise."""
-    limit = tokenizer.model_max_length - 2
+    limit = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
     for field in ("source_prompt", "negative_prompt"):
         length = len(tokenizer(getattr(spec, field), add_special_tokens=False).input_ids)
         if length > limit:

@@ -1,10 +1,12 @@
 """Region prompts inside the global prompt: token spans and the regional embedding swap.
 
-A span ``(start, end)`` indexes the padded token sequence the text encoder sees (position 0 is the
-start token), so ``embeds[:, start:end]`` are the region prompt's words inside the global prompt.
+A span ``(start, end)`` indexes the padded token sequence the text encoder sees (after CLIP's start
+token; T5 has none), so ``embeds[:, start:end]`` are the region prompt's words inside the global prompt.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +29,12 @@ def _word_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def start_tokens(tokenizer) -> int:
+    """How many special tokens precede the words (CLIP: its start token, 1; T5/umT5: 0); both end
+    with one end token."""
+    return tokenizer.num_special_tokens_to_add() - 1
+
+
 def _occurrences(sequence: list[int], sub: list[int]) -> list[int]:
     n = len(sub)
     return [i for i in range(len(sequence) - n + 1) if sequence[i : i + n] == sub]
@@ -41,7 +49,7 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
     not found.
     """
     ids = _word_ids(tokenizer, prompt)
-    limit = tokenizer.model_max_length - 2
+    limit, first = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add(), start_tokens(tokenizer)
     if len(ids) > limit:
         raise PromptError(None, f"is {len(ids)} tokens long, the text encoder reads at most {limit}",
                           "shorten the prompt")
@@ -58,7 +66,7 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
                               "write the region prompt word for word inside the global prompt")
         start = next((s for s in starts if s not in taken), starts[0])
         taken.add(start)
-        spans.append((start + 1, start + 1 + len(sub)))  # +1: the start token precedes the words
+        spans.append((start + first, start + first + len(sub)))
     return spans
 
 
@@ -71,7 +79,7 @@ def word_token_indices(
     tokens, the one that has read the whole word); ``words[r]`` None takes the span's last token.
     None for regions without a span. Raises PromptError when a word is not found in its span.
     """
-    ids = [tokenizer.bos_token_id] + _word_ids(tokenizer, prompt)
+    ids = [None] * start_tokens(tokenizer) + _word_ids(tokenizer, prompt)
     indices: list[int | None] = []
     for i, (span, word) in enumerate(zip(spans, words)):
         if span is None:
@@ -104,20 +112,21 @@ def encode_prompt(text_encoder, tokenizer, text: str) -> torch.Tensor:
 
 @torch.no_grad()
 def regional_prompt_embeds(
-    text_encoder, tokenizer, prompt: str, region_prompts: list[str], spans: list[Span | None]
+    encode: Callable[[str], torch.Tensor], tokenizer, prompt: str, region_prompts: list[str], spans: list[Span | None]
 ) -> torch.Tensor:
     """Global prompt embedding with each region's span replaced by the region prompt encoded alone.
 
     The causal CLIP encoder lets earlier words colour later ones ("Spiderman and Polar Bear": the
-    bear's tokens have seen Spiderman). Encoding each region prompt on its own and writing its word
-    embeddings into its span keeps every instance's words to their own meaning (papers/000 §3.4).
-    Returns (1, L, D).
+    bear's tokens have seen Spiderman); T5's bidirectional one mixes them both ways. Encoding each
+    region prompt on its own and writing its word embeddings into its span keeps every instance's
+    words to their own meaning (papers/000 §3.4). ``encode(text)``: the backbone's padded prompt
+    embedding (1, L, D). Returns (1, L, D).
     """
-    embeds = encode_prompt(text_encoder, tokenizer, prompt).clone()
+    embeds = encode(prompt).clone()
+    first = start_tokens(tokenizer)
     for region_prompt, span in zip(region_prompts, spans):
         if span is None:
             continue
         start, end = span
-        local = encode_prompt(text_encoder, tokenizer, region_prompt)
-        embeds[:, start:end] = local[:, 1 : 1 + end - start]
+        embeds[:, start:end] = encode(region_prompt)[:, first : first + end - start]
     return embeds

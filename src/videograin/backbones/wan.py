@@ -1,0 +1,187 @@
+"""The Wan 2.x text-to-video backbone: WanTransformer3DModel + AutoencoderKLWan + umT5, flow matching.
+
+The pipeline sees Wan's latents (1, C, T, h, w) as (T, C, h, w): T = (F − 1)/4 + 1 latent frames, each
+covering four source frames (the first one alone). Every transformer block attends over all latent
+tokens of the clip at once (patches of 2×2 latents), so there is one level and the self-attention is
+always "full". Text is umT5's 512 tokens, without a start token. Sampling is Euler on the velocity over
+the σ grid of the model's flow scheduler (``FlowSchedule``); the two guidance passes are separate
+transformer calls and only the conditional one is modulated (processors in wan_processors.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..method.attention import KernelChoice
+from ..method.layout import (
+    Layout, LevelLayout, downsample_masks, key_frames, latent_frame_masks, region_share, text_token_bits, token_bits,
+)
+from ..method.sampling import DenoiseFn, FlowSchedule
+from ..method.settings import Modulation, TemporalAidSettings
+from ..method.tokens import regional_prompt_embeds
+from .wan_processors import WanLayoutContext, layout_processors
+
+#: umT5's sequence length in Wan (prompts padded with zeros to it, as WanPipeline does)
+TEXT_LENGTH = 512
+#: Wan 2.1's training resolution is 480x832: the long side of frames when no size is given
+NATIVE_SIZE = 832
+
+
+def vae_factors(vae_config) -> tuple[int, int]:
+    """(spatial, temporal) compression of an AutoencoderKLWan config: 2 per downsample, 2 per temporal one."""
+    downsamples = vae_config["temperal_downsample"]
+    return 2 ** len(downsamples), 2 ** sum(bool(d) for d in downsamples)
+
+
+def nearest_frame_counts(num_frames: int, temporal_factor: int) -> tuple[int, int]:
+    """The valid frame counts (k·factor + 1) just below and above ``num_frames``."""
+    below = (num_frames - 1) // temporal_factor * temporal_factor + 1
+    return max(below, 1), below + temporal_factor
+
+
+class WanBackbone:
+    """The ``Backbone`` of a pipeline holding Wan components (vae, text_encoder, tokenizer, transformer,
+    scheduler): a view over them, no state of its own."""
+
+    num_levels = 1
+    native_size = NATIVE_SIZE
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.tokenizer = pipe.tokenizer
+        self.vae_factor, self.temporal_factor = vae_factors(pipe.vae.config)
+        self.patch = tuple(pipe.transformer.config.patch_size)  # (t, h, w)
+        self.size_multiple = self.vae_factor * self.patch[1]
+
+    def check_size(self, num_frames: int, height: int, width: int) -> None:
+        if (num_frames - 1) % self.temporal_factor:
+            below, above = nearest_frame_counts(num_frames, self.temporal_factor)
+            raise ValueError(f"{num_frames} frames: Wan takes {self.temporal_factor}k + 1 frames (its VAE compresses "
+                             f"time by {self.temporal_factor}); use {below} or {above}")
+        m = self.size_multiple
+        if height % m or width % m:
+            raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (VAE {self.vae_factor} x patch "
+                             f"{self.patch[1]})")
+
+    def _latent_stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.pipe.vae.config
+        mean, std = (torch.tensor(config[k], device=device).view(-1, 1, 1, 1) for k in ("latents_mean", "latents_std"))
+        return mean, std
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, 3, H, W) in [-1, 1] -> latents (T, C, h, w) float32, normalised by the VAE's statistics."""
+        vae = self.pipe.vae
+        video = frames.to(self.pipe._execution_device, vae.dtype).transpose(0, 1)[None]  # (1, 3, F, H, W)
+        z = vae.encode(video).latent_dist.mean.float()[0]  # (C, T, h, w)
+        mean, std = self._latent_stats(z.device)
+        return ((z - mean) / std).transpose(0, 1)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (T, C, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        vae = self.pipe.vae
+        z = latents.transpose(0, 1).float()
+        mean, std = self._latent_stats(z.device)
+        video = vae.decode((z * std + mean)[None].to(vae.dtype)).sample[0]  # (3, F, H, W)
+        return video.float().clamp(-1, 1).transpose(0, 1).cpu()
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """umT5 embedding (1, 512, D), zero after the prompt's tokens (as WanPipeline pads it)."""
+        encoder = self.pipe.text_encoder
+        tokens = self.tokenizer(text, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                                return_attention_mask=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(encoder.device)
+        embeds = encoder(tokens.input_ids.to(encoder.device), mask).last_hidden_state
+        return (embeds * mask[..., None]).float()
+
+    def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
+        return regional_prompt_embeds(self.encode_prompt, self.tokenizer, prompt, region_prompts, spans)
+
+    def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
+        return latent_frame_masks(masks, self.temporal_factor)
+
+    def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
+        return [(latent_size[0] // self.patch[1], latent_size[1] // self.patch[2])]
+
+    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
+        """Bitmasks on the transformer's tokens (T latent frames of h×w patches): a token is in a region
+        when the region covers at least half of its patch in any of the latent frame's source frames.
+        Size terms: self, the share of all tokens of the clip; cross, of the token's latent frame."""
+        if temporal != "full":
+            raise ValueError(f"Wan's self-attention spans every frame: temporal must be 'full', got {temporal!r}")
+        (h, w), = self.token_grids(latent_size)
+        bits = token_bits(self.latent_frames(downsample_masks(masks, h, w)))  # (T, h·w)
+        frames = bits.shape[0]
+        level = LevelLayout(0, h, w, bits, region_share(bits, key_frames(frames, "full")),
+                            region_share(bits, key_frames(frames, "per_frame")))
+        return Layout({h * w: level}, text_token_bits(spans, TEXT_LENGTH), frames, "full")
+
+    def schedule(self, steps: int) -> FlowSchedule:
+        config = self.pipe.scheduler.config
+        return FlowSchedule.build(steps, config.get("flow_shift") or config.get("shift") or 1.0,
+                                  config.get("num_train_timesteps", 1000))
+
+    def temporal_aids(self, frames, latent_size, settings: TemporalAidSettings | None):
+        if settings is not None and (settings.flow is not None or settings.pnp is not None):
+            raise ValueError("the temporal aids (flow, pnp) are SD-only: Wan's attention is spatio-temporal already")
+        return None
+
+    def control(self, images: torch.Tensor | None, scale: float):
+        if images is not None:
+            raise ValueError("ControlNet conditions are SD-only; a Wan model takes none")
+        return None
+
+    def denoise_fn(
+        self,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        guidance_scale: float,
+        num_frames: int,
+        schedule: FlowSchedule,
+        *,
+        temporal: str = "full",
+        layout: Layout | None = None,
+        modulation: Modulation | None = None,
+        recorder=None,
+        aids=None,
+        control=None,
+        kernels: KernelChoice | None = None,
+    ) -> DenoiseFn:
+        """The velocity for latents (T, C, h, w) at flow time t with classifier-free guidance (uncond
+        None: none); the conditional call modulated for the first ``modulation.steps`` steps
+        (``modulation.levels``: the modulated block indices, "all" by default)."""
+        if recorder is not None:
+            raise ValueError("recording attention maps is SD-only for now")
+        transformer, kernels = self.pipe.transformer, kernels or KernelChoice()
+        level = next(iter(layout.levels.values())) if layout is not None else None
+        blocks = None if modulation is None or modulation.levels == "all" else frozenset(modulation.levels)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, context: WanLayoutContext | None):
+            with layout_processors(transformer, context) if context is not None else nullcontext():
+                return transformer(x, t, text.to(x.device, transformer.dtype), return_dict=False)[0].float()
+
+        def denoise(latents: torch.Tensor, t: float, step: int) -> torch.Tensor:
+            x = latents.transpose(0, 1)[None].to(transformer.dtype)  # (1, C, T, h, w)
+            timestep = torch.tensor([t], device=x.device)
+            context = None
+            if level is not None and modulation is not None and step < modulation.steps:
+                xi = schedule.time_factor(t)
+                context = WanLayoutContext(
+                    level.bits.flatten(), layout.text_bits,
+                    (modulation.self_strength * xi * (1 - level.self_share)).flatten(),
+                    (modulation.cross_strength * xi * (1 - level.cross_share)).flatten(), blocks, kernels)
+            v = velocity(x, timestep, cond, context)
+            if uncond is not None:
+                v_uncond = velocity(x, timestep, uncond, None)
+                v = v_uncond + guidance_scale * (v - v_uncond)
+            return v[0].transpose(0, 1).to(latents.dtype)
+
+        return denoise
+
+    def attention_processors(self):
+        """Nothing for the whole edit: the processors are bound per transformer call (``denoise_fn``)."""
+        return nullcontext()
