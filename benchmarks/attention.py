@@ -1,8 +1,10 @@
-"""Time and peak memory of ST-Layout attention paths vs plain SDPA on SD 1.5 self-attention shapes.
+"""Time and peak memory of ST-Layout attention paths vs plain SDPA on SD 1.5 and Wan self-attention shapes.
 
     python benchmarks/attention.py                 # CPU: the sizes that finish in reasonable time
     python benchmarks/attention.py --device cuda   # every size (fp16; SDPA is FlashAttention there)
     python benchmarks/attention.py --frames 16 --grids 32 --heads 2 8 --dims 40   # one case
+    python benchmarks/attention.py --frames 21 --grids 30x52 --heads 12 --dims 128 --max-tokens 40000
+                                                   # Wan 2.1 1.3B, 81 frames at 480x832 (21 latent frames)
 
 On CUDA every path runs in this process (peak: max allocated over one call after a warm-up call,
 which compiles and autotunes; times: median of ``--repeat`` synchronised calls). On the CPU each
@@ -38,29 +40,41 @@ METHODS = ("sdpa", "dense", "grouped", "flex", "triton")
 DEFAULT_METHODS = {"cpu": ("sdpa", "dense", "grouped"), "cuda": ("sdpa", "dense", "grouped", "flex", "triton")}
 
 
-def make_inputs(frames: int, grid: int, heads: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0):
+def parse_grid(text: str) -> tuple[int, int]:
+    """A token grid per frame: "32" (square) or "30x52" (rows x columns)."""
+    rows, _, cols = text.partition("x")
+    return int(rows), int(cols or rows)
+
+
+def grid_name(grid: tuple[int, int]) -> str:
+    return f"{grid[0]}²" if grid[0] == grid[1] else f"{grid[0]}×{grid[1]}"
+
+
+def make_inputs(frames: int, grid: tuple[int, int], heads: int, dim: int, device: str, dtype: torch.dtype,
+                seed: int = 0):
     """Random q, k, v (1, H, N, D) and a layout like an instance edit: two objects moving across the
     frames, a part inside the first one, background everywhere else (bits 0b001, 0b011, 0b010, 0b100)."""
     gen = torch.Generator().manual_seed(seed)
-    n = frames * grid * grid
+    rows, cols = grid
+    n = frames * rows * cols
     q, k, v = (torch.randn(1, heads, n, dim, generator=gen).to(device, dtype) for _ in range(3))
-    bits = torch.full((frames, grid, grid), 0b100, dtype=torch.int64)
+    bits = torch.full((frames, rows, cols), 0b100, dtype=torch.int64)
     for f in range(frames):
-        shift = f * grid // (4 * frames)
-        a0, a1 = grid // 8 + shift, grid // 2 + shift
-        bits[f, grid // 4 : 3 * grid // 4, a0:a1] = 0b001
-        bits[f, grid // 4 : grid // 2, a0 : (a0 + a1) // 2] = 0b011  # part of object one
-        bits[f, grid // 3 : 5 * grid // 6, grid - a1 : grid - a0] = 0b010
+        shift = f * cols // (4 * frames)
+        a0, a1 = cols // 8 + shift, cols // 2 + shift
+        bits[f, rows // 4 : 3 * rows // 4, a0:a1] = 0b001
+        bits[f, rows // 4 : rows // 2, a0 : (a0 + a1) // 2] = 0b011  # part of object one
+        bits[f, rows // 3 : 5 * rows // 6, cols - a1 : cols - a0] = 0b010
     bits = bits.flatten().to(device)
     strength = (0.3 * (1 - torch.rand(n, generator=gen) * 0.5)).to(device)
     return q, k, v, bits, strength
 
 
-def run_one(method: str, frames: int, grid: int, heads: int, dim: int, device: str, repeat: int) -> dict:
+def run_one(method: str, frames: int, grid: tuple[int, int], heads: int, dim: int, device: str, repeat: int) -> dict:
     """Peak extra memory of one call and the median time of ``repeat`` further calls (on CUDA after a
     warm-up call, which compiles the kernels)."""
     dtype = torch.float16 if device == "cuda" else torch.float32
-    q, k, v, bits, strength = make_inputs(frames, grid, heads, dim, device, dtype)
+    q, k, v, bits, strength = make_inputs(frames, tuple(grid), heads, dim, device, dtype)
     if method == "sdpa":
         fn = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
     else:
@@ -103,7 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32])
-    parser.add_argument("--grids", type=int, nargs="+", default=list(SD15_LEVELS))
+    parser.add_argument("--grids", type=parse_grid, nargs="+", default=[(g, g) for g in SD15_LEVELS],
+                        help="token grids per frame: 32 or 30x52 (default: SD 1.5's levels)")
     parser.add_argument("--heads", type=int, nargs="+", default=[8])
     parser.add_argument("--dims", type=int, nargs="+", help="head dims (default: SD 1.5's for each grid)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: every path that fits the device")
@@ -123,10 +138,10 @@ def main() -> None:
     chosen = GPU_METHODS[0] if args.device == "cuda" else "grouped"  # what layout_attention's auto picks at these sizes
     rows = []
     for grid in args.grids:
-        for dim in args.dims or [SD15_LEVELS.get(grid, 40)]:
+        for dim in args.dims or [SD15_LEVELS.get(grid[0], 40)]:
             for frames in args.frames:
                 for heads in args.heads:
-                    n = frames * grid * grid
+                    n = frames * grid[0] * grid[1]
                     if n > max_tokens:
                         continue
                     row = {"frames": frames, "grid": grid, "heads": heads, "dim": dim, "tokens": n}
@@ -158,7 +173,7 @@ def main() -> None:
     for row in rows:
         get = lambda m, key, fmt: format(row[m][key], fmt) if m in row else "–"  # noqa: E731
         ratio = f"{row[chosen]['seconds'] / row['sdpa']['seconds']:.2f}" if {chosen, "sdpa"} <= set(row) else "–"
-        print(f"| {row['frames']} | {row['grid']}² | {row['heads']} | {row['dim']} | {row['tokens']} | "
+        print(f"| {row['frames']} | {grid_name(row['grid'])} | {row['heads']} | {row['dim']} | {row['tokens']} | "
               + " | ".join(get(m, "seconds", ".3f") for m in methods) + f" | {ratio} | "
               + " | ".join(get(m, "peak_extra_mb", ".0f") for m in methods)
               + f" | {row['tokens'] ** 2 * 4 / 2**20:.0f} |")

@@ -35,7 +35,9 @@ for stage in $stages; do
         attention) step attention 240 python3 benchmarks/attention.py --device cuda --repeat 10 \
             --json "$out/attention.json"
             step attention_issue_shape 60 python3 benchmarks/attention.py --device cuda --repeat 10 \
-            --frames 16 --grids 32 --heads 2 8 --dims 40 ;;
+            --frames 16 --grids 32 --heads 2 8 --dims 40
+            step attention_wan_shape 120 python3 benchmarks/attention.py --device cuda --repeat 10 \
+            --frames 21 9 --grids 30x52 --heads 12 --dims 128 --json "$out/attention_wan.json" ;;
         edit) step edit 150 python3 benchmarks/edit.py --device cuda --model sd15-shaped --frames 16 \
             --size 512 512 --steps 20 --variants stock fullframe videograin ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
