@@ -241,8 +241,9 @@ def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, device: s
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     (h, w), size = frames.shape[1:3], model.config.image_size
+    # the processed frames stay in host memory; the model moves one frame at a time to ``device``
     session = Sam2VideoInferenceSession(video_height=h, video_width=w, inference_device=device,
-                                        inference_state_device=device, video_storage_device=device,
+                                        inference_state_device=device, video_storage_device="cpu",
                                         dtype=next(model.parameters()).dtype)
     mean, std = (torch.tensor(v, device=device).view(3, 1, 1) for v in (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
     by_frame: dict[int, list[int]] = {}
@@ -250,7 +251,7 @@ def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, device: s
         by_frame.setdefault(prompt.frame, []).append(i)
     out = np.zeros((len(prompts), *frames.shape[:3]), bool)
     with torch.inference_mode():
-        for frame in frames:
+        for frame in frames:  # resized on ``device``, stored on the CPU
             pixels = torch.from_numpy(frame).to(device).permute(2, 0, 1)[None].float()
             pixels = F.interpolate(pixels, (size, size), mode="bilinear", antialias=True, align_corners=False)
             session.add_new_frame((pixels[0] / 255 - mean) / std)

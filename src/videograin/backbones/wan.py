@@ -94,8 +94,9 @@ class WanBackbone:
         encoder = self.pipe.text_encoder
         tokens = self.tokenizer(text, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                                 return_attention_mask=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(encoder.device)
-        embeds = encoder(tokens.input_ids.to(encoder.device), mask).last_hidden_state
+        device = self.pipe._execution_device  # the encoder's device, also under CPU offload
+        mask = tokens.attention_mask.to(device)
+        embeds = encoder(tokens.input_ids.to(device), mask).last_hidden_state
         return (embeds * mask[..., None]).float()
 
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
