@@ -1,0 +1,174 @@
+"""Train the toy world's text-to-video model on the Wan 2.1 architecture (CPU) and save it as a Wan folder.
+
+    nice -n 19 python -m toyworld.train_wan --out toyworld/model_wan
+
+Two phases, deterministic given ``--seed`` (one thread, seeded generators, data drawn from the seed):
+
+1. VAE: AutoencoderKLWan trained to reconstruct 9-frame world clips (random scenes, each shape moving
+   and scaling smoothly within its third; L1 + L2 + a tiny KL term); then its ``latents_mean`` /
+   ``latents_std`` are set to the per-channel statistics of the clips' latents (as Wan's VAE ships).
+2. Flow matching: WanTransformer3DModel and UMT5EncoderModel trained jointly on the frozen VAE's
+   normalised latents x₀: x_σ = (1 − σ)·x₀ + σ·ε, target velocity ε − x₀, σ drawn uniformly and then
+   shifted as the sampler's grid is (``--shift``), captions drawn afresh (random order, place phrases
+   with probability ``--position-prob``, empty with ``--uncond-prob``) and padded to 512 zero
+   embeddings as the pipeline pads them. An exponential moving average of the weights is saved.
+
+``--resume DIR`` continues phase 2 from a saved folder (its VAE kept). The folder gets
+``train_log.json``: arguments, losses, CPU seconds per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+from .train import _ema_update, _log, _lr
+from .wan_model import (
+    FLOW_SHIFT, FRAMES, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer, make_transformer, make_vae,
+    save_pipeline,
+)
+
+
+def random_clip(rng: np.random.Generator, frames: int = FRAMES) -> tuple[np.ndarray, world.Scene]:
+    """One clip (F, H, W, 3) uint8 of a random scene whose shapes move (up to 3 px) and scale (±10%)."""
+    while True:
+        scene = world.random_scene(rng)
+        motions = [world.Motion(float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), float(rng.uniform(0.9, 1.1)))
+                   for _ in scene.shapes]
+        try:
+            return world.video(scene, motions, frames)[0], scene
+        except ValueError:  # a shape left its third or touched another: draw again
+            continue
+
+
+def clips(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Scene]]:
+    """(n, 3, F, H, W) float in [-1, 1] and their scenes (frame 0's, which the captions describe)."""
+    drawn = [random_clip(rng) for _ in range(n)]
+    video = torch.from_numpy(np.stack([c for c, _ in drawn])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return video, [s for _, s in drawn]
+
+
+def train_vae(videos: torch.Tensor, steps: int, batch: int, lr: float, rng: np.random.Generator):
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr, 50)
+        x = videos[torch.from_numpy(rng.integers(len(videos), size=batch))]
+        post = vae.encode(x).latent_dist
+        err = vae.decode(post.sample()).sample - x
+        loss = err.abs().mean() + err.square().mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            _log(f"vae {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
+    return vae.eval(), losses
+
+
+@torch.no_grad()
+def latents_of(vae, videos: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Posterior means (n, C, T, h, w), unnormalised."""
+    return torch.cat([vae.encode(videos[i : i + chunk]).latent_dist.mean for i in range(0, len(videos), chunk)])
+
+
+def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None):
+    """latents (n, C, T, h, w) normalised. Returns (ema text encoder, ema transformer, tokenizer, losses)."""
+    tokenizer = make_tokenizer()
+    text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer), make_transformer())
+    text_encoder.train()
+    transformer.train()
+    ema_te, ema_tr = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    losses = []
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        idx = rng.integers(len(latents), size=args.batch)
+        captions = ["" if rng.random() < args.uncond_prob else
+                    world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob)) for i in idx]
+        x0 = latents[torch.from_numpy(idx)]
+        noise = torch.randn_like(x0)
+        u = torch.rand(args.batch)
+        sigma = args.shift * u / (1 + (args.shift - 1) * u)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        velocity = transformer((1 - s) * x0 + s * noise, sigma * 1000, encode_captions(text_encoder, tokenizer, captions),
+                               return_dict=False)[0]
+        loss = (velocity - (noise - x0)).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        _ema_update(ema_tr, transformer, decay)
+        _ema_update(ema_te, text_encoder, decay)
+        losses.append(loss.item())
+        if step % 50 == 0 or step == args.steps - 1:
+            _log(f"flow {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
+    return ema_te, ema_tr, tokenizer, losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=WAN_MODEL_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=int, default=4000, help="training clips rendered once")
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=3000, help="flow-matching steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of training draws (the sampler's)")
+    p.add_argument("--position-prob", type=float, default=0.5)
+    p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", type=Path, default=None, help="continue phase 2 from this folder (VAE kept)")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    log = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+           "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
+    videos, scenes = clips(args.clips, rng)
+    clock = time.process_time()
+    if args.resume is None:
+        vae, log["vae_losses"] = train_vae(videos, args.vae_steps, args.vae_batch, args.vae_lr, rng)
+        init = None
+    else:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        vae = AutoencoderKLWan.from_pretrained(args.resume, subfolder="vae").eval()
+        init = (UMT5EncoderModel.from_pretrained(args.resume, subfolder="text_encoder"),
+                WanTransformer3DModel.from_pretrained(args.resume, subfolder="transformer"))
+    raw = latents_of(vae, videos)
+    mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    log["vae_cpu_s"] = time.process_time() - clock
+    clock = time.process_time()
+    latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init)
+    log["flow_cpu_s"] = time.process_time() - clock
+    save_pipeline(args.out, vae, text_encoder, tokenizer, transformer)
+    (args.out / "train_log.json").write_text(json.dumps(log))
+    _log(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

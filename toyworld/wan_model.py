@@ -1,0 +1,67 @@
+"""The toy world's text-to-video model on the Wan 2.1 architecture: stock diffusers / transformers
+classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrainPipeline`` loads.
+
+- AutoencoderKLWan, base width 16, two downsampling stages, both also in time: 32x32 frames -> 8x8
+  latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 4 channels. Two stages
+  because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's latent-frame masks
+  (``layout.latent_frame_masks``) assume; its spatial factor is then 4.
+- WanTransformer3DModel with patch (1, 1, 1): the 8x8 latent grid is the token grid, so a shape of
+  8-12 px spans 2-3 tokens a side (a 2x2 patch would leave 4x4 tokens per frame, a shape about one);
+  4 blocks of 2 heads of 32, RoPE over (time, height, width).
+- UMT5EncoderModel, 64 wide, 2 layers, with a T5-style tokenizer in which every world word is one token.
+- UniPC with flow sigmas and shift 3, as Wan ships (the edit reads only its σ grid).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from transformers import UMT5Config, UMT5EncoderModel
+
+from videograin.testing import t5_word_tokenizer
+
+from .world import WORDS
+
+WAN_MODEL_DIR = Path(__file__).resolve().parent / "model_wan"
+TEXT_WIDTH = 64
+FRAMES = 9  # 4·2 + 1: three latent frames
+FLOW_SHIFT = 3.0
+
+
+def make_tokenizer():
+    return t5_word_tokenizer(WORDS)
+
+
+def make_text_encoder(tokenizer) -> UMT5EncoderModel:
+    return UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=TEXT_WIDTH, d_kv=16, d_ff=128, num_layers=2,
+                                       num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0))
+
+
+def make_vae(latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4) -> AutoencoderKLWan:
+    return AutoencoderKLWan(base_dim=16, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                            temperal_downsample=[True, True], latents_mean=list(latents_mean),
+                            latents_std=list(latents_std))
+
+
+def make_transformer() -> WanTransformer3DModel:
+    return WanTransformer3DModel(patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=4,
+                                 out_channels=4, text_dim=TEXT_WIDTH, freq_dim=64, ffn_dim=256, num_layers=4,
+                                 rope_max_seq_len=64)
+
+
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer) -> Path:
+    """Save as a Wan text-to-video folder (safetensors)."""
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    """(B, 512, D) as the pipeline encodes prompts (``WanBackbone.encode_prompt``): padded to umT5's 512
+    tokens, zero after each caption's tokens. Training sees the same zero keys the edit will."""
+    tokens = tokenizer(captions, padding="max_length", max_length=512, truncation=True, return_tensors="pt")
+    embeds = text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
+    return embeds * tokens.attention_mask[..., None]
