@@ -3,6 +3,7 @@
     nice -n 19 python -m toyworld.bench              # full run: writes toyworld/results/, updates README
     nice -n 19 python -m toyworld.bench --quick      # two instance cases, baseline vs videograin_tuned
     nice -n 19 python -m toyworld.bench --sweep      # modulation strengths on held-out cases (picks TUNED)
+    nice -n 19 python -m toyworld.bench --backbone wan   # the same cases on the Wan toy model (9 frames)
 
 Each case is a short clip (8 frames, 32x32) rendered by :mod:`toyworld.world`, with exact per-shape
 geometry. Shape regions are the shapes' per-frame bounding boxes grown by 1 px (a square drawn where a
@@ -465,7 +466,7 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
 
 
 def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: float = 7.5, log=print,
-          keys: tuple[str, str] = ("instance_accuracy", "leakage")) -> list[dict]:
+          keys: tuple[str, str] = ("instance_accuracy", "leakage"), frames: int = FRAMES) -> list[dict]:
     """Score every (self, cross, fraction) of ``grid`` on ``cases`` with blend on: one row each, with
     the accuracy and leakage scores named by ``keys`` averaged over the cases, best first
     (ties: the earlier grid entry, i.e. the weaker modulation). The baseline (no modulation) is a row
@@ -473,7 +474,7 @@ def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: f
     rows = []
     for self_strength, cross_strength, fraction in ((None, None, None), *grid):
         method = Method(f"s{self_strength}_c{cross_strength}_f{fraction}", self_strength, cross_strength, fraction)
-        results, _, _ = run(pipe, cases, [method], (True,), steps, guidance, log=lambda *_: None)
+        results, _, _ = run(pipe, cases, [method], (True,), steps, guidance, frames, log=lambda *_: None)
         row = {"self_strength": self_strength, "cross_strength": cross_strength, "fraction": fraction,
                **{k: results["summary"][variant_name(method, True)][k] for k in keys}}
         log(row)
@@ -557,8 +558,11 @@ def update_readme(readme: Path, table: str, marker: str = "bench") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(MODEL_DIR))
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--backbone", choices=("sd", "wan"), default="sd",
+                   help="the toy model's architecture: sd (UNet, toyworld/model, 8 frames) or wan (DiT, "
+                        "toyworld/model_wan, 9 frames; ReAtCo rows left out, results in toyworld/results_wan)")
+    p.add_argument("--model", default=None, help="model folder (default: the backbone's committed toy model)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: toyworld/results[_wan])")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--quick", action="store_true", help="two instance cases, baseline and videograin_tuned, blend on")
@@ -577,12 +581,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parts and args.quick:
         p.error("--parts has no --quick")
+    wan = args.backbone == "wan"
+    if wan and args.readme:
+        p.error("--readme updates the SD toy's tables; the Wan toy's results are written to --out")
+    if wan:
+        from .sample_wan import load_pipeline as load
+        from .wan_model import FRAMES as frames, WAN_MODEL_DIR as default_model
+    else:
+        load, frames, default_model = load_pipeline, FRAMES, MODEL_DIR
+    args.model = args.model or str(default_model)
+    args.out = args.out or (HERE / "results_wan" if wan else RESULTS)
     torch.set_num_threads(args.threads)
     prefix = "parts_" if args.parts else ""
     if args.sweep:
         held_out = list(PART_VALIDATION_CASES if args.parts else VALIDATION_CASES)
         keys = ("part_accuracy", "part_leakage") if args.parts else ("instance_accuracy", "leakage")
-        rows = sweep(load_pipeline(args.model), held_out, steps=args.steps, guidance=args.guidance, keys=keys)
+        rows = sweep(load(args.model), held_out, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames)
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / f"{prefix}sweep.json", {"model": str(args.model), "steps": args.steps,
                                                           "guidance_scale": args.guidance, "rows": rows})
@@ -593,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
 
-    methods = list(METHODS) + [TUNED]
+    methods = [m for m in (*METHODS, TUNED) if not (wan and m.reatco)]  # ReAtCo is SD-only
     for spec in args.extra:
         name, s, c, f = spec.split(":")
         methods.append(Method(name, float(s), float(c), float(f)))
@@ -611,13 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_blend_off:
         blends = (True,)
 
-    pipe = load_pipeline(args.model)
+    pipe = load(args.model)
     steps = QUICK_STEPS if args.quick else args.steps
-    results, outputs, sources = run(pipe, cases, methods, blends, steps, args.guidance)
-    results["settings"]["model"] = str(args.model)
+    results, outputs, sources = run(pipe, cases, methods, blends, steps, args.guidance, frames)
+    results["settings"].update(model=str(args.model), backbone=args.backbone)
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(results)
-    masks = {c.name: viz.mask_overlay(sources[c.name], case_inputs(c)[1]) for c in cases}
+    masks = {c.name: viz.mask_overlay(sources[c.name], case_inputs(c, frames)[1]) for c in cases}
     io.write_png(args.out / f"{prefix}contact_sheet.png", contact_sheet(outputs, sources, masks))
     if args.readme and args.parts:
         update_readme(HERE / "README.md", table, marker="parts")
