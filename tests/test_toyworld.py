@@ -109,6 +109,25 @@ def test_default_tiny_model_tokenizer_unchanged(tmp_path):
         assert fa.read_bytes() == fb.read_bytes()
 
 
+
+def test_wan_vae_training_decode_is_the_vae_decode_before_its_clamp():
+    """train_wan.decode_unclamped mirrors AutoencoderKLWan._decode (the causal cache frame by frame)
+    without the clamp: clamped, it equals vae.decode, and it does leave [-1, 1] where decode clamps."""
+    import torch
+
+    from toyworld.train_wan import decode_unclamped
+    from toyworld.wan_model import LATENT_CHANNELS, make_vae
+
+    torch.manual_seed(0)
+    vae = make_vae().eval()
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(30)  # push outputs past the range
+        z = torch.randn(2, LATENT_CHANNELS, 3, 8, 8)
+        stock, raw = vae.decode(z).sample, decode_unclamped(vae, z)
+    assert raw.shape == stock.shape == (2, 3, 9, 32, 32)
+    assert (raw.abs() > 1).float().mean() > 0.05
+    torch.testing.assert_close(raw.clamp(-1, 1), stock, atol=1e-6, rtol=0)
+
 # ------------------------------------------------------------------------------------------------ judge
 
 

@@ -2,9 +2,10 @@
 classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrainPipeline`` loads.
 
 - AutoencoderKLWan, base width 16, two downsampling stages, both also in time: 32x32 frames -> 8x8
-  latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 4 channels. Two stages
-  because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's latent-frame masks
-  (``layout.latent_frame_masks``) assume; its spatial factor is then 4.
+  latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 16 channels as Wan 2.1's
+  (9x fewer values than pixels; with 4 channels the small VAE left 16% of the pixels more than 25/255
+  off). Two stages because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's
+  latent-frame masks (``layout.latent_frame_masks``) assume; its spatial factor is then 4.
 - WanTransformer3DModel with patch (1, 1, 1): the 8x8 latent grid is the token grid, so a shape of
   8-12 px spans 2-3 tokens a side (a 2x2 patch would leave 4x4 tokens per frame, a shape about one);
   4 blocks of 2 heads of 32, RoPE over (time, height, width).
@@ -28,6 +29,7 @@ WAN_MODEL_DIR = Path(__file__).resolve().parent / "model_wan"
 TEXT_WIDTH = 64
 FRAMES = 9  # 4·2 + 1: three latent frames
 FLOW_SHIFT = 3.0
+LATENT_CHANNELS = 16
 
 
 def make_tokenizer():
@@ -39,16 +41,23 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
                                        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0))
 
 
-def make_vae(latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4) -> AutoencoderKLWan:
-    return AutoencoderKLWan(base_dim=16, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
-                            temperal_downsample=[True, True], latents_mean=list(latents_mean),
-                            latents_std=list(latents_std))
+def make_vae() -> AutoencoderKLWan:
+    """Its latents_mean / latents_std are set after training (``train_wan``). The posterior's
+    log-variance starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the
+    decoder learned to ignore the latents' detail and drew blurred grey shapes."""
+    vae = AutoencoderKLWan(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
+                           latents_std=[1.0] * LATENT_CHANNELS)
+    with torch.no_grad():
+        vae.quant_conv.weight[LATENT_CHANNELS:] = 0
+        vae.quant_conv.bias[LATENT_CHANNELS:] = -8.0
+    return vae
 
 
 def make_transformer() -> WanTransformer3DModel:
-    return WanTransformer3DModel(patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=4,
-                                 out_channels=4, text_dim=TEXT_WIDTH, freq_dim=64, ffn_dim=256, num_layers=4,
-                                 rope_max_seq_len=64)
+    return WanTransformer3DModel(patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32,
+                                 in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_WIDTH,
+                                 freq_dim=64, ffn_dim=256, num_layers=4, rope_max_seq_len=64)
 
 
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer) -> Path:
