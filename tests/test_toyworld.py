@@ -439,3 +439,18 @@ def test_quick_part_case_videograin_beats_baseline():
     results, _, _ = bench.run(pipe, cases, methods, blends=(True,), steps=25, log=lambda *_: None)
     base, tuned = results["summary"]["baseline+blend"], results["summary"]["parts_tuned+blend"]
     assert tuned["part_accuracy"] > base["part_accuracy"] and tuned["part_leakage"] == 0.0, results["summary"]
+
+
+@pytest.mark.skipif(not (PARTS_MODEL / "model_index.json").is_file(), reason="toyworld/model_parts not built")
+def test_part_prompt_attention_moves_into_the_part_region_with_modulation():
+    """bench.part_attention on model_parts: at every UNet level the part prompt's cross-attention mass
+    inside its region (a box of ~6% of the tokens) is about its area share without modulation and
+    several times it with the part-tuned modulation (README: 6-12x)."""
+    from toyworld.model import load_pipeline
+
+    cases = [c for c in bench.PART_CASES if c.name == "part_add"]
+    rows = bench.part_attention(load_pipeline(PARTS_MODEL), cases, bench.Method("parts_tuned", 0.3, 4.0, 0.3))
+    assert sorted(r["level"] for r in rows) == [0, 1, 2]
+    for r in rows:
+        assert 0.02 < r["area_share"] < 0.15, r
+        assert r["unmodulated"] < 2 * r["area_share"] and r["modulated"] > 4 * r["area_share"], r

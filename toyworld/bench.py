@@ -482,6 +482,49 @@ def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: f
     return sorted(rows, key=lambda r: (-r[keys[0]], r[keys[1]] or 0.0))
 
 
+def part_attention(pipe, cases: list[Case], method: Method, steps: int = 25, guidance: float = 7.5,
+                   frames: int = FRAMES) -> list[dict]:
+    """Where each part prompt's cross-attention goes, per UNet level (the reason a part is drawn or not).
+
+    For each case's part region (``mask`` "dot" / "stripe"): the share of its prompt tokens' attention
+    that falls inside the region (``metrics.attention_mass``), with ``method``'s modulation and without
+    it (maps of the same latents recomputed unmodulated), averaged over the modulated steps, beside the
+    region's share of the tokens (what flat attention gives). Blend on. One row per (case, level).
+    """
+    from videograin.eval.metrics import attention_mass
+
+    modulated = method.modulation(steps).steps
+    rows = []
+    for case in cases:
+        source, masks, _ = case_inputs(case, frames)
+        out = pipe(source, masks, case.prompt, [r.prompt for r in case.regions], source_prompt=source_prompt(case),
+                   negative_prompt="", num_inference_steps=steps, guidance_scale=guidance,
+                   modulation=method.modulation(steps), blend=True, record_attention="compare",
+                   generator=torch.Generator().manual_seed(0), output_type="latent")
+        names = [r.name for r in case.regions]
+        part = next(r for r in case.regions if r.mask in world.PARTS)
+        sizes = {grid.index: f"{grid.height}x{grid.width}" for grid in out.layout.levels.values()}
+        with_mod, without = (attention_mass(rec, out.layout, names)["regions"][part.name]
+                             for rec in (out.recorder, out.recorder.unmodulated))
+        for level, values in with_mod["per_level"].items():
+            rows.append({"case": case.name, "region": part.name, "prompt": part.prompt, "level": int(level),
+                         "tokens": sizes[int(level)], "area_share": round(with_mod["area_share"][level], 4),
+                         "unmodulated": round(float(np.nanmean(without["per_level"][level][:modulated])), 4),
+                         "modulated": round(float(np.nanmean(values[:modulated])), 4)})
+    return rows
+
+
+def part_attention_markdown(rows: list[dict], method: Method, steps: int) -> str:
+    lines = [f"Attention mass of each part prompt inside its region (share of its tokens' cross-attention; "
+             f"{method.name}: self {method.self_strength}, cross {method.cross_strength}, mean of the first "
+             f"{method.modulation(steps).steps} of {steps} steps, blend on), per UNet level:", "",
+             "| case | part prompt | level (tokens per frame) | region's share of the tokens | without modulation "
+             "| with modulation |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['prompt']} | {r['level']} ({r['tokens']}) | {r['area_share']:.2f} "
+              f"| {r['unmodulated']:.2f} | {r['modulated']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def sweep_markdown(rows: list[dict], cases: list[Case], keys: tuple[str, str] = ("instance_accuracy", "leakage")) -> str:
     labels = " | ".join(k.replace("_", " ") for k in keys)
     lines = [f"Modulation strengths on the held-out cases ({', '.join(c.name for c in cases)}), blend on, best first:",
@@ -577,10 +620,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="the part-level cases (PART_CASES; with --sweep PART_VALIDATION_CASES), on a model of the world "
                         "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep); "
                         "--readme updates its own table")
+    p.add_argument("--attention", action="store_true",
+                   help="with --parts: each part prompt's attention mass inside its region per UNet level, with and "
+                        "without modulation (the first --extra method, else videograin_tuned); writes "
+                        "parts_attention.json/.md")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.parts and args.quick:
         p.error("--parts has no --quick")
+    if args.attention and not args.parts:
+        p.error("--attention measures the part cases: add --parts")
     wan = args.backbone == "wan"
     if wan and args.readme:
         p.error("--readme updates the SD toy's tables; the Wan toy's results are written to --out")
@@ -608,9 +657,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     methods = [m for m in (*METHODS, TUNED) if not (wan and m.reatco)]  # ReAtCo is SD-only
-    for spec in args.extra:
-        name, s, c, f = spec.split(":")
-        methods.append(Method(name, float(s), float(c), float(f)))
+    extra = [Method(name, float(s), float(c), float(f)) for name, s, c, f in (spec.split(":") for spec in args.extra)]
+    methods += extra
+    if args.attention:
+        method = extra[0] if extra else TUNED
+        rows = part_attention(load(args.model), list(PART_CASES), method, args.steps, args.guidance, frames)
+        args.out.mkdir(parents=True, exist_ok=True)
+        io.write_json(args.out / "parts_attention.json", {"model": str(args.model), "steps": args.steps,
+                                                           "guidance_scale": args.guidance, "rows": rows})
+        table = part_attention_markdown(rows, method, args.steps)
+        (args.out / "parts_attention.md").write_text(table, encoding="utf-8")
+        if args.readme:
+            update_readme(HERE / "README.md", table, marker="parts_attention")
+        print(table)
+        return 0
     all_cases = list(PART_CASES if args.parts else CASES)
     cases = all_cases
     blends = (True, False)
