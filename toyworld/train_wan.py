@@ -63,8 +63,7 @@ def clips(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Sc
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     """``vae.decode(z).sample`` without its final clamp to [-1, 1], for training: a clamped pixel gets
-    no gradient, so a colour channel pushed past the range never comes back (the first runs drew grey
-    shapes). Mirrors ``AutoencoderKLWan._decode`` (one latent frame at a time through the causal cache)."""
+    no gradient, so a channel pushed past the range on the wrong side cannot come back. Mirrors ``AutoencoderKLWan._decode`` (one latent frame at a time through the causal cache)."""
     vae.clear_cache()
     x = vae.post_quant_conv(z)
     frames = []

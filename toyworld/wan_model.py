@@ -3,8 +3,8 @@ classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrain
 
 - AutoencoderKLWan, base width 16, two downsampling stages, both also in time: 32x32 frames -> 8x8
   latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 16 channels as Wan 2.1's
-  (9x fewer values than pixels; with 4 channels the small VAE left 16% of the pixels more than 25/255
-  off). Two stages because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's
+  (9x fewer values than pixels). At this size it does not keep the shapes' colours (toyworld/README,
+  "On Wan"). Two stages because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's
   latent-frame masks (``layout.latent_frame_masks``) assume; its spatial factor is then 4.
 - WanTransformer3DModel with patch (1, 1, 1): the 8x8 latent grid is the token grid, so a shape of
   8-12 px spans 2-3 tokens a side (a 2x2 patch would leave 4x4 tokens per frame, a shape about one);
@@ -44,7 +44,7 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
 def make_vae() -> AutoencoderKLWan:
     """Its latents_mean / latents_std are set after training (``train_wan``). The posterior's
     log-variance starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the
-    decoder learned to ignore the latents' detail and drew blurred grey shapes."""
+    trained decoder gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
     vae = AutoencoderKLWan(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,
                            temperal_downsample=[True, True], latents_mean=[0.0] * LATENT_CHANNELS,
                            latents_std=[1.0] * LATENT_CHANNELS)
