@@ -3,7 +3,7 @@ classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrain
 
 - AutoencoderKLWan, base width 16, two downsampling stages, both also in time: 32x32 frames -> 8x8
   latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 16 channels as Wan 2.1's
-  (9x fewer values than pixels). At this size it does not keep the shapes' colours (toyworld/README,
+  (9x fewer values than pixels). Trained so far, it does not keep the shapes' colours (toyworld/README,
   "On Wan"). Two stages because Wan's rule of 4k + 1 frames needs a time factor of 4, which the edit's
   latent-frame masks (``layout.latent_frame_masks``) assume; its spatial factor is then 4.
 - WanTransformer3DModel with patch (1, 1, 1): the 8x8 latent grid is the token grid, so a shape of
