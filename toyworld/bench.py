@@ -223,6 +223,10 @@ SWEEP_GRID = tuple((s, c, f) for s in (0.3, 0.6, 1.0) for c in (1.0, 2.0, 4.0) f
 # On the committed model the sweep put cross strength 4.0 first (0.88-0.91 on the held-out cases at any
 # self strength and fraction; cross 2.0: 0.77-0.80); cross 1.0, the paper's, gave 0.45-0.47 whatever the rest.
 TUNED = Method("videograin_tuned", 0.3, 4.0, 0.5)
+# The Wan toy (``--backbone wan``): flow matching, guidance 5 as Wan's own pipelines use; its strengths
+# from ``--backbone wan --sweep`` on the same held-out cases (toyworld/README, "On Wan").
+WAN_GUIDANCE = 5.0
+WAN_TUNED = Method("videograin_tuned", 0.6, 1.0, 0.8)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -607,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the backbone's committed toy model)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: toyworld/results[_wan])")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=None, help=f"default 7.5, with --backbone wan {WAN_GUIDANCE}")
     p.add_argument("--quick", action="store_true", help="two instance cases, baseline and videograin_tuned, blend on")
     p.add_argument("--cases", nargs="*", help="case names (default: all)")
     p.add_argument("--methods", nargs="*", help="method names (default: all)")
@@ -639,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         load, frames, default_model = load_pipeline, FRAMES, MODEL_DIR
     args.model = args.model or str(default_model)
+    args.guidance = args.guidance if args.guidance is not None else (WAN_GUIDANCE if wan else 7.5)
+    tuned = WAN_TUNED if wan else TUNED
     args.out = args.out or (HERE / "results_wan" if wan else RESULTS)
     torch.set_num_threads(args.threads)
     prefix = "parts_" if args.parts else ""
@@ -656,11 +662,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
 
-    methods = [m for m in (*METHODS, TUNED) if not (wan and m.reatco)]  # ReAtCo is SD-only
+    methods = [m for m in (*METHODS, tuned) if not (wan and m.reatco)]  # ReAtCo is SD-only
     extra = [Method(name, float(s), float(c), float(f)) for name, s, c, f in (spec.split(":") for spec in args.extra)]
     methods += extra
     if args.attention:
-        method = extra[0] if extra else TUNED
+        method = extra[0] if extra else tuned
         rows = part_attention(load(args.model), list(PART_CASES), method, args.steps, args.guidance, frames)
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / "parts_attention.json", {"model": str(args.model), "steps": args.steps,
@@ -676,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     blends = (True, False)
     if args.quick:
         cases = [c for c in CASES if c.name in QUICK_CASES]
-        methods = [m for m in methods if m.name in ("baseline", TUNED.name)]
+        methods = [m for m in methods if m.name in ("baseline", tuned.name)]
         blends = (True,)
     if args.cases:
         cases = [c for c in all_cases if c.name in args.cases]
