@@ -120,7 +120,7 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "videograin", "app", "--out", str(out), "--port", str(port),
                                 "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
@@ -150,9 +150,16 @@ def browser():
         browser.close()
 
 
+def _new_page(browser, url: str):
+    """A browser page that reaches only the app: any other request (web fonts, CDNs) is refused."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort())
+    return page
+
+
 @pytest.fixture()
 def page(browser, server):
-    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page = _new_page(browser, server[0])
     page.set_default_timeout(60_000)
     page.goto(server[0], wait_until="load")
     page.wait_for_selector("#load-example")
@@ -264,7 +271,7 @@ def test_cancel_stops_the_run_with_nothing_written_and_a_queued_edit_runs_next(p
     edit leaves no folder (nor a temporary one)."""
     url, out = server
     _example_with_two_regions(page, steps=400)
-    other = browser.new_page(viewport={"width": 1400, "height": 1800})
+    other = _new_page(browser, server[0])
     other.set_default_timeout(60_000)
     other.goto(url, wait_until="load")
     other.wait_for_selector("#load-example")
