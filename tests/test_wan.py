@@ -177,6 +177,36 @@ def test_the_layout_puts_a_token_in_a_region_when_half_its_patch_is_covered_in_a
     assert layout.text_bits.shape == (512,) and layout.text_bits[1:3].tolist() == [1, 1] and layout.text_bits.sum() == 2
 
 
+
+def test_a_vae_that_halves_time_still_takes_4k_plus_1_frames_and_maps_pairs_of_frames_to_latent_frames():
+    """AutoencoderKLWan encodes frame 0, then chunks of 4 frames, whatever its compression of time: with
+    one temporal downsample (x2, as the Wan toy's VAE) 7 frames encode to 3 latent frames that decode
+    to 5 frames (the last two dropped), so the backbone refuses 7 and takes 9 (-> 5 latent frames:
+    frame 0, then frames 1-2, 3-4, 5-6, 7-8)."""
+    from diffusers import AutoencoderKLWan
+    from types import SimpleNamespace
+
+    from videograin.backbones.wan import WanBackbone
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
+                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    with torch.no_grad():
+        z7 = vae.encode(torch.zeros(1, 3, 7, 16, 16)).latent_dist.mean
+        assert z7.shape[2] == 3 and vae.decode(z7).sample.shape[2] == 5
+        assert vae.encode(torch.zeros(1, 3, 9, 16, 16)).latent_dist.mean.shape[2] == 5
+    pipe = SimpleNamespace(tokenizer=None, vae=vae,
+                           transformer=SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2))))
+    backbone = WanBackbone(pipe)
+    assert (backbone.vae_factor, backbone.temporal_factor) == (2, 2)
+    with pytest.raises(ValueError, match="7 frames: Wan takes 4k \\+ 1 frames .* use 5 or 9"):
+        backbone.check_size(7, 16, 16)
+    backbone.check_size(9, 16, 16)
+    masks = torch.zeros(1, 9, 4, 4, dtype=torch.bool)
+    masks[0, 4, 0, 0] = masks[0, 7, 1, 1] = True  # frame 4 is in latent frame 2, frame 7 in latent frame 4
+    latent = backbone.latent_frames(masks)
+    assert latent.shape == (1, 5, 4, 4)
+    assert latent[0].flatten(1).nonzero().tolist() == [[2, 0], [4, 5]]
+
 def test_region_spans_and_the_regional_embedding_swap_on_umt5_tokens(wan_pipe):
     """T5 has no start token: "a blue square" is tokens 4..6 of "a red circle and a blue square"; its
     span's embeddings are those of the region prompt encoded alone, and the padding is zero."""

@@ -6,20 +6,23 @@ Two phases, deterministic given ``--seed`` (one thread, seeded generators, data 
 
 1. VAE: AutoencoderKLWan trained to reconstruct world clips (random scenes, each shape moving and
    scaling smoothly within its third; L1 + L2 with the shapes' pixels weighted 10x + a tiny KL term, on
-   the decoder's output before its clamp, gradients clipped to norm 1) on all 9 frames (trained on 5, it drew frames 5-8 wrong: 29% to
-   100% of their pixels more than 25/255 off, as the second group's causal cache was never seen); then
-   its ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the clips' latents
-   (as Wan's VAE ships them).
+   the decoder's output before its clamp, gradients clipped to norm 1) on all 9 frames (trained on 5,
+   it drew frames 5-8 wrong: 29% to 100% of their pixels more than 25/255 off, as the second group's
+   causal cache was never seen); ``--decoder-steps`` then trains the decoder alone on the encoder's
+   posterior means, as the SD toy's phase 3. Its ``latents_mean`` / ``latents_std`` are set to the
+   per-channel statistics of the clips' latents (as Wan's VAE ships them).
 2. Flow matching: WanTransformer3DModel and UMT5EncoderModel trained jointly on the frozen VAE's
    normalised latents x₀: x_σ = (1 − σ)·x₀ + σ·ε, target velocity ε − x₀, σ drawn uniformly and then
    shifted as the sampler's grid is (``--shift``), captions drawn afresh (random order, place phrases
-   with probability ``--position-prob``, empty with ``--uncond-prob``) and padded to 512 zero
-   embeddings as the pipeline pads them. An exponential moving average of the weights is saved.
+   with probability ``--position-prob``, then left to right with ``--places-left-to-right``, empty
+   with ``--uncond-prob``) and padded to 512 zero embeddings as the pipeline pads them. An
+   exponential moving average of the weights is saved.
 
 The VAE is saved to ``OUT/vae`` when phase 1 ends (``--vae-only`` stops there). ``--resume DIR``
 starts from a saved folder: its VAE (trained further with ``--vae-steps N``, kept as it is by
 default) and, when the folder has them, its text encoder and transformer. The folder gets
-``train_log.json``: arguments, losses, the VAE's share of pixels off per frame, CPU seconds per phase.
+``train_log.json``: arguments, losses, per frame the VAE's share of pixels off and of reconstructions
+the judge reads as the source, CPU seconds per phase.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import world
+from videograin import io
+
+from . import judge, world
 from .train import _ema_update, _log, _lr
 from .wan_model import (
     FLOW_SHIFT, FRAMES, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer, make_transformer, make_vae,
@@ -76,29 +81,36 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, rng: np.random.Generator,
-              shape_weight: float = 9.0):
+              shape_weight: float = 9.0, decoder_only: bool = False):
     """videos (n, 3, F, H, W) in [-1, 1]. Returns (vae in eval mode, losses). Pixels of the shapes (those
     off the frame's corner colour, the background) weigh ``1 + shape_weight`` in the loss: unweighted,
     the VAE drew the background right and the shapes grey (chroma kept 0.04 of 0.78 in a single-frame
-    probe, against 0.73 with the weight)."""
+    probe, against 0.73 with the weight). ``decoder_only``: the encoder frozen, the decoder learns to
+    draw the posterior means (what the pipeline decodes), so the latent space stays as it is."""
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses, name = [], "decoder" if decoder_only else "vae"
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, 50)
         x = videos[torch.from_numpy(rng.integers(len(videos), size=batch))]
-        post = vae.encode(x).latent_dist
-        err = decode_unclamped(vae, post.sample()) - x
+        if decoder_only:
+            with torch.no_grad():
+                z, kl = vae.encode(x).latent_dist.mean, 0.0
+        else:
+            post = vae.encode(x).latent_dist
+            z, kl = post.sample(), post.kl().mean()
+        err = decode_unclamped(vae, z) - x
         weight = 1 + shape_weight * ((x - x[..., :1, :1]).abs().amax(1, keepdim=True) > 0.2).float()
-        loss = (weight * err.abs()).mean() + (weight * err.square()).mean() + 1e-6 * post.kl().mean()
+        loss = (weight * err.abs()).mean() + (weight * err.square()).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)  # unclipped, the loss jumped and stalled
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # unclipped, the loss jumped and stalled
         opt.step()
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
-            _log(f"vae {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
+            _log(f"{name} {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
     return vae.eval(), losses
 
 
@@ -111,13 +123,32 @@ def pixels_off(vae, videos: torch.Tensor, n: int = 256) -> list[float]:
 
 
 @torch.no_grad()
+def judged_as_source(vae, videos: torch.Tensor, n: int = 160) -> list[float]:
+    """Per frame, the share of the first ``n`` clips whose reconstruction the judge reads exactly as
+    the source frame (background, and each shape's colour, class and third): roughly the most that
+    direct prompting can score through this VAE."""
+    n = min(n, len(videos))
+    rec = torch.cat([vae.decode(vae.encode(videos[i : min(i + 32, n)]).latent_dist.mean).sample for i in range(0, n, 32)])
+
+    def read(frame: torch.Tensor):
+        background, shapes = judge.detect(io.to_uint8(frame[None])[0])
+        return background, sorted((d.color, d.kind, d.place) for d in shapes)
+
+    return [float(np.mean([read(rec[i, :, f]) == read(videos[i, :, f]) for i in range(n)]))
+            for f in range(videos.shape[2])]
+
+
+@torch.no_grad()
 def latents_of(vae, videos: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Posterior means (n, C, T, h, w), unnormalised."""
     return torch.cat([vae.encode(videos[i : i + chunk]).latent_dist.mean for i in range(0, len(videos), chunk)])
 
 
-def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None):
-    """latents (n, C, T, h, w) normalised. Returns (ema text encoder, ema transformer, tokenizer, losses)."""
+def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None,
+               snapshot=None):
+    """latents (n, C, T, h, w) normalised. Returns (ema text encoder, ema transformer, tokenizer, losses).
+    ``snapshot(step, text_encoder, transformer, tokenizer)`` is called with the EMA weights every
+    ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
     text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer), make_transformer())
     text_encoder.train()
@@ -131,7 +162,8 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
             group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
         idx = rng.integers(len(latents), size=args.batch)
         captions = ["" if rng.random() < args.uncond_prob else
-                    world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob)) for i in idx]
+                    world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob),
+                                  places_left_to_right=args.places_left_to_right) for i in idx]
         x0 = latents[torch.from_numpy(idx)]
         noise = torch.randn_like(x0)
         u = torch.rand(args.batch)
@@ -150,6 +182,8 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
         losses.append(loss.item())
         if step % 50 == 0 or step == args.steps - 1:
             _log(f"flow {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
+        if snapshot is not None and args.snapshot_every and (step + 1) % args.snapshot_every == 0:
+            snapshot(step + 1, ema_te, ema_tr, tokenizer)
     return ema_te, ema_tr, tokenizer, losses
 
 
@@ -161,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default 1500; 0 with --resume)")
     p.add_argument("--vae-frames", type=int, default=FRAMES, help="VAE training clips cut to this many frames (4k + 1)")
     p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--decoder-steps", type=int, default=0, help="then this many steps of the decoder alone")
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--vae-shape-weight", type=float, default=9.0, help="extra loss weight of the shapes' pixels")
     p.add_argument("--steps", type=int, default=3000, help="flow-matching steps")
     p.add_argument("--batch", type=int, default=32)
@@ -170,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of training draws (the sampler's)")
     p.add_argument("--position-prob", type=float, default=0.5)
+    p.add_argument("--places-left-to-right", action="store_true",
+                   help="captions with places name the shapes left to right (as the SD toy's stage 4)")
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--snapshot-every", type=int, default=0, help="save the EMA model to OUT_stepN every N flow steps")
     p.add_argument("--resume", type=Path, default=None, help="start from this saved folder (see above)")
     p.add_argument("--vae-only", action="store_true", help="stop after phase 1 (OUT/vae saved)")
     args = p.parse_args(argv)
@@ -197,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     vae_steps = args.vae_steps if args.vae_steps is not None else (0 if args.resume else 1500)
     vae, log["vae_losses"] = train_vae(vae, videos[:, :, : args.vae_frames], vae_steps, args.vae_batch,
                                        args.vae_lr, rng, args.vae_shape_weight)
+    vae, log["decoder_losses"] = train_vae(vae, videos, args.decoder_steps, args.vae_batch, args.decoder_lr, rng,
+                                           args.vae_shape_weight, decoder_only=True)
     log["vae_pixels_off"] = [round(x, 4) for x in pixels_off(vae, videos)]
-    _log(f"vae: share of pixels more than 25/255 off, per frame: {log['vae_pixels_off']}")
+    log["vae_judged_as_source"] = [round(x, 4) for x in judged_as_source(vae, videos)]
+    _log(f"vae, per frame: share of pixels more than 25/255 off {log['vae_pixels_off']}, "
+         f"of reconstructions the judge reads as the source {log['vae_judged_as_source']}")
     raw = latents_of(vae, videos)
     mean, std = raw.mean(dim=(0, 2, 3, 4)), raw.std(dim=(0, 2, 3, 4))
     vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
@@ -210,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     clock = time.process_time()
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-    text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init)
+
+    def snapshot(step, text_encoder, transformer, tokenizer):
+        folder = save_pipeline(Path(f"{args.out}_step{step}"), vae, text_encoder, tokenizer, transformer)
+        (folder / "train_log.json").write_text(json.dumps({**log, "steps_done": step}))
+        _log(f"snapshot {folder}")
+
+    text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot)
     log["flow_cpu_s"] = time.process_time() - clock
     save_pipeline(args.out, vae, text_encoder, tokenizer, transformer)
     (args.out / "train_log.json").write_text(json.dumps(log))

@@ -2,11 +2,12 @@
 
     python toyworld/demo/make_demo.py
     videograin edit toyworld/demo/config.yaml --overwrite      # a real edit on CPU, under a minute
+    videograin edit toyworld/demo/config_wan.yaml --overwrite  # the same on the Wan toy model
     python toyworld/demo/make_demo.py --pictures out/toyworld_demo   # its pictures, enlarged, for the README
 
 Writes next to this file: ``frames/00000.png ...`` (lossless PNG frames: H.264 would smear colours
 at 32x32), ``masks/left/``, ``masks/right/`` (each square's bounding box grown by 1 px, so another shape
-fits), ``masks/background/`` (the rest) and ``config.yaml``. Deterministic (analytic geometry).
+fits), ``masks/background/`` (the rest), ``config.yaml`` and ``config_wan.yaml`` (the Wan toy). Deterministic (analytic geometry).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ sys.path.insert(0, str(HERE.parents[1]))  # repository root: toyworld
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # videograin from a checkout
 
 from toyworld import world  # noqa: E402
-from toyworld.bench import CASES, TUNED  # noqa: E402
+from toyworld.bench import CASES, TUNED, WAN_GUIDANCE, WAN_TUNED  # noqa: E402
 from videograin import io  # noqa: E402
 
 FRAMES = 12
+WAN_FRAMES = 9  # Wan takes 4k + 1 frames: the first 9 of the clip
 STEPS = 25
 RESULTS = HERE.parent / "results"
 # The benchmark's instance case that the tuned method gets right in every judged frame (toyworld/README's
@@ -70,6 +72,37 @@ edit:
 output: ../../out/toyworld_demo
 """
 
+CONFIG_WAN = f"""\
+# The same demo on the Wan toy model (toyworld/model_wan: the Wan 2.1 architecture, trained here): the
+# first {WAN_FRAMES} frames (Wan takes 4k + 1), the left square -> a {LEFT}, the right one -> a {RIGHT}.
+#   videograin edit toyworld/demo/config_wan.yaml --overwrite
+model: ../model_wan
+video:
+  path: frames
+  frames: {WAN_FRAMES}
+  size: [32, 32]
+source_prompt: "{world.caption(CASE.scene, positions=False)}"
+prompt: "{CASE.prompt}"
+regions:
+  - name: left
+    prompt: "{LEFT}"
+    masks: masks/left
+  - name: right
+    prompt: "{RIGHT}"
+    masks: masks/right
+  - name: background
+    prompt: ""   # kept
+    masks: masks/background
+edit:
+  steps: {STEPS}
+  guidance_scale: {WAN_GUIDANCE}
+  seed: 0
+  blend: true
+  # toyworld/bench.py's WAN_TUNED, picked by `python -m toyworld.bench --backbone wan --sweep` on held-out clips
+  modulation: {{steps: {round(WAN_TUNED.fraction * STEPS)}, self_strength: {WAN_TUNED.self_strength}, cross_strength: {WAN_TUNED.cross_strength}}}
+output: ../../out/toyworld_demo_wan
+"""
+
 
 def enlarge_pictures(folder: Path) -> None:
     """The CLI's ``comparison.gif`` / ``comparison.png`` in ``folder``, enlarged 4x / 3x (nearest
@@ -98,6 +131,7 @@ def main() -> None:
     for name, m in masks.items():
         io.write_frames(HERE / "masks" / name, np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1))
     (HERE / "config.yaml").write_text(CONFIG, encoding="utf-8")
+    (HERE / "config_wan.yaml").write_text(CONFIG_WAN, encoding="utf-8")
     print(f"wrote {HERE}")
 
 

@@ -35,10 +35,15 @@ def vae_factors(vae_config) -> tuple[int, int]:
     return 2 ** len(downsamples), 2 ** sum(bool(d) for d in downsamples)
 
 
-def nearest_frame_counts(num_frames: int, temporal_factor: int) -> tuple[int, int]:
-    """The valid frame counts (k·factor + 1) just below and above ``num_frames``."""
-    below = (num_frames - 1) // temporal_factor * temporal_factor + 1
-    return max(below, 1), below + temporal_factor
+#: AutoencoderKLWan encodes frame 0 alone, then chunks of this many frames (``_encode``; frames past the
+#: last whole chunk are dropped), so a clip has 4k + 1 frames whatever the VAE's compression of time
+FRAME_CHUNK = 4
+
+
+def nearest_frame_counts(num_frames: int) -> tuple[int, int]:
+    """The valid frame counts (4k + 1) just below and above ``num_frames``."""
+    below = (num_frames - 1) // FRAME_CHUNK * FRAME_CHUNK + 1
+    return max(below, 1), below + FRAME_CHUNK
 
 
 class WanBackbone:
@@ -56,10 +61,10 @@ class WanBackbone:
         self.size_multiple = self.vae_factor * self.patch[1]
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
-        if (num_frames - 1) % self.temporal_factor:
-            below, above = nearest_frame_counts(num_frames, self.temporal_factor)
-            raise ValueError(f"{num_frames} frames: Wan takes {self.temporal_factor}k + 1 frames (its VAE compresses "
-                             f"time by {self.temporal_factor}); use {below} or {above}")
+        if (num_frames - 1) % FRAME_CHUNK:
+            below, above = nearest_frame_counts(num_frames)
+            raise ValueError(f"{num_frames} frames: Wan takes 4k + 1 frames (its VAE encodes frame 0, then chunks of "
+                             f"4); use {below} or {above}")
         m = self.size_multiple
         if height % m or width % m:
             raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (VAE {self.vae_factor} x patch "

@@ -28,7 +28,7 @@ _MODEL_FIX = "give a local diffusers folder (model_index.json, unet/, vae/, text
 class ModelFacts:
     """What a model's config files say, no weights loaded: the frame size multiple, the number of
     levels (a Wan transformer's: its blocks), the levels whose decoder has self-attention, the training
-    timesteps, the tokenizer, the backbone ("sd" or "wan") and its VAE's compression of time."""
+    timesteps, the tokenizer and the backbone ("sd" or "wan")."""
 
     size_multiple: int
     vae_factor: int
@@ -37,7 +37,6 @@ class ModelFacts:
     num_train_timesteps: int
     tokenizer: Any
     backbone: str = "sd"
-    temporal_factor: int = 1
 
 
 #: model_index.json class names of Wan 2.x text-to-video folders
@@ -71,9 +70,9 @@ def _read_wan(model: str) -> ModelFacts:
     if transformer.get("image_dim"):
         raise SpecError("model", f"{model!r} is an image-to-video Wan model", "give a Wan text-to-video model "
                         "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    spatial, temporal = vae_factors(vae)
+    spatial = vae_factors(vae)[0]
     return ModelFacts(spatial * transformer["patch_size"][1], spatial, transformer["num_layers"], (),
-                      scheduler.get("num_train_timesteps", 1000), tokenizer, "wan", temporal)
+                      scheduler.get("num_train_timesteps", 1000), tokenizer, "wan")
 
 
 def read_model(model: str) -> ModelFacts:
@@ -165,13 +164,13 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
 
 def check_wan(spec: EditSpec, facts: ModelFacts) -> None:
     """A Wan model's rules: 4k + 1 frames, and only what its backbone implements."""
-    from ..backbones.wan import nearest_frame_counts
+    from ..backbones.wan import FRAME_CHUNK, nearest_frame_counts
 
-    frames, factor = spec.video.frames, facts.temporal_factor
-    if (frames - 1) % factor:
-        below, above = nearest_frame_counts(frames, factor)
-        raise SpecError("video.frames", f"{frames} frames: Wan takes {factor}k + 1 frames (its VAE compresses time "
-                        f"by {factor})", f"use {below} or {above}")
+    frames = spec.video.frames
+    if (frames - 1) % FRAME_CHUNK:
+        below, above = nearest_frame_counts(frames)
+        raise SpecError("video.frames", f"{frames} frames: Wan takes 4k + 1 frames (its VAE encodes frame 0, then "
+                        "chunks of 4)", f"use {below} or {above}")
     settings, fix = spec.edit, "remove it: a Wan model edits with VideoGrain's modulation and the latent blend"
     unsupported = [("edit.method", settings.uses_reatco, "method: videograin"),
                    ("edit.window", settings.window is not None, fix),
