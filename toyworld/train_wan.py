@@ -150,7 +150,8 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
     ``snapshot(step, text_encoder, transformer, tokenizer)`` is called with the EMA weights every
     ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
-    text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer), make_transformer())
+    text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer),
+                                                               make_transformer(args.patch, args.layers))
     text_encoder.train()
     transformer.train()
     ema_te, ema_tr = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default 1500; 0 with --resume)")
     p.add_argument("--vae-frames", type=int, default=FRAMES, help="VAE training clips cut to this many frames (4k + 1)")
     p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--vae-stages", type=int, default=2, help="VAE downsampling stages, each 2x in space and time")
+    p.add_argument("--patch", type=int, default=1, help="transformer patch side, in latents")
+    p.add_argument("--layers", type=int, default=4, help="transformer blocks")
     p.add_argument("--decoder-steps", type=int, default=0, help="then this many steps of the decoder alone")
     p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--vae-shape-weight", type=float, default=9.0, help="extra loss weight of the shapes' pixels")
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
     videos, scenes = clips(args.clips, rng)
     clock = time.process_time()
-    vae, init = make_vae(), None
+    vae, init = make_vae(args.vae_stages), None
     if args.resume is not None:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import UMT5EncoderModel

@@ -1,14 +1,15 @@
 """The toy world's text-to-video model on the Wan 2.1 architecture: stock diffusers / transformers
 classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrainPipeline`` loads.
 
-- AutoencoderKLWan, base width 16, one downsampling stage, also in time: 32x32 frames -> 16x16
-  latents, 9 frames -> 5 latent frames (frame 0, then frames 1-2, 3-4, 5-6, 7-8), 16 channels as Wan
-  2.1's. With two stages (8x8 latents, 4x in time, as Wan's own 8x / 4x) the trained VAE blurred
-  the shapes so that the judge read only 29-36% of reconstructed frames as the source (colours and
-  background right in 97%): every triangle and circle a blob (toyworld/README, "On Wan").
-  Clips still have 4k + 1 frames: the VAE encodes frame 0, then chunks of 4.
-- WanTransformer3DModel with patch (1, 2, 2), as Wan's: 8x8 tokens per latent frame, so a shape of
-  8-12 px spans 2-3 tokens a side; 6 blocks of 2 heads of 32, RoPE over (time, height, width).
+- AutoencoderKLWan, base width 16, two downsampling stages, both also in time: 32x32 frames -> 8x8
+  latents, 9 frames -> 3 latent frames (frame 0, then frames 1-4 and 5-8), 16 channels as Wan 2.1's.
+  Two stages because Wan's rule of 4k + 1 frames (the VAE encodes frame 0, then chunks of 4) fits a
+  time factor of 4; its spatial factor is then 4. ``stages=1`` (16x16 latents, 2x in time: 5 latent
+  frames) is the sharper VAE tried in toyworld/README, "On Wan".
+- WanTransformer3DModel with patch (1, 1, 1): the 8x8 latent grid is the token grid, so a shape of
+  8-12 px spans 2-3 tokens a side (a 2x2 patch would leave 4x4 tokens per frame, a shape about one);
+  4 blocks of 2 heads of 32, RoPE over (time, height, width). On the one-stage VAE's 16x16 latents,
+  patch 2 gives the same 8x8 tokens.
 - UMT5EncoderModel, 64 wide, 2 layers, with a T5-style tokenizer in which every world word is one token.
 - UniPC with flow sigmas and shift 3, as Wan ships (the edit reads only its σ grid).
 """
@@ -41,12 +42,13 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
                                        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0))
 
 
-def make_vae() -> AutoencoderKLWan:
-    """Its latents_mean / latents_std are set after training (``train_wan``). The posterior's
-    log-variance starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the
-    trained decoder gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
-    vae = AutoencoderKLWan(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2], num_res_blocks=1,
-                           temperal_downsample=[True], latents_mean=[0.0] * LATENT_CHANNELS,
+def make_vae(stages: int = 2) -> AutoencoderKLWan:
+    """``stages`` downsampling stages, each also in time (2: 4x in space and time; 1: 2x). Its
+    latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
+    starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the trained decoder
+    gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
+    vae = AutoencoderKLWan(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1] + [2] * stages, num_res_blocks=1,
+                           temperal_downsample=[True] * stages, latents_mean=[0.0] * LATENT_CHANNELS,
                            latents_std=[1.0] * LATENT_CHANNELS)
     with torch.no_grad():
         vae.quant_conv.weight[LATENT_CHANNELS:] = 0
@@ -54,10 +56,11 @@ def make_vae() -> AutoencoderKLWan:
     return vae
 
 
-def make_transformer() -> WanTransformer3DModel:
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
+def make_transformer(patch: int = 1, layers: int = 4) -> WanTransformer3DModel:
+    """Patches of ``patch`` x ``patch`` latents, ``layers`` blocks of 2 heads of 32."""
+    return WanTransformer3DModel(patch_size=(1, patch, patch), num_attention_heads=2, attention_head_dim=32,
                                  in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_WIDTH,
-                                 freq_dim=64, ffn_dim=256, num_layers=6, rope_max_seq_len=64)
+                                 freq_dim=64, ffn_dim=256, num_layers=layers, rope_max_seq_len=64)
 
 
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer) -> Path:
