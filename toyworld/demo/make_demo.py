@@ -36,6 +36,22 @@ RESULTS = HERE.parent / "results"
 CASE = next(c for c in CASES if c.name == "instance_mixed")
 LEFT, RIGHT = (next(r.prompt for r in CASE.regions if r.name == name) for name in ("left", "right"))
 
+# the two configs' prompts and regions (the same clip and masks)
+PROMPTS_AND_REGIONS = f"""\
+source_prompt: "{world.caption(CASE.scene, positions=False)}"
+prompt: "{CASE.prompt}"
+regions:
+  - name: left
+    prompt: "{LEFT}"
+    masks: masks/left
+  - name: right
+    prompt: "{RIGHT}"
+    masks: masks/right
+  - name: background
+    prompt: ""   # kept
+    masks: masks/background
+"""
+
 CONFIG = f"""\
 # Toy-world demo: a real edit offline on CPU with the committed toy model (toyworld/model, trained here).
 # Two identical blue squares drift towards each other (12 frames, 32x32). Each gets its own edit in one
@@ -49,19 +65,7 @@ video:
   path: frames
   frames: {FRAMES}
   size: [32, 32]
-source_prompt: "{world.caption(CASE.scene, positions=False)}"
-prompt: "{CASE.prompt}"
-regions:
-  - name: left
-    prompt: "{LEFT}"
-    masks: masks/left
-  - name: right
-    prompt: "{RIGHT}"
-    masks: masks/right
-  - name: background
-    prompt: ""   # kept
-    masks: masks/background
-edit:
+{PROMPTS_AND_REGIONS}edit:
   steps: {STEPS}
   guidance_scale: 7.5
   seed: 0
@@ -81,19 +85,7 @@ video:
   path: frames
   frames: {WAN_FRAMES}
   size: [32, 32]
-source_prompt: "{world.caption(CASE.scene, positions=False)}"
-prompt: "{CASE.prompt}"
-regions:
-  - name: left
-    prompt: "{LEFT}"
-    masks: masks/left
-  - name: right
-    prompt: "{RIGHT}"
-    masks: masks/right
-  - name: background
-    prompt: ""   # kept
-    masks: masks/background
-edit:
+{PROMPTS_AND_REGIONS}edit:
   steps: {STEPS}
   guidance_scale: {WAN_GUIDANCE}
   seed: 0
