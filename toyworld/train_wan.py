@@ -42,7 +42,7 @@ from videograin import io
 from . import judge, world
 from .train import _ema_update, _log, _lr
 from .wan_model import (
-    FLOW_SHIFT, FRAMES, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer, make_transformer, make_vae,
+    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer, make_transformer, make_vae,
     save_pipeline,
 )
 
@@ -151,7 +151,8 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
     ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
     text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer),
-                                                               make_transformer(args.patch, args.layers))
+                                                               make_transformer(args.patch, args.layers,
+                                                                                latents.shape[1]))
     text_encoder.train()
     transformer.train()
     ema_te, ema_tr = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=5e-4)
     p.add_argument("--vae-stages", type=int, default=2, help="VAE downsampling stages, each 2x in space and time")
+    p.add_argument("--vae-channels", type=int, default=LATENT_CHANNELS, help="latent channels (Wan 2.1's: 16)")
     p.add_argument("--patch", type=int, default=1, help="transformer patch side, in latents")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks")
     p.add_argument("--decoder-steps", type=int, default=0, help="then this many steps of the decoder alone")
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
     videos, scenes = clips(args.clips, rng)
     clock = time.process_time()
-    vae, init = make_vae(args.vae_stages), None
+    vae, init = make_vae(args.vae_stages, args.vae_channels), None
     if args.resume is not None:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import UMT5EncoderModel

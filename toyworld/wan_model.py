@@ -42,24 +42,25 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
                                        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0))
 
 
-def make_vae(stages: int = 2) -> AutoencoderKLWan:
-    """``stages`` downsampling stages, each also in time (2: 4x in space and time; 1: 2x). Its
+def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS) -> AutoencoderKLWan:
+    """``stages`` downsampling stages, each also in time (2: 4x in space and time; 1: 2x), ``channels``
+    latent channels. Its
     latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
     starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the trained decoder
     gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
-    vae = AutoencoderKLWan(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1] + [2] * stages, num_res_blocks=1,
-                           temperal_downsample=[True] * stages, latents_mean=[0.0] * LATENT_CHANNELS,
-                           latents_std=[1.0] * LATENT_CHANNELS)
+    vae = AutoencoderKLWan(base_dim=16, z_dim=channels, dim_mult=[1] + [2] * stages, num_res_blocks=1,
+                           temperal_downsample=[True] * stages, latents_mean=[0.0] * channels,
+                           latents_std=[1.0] * channels)
     with torch.no_grad():
-        vae.quant_conv.weight[LATENT_CHANNELS:] = 0
-        vae.quant_conv.bias[LATENT_CHANNELS:] = -8.0
+        vae.quant_conv.weight[channels:] = 0
+        vae.quant_conv.bias[channels:] = -8.0
     return vae
 
 
-def make_transformer(patch: int = 1, layers: int = 4) -> WanTransformer3DModel:
-    """Patches of ``patch`` x ``patch`` latents, ``layers`` blocks of 2 heads of 32."""
+def make_transformer(patch: int = 1, layers: int = 4, channels: int = LATENT_CHANNELS) -> WanTransformer3DModel:
+    """Patches of ``patch`` x ``patch`` latents of ``channels`` channels, ``layers`` blocks of 2 heads of 32."""
     return WanTransformer3DModel(patch_size=(1, patch, patch), num_attention_heads=2, attention_head_dim=32,
-                                 in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_WIDTH,
+                                 in_channels=channels, out_channels=channels, text_dim=TEXT_WIDTH,
                                  freq_dim=64, ffn_dim=256, num_layers=layers, rope_max_seq_len=64)
 
 
