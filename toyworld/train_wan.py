@@ -42,8 +42,8 @@ from videograin import io
 from . import judge, world
 from .train import _ema_update, _log, _lr
 from .wan_model import (
-    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer, make_transformer, make_vae,
-    save_pipeline,
+    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer,
+    make_transformer, make_vae, save_pipeline,
 )
 
 

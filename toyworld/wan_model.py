@@ -44,8 +44,7 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
 
 def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS) -> AutoencoderKLWan:
     """``stages`` downsampling stages, each also in time (2: 4x in space and time; 1: 2x), ``channels``
-    latent channels. Its
-    latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
+    latent channels. Its latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
     starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the trained decoder
     gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
     vae = AutoencoderKLWan(base_dim=16, z_dim=channels, dim_mult=[1] + [2] * stages, num_res_blocks=1,
