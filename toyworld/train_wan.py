@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=5e-4)
     p.add_argument("--vae-stages", type=int, default=2, help="VAE downsampling stages, each 2x in space and time")
+    p.add_argument("--vae-time-stages", type=int, default=None,
+                   help="of those, how many (the last) also halve time (default all; Wan 2.1's first stage does not)")
     p.add_argument("--vae-channels", type=int, default=LATENT_CHANNELS, help="latent channels (Wan 2.1's: 16)")
     p.add_argument("--patch", type=int, default=1, help="transformer patch side, in latents")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks")
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
            "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
     videos, scenes = clips(args.clips, rng)
     clock = time.process_time()
-    vae, init = make_vae(args.vae_stages, args.vae_channels), None
+    vae, init = make_vae(args.vae_stages, args.vae_channels, args.vae_time_stages), None
     if args.resume is not None:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import UMT5EncoderModel

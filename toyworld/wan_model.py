@@ -42,14 +42,16 @@ def make_text_encoder(tokenizer) -> UMT5EncoderModel:
                                        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0))
 
 
-def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS) -> AutoencoderKLWan:
-    """``stages`` downsampling stages, each also in time (2: 4x in space and time; 1: 2x), ``channels``
-    latent channels. Its latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
+def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS, time_stages: int | None = None) -> AutoencoderKLWan:
+    """``stages`` downsampling stages, the last ``time_stages`` of them (default all) also in time, as
+    Wan 2.1's first stage is not (2 and 2: 4x in space and time; 2 and 1: 4x in space, 2x in time; 1: 2x),
+    ``channels`` latent channels. Its latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
     starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the trained decoder
     gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
+    time_stages = stages if time_stages is None else time_stages
     vae = AutoencoderKLWan(base_dim=16, z_dim=channels, dim_mult=[1] + [2] * stages, num_res_blocks=1,
-                           temperal_downsample=[True] * stages, latents_mean=[0.0] * channels,
-                           latents_std=[1.0] * channels)
+                           temperal_downsample=[i >= stages - time_stages for i in range(stages)],
+                           latents_mean=[0.0] * channels, latents_std=[1.0] * channels)
     with torch.no_grad():
         vae.quant_conv.weight[channels:] = 0
         vae.quant_conv.bias[channels:] = -8.0
