@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of training draws (the sampler's)")
+    p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of the training draws and of the saved sampler's grid")
     p.add_argument("--position-prob", type=float, default=0.5)
     p.add_argument("--places-left-to-right", action="store_true",
                    help="captions with places name the shapes left to right (as the SD toy's stage 4)")
@@ -263,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
 
     def snapshot(step, text_encoder, transformer, tokenizer):
-        folder = save_pipeline(Path(f"{args.out}_step{step}"), vae, text_encoder, tokenizer, transformer)
+        folder = save_pipeline(Path(f"{args.out}_step{step}"), vae, text_encoder, tokenizer, transformer,
+                               args.shift)
         (folder / "train_log.json").write_text(json.dumps({**log, "steps_done": step}))
         _log(f"snapshot {folder}")
 
     text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot)
     log["flow_cpu_s"] = time.process_time() - clock
-    save_pipeline(args.out, vae, text_encoder, tokenizer, transformer)
+    save_pipeline(args.out, vae, text_encoder, tokenizer, transformer, args.shift)
     (args.out / "train_log.json").write_text(json.dumps(log))
     _log(f"saved {args.out}")
     return 0

@@ -65,9 +65,9 @@ def make_transformer(patch: int = 1, layers: int = 4, channels: int = LATENT_CHA
                                  freq_dim=64, ffn_dim=256, num_layers=layers, rope_max_seq_len=64)
 
 
-def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer) -> Path:
-    """Save as a Wan text-to-video folder (safetensors)."""
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT)
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, shift: float = FLOW_SHIFT) -> Path:
+    """Save as a Wan text-to-video folder (safetensors) whose sampler shifts its σ grid by ``shift``."""
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
     WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                 scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
