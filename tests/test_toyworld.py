@@ -128,6 +128,24 @@ def test_wan_vae_training_decode_is_the_vae_decode_before_its_clamp():
     assert (raw.abs() > 1).float().mean() > 0.05
     torch.testing.assert_close(raw.clamp(-1, 1), stock, atol=1e-6, rtol=0)
 
+
+def test_wan_vae_time_stages_leave_the_first_stage_spatial_only():
+    """make_vae(2, time_stages=1), as Wan 2.1's first stage: 4x in space, 2x in time, so 9 frames of
+    32x32 -> 5 latent frames of 8x8 and back, and the backbone reads the factors (4, 2)."""
+    import torch
+
+    from videograin.backbones.wan import vae_factors
+    from toyworld.wan_model import make_vae
+
+    vae = make_vae(stages=2, channels=4, time_stages=1).eval()
+    assert list(vae.config.temperal_downsample) == [False, True]
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 9, 32, 32)).latent_dist.mean
+        assert z.shape == (1, 4, 5, 8, 8) and vae.decode(z).sample.shape == (1, 3, 9, 32, 32)
+    assert vae_factors(vae.config) == (4, 2)
+    assert list(make_vae(stages=2).config.temperal_downsample) == [True, True]
+
+
 # ------------------------------------------------------------------------------------------------ judge
 
 
