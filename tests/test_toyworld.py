@@ -146,6 +146,23 @@ def test_wan_vae_time_stages_leave_the_first_stage_spatial_only():
     assert list(make_vae(stages=2).config.temperal_downsample) == [True, True]
 
 
+
+def test_wan_transformer_heads_set_its_width_and_patch_two_keeps_the_latent_shape():
+    """make_transformer(patch=2, heads=4): 128 wide (4 heads of 32, feed-forward 512); a 16x16 latent is
+    an 8x8 token grid, and the velocity comes back at the latent's shape."""
+    import torch
+
+    from toyworld.wan_model import TEXT_WIDTH, make_transformer
+
+    tr = make_transformer(patch=2, layers=1, channels=4, heads=4).eval()
+    assert tr.patch_embedding.out_channels == 128 and tr.blocks[0].ffn.net[0].proj.out_features == 512
+    with torch.no_grad():
+        tokens = tr.patch_embedding(torch.zeros(1, 4, 5, 16, 16))
+        v = tr(torch.randn(1, 4, 5, 16, 16), torch.tensor([500.0]), torch.randn(1, 8, TEXT_WIDTH),
+               return_dict=False)[0]
+    assert tokens.shape == (1, 128, 5, 8, 8) and v.shape == (1, 4, 5, 16, 16)
+    assert make_transformer().patch_embedding.out_channels == 64
+
 # ------------------------------------------------------------------------------------------------ judge
 
 

@@ -152,7 +152,7 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
     tokenizer = make_tokenizer()
     text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer),
                                                                make_transformer(args.patch, args.layers,
-                                                                                latents.shape[1]))
+                                                                                latents.shape[1], args.heads))
     text_encoder.train()
     transformer.train()
     ema_te, ema_tr = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-channels", type=int, default=LATENT_CHANNELS, help="latent channels (Wan 2.1's: 16)")
     p.add_argument("--patch", type=int, default=1, help="transformer patch side, in latents")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    p.add_argument("--heads", type=int, default=2, help="transformer heads of 32 (its width: 32 x heads)")
     p.add_argument("--decoder-steps", type=int, default=0, help="then this many steps of the decoder alone")
     p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--vae-shape-weight", type=float, default=9.0, help="extra loss weight of the shapes' pixels")

@@ -58,11 +58,13 @@ def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS, time_stages: int 
     return vae
 
 
-def make_transformer(patch: int = 1, layers: int = 4, channels: int = LATENT_CHANNELS) -> WanTransformer3DModel:
-    """Patches of ``patch`` x ``patch`` latents of ``channels`` channels, ``layers`` blocks of 2 heads of 32."""
-    return WanTransformer3DModel(patch_size=(1, patch, patch), num_attention_heads=2, attention_head_dim=32,
+def make_transformer(patch: int = 1, layers: int = 4, channels: int = LATENT_CHANNELS,
+                     heads: int = 2) -> WanTransformer3DModel:
+    """Patches of ``patch`` x ``patch`` latents of ``channels`` channels, ``layers`` blocks of ``heads`` heads
+    of 32 (width 32 * heads, feed-forward 4x that)."""
+    return WanTransformer3DModel(patch_size=(1, patch, patch), num_attention_heads=heads, attention_head_dim=32,
                                  in_channels=channels, out_channels=channels, text_dim=TEXT_WIDTH,
-                                 freq_dim=64, ffn_dim=256, num_layers=layers, rope_max_seq_len=64)
+                                 freq_dim=64, ffn_dim=128 * heads, num_layers=layers, rope_max_seq_len=64)
 
 
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, shift: float = FLOW_SHIFT) -> Path:
