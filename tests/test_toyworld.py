@@ -516,6 +516,28 @@ def test_wan_toy_draws_the_requested_background_and_colour():
 
 
 @needs_wan_model
+def test_one_step_scores_of_an_oracle_transformer_equal_the_reconstruction():
+    """sample_wan.one_step with a transformer that returns the true velocity (x_σ − x₀) / σ of the clip
+    it draws: x̂₀ is x₀ at every σ (latent MSE ~0), so each σ scores what the reconstruction scores."""
+    import numpy as np
+    import torch
+
+    from toyworld.sample_wan import load_pipeline, one_step
+    from toyworld.train_wan import random_clip
+    from videograin.backbones.wan import WanBackbone
+
+    pipe = load_pipeline(WAN_MODEL)
+    clip, _ = random_clip(np.random.default_rng(7))
+    x0 = WanBackbone(pipe).encode(torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    x0 = x0.transpose(0, 1)[None]  # (1, C, T, h, w)
+    pipe.transformer.forward = lambda x, t, text, return_dict: ((x - x0) / (t / 1000),)
+    result = one_step(pipe, n=1, sigmas=(0.3, 0.9), seed=7)
+    for sigma in ("0.3", "0.9"):
+        assert result["sigmas"][sigma]["latent_mse"] < 1e-6, result
+        assert result["sigmas"][sigma]["judged_as_source"] == result["reconstruction"], result
+
+
+@needs_wan_model
 def test_quick_benchmark_on_the_wan_toy_videograin_beats_baseline():
     """The two quick instance cases on the Wan toy, blend on: VideoGrain at the strengths swept for it
     (``bench.WAN_TUNED``, chosen on the held-out cases) against no modulation. The ordering the full

@@ -5,7 +5,8 @@ and score it with the prompt sets of ``toyworld.sample``.
 
 Each prompt gives a 9-frame clip; the judge reads its first and its last frame. A clip is correct when
 both frames hold the requested background and exactly the requested shapes (colour, class, third).
-Writes ``prompts.json`` (accuracies, every prompt's verdict) and ``prompts.png`` (first frames).
+Writes ``prompts.json`` (accuracies, every prompt's verdict) and ``prompts.png`` (first frames);
+``--one-step`` writes ``one_step.json`` instead (how well the transformer denoises in one step, per σ).
 """
 
 from __future__ import annotations
@@ -71,6 +72,45 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 5.0, n_pair
     return summary, rows, clips
 
 
+@torch.no_grad()
+def one_step(pipe, n: int = 48, sigmas=(0.1, 0.3, 0.5, 0.7, 0.85, 0.95), seed: int = 123) -> dict:
+    """How well the transformer denoises in one step, per σ: ``n`` random world clips are encoded,
+    noised to x_σ = (1 − σ)·x₀ + σ·ε, and x̂₀ = x_σ − σ·v(x_σ, σ, caption) is decoded; the share whose
+    frame 0 the judge reads as the source's (background, each shape's colour, class and third) and the
+    latent MSE of x̂₀. ``reconstruction``: the same share for x₀ itself, the ceiling the VAE sets."""
+    from . import judge, world
+    from .train_wan import random_clip
+
+    def read(frame: np.ndarray):
+        background, shapes = judge.detect(frame)
+        return background, sorted((d.color, d.kind, d.place) for d in shapes)
+
+    backbone, transformer = WanBackbone(pipe), pipe.transformer
+    rng = np.random.default_rng(seed)
+    cases = [random_clip(rng) for _ in range(n)]
+    x0s = [backbone.encode(torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1) for clip, _ in cases]
+    texts = [backbone.encode_prompt(world.caption(scene, places_left_to_right=True)) for _, scene in cases]
+    sources = [read(clip[0]) for clip, _ in cases]
+
+    def as_source(latents: torch.Tensor, i: int) -> bool:
+        return read(io.to_uint8(backbone.decode(latents))[0]) == sources[i]
+
+    out = {"clips": n, "reconstruction": round(float(np.mean([as_source(x0, i) for i, x0 in enumerate(x0s)])), 4),
+           "sigmas": {}}
+    for sigma in sigmas:
+        judged, mse = [], []
+        for i, (x0, text) in enumerate(zip(x0s, texts)):
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
+            x = ((1 - sigma) * x0 + sigma * noise).transpose(0, 1)[None]  # (1, C, T, h, w)
+            v = transformer(x, torch.tensor([sigma * 1000.0]), text, return_dict=False)[0]
+            x0_hat = (x - sigma * v)[0].transpose(0, 1)
+            judged.append(as_source(x0_hat, i))
+            mse.append((x0_hat - x0).square().mean().item())
+        out["sigmas"][str(sigma)] = {"judged_as_source": round(float(np.mean(judged)), 4),
+                                     "latent_mse": round(float(np.mean(mse)), 4)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(WAN_MODEL_DIR))
@@ -80,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=135)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--one-step", action="store_true", help="instead: one-step denoising scores (one_step.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
+    if args.one_step:
+        result = {"model": str(args.model), **one_step(pipe)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        io.write_json(args.out / "one_step.json", result)
+        print(json.dumps(result, indent=2))
+        return 0
     summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
