@@ -67,6 +67,8 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 5.0, n_pair
             "accuracy": round(float(np.mean([a["correct"] and b["correct"] for a, b in zip(first, last)])), 4),
             "first_frame_accuracy": round(float(np.mean([a["correct"] for a in first])), 4),
             "requested_shapes_present": round(float(np.mean([a["present"] for a in first])), 4),
+            "shape_colour_and_class": round(float(np.mean(sum((a["class_ok"] for a in first), []))), 4),
+            "shape_colour_and_third": round(float(np.mean(sum((a["place_ok"] for a in first), []))), 4),
             "swapped": round(float(np.mean([a["swapped"] for a in first])), 4),
         }
     return summary, rows, clips

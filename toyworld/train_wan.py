@@ -147,8 +147,8 @@ def latents_of(vae, videos: torch.Tensor, chunk: int = 64) -> torch.Tensor:
 def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None,
                snapshot=None):
     """latents (n, C, T, h, w) normalised. Returns (ema text encoder, ema transformer, tokenizer, losses).
-    ``snapshot(step, text_encoder, transformer, tokenizer)`` is called with the EMA weights every
-    ``args.snapshot_every`` steps."""
+    ``snapshot(step, text_encoder, transformer, tokenizer, losses)`` is called with the EMA weights and
+    the losses so far every ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
     text_encoder, transformer = init if init is not None else (make_text_encoder(tokenizer),
                                                                make_transformer(args.patch, args.layers,
@@ -185,7 +185,7 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
         if step % 50 == 0 or step == args.steps - 1:
             _log(f"flow {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
         if snapshot is not None and args.snapshot_every and (step + 1) % args.snapshot_every == 0:
-            snapshot(step + 1, ema_te, ema_tr, tokenizer)
+            snapshot(step + 1, ema_te, ema_tr, tokenizer, losses)
     return ema_te, ema_tr, tokenizer, losses
 
 
@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.process_time()
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
 
-    def snapshot(step, text_encoder, transformer, tokenizer):
+    def snapshot(step, text_encoder, transformer, tokenizer, losses):
         folder = save_pipeline(Path(f"{args.out}_step{step}"), vae, text_encoder, tokenizer, transformer,
                                args.shift)
-        (folder / "train_log.json").write_text(json.dumps({**log, "steps_done": step}))
+        (folder / "train_log.json").write_text(json.dumps({**log, "steps_done": step, "flow_losses": losses}))
         _log(f"snapshot {folder}")
 
     text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot)
