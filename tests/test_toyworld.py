@@ -129,6 +129,46 @@ def test_wan_vae_training_decode_is_the_vae_decode_before_its_clamp():
     torch.testing.assert_close(raw.clamp(-1, 1), stock, atol=1e-6, rtol=0)
 
 
+def test_wan_flow_shape_latents_map_pixels_to_their_latents_grown_by_one():
+    """train_wan.shape_latents on a hand-made clip: one shape pixel in frame 0 marks latent frame 0, one
+    in frame 6 marks latent frame 3 (frames 5-6 with a time factor of 2); each marks its 2x2 latent
+    square's latent and its 8 neighbours, clipped at the border; the background marks nothing."""
+    import torch
+
+    from toyworld.train_wan import shape_latents
+
+    video = torch.full((1, 3, 9, 32, 32), -0.5)  # gray background
+    video[0, :, 0, 10, 21] = torch.tensor([0.7, -0.7, -0.7])  # latent (5, 10)
+    video[0, :, 6, 0, 31] = torch.tensor([-0.7, 0.3, -0.7])  # latent (0, 15), the corner
+    got = shape_latents(video, torch.Size((5, 16, 16)))
+    want = torch.zeros(1, 1, 5, 16, 16, dtype=torch.bool)
+    want[0, 0, 0, 4:7, 9:12] = True
+    want[0, 0, 3, 0:2, 14:16] = True
+    assert got.dtype == torch.bool and torch.equal(got, want)
+
+
+def test_wan_grown_transformer_keeps_its_function_and_trains_its_new_blocks():
+    """train_wan.grow_transformer adds blocks that start as the identity: the grown transformer's
+    velocity equals the original's on a random input, and a loss reaches the new blocks' (zeroed)
+    output projections, so they can learn."""
+    import torch
+
+    from toyworld.train_wan import grow_transformer
+    from toyworld.wan_model import TEXT_WIDTH, make_transformer
+
+    torch.manual_seed(0)
+    small = make_transformer(patch=2, layers=2, channels=4).eval()
+    grown = grow_transformer(small, 2).eval()
+    assert len(grown.blocks) == 4
+    x, text = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 7, TEXT_WIDTH)
+    with torch.no_grad():
+        want = small(x, torch.tensor([500.0]), text, return_dict=False)[0]
+    got = grown(x, torch.tensor([500.0]), text, return_dict=False)[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    got.square().mean().backward()
+    assert all(grown.blocks[i].ffn.net[-1].weight.grad.abs().sum() > 0 for i in (2, 3))
+
+
 def test_wan_vae_time_stages_leave_the_first_stage_spatial_only():
     """make_vae(2, time_stages=1), as Wan 2.1's first stage: 4x in space, 2x in time, so 9 frames of
     32x32 -> 5 latent frames of 8x8 and back, and the backbone reads the factors (4, 2)."""

@@ -15,12 +15,14 @@ Two phases, deterministic given ``--seed`` (one thread, seeded generators, data 
    normalised latents x₀: x_σ = (1 − σ)·x₀ + σ·ε, target velocity ε − x₀, σ drawn uniformly and then
    shifted as the sampler's grid is (``--shift``), captions drawn afresh (random order, place phrases
    with probability ``--position-prob``, then left to right with ``--places-left-to-right``, empty
-   with ``--uncond-prob``) and padded to 512 zero embeddings as the pipeline pads them. An
+   with ``--uncond-prob``) and padded to 512 zero embeddings as the pipeline pads them; with
+   ``--flow-shape-weight W`` the latents on and next to the shapes weigh 1 + W in the loss. An
    exponential moving average of the weights is saved.
 
 The VAE is saved to ``OUT/vae`` when phase 1 ends (``--vae-only`` stops there). ``--resume DIR``
 starts from a saved folder: its VAE (trained further with ``--vae-steps N``, kept as it is by
-default) and, when the folder has them, its text encoder and transformer. The folder gets
+default) and, when the folder has them, its text encoder and transformer (``--grow-layers N`` adds
+N blocks that start as the identity). The folder gets
 ``train_log.json``: arguments, losses, per frame the VAE's share of pixels off and of reconstructions
 the judge reads as the source, CPU seconds per phase.
 """
@@ -102,7 +104,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, rng:
             post = vae.encode(x).latent_dist
             z, kl = post.sample(), post.kl().mean()
         err = decode_unclamped(vae, z) - x
-        weight = 1 + shape_weight * ((x - x[..., :1, :1]).abs().amax(1, keepdim=True) > 0.2).float()
+        weight = 1 + shape_weight * shape_pixels(x).float()
         loss = (weight * err.abs()).mean() + (weight * err.square()).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,6 +114,28 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, rng:
         if step % 50 == 0 or step == steps - 1:
             _log(f"{name} {step:5d} loss {np.mean(losses[-50:]):.4f} cpu {time.process_time():.0f}s")
     return vae.eval(), losses
+
+
+def shape_pixels(videos: torch.Tensor) -> torch.Tensor:
+    """bool (n, 1, F, H, W): the pixels of videos (n, 3, F, H, W) off the frame's corner colour (the background)."""
+    return (videos - videos[..., :1, :1]).abs().amax(1, keepdim=True) > 0.2
+
+
+@torch.no_grad()
+def shape_latents(videos: torch.Tensor, latent_shape: torch.Size, chunk: int = 512) -> torch.Tensor:
+    """bool (n, 1, T, h, w): the latents whose pixels (frame 0 for latent frame 0, then each latent
+    frame's group of frames; each latent's square of pixels) touch a shape, grown by one latent in
+    space, so that a shape's edge counts wholly. ``latent_shape`` is (T, h, w)."""
+    t, h, w = latent_shape
+    frames, size = videos.shape[2], videos.shape[3]
+    group, factor = (frames - 1) // (t - 1) if t > 1 else 1, size // h
+    out = []
+    for i in range(0, len(videos), chunk):
+        mask = shape_pixels(videos[i : i + chunk]).float()
+        rest = mask[:, :, 1:].unflatten(2, (t - 1, group)).amax(3)
+        mask = torch.nn.functional.max_pool3d(torch.cat([mask[:, :, :1], rest], 2), (1, factor, factor))
+        out.append(torch.nn.functional.max_pool3d(mask, (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -144,9 +168,29 @@ def latents_of(vae, videos: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return torch.cat([vae.encode(videos[i : i + chunk]).latent_dist.mean for i in range(0, len(videos), chunk)])
 
 
+def grow_transformer(transformer, extra: int):
+    """A copy of ``transformer`` with ``extra`` new blocks after its last, each starting as the identity
+    (the output projections of its self-attention, cross-attention and feed-forward zero, so its
+    residual adds nothing), so a trained model keeps its function and gains depth to train on."""
+    from diffusers import WanTransformer3DModel
+
+    grown = WanTransformer3DModel.from_config({**transformer.config, "num_layers": transformer.config.num_layers + extra})
+    missing, unexpected = grown.load_state_dict(transformer.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("blocks.") and int(k.split(".")[1]) >= transformer.config.num_layers
+                                  for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for block in grown.blocks[transformer.config.num_layers :]:
+            for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[-1]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    return grown
+
+
 def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None,
-               snapshot=None):
-    """latents (n, C, T, h, w) normalised. Returns (ema text encoder, ema transformer, tokenizer, losses).
+               snapshot=None, shapes: torch.Tensor | None = None):
+    """latents (n, C, T, h, w) normalised; ``shapes`` bool (n, 1, T, h, w) (:func:`shape_latents`): there
+    the squared error weighs ``1 + args.flow_shape_weight`` (the loss divided by the batch's mean
+    weight, so its scale stays that of the unweighted loss). Returns (ema text encoder, ema transformer, tokenizer, losses).
     ``snapshot(step, text_encoder, transformer, tokenizer, losses)`` is called with the EMA weights and
     the losses so far every ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
@@ -173,7 +217,12 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
         s = sigma.view(-1, 1, 1, 1, 1)
         velocity = transformer((1 - s) * x0 + s * noise, sigma * 1000, encode_captions(text_encoder, tokenizer, captions),
                                return_dict=False)[0]
-        loss = (velocity - (noise - x0)).square().mean()
+        err = (velocity - (noise - x0)).square()
+        if args.flow_shape_weight:
+            weight = 1 + args.flow_shape_weight * shapes[torch.from_numpy(idx)].float()
+            loss = (weight * err).mean() / weight.mean()
+        else:
+            loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -212,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--flow-shape-weight", type=float, default=0.0,
+                   help="extra flow-loss weight of the latents on and next to the shapes (0: unweighted)")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of the training draws and of the saved sampler's grid")
     p.add_argument("--position-prob", type=float, default=0.5)
@@ -221,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--snapshot-every", type=int, default=0, help="save the EMA model to OUT_stepN every N flow steps")
     p.add_argument("--resume", type=Path, default=None, help="start from this saved folder (see above)")
+    p.add_argument("--grow-layers", type=int, default=0,
+                   help="with --resume: add this many transformer blocks after the last, each starting as the identity")
     p.add_argument("--vae-only", action="store_true", help="stop after phase 1 (OUT/vae saved)")
     args = p.parse_args(argv)
 
@@ -241,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             log["resumed_from"] = json.loads((args.resume / "train_log.json").read_text())
         if (args.resume / "transformer").is_dir():
             init = (UMT5EncoderModel.from_pretrained(args.resume, subfolder="text_encoder"),
-                    WanTransformer3DModel.from_pretrained(args.resume, subfolder="transformer"))
+                    grow_transformer(WanTransformer3DModel.from_pretrained(args.resume, subfolder="transformer"),
+                                     args.grow_layers))
     vae_steps = args.vae_steps if args.vae_steps is not None else (0 if args.resume else 1500)
     vae, log["vae_losses"] = train_vae(vae, videos[:, :, : args.vae_frames], vae_steps, args.vae_batch,
                                        args.vae_lr, rng, args.vae_shape_weight)
@@ -269,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "train_log.json").write_text(json.dumps({**log, "steps_done": step, "flow_losses": losses}))
         _log(f"snapshot {folder}")
 
-    text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot)
+    shapes = shape_latents(videos, latents.shape[2:]) if args.flow_shape_weight else None
+    text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot,
+                                                                          shapes)
     log["flow_cpu_s"] = time.process_time() - clock
     save_pipeline(args.out, vae, text_encoder, tokenizer, transformer, args.shift)
     (args.out / "train_log.json").write_text(json.dumps(log))
