@@ -578,6 +578,37 @@ def test_one_step_scores_of_an_oracle_transformer_equal_the_reconstruction():
 
 
 @needs_wan_model
+def test_caption_sensitivity_of_a_transformer_that_reads_only_its_own_caption():
+    """sample_wan.caption_sensitivity with a transformer that returns the true velocity ε − x₀ given the
+    clip's own caption and that plus 0.1 given any other: velocity MSE 0 for the true caption and 0.01
+    for the class-swapped, colour-swapped and empty ones (each swap changes exactly its one word)."""
+    import numpy as np
+    import torch
+
+    from toyworld import world
+    from toyworld.sample_wan import caption_sensitivity, load_pipeline, swapped_caption
+    from toyworld.train_wan import random_clip
+    from videograin.backbones.wan import WanBackbone
+
+    pipe = load_pipeline(WAN_MODEL)
+    backbone = WanBackbone(pipe)
+    clip, scene = random_clip(np.random.default_rng(5), count=1)
+    true = world.caption(scene, places_left_to_right=True)
+    for field, values in (("kind", world.SHAPES), ("color", list(world.COLORS))):
+        changed = [(a, b) for a, b in zip(true.split(), swapped_caption(scene, field).split()) if a != b]
+        assert len(changed) == 1 and changed[0][0] == getattr(scene.shapes[0], field), changed
+        assert changed[0][1] in values, changed
+    x0 = backbone.encode(torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1).transpose(0, 1)[None]
+    own = backbone.encode_prompt(true)
+    pipe.transformer.forward = lambda x, t, text, return_dict: (
+        (x - x0) / (t / 1000) + (0.0 if torch.equal(text, own) else 0.1),)
+    result = caption_sensitivity(pipe, n=1, sigmas=(0.5,), seed=5)["sigmas"]["0.5"]["velocity_mse"]
+    assert result["true"] < 1e-8, result
+    for kind in ("class_swapped", "colour_swapped", "empty"):
+        assert abs(result[kind] - 0.01) < 1e-4, result
+
+
+@needs_wan_model
 def test_quick_benchmark_on_the_wan_toy_videograin_beats_baseline():
     """The two quick instance cases on the Wan toy, blend on: VideoGrain at the strengths swept for it
     (``bench.WAN_TUNED``, chosen on the held-out cases) against no modulation. The ordering the full

@@ -6,12 +6,14 @@ and score it with the prompt sets of ``toyworld.sample``.
 Each prompt gives a 9-frame clip; the judge reads its first and its last frame. A clip is correct when
 both frames hold the requested background and exactly the requested shapes (colour, class, third).
 Writes ``prompts.json`` (accuracies, every prompt's verdict) and ``prompts.png`` (first frames);
-``--one-step`` writes ``one_step.json`` instead (how well the transformer denoises in one step, per σ).
+``--one-step`` writes ``one_step.json`` instead (how well the transformer denoises in one step, per σ),
+``--caption-sensitivity`` ``caption_sensitivity.json`` (how much its velocity relies on each caption word).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,9 +58,11 @@ def text_to_video(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
 
 
 def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 5.0, n_pairs: int = 135):
-    """Returns (summary, rows, clips) for the single- and two-object (named left to right) prompt sets."""
+    """Returns (summary, rows, clips) for the single- and two-object (named left to right) prompt sets
+    (``n_pairs`` 0: the single-object set alone)."""
     summary, rows, clips = {}, {}, {}
-    for name, cases in (("single", single_prompts()), ("two", pair_prompts(n_pairs, left_to_right=True))):
+    sets = [("single", single_prompts())] + ([("two", pair_prompts(n_pairs, left_to_right=True))] if n_pairs else [])
+    for name, cases in sets:
         clips[name] = text_to_video(pipe, [c[0] for c in cases], seed, steps, guidance)
         first, last = score(clips[name][:, 0], cases), score(clips[name][:, -1], cases)
         rows[name] = [{**a, "last_frame_correct": b["correct"]} for a, b in zip(first, last)]
@@ -113,6 +117,52 @@ def one_step(pipe, n: int = 48, sigmas=(0.1, 0.3, 0.5, 0.7, 0.85, 0.95), seed: i
     return out
 
 
+def swapped_caption(scene, field: str) -> str:
+    """The caption of a one-shape ``scene`` (places left to right) with its shape's ``field`` ("kind"
+    or "color") replaced by the next value of world.SHAPES / world.COLORS."""
+    from . import world
+
+    shape = scene.shapes[0]
+    values = list(world.SHAPES if field == "kind" else world.COLORS)
+    other = values[(values.index(getattr(shape, field)) + 1) % len(values)]
+    return world.caption(dataclasses.replace(scene, shapes=(dataclasses.replace(shape, **{field: other}),)),
+                         places_left_to_right=True)
+
+
+@torch.no_grad()
+def caption_sensitivity(pipe, n: int = 48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95), seed: int = 123) -> dict:
+    """Which caption words the transformer uses: on ``n`` one-shape world clips noised to σ, the mean
+    squared error of its velocity against the true one (ε − x₀) given the clip's caption, the caption
+    with the class swapped, with the colour swapped, and the empty caption. A word the model relies on
+    raises the error when swapped; one it ignores leaves it unchanged."""
+    from . import world
+    from .train_wan import random_clip
+
+    backbone, transformer = WanBackbone(pipe), pipe.transformer
+    rng = np.random.default_rng(seed)
+    cases = [random_clip(rng, count=1) for _ in range(n)]
+    x0s = [backbone.encode(torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1) for clip, _ in cases]
+    captions = {"true": [world.caption(scene, places_left_to_right=True) for _, scene in cases],
+                "class_swapped": [swapped_caption(scene, "kind") for _, scene in cases],
+                "colour_swapped": [swapped_caption(scene, "color") for _, scene in cases],
+                "empty": [""] * n}
+    texts = {k: [backbone.encode_prompt(c) for c in v] for k, v in captions.items()}
+    out = {"clips": n, "sigmas": {}}
+    for sigma in sigmas:
+        mse = dict.fromkeys(texts, 0.0)
+        for i, x0 in enumerate(x0s):
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
+            x = ((1 - sigma) * x0 + sigma * noise).transpose(0, 1)[None]  # (1, C, T, h, w)
+            target = (noise - x0).transpose(0, 1)[None]
+            for k in texts:
+                v = transformer(x, torch.tensor([sigma * 1000.0]), texts[k][i], return_dict=False)[0]
+                mse[k] += (v - target).square().mean().item() / n
+        out["sigmas"][str(sigma)] = {"velocity_mse": {k: round(m, 5) for k, m in mse.items()},
+                                     "increase_over_true": {k: round(m / mse["true"] - 1, 4) if mse["true"] else None
+                                                            for k, m in mse.items() if k != "true"}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(WAN_MODEL_DIR))
@@ -120,16 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pairs", type=int, default=135)
+    p.add_argument("--pairs", type=int, default=135, help="two-object prompts (0: single-object prompts only)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--one-step", action="store_true", help="instead: one-step denoising scores (one_step.json)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--one-step", action="store_true", help="instead: one-step denoising scores (one_step.json)")
+    mode.add_argument("--caption-sensitivity", action="store_true",
+                      help="instead: velocity error with swapped caption words (caption_sensitivity.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
-    if args.one_step:
-        result = {"model": str(args.model), **one_step(pipe)}
+    if args.one_step or args.caption_sensitivity:
+        name, measure = ("one_step", one_step) if args.one_step else ("caption_sensitivity", caption_sensitivity)
+        result = {"model": str(args.model), **measure(pipe)}
         args.out.mkdir(parents=True, exist_ok=True)
-        io.write_json(args.out / "one_step.json", result)
+        io.write_json(args.out / f"{name}.json", result)
         print(json.dumps(result, indent=2))
         return 0
     summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs)
@@ -137,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
     io.write_json(args.out / "prompts.json", {"settings": settings, "summary": summary, "rows": rows})
     big = {k: np.repeat(np.repeat(v[:48, 0], 2, 1), 2, 2) for k, v in clips.items()}  # first frames, 2x
-    sheet = viz.grid([big[k][i : i + 16] for k in ("single", "two") for i in range(0, len(big[k]), 16)],
+    sheet = viz.grid([big[k][i : i + 16] for k in clips for i in range(0, len(big[k]), 16)],
                      max_columns=16)
     io.write_png(args.out / "prompts.png", sheet)
     print(json.dumps(summary, indent=2))

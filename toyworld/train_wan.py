@@ -49,10 +49,11 @@ from .wan_model import (
 )
 
 
-def random_clip(rng: np.random.Generator, frames: int = FRAMES) -> tuple[np.ndarray, world.Scene]:
-    """One clip (F, H, W, 3) uint8 of a random scene whose shapes move (up to 3 px) and scale (±10%)."""
+def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | None = None) -> tuple[np.ndarray, world.Scene]:
+    """One clip (F, H, W, 3) uint8 of a random scene (of ``count`` shapes; default: world.random_scene's
+    draw) whose shapes move (up to 3 px) and scale (±10%)."""
     while True:
-        scene = world.random_scene(rng)
+        scene = world.random_scene(rng, count)
         motions = [world.Motion(float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), float(rng.uniform(0.9, 1.1)))
                    for _ in scene.shapes]
         try:
