@@ -212,8 +212,10 @@ def test_vae_slicing_and_tiling_reach_the_vae(tiny_pipe, clip):
     tiny_pipe.vae.tiled_decode = lambda *a, **k: tiled.append(1) or original(*a, **k)
     try:
         tiny_pipe.enable_vae_slicing()
+        # decoding one frame at a time rounds differently from the batch (CI saw 1.6e-5 on [0, 1] pixels);
+        # a slicing mistake (a frame dropped or reordered) moves pixels by far more than 1e-4
         torch.testing.assert_close(_edit(tiny_pipe, video, masks, output_type="pt").frames, reference,
-                                   rtol=0, atol=1e-5)
+                                   rtol=0, atol=1e-4)
         tiny_pipe.vae.tile_sample_min_size, tiny_pipe.vae.tile_latent_min_size = 32, 4
         tiny_pipe.enable_vae_tiling()
         assert _edit(tiny_pipe, video, masks, output_type="pt").frames.shape == reference.shape and tiled

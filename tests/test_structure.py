@@ -68,22 +68,34 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_every_module_imports_alone_and_the_core_without_opencv_or_metrics():
-    """Each module in a fresh interpreter; the method core and the processors must not pull in cv2,
-    the metrics or the config layer (before, attention.py dragged in OpenCV through flow.py)."""
+    """Each module in a fresh videograin state; the method core and the processors must not pull in cv2,
+    the metrics or the config layer (before, attention.py dragged in OpenCV through flow.py). One
+    interpreter loads torch, diffusers and transformers once, then forks a child per module: the child
+    starts with no videograin module loaded, so a missing import or a cycle still fails there."""
     code = (
-        "import importlib, sys\n"
+        "import importlib, os, sys\n"
+        "import torch, diffusers, diffusers.models, diffusers.schedulers, transformers\n"
+        "assert 'cv2' not in sys.modules and not any(m.startswith('videograin') for m in sys.modules)\n"
         "for name in sys.argv[1:]:\n"
-        "    before = set(sys.modules)\n"
-        "    importlib.import_module(name)\n"
-        "    print(name, *sorted(m for m in set(sys.modules) - before if m == 'cv2' or m.startswith('videograin.')))\n"
+        "    sys.stdout.flush()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        before = set(sys.modules)\n"
+        "        importlib.import_module(name)\n"
+        "        print(name, *sorted(m for m in set(sys.modules) - before"
+        " if m == 'cv2' or m.startswith('videograin.')), flush=True)\n"
+        "        os._exit(0)\n"
+        "    assert os.waitpid(pid, 0)[1] == 0, f'importing {name} alone failed'\n"
     )
-    for module in [m for m in MODULES if m != "videograin.__main__"]:  # that one runs the command
-        out = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True).stdout
-        loaded = set(out.split()[1:])
-        if module in PURE:
-            assert "cv2" not in loaded, f"{module} imports OpenCV"
-            bad = {m for m in loaded if m.startswith(("videograin.eval", "videograin.config", "videograin.io"))}
-            assert not bad, f"{module} imports {bad}"
+    modules = [m for m in MODULES if m != "videograin.__main__"]  # that one runs the command
+    out = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = {line.split()[0]: set(line.split()[1:]) for line in out.stdout.splitlines()}
+    assert sorted(loaded) == sorted(modules)
+    for module in PURE:
+        assert "cv2" not in loaded[module], f"{module} imports OpenCV"
+        bad = {m for m in loaded[module] if m.startswith(("videograin.eval", "videograin.config", "videograin.io"))}
+        assert not bad, f"{module} imports {bad}"
 
 
 # ----------------------------------------------------------------------------------------------- a fake backbone
