@@ -203,6 +203,68 @@ def test_wan_transformer_heads_set_its_width_and_patch_two_keeps_the_latent_shap
     assert tokens.shape == (1, 128, 5, 8, 8) and v.shape == (1, 4, 5, 16, 16)
     assert make_transformer().patch_embedding.out_channels == 64
 
+def test_wan_folded_text_padding_gives_the_velocity_and_gradients_of_the_512_row_context():
+    """wan_model.fold_text_padding + encode_captions(fold_padding=True): captions of different lengths
+    (one empty) against the stock cross-attention over the 512-row context, in float64: the same
+    velocity, and the same gradients in the transformer and the text encoder."""
+    import copy
+
+    import torch
+
+    from toyworld.wan_model import encode_captions, fold_text_padding, make_text_encoder, make_tokenizer, make_transformer
+
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer()
+    encoder = make_text_encoder(tokenizer).double()
+    stock = make_transformer(patch=2, layers=2, channels=4).double()
+    with torch.no_grad():  # make the text weigh: stock init leaves cross-attention's output small
+        for block in stock.blocks:
+            block.attn2.to_out[0].weight.mul_(20)
+    folded, folded_encoder = fold_text_padding(copy.deepcopy(stock)), copy.deepcopy(encoder)
+    captions = ["a red circle on the left and a blue square on the right on a gray background", "a blue square", ""]
+    x, t = torch.randn(3, 4, 3, 8, 8, dtype=torch.float64), torch.tensor([100.0, 500.0, 900.0])
+    want = stock(x, t, encode_captions(encoder, tokenizer, captions), return_dict=False)[0]
+    text = encode_captions(folded_encoder, tokenizer, captions, fold_padding=True)
+    got = folded(x, t, text, return_dict=False)[0]
+    assert text.shape[1] == tokenizer(captions[0], return_tensors="pt").input_ids.shape[1] + 1
+    with torch.no_grad():  # the folded context on the stock attention is another function
+        unfolded = stock(x, t, text, return_dict=False)[0]
+    assert (unfolded - want).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    (want * x).sum().backward()
+    (got * x).sum().backward()
+    for a, b in [(stock, folded), (encoder, folded_encoder)]:
+        pairs = [(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()) if p.grad is not None]
+        assert len(pairs) > 10
+        for ga, gb in pairs:
+            torch.testing.assert_close(gb, ga, atol=1e-9, rtol=1e-7)
+
+
+def test_wan_clip_first_latent_frame_is_its_first_frame_encoded_alone():
+    """train_wan's image pool takes a clip's first latent frame as the latent of its first frame alone:
+    the Wan VAE is causal in time, so (on random weights, one and two stages) encoding frame 0 by itself
+    gives latent frame 0 of the clip, and a still image (train_wan.still_images) one latent frame."""
+    import torch
+
+    from toyworld.train_wan import latents_of, still_images
+    from toyworld.wan_model import make_vae
+
+    torch.manual_seed(0)
+    clip = torch.rand(2, 3, 9, 32, 32) * 2 - 1
+    for stages in (1, 2):
+        vae = make_vae(stages=stages, channels=4).eval()
+        with torch.no_grad():
+            whole, first = latents_of(vae, clip), latents_of(vae, clip[:, :, :1])
+        assert first.shape[2] == 1 and whole.shape[2] == (9 - 1) // 2**stages + 1
+        torch.testing.assert_close(first, whole[:, :, :1], atol=1e-5, rtol=0)
+        assert (whole[:, :, 1:2] - first).abs().max() > 1e-3  # later latent frames are not frame 0's
+    images, scenes = still_images(3, np.random.default_rng(0))
+    assert images.shape == (3, 3, 1, 32, 32) and len(scenes) == 3
+    for image, scene in zip(images, scenes):  # each image is its scene, as the judge reads it
+        background, shapes = judge.detect(((image[:, 0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+        assert background == scene.background
+        assert sorted((d.color, d.kind, d.place) for d in shapes) == sorted((s.color, s.kind, s.place) for s in scene.shapes)
+
 # ------------------------------------------------------------------------------------------------ judge
 
 

@@ -16,8 +16,13 @@ Two phases, deterministic given ``--seed`` (one thread, seeded generators, data 
    shifted as the sampler's grid is (``--shift``), captions drawn afresh (random order, place phrases
    with probability ``--position-prob``, then left to right with ``--places-left-to-right``, empty
    with ``--uncond-prob``) and padded to 512 zero embeddings as the pipeline pads them; with
-   ``--flow-shape-weight W`` the latents on and next to the shapes weigh 1 + W in the loss. An
-   exponential moving average of the weights is saved.
+   ``--flow-shape-weight W`` the latents on and next to the shapes weigh 1 + W in the loss. With
+   ``--image-batch N``, each step also trains on N one-frame latents (the clips' first latent frames
+   and ``--images`` stills rendered once), as Wan trains on images and videos together: a frame is a
+   fifth of a clip's tokens, and class, colour and place are a frame's. Cross-attention runs on the
+   caption's rows and one row standing for the padding (``wan_model.fold_text_padding``, exact: the
+   pipeline's 512-row function at a fraction of the cost). An exponential moving average of the
+   weights is saved.
 
 The VAE is saved to ``OUT/vae`` when phase 1 ends (``--vae-only`` stops there). ``--resume DIR``
 starts from a saved folder: its VAE (trained further with ``--vae-steps N``, kept as it is by
@@ -44,8 +49,8 @@ from videograin import io
 from . import judge, world
 from .train import _ema_update, _log, _lr
 from .wan_model import (
-    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, make_text_encoder, make_tokenizer,
-    make_transformer, make_vae, save_pipeline,
+    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, fold_text_padding, make_text_encoder,
+    make_tokenizer, make_transformer, make_vae, save_pipeline,
 )
 
 
@@ -67,6 +72,13 @@ def clips(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Sc
     drawn = [random_clip(rng) for _ in range(n)]
     video = torch.from_numpy(np.stack([c for c, _ in drawn])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return video, [s for _, s in drawn]
+
+
+def still_images(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Scene]]:
+    """(n, 3, 1, H, W) float in [-1, 1]: one-frame clips of random scenes, and the scenes."""
+    scenes = [world.random_scene(rng) for _ in range(n)]
+    frames = np.stack([world.render(scene)[0] for scene in scenes])
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1, scenes
 
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
@@ -188,10 +200,15 @@ def grow_transformer(transformer, extra: int):
 
 
 def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.random.Generator, init=None,
-               snapshot=None, shapes: torch.Tensor | None = None):
+               snapshot=None, shapes: torch.Tensor | None = None, images: torch.Tensor | None = None,
+               image_scenes: list[world.Scene] | None = None):
     """latents (n, C, T, h, w) normalised; ``shapes`` bool (n, 1, T, h, w) (:func:`shape_latents`): there
     the squared error weighs ``1 + args.flow_shape_weight`` (the loss divided by the batch's mean
-    weight, so its scale stays that of the unweighted loss). Returns (ema text encoder, ema transformer, tokenizer, losses).
+    weight, so its scale stays that of the unweighted loss). With ``args.image_batch``, each step
+    also draws that many one-frame latents from ``images`` (m, C, 1, h, w) normalised, captioned by
+    ``image_scenes``, and the loss is the mean of the clips' and the images' (Wan trains on images and
+    videos together). Cross-attention runs on the folded padding (:func:`fold_text_padding`: the same
+    function, at a fraction of the cost). Returns (ema text encoder, ema transformer, tokenizer, losses).
     ``snapshot(step, text_encoder, transformer, tokenizer, losses)`` is called with the EMA weights and
     the losses so far every ``args.snapshot_every`` steps."""
     tokenizer = make_tokenizer()
@@ -201,29 +218,35 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
     text_encoder.train()
     transformer.train()
     ema_te, ema_tr = copy.deepcopy(text_encoder).eval(), copy.deepcopy(transformer).eval()
+    fold_text_padding(transformer)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+
+    def batch_loss(pool: torch.Tensor, pool_scenes: list[world.Scene], size: int, weights=None) -> torch.Tensor:
+        idx = rng.integers(len(pool), size=size)
+        captions = ["" if rng.random() < args.uncond_prob else
+                    world.caption(pool_scenes[i], rng, positions=bool(rng.random() < args.position_prob),
+                                  places_left_to_right=args.places_left_to_right) for i in idx]
+        x0 = pool[torch.from_numpy(idx)]
+        noise = torch.randn_like(x0)
+        u = torch.rand(size)
+        sigma = args.shift * u / (1 + (args.shift - 1) * u)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        text = encode_captions(text_encoder, tokenizer, captions, fold_padding=True)
+        velocity = transformer((1 - s) * x0 + s * noise, sigma * 1000, text, return_dict=False)[0]
+        err = (velocity - (noise - x0)).square()
+        if weights is None:
+            return err.mean()
+        weight = 1 + args.flow_shape_weight * weights[torch.from_numpy(idx)].float()
+        return (weight * err).mean() / weight.mean()
+
     losses = []
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
-        idx = rng.integers(len(latents), size=args.batch)
-        captions = ["" if rng.random() < args.uncond_prob else
-                    world.caption(scenes[i], rng, positions=bool(rng.random() < args.position_prob),
-                                  places_left_to_right=args.places_left_to_right) for i in idx]
-        x0 = latents[torch.from_numpy(idx)]
-        noise = torch.randn_like(x0)
-        u = torch.rand(args.batch)
-        sigma = args.shift * u / (1 + (args.shift - 1) * u)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        velocity = transformer((1 - s) * x0 + s * noise, sigma * 1000, encode_captions(text_encoder, tokenizer, captions),
-                               return_dict=False)[0]
-        err = (velocity - (noise - x0)).square()
-        if args.flow_shape_weight:
-            weight = 1 + args.flow_shape_weight * shapes[torch.from_numpy(idx)].float()
-            loss = (weight * err).mean() / weight.mean()
-        else:
-            loss = err.mean()
+        loss = batch_loss(latents, scenes, args.batch, shapes if args.flow_shape_weight else None)
+        if args.image_batch:
+            loss = (loss + batch_loss(images, image_scenes, args.image_batch)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -262,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--image-batch", type=int, default=0,
+                   help="one-frame latents drawn each step beside the clips (0: clips only)")
+    p.add_argument("--images", type=int, default=0,
+                   help="still images rendered once for --image-batch, beside the clips' first frames")
     p.add_argument("--flow-shape-weight", type=float, default=0.0,
                    help="extra flow-loss weight of the latents on and next to the shapes (0: unweighted)")
     p.add_argument("--ema", type=float, default=0.995)
@@ -277,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --resume: add this many transformer blocks after the last, each starting as the identity")
     p.add_argument("--vae-only", action="store_true", help="stop after phase 1 (OUT/vae saved)")
     args = p.parse_args(argv)
+    if args.image_batch and args.flow_shape_weight:
+        p.error("--flow-shape-weight weighs clips only: leave it out with --image-batch")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -325,8 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"snapshot {folder}")
 
     shapes = shape_latents(videos, latents.shape[2:]) if args.flow_shape_weight else None
+    images, image_scenes = None, None
+    if args.image_batch:  # a clip's first latent frame is its first frame's alone (the VAE is causal in time)
+        stills, image_scenes = still_images(args.images, rng)
+        stills = (latents_of(vae, stills) - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+        images, image_scenes = torch.cat([latents[:, :, :1], stills]), scenes + image_scenes
     text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot,
-                                                                          shapes)
+                                                                          shapes, images, image_scenes)
     log["flow_cpu_s"] = time.process_time() - clock
     save_pipeline(args.out, vae, text_encoder, tokenizer, transformer, args.shift)
     (args.out / "train_log.json").write_text(json.dumps(log))

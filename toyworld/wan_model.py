@@ -16,12 +16,15 @@ classes at a tiny size, saved as a Wan text-to-video folder that ``WanVideoGrain
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from transformers import UMT5Config, UMT5EncoderModel
 
+from videograin.backbones.wan import TEXT_LENGTH
 from videograin.testing import t5_word_tokenizer
 
 from .world import WORDS
@@ -75,11 +78,36 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, transformer, shift
     return Path(folder)
 
 
-def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+def encode_captions(text_encoder, tokenizer, captions: list[str], fold_padding: bool = False) -> torch.Tensor:
     """(B, 512, D) as the pipeline encodes prompts (``WanBackbone.encode_prompt``): umT5's output for
     each caption's tokens, zero after them, to 512. Encoded at the longest caption's length, then
     padded: the same numbers (padding is masked out of umT5's attention), at a fraction of the cost
-    of 512 tokens. Training sees the same zero keys the edit will."""
-    tokens = tokenizer(captions, padding="longest", max_length=512, truncation=True, return_tensors="pt")
+    of 512 tokens. Training sees the same zero keys the edit will.
+
+    ``fold_padding``: (B, L + 1, D) instead, L the longest caption's length, the last row zero and
+    standing for the padding after L (for a transformer with :func:`fold_text_padding`)."""
+    tokens = tokenizer(captions, padding="longest", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
     embeds = text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state * tokens.attention_mask[..., None]
-    return torch.nn.functional.pad(embeds, (0, 0, 0, 512 - embeds.shape[1]))
+    rows = embeds.shape[1] + 1 if fold_padding else TEXT_LENGTH
+    return torch.nn.functional.pad(embeds, (0, 0, 0, rows - embeds.shape[1]))
+
+
+class FoldedPaddingAttnProcessor(WanAttnProcessor):
+    """Wan cross-attention over a text context (B, L + 1, D) whose last row stands for the zero rows
+    that would pad it to 512. Zero rows give identical keys and values (the text projection and the
+    key norm act row by row), so attending to n of them equals attending to one whose score is raised
+    by log n: the same output as over the 512 rows, at the cost of L + 1."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        rows = encoder_hidden_states.shape[1]
+        bias = hidden_states.new_zeros(1, 1, 1, rows)
+        bias[..., -1] = math.log(TEXT_LENGTH - rows + 1)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, bias, rotary_emb)
+
+
+def fold_text_padding(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
+    """Install :class:`FoldedPaddingAttnProcessor` on every block's cross-attention (for training on
+    ``encode_captions(..., fold_padding=True)``; a saved model keeps no processor)."""
+    for block in transformer.blocks:
+        block.attn2.set_processor(FoldedPaddingAttnProcessor())
+    return transformer
