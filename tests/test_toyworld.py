@@ -336,27 +336,55 @@ def test_judge_tells_shapes_apart_and_ignores_specks():
     assert bg == "gray" and [(d.color, d.kind, d.place) for d in found] == [("blue", "square", "middle")]
 
 
+def _paint(case, source, shape_masks, colors_kinds):
+    """The source clip with each shape repainted as (colour, kind) at its place and size in every frame."""
+    out = source.copy()
+    out[shape_masks.any(0)] = world.BACKGROUNDS[case.scene.background]
+    for f in range(len(out)):
+        for s, (color, kind) in enumerate(colors_kinds):
+            ys, xs = np.nonzero(shape_masks[s, f])
+            shape = world.Shape(kind, color, xs.mean() + 0.5, ys.mean() + 0.5, (xs.max() - xs.min() + 1) / 2)
+            out[f][world.shape_mask(shape)] = world.COLORS[color]
+    return out
+
+
 def test_scores_of_a_perfect_and_of_a_swapped_edit():
     """The benchmark's scoring on hand-made outputs: the target scene scores 1, a swapped one leaks."""
     case = next(c for c in bench.CASES if c.name == "instance_shapes")
     source, masks, shape_masks = bench.case_inputs(case)
-
-    def paint(colors_kinds):
-        out = source.copy()
-        bg = world.BACKGROUNDS[case.scene.background]
-        out[shape_masks.any(0)] = bg
-        for f in range(len(out)):
-            for s, (color, kind) in enumerate(colors_kinds):
-                ys, xs = np.nonzero(shape_masks[s, f])
-                shape = world.Shape(kind, color, xs.mean() + 0.5, ys.mean() + 0.5, (xs.max() - xs.min() + 1) / 2)
-                out[f][world.shape_mask(shape)] = world.COLORS[color]
-        return out
-
-    good = bench.score(case, source, paint([("red", "square"), ("blue", "triangle")]), masks, shape_masks)
+    good = bench.score(case, source, _paint(case, source, shape_masks, [("red", "square"), ("blue", "triangle")]),
+                       masks, shape_masks)
     assert good["instance_accuracy"] == 1.0 and good["leakage"] == 0.0 and good["temporal_stability"] == 1.0
     assert good["background_change"] == 0.0
-    swapped = bench.score(case, source, paint([("blue", "triangle"), ("red", "square")]), masks, shape_masks)
+    swapped = bench.score(case, source, _paint(case, source, shape_masks, [("blue", "triangle"), ("red", "square")]),
+                          masks, shape_masks)
     assert swapped["instance_accuracy"] == 0.0 and swapped["leakage"] == 1.0
+
+
+def test_random_instance_cases_are_seeded_disjoint_well_formed_and_scored_by_their_targets():
+    """bench.random_instance_cases: the same cases from the same seed, none shared between the test and the
+    held-out seeds; each source (9 frames, as the Wan toy's) holds two identical shapes the judge reads
+    exactly; its two targets differ from each other and from the source shape, the prompt names both and
+    no place; painting the targets scores 1, the unedited source 0."""
+    test = bench.random_instance_cases(24, bench.RANDOM_TEST_SEED)
+    assert test == bench.random_instance_cases(24, bench.RANDOM_TEST_SEED)
+    held_out = bench.random_instance_cases(24, bench.RANDOM_VALIDATION_SEED)
+    assert not {(c.scene, c.motions, c.prompt) for c in test} & {(c.scene, c.motions, c.prompt) for c in held_out}
+    for case in test:
+        a, b = case.scene.shapes
+        assert (a.kind, a.color) == (b.kind, b.color) and a.x < b.x
+        targets = [tuple(r.prompt.split()) for r in case.regions[:2]]
+        assert targets[0] != targets[1] and (a.color, a.kind) not in targets, case
+        assert all(" ".join(t) in case.prompt for t in targets) and "left" not in case.prompt, case
+        source, masks, shape_masks = bench.case_inputs(case, 9)
+        for f, (bg, found) in enumerate(judge.detect_video(source)):
+            assert bg == case.scene.background
+            for s in range(2):
+                d = judge.in_region(found, shape_masks[s, f])
+                assert d is not None and d.identity == (a.color, a.kind) and (d.mask == shape_masks[s, f]).all()
+        assert bench.score(case, source, source, masks, shape_masks)["instance_accuracy"] == 0.0
+        painted = _paint(case, source, shape_masks, targets)
+        assert bench.score(case, source, painted, masks, shape_masks)["instance_accuracy"] == 1.0, case
 
 
 def test_part_case_halves_and_scores():
@@ -689,6 +717,52 @@ def test_quick_benchmark_on_the_wan_toy_videograin_beats_baseline():
     assert vg["instance_accuracy"] > base["instance_accuracy"], results["summary"]
     assert vg["color_accuracy"] >= base["color_accuracy"] + 0.2 and vg["leakage"] < base["leakage"], results["summary"]
     assert time.perf_counter() - start < 180
+
+
+@needs_wan_model
+def test_wan_attention_diagnostic_reads_the_conditional_modulated_calls_it_reports():
+    """toyworld.wan_attention: the attention it recomputes from a layer's inputs, times v through the
+    layer's output projection, is what the layer returned under the (grouped-kernel) modulation, and not
+    what plain attention gives; it reads every block's conditional call of each modulated step and no
+    other call (the unconditional pass and the inversion run stock processors)."""
+    import torch
+
+    from toyworld import wan_attention
+    from toyworld.sample_wan import load_pipeline
+    from videograin.backbones.wan_processors import WanLayoutAttnProcessor
+
+    pipe = load_pipeline(WAN_MODEL)
+    steps, method = 4, bench.Method("videograin", 0.3, 1.0, 0.5)  # modulated steps: 2
+    calls = []
+
+    def hook(attn, args, output):
+        if isinstance(attn.processor, WanLayoutAttnProcessor) and attn.processor.block == 1:
+            calls.append((attn, args, output, attn.processor))
+
+    block = pipe.transformer.blocks[1]
+    handles = [layer.register_forward_hook(hook) for layer in (block.attn1, block.attn2)]
+    case = next(c for c in bench.CASES if c.name == "instance_shapes")
+    source, masks, _ = bench.case_inputs(case, 9)
+    with torch.no_grad():
+        pipe(source, masks, case.prompt, [r.prompt for r in case.regions], source_prompt=bench.source_prompt(case),
+             num_inference_steps=steps, guidance_scale=5.0, modulation=method.modulation(steps), output_type="latent")
+    for handle in handles:
+        handle.remove()
+    assert len(calls) == 2 * 2  # self and cross, two modulated steps
+    for attn, args, output, processor in calls:
+        with torch.no_grad():
+            _, plain, modulated, v, _, lam = wan_attention.attention_probs(attn, args, processor)
+            project = lambda probs: attn.to_out[0]((probs @ v).transpose(1, 2).flatten(2).float())  # noqa: E731
+            assert lam.abs().max() > 0
+            assert torch.allclose(project(modulated), output, atol=1e-4), (project(modulated) - output).abs().max()
+            assert (project(plain) - output).abs().max() > 1e-2
+
+    rows = wan_attention.measure(pipe, method, steps=steps)
+    instance_cases = sum(c.level == "instance" for c in bench.CASES)
+    assert len(rows) == 2 * len(pipe.transformer.blocks)
+    assert all(r["calls"] == instance_cases * 2 for r in rows), rows
+    for r in rows:
+        assert r["modulated_own"] > r["plain_own"] and r["modulated_other"] < r["plain_other"], r
 
 
 @needs_wan_model

@@ -186,6 +186,36 @@ PART_VALIDATION_CASES: tuple[Case, ...] = (
          _DRIFT, "a purple circle with a yellow dot and a purple circle with a green dot on a white background",
          (Region("left_dot", 0, "yellow dot", "dot"), Region("left", 0, ""), Region("right", 1, ""), _BG)),
 )
+#: Seeds of ``random_instance_cases``: the test set (``--random-cases N``) and the held-out set the sweep
+#: tunes on (``--sweep --random-cases N``); the two never share a case.
+RANDOM_TEST_SEED, RANDOM_VALIDATION_SEED = 0, 1
+
+
+def random_instance_cases(n: int, seed: int) -> tuple[Case, ...]:
+    """``n`` instance cases drawn from ``seed`` in the pattern of the benchmark's: two shapes of one class
+    and colour (half-extent 5, left and right) on a background, on approaching or crossing paths, edited
+    into two different (colour, class) targets, each differing from the source shape; the prompt names
+    them in random order, the background region is kept. A larger test of the instance question than the
+    three fixed cases (one region is 1/6 of their score)."""
+    rng = np.random.default_rng(seed)
+    pick = lambda options: str(options[int(rng.integers(len(options)))])  # noqa: E731
+    targets = [(c, k) for c in world.COLORS for k in world.SHAPES]
+    cases = []
+    while len(cases) < n:
+        kind, colour, background = pick(world.SHAPES), pick(list(world.COLORS)), pick(list(world.BACKGROUNDS))
+        left, right = (targets[i] for i in rng.choice(len(targets), 2, replace=False))
+        if (colour, kind) in (left, right):
+            continue
+        ys = (12.0, 19.0) if rng.random() < 0.5 else (19.0, 12.0)
+        motions = _APPROACH if rng.random() < 0.5 else _CROSSING
+        named = [left, right] if rng.random() < 0.5 else [right, left]
+        prompt = " and ".join(f"a {c} {k}" for c, k in named) + f" on a {background} background"
+        regions = (Region("left", 0, " ".join(left)), Region("right", 1, " ".join(right)), _BG)
+        scene = _two(kind, colour, kind, colour, background, y=ys)
+        cases.append(Case(f"random{seed}_{len(cases)}", "instance", scene, motions, prompt, regions))
+    return tuple(cases)
+
+
 QUICK_CASES = ("instance_shapes", "instance_colors")
 QUICK_STEPS = 25
 
@@ -227,6 +257,9 @@ TUNED = Method("videograin_tuned", 0.3, 4.0, 0.5)
 # from ``--backbone wan --sweep`` on the same held-out cases (toyworld/README, "On Wan").
 WAN_GUIDANCE = 5.0
 WAN_TUNED = Method("videograin_tuned", 0.6, 1.0, 0.8)
+# The DiT's self-attention gives the other instance less than its share of the tokens without modulation
+# (``toyworld.wan_attention``), so its grid also tries self-attention modulation weak (0.1) and off (0.0).
+WAN_SWEEP_GRID = tuple((s, c, f) for s in (0.0, 0.1, 0.3, 0.6) for c in (1.0, 2.0, 4.0) for f in (0.3, 0.5, 0.8))
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -617,9 +650,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", help="method names (default: all)")
     p.add_argument("--extra", nargs="*", default=[], help="tuned variants NAME:SELF:CROSS:FRACTION")
     p.add_argument("--no-blend-off", action="store_true", help="only run with blend on")
+    p.add_argument("--random-cases", type=int, default=0,
+                   help="N instance cases drawn by random_instance_cases in place of the fixed ones (the test set; "
+                        "with --sweep the held-out set); files named random_*")
     p.add_argument("--readme", action="store_true",
                    help="also score prompts (toyworld.sample) and update README (with --sweep: its sweep table)")
-    p.add_argument("--sweep", action="store_true", help="score SWEEP_GRID on the held-out cases, write sweep.json/.md")
+    p.add_argument("--sweep", action="store_true",
+                   help="score SWEEP_GRID (Wan: WAN_SWEEP_GRID) on the held-out cases, write sweep.json/.md")
     p.add_argument("--parts", action="store_true",
                    help="the part-level cases (PART_CASES; with --sweep PART_VALIDATION_CASES), on a model of the world "
                         "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep); "
@@ -634,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--parts has no --quick")
     if args.attention and not args.parts:
         p.error("--attention measures the part cases: add --parts")
+    if args.random_cases and (args.parts or args.quick or args.readme):
+        p.error("--random-cases draws instance cases: it takes no --parts, --quick or --readme")
     wan = args.backbone == "wan"
     if wan and args.readme:
         p.error("--readme updates the SD toy's tables; the Wan toy's results are written to --out")
@@ -647,11 +686,13 @@ def main(argv: list[str] | None = None) -> int:
     tuned = WAN_TUNED if wan else TUNED
     args.out = args.out or (HERE / "results_wan" if wan else RESULTS)
     torch.set_num_threads(args.threads)
-    prefix = "parts_" if args.parts else ""
+    prefix = "parts_" if args.parts else ("random_" if args.random_cases else "")
     if args.sweep:
-        held_out = list(PART_VALIDATION_CASES if args.parts else VALIDATION_CASES)
+        held_out = list(PART_VALIDATION_CASES if args.parts else (random_instance_cases(
+            args.random_cases, RANDOM_VALIDATION_SEED) if args.random_cases else VALIDATION_CASES))
         keys = ("part_accuracy", "part_leakage") if args.parts else ("instance_accuracy", "leakage")
-        rows = sweep(load(args.model), held_out, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames)
+        grid = WAN_SWEEP_GRID if wan and not args.parts else SWEEP_GRID
+        rows = sweep(load(args.model), held_out, grid, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames)
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / f"{prefix}sweep.json", {"model": str(args.model), "steps": args.steps,
                                                           "guidance_scale": args.guidance, "rows": rows})
@@ -677,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             update_readme(HERE / "README.md", table, marker="parts_attention")
         print(table)
         return 0
-    all_cases = list(PART_CASES if args.parts else CASES)
+    all_cases = list(PART_CASES if args.parts else (
+        random_instance_cases(args.random_cases, RANDOM_TEST_SEED) if args.random_cases else CASES))
     cases = all_cases
     blends = (True, False)
     if args.quick:
