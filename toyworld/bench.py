@@ -657,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also score prompts (toyworld.sample) and update README (with --sweep: its sweep table)")
     p.add_argument("--sweep", action="store_true",
                    help="score SWEEP_GRID (Wan: WAN_SWEEP_GRID) on the held-out cases, write sweep.json/.md")
+    p.add_argument("--grid", nargs="*", default=None, help="with --sweep: these SELF:CROSS:FRACTION in place of the grid")
     p.add_argument("--parts", action="store_true",
                    help="the part-level cases (PART_CASES; with --sweep PART_VALIDATION_CASES), on a model of the world "
                         "with parts; writes parts_results.json/.md, parts_contact_sheet.png (parts_sweep.* with --sweep); "
@@ -692,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
             args.random_cases, RANDOM_VALIDATION_SEED) if args.random_cases else VALIDATION_CASES))
         keys = ("part_accuracy", "part_leakage") if args.parts else ("instance_accuracy", "leakage")
         grid = WAN_SWEEP_GRID if wan and not args.parts else SWEEP_GRID
+        if args.grid:
+            grid = tuple(tuple(float(x) for x in spec.split(":")) for spec in args.grid)
         rows = sweep(load(args.model), held_out, grid, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames)
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / f"{prefix}sweep.json", {"model": str(args.model), "steps": args.steps,
