@@ -4,6 +4,7 @@
     nice -n 19 python -m toyworld.bench --quick      # two instance cases, baseline vs videograin_tuned
     nice -n 19 python -m toyworld.bench --sweep      # modulation strengths on held-out cases (picks TUNED)
     nice -n 19 python -m toyworld.bench --backbone wan   # the same cases on the Wan toy model (9 frames)
+    nice -n 19 python -m toyworld.bench --random-cases 32   # 32 seeded random instance cases (a larger test)
 
 Each case is a short clip (8 frames, 32x32) rendered by :mod:`toyworld.world`, with exact per-shape
 geometry. Shape regions are the shapes' per-frame bounding boxes grown by 1 px (a square drawn where a
@@ -672,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--parts has no --quick")
     if args.attention and not args.parts:
         p.error("--attention measures the part cases: add --parts")
+    if args.grid and not args.sweep:
+        p.error("--grid is the grid of --sweep: add --sweep")
     if args.random_cases and (args.parts or args.quick or args.readme):
         p.error("--random-cases draws instance cases: it takes no --parts, --quick or --readme")
     wan = args.backbone == "wan"
