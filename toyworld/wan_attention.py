@@ -45,15 +45,22 @@ def _shares(probs: torch.Tensor, queries: torch.Tensor, keys: dict[str, torch.Te
     return {name: float(rows[..., mask].sum(-1).mean()) for name, mask in keys.items()}
 
 
+def _is_self_attention(args) -> bool:
+    """A layer call's positional args: (hidden_states, encoder_hidden_states, mask, rotary_emb); attn1
+    gets no encoder states."""
+    return len(args) < 2 or args[1] is None
+
+
 def attention_probs(attn, args, processor: WanLayoutAttnProcessor):
     """One call of a layer under ``processor`` (its positional ``args``) recomputed in float64 (the
     modulated scores by the method's own ``modulated_scores``, in float32): returns the scores
     (1, H, N, M), the plain and the modulated attention (softmax, same shape), v (1, H, M, D), the key
     bitmask (M,) and the strengths λ (N,) the call used."""
     ctx = processor.context
-    hidden, text = args[0], args[1] if len(args) > 1 else None
-    q, k, v = (x.double() for x in wan_qkv(attn, hidden, text, args[3] if len(args) > 3 else None))
-    key_bits, lam = (ctx.bits, ctx.self_strength) if text is None else (ctx.text_bits, ctx.cross_strength)
+    is_self = _is_self_attention(args)
+    text, rotary = (None, args[3] if len(args) > 3 else None) if is_self else (args[1], None)
+    q, k, v = (x.double() for x in wan_qkv(attn, args[0], text, rotary))
+    key_bits, lam = (ctx.bits, ctx.self_strength) if is_self else (ctx.text_bits, ctx.cross_strength)
     if ctx.blocks is not None and processor.block not in ctx.blocks:
         lam = torch.zeros_like(lam)
     scale = q.shape[-1] ** -0.5
@@ -65,7 +72,7 @@ def attention_probs(attn, args, processor: WanLayoutAttnProcessor):
 def block_statistics(attn, args, processor: WanLayoutAttnProcessor, regions: list[int]) -> dict[str, float]:
     """Plain and modulated attention shares of one layer call (see the module docstring); ``regions``:
     the bit indices of the edited shape regions (two)."""
-    ctx, is_self = processor.context, len(args) < 2 or args[1] is None
+    ctx, is_self = processor.context, _is_self_attention(args)
     scores, plain, modulated, _, key_bits, lam = attention_probs(attn, args, processor)
     out = defaultdict(list)
     for own, other in (regions, regions[::-1]):
@@ -92,7 +99,7 @@ def measure(pipe, method: Method, steps: int = 25, guidance: float = 5.0, frames
     def hook(attn, args, output):
         processor = attn.processor
         if isinstance(processor, WanLayoutAttnProcessor):  # the conditional call of a modulated step
-            kind = "self" if (len(args) < 2 or args[1] is None) else "cross"
+            kind = "self" if _is_self_attention(args) else "cross"
             records[(processor.block, kind)].append(block_statistics(attn, args, processor, current["regions"]))
 
     handles = [layer.register_forward_hook(hook) for block in pipe.transformer.blocks
