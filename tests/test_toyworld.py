@@ -361,6 +361,31 @@ def test_scores_of_a_perfect_and_of_a_swapped_edit():
     assert swapped["instance_accuracy"] == 0.0 and swapped["leakage"] == 1.0
 
 
+def test_latents_only_accuracy_scores_the_decoded_latents_and_not_the_composite():
+    """run_case with blend scores the composite and, apart, the latents decoded without it: a pipe whose
+    composite shows the source but whose latents decode to the target edit scores 0 and 1."""
+    import torch
+
+    from videograin import io
+
+    case = next(c for c in bench.CASES if c.name == "instance_shapes")
+    source, masks, shape_masks = bench.case_inputs(case)
+    target = _paint(case, source, shape_masks, [("red", "square"), ("blue", "triangle")])
+
+    class Pipe:
+        def __call__(self, *args, **kwargs):
+            frames = source.astype(np.float32)[None] / 255  # "np" output: the source untouched
+            return type("Out", (), {"frames": frames, "latents": torch.zeros(1)})()
+
+        def decode_latents(self, latents):
+            return io.from_uint8(target)
+
+    _, blended = bench.run_case(Pipe(), case, bench.METHODS[0], True, 2, 5.0)
+    assert blended["instance_accuracy"] == 0.0 and blended["instance_accuracy_latents"] == 1.0
+    _, plain = bench.run_case(Pipe(), case, bench.METHODS[0], False, 2, 5.0)  # no composite: one output
+    assert plain["instance_accuracy"] == plain["instance_accuracy_latents"] == 0.0
+
+
 def test_random_instance_cases_are_seeded_disjoint_well_formed_and_scored_by_their_targets():
     """bench.random_instance_cases: the same cases from the same seed, none shared between the test and the
     held-out seeds; each source (9 frames, as the Wan toy's) holds two identical shapes the judge reads

@@ -26,6 +26,8 @@ Methods (each with latent blend on and off):
 Scores, read by the judge (:mod:`toyworld.judge`) from the uint8 output frames:
   instance_accuracy   share of (edited shape region, frame) pairs where the shape found in the region
                       has the region prompt's colour and class
+  instance_accuracy_latents  the same for the edited latents decoded without the pixel composite (the
+                      papers' output; the composite shows the edit only inside its region, cutting what overflows)
   color_accuracy      the same, colour only (any class)
   leakage             share of those pairs where the region shows another region's target colour or
                       class instead of its own (cases with at least two different targets)
@@ -440,6 +442,7 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
     # what the latents alone give (the papers' output): decoded without the pixel composite
     plain = io.to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
     result["background_change_latents"] = unedited_change(case, source, plain, masks)
+    result["instance_accuracy_latents"] = score(case, source, plain, masks, shape_masks)["instance_accuracy"]
     return output, result
 
 
@@ -457,11 +460,12 @@ def summarise(per_case: dict[str, dict], cases: list[Case]) -> dict:
     ``background_change`` (and ``background_change_latents``, decoded without the pixel composite)
     averages the cases that keep the background; in the background case the unedited pixels are the
     kept shapes, reported as ``kept_shapes_change`` (``kept_shapes_change_latents``).
+    ``instance_accuracy_latents``: instance accuracy of the latents decoded without the composite.
     """
     out = {}
     changes = ("background_change", "background_change_latents")
-    for key in SUMMARY_KEYS + ("background_change_latents", "color_accuracy", "kept_accuracy", "background_accuracy",
-                               *PART_KEYS):
+    for key in SUMMARY_KEYS + ("background_change_latents", "instance_accuracy_latents", "color_accuracy",
+                               "kept_accuracy", "background_accuracy", *PART_KEYS):
         values = [per_case[c.name][key] for c in cases
                   if per_case[c.name].get(key) is not None and (key not in changes or c.level != "background")]
         out[key] = None if not values else round(float(np.mean(values)), 4)
@@ -582,13 +586,13 @@ def _fmt(x) -> str:
 
 def markdown(results: dict) -> str:
     summary, per_case, cases = results["summary"], results["per_case"], list(results["cases"])
-    lines = ["| method | instance acc. (all / instance cases) | colour acc. | leakage | background change "
-             "(latents only) | temporal stability | kept acc. | background acc. (kept shapes change, latents only) "
-             "| seconds / clip |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | instance acc. (all / instance cases) | instance acc., latents only | colour acc. | leakage "
+             "| background change (latents only) | temporal stability | kept acc. | background acc. (kept shapes "
+             "change, latents only) | seconds / clip |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {_fmt(s['instance_accuracy'])} / {_fmt(s['instance_accuracy_instance_cases'])} "
-                     f"| {_fmt(s['color_accuracy'])} | {_fmt(s['leakage'])} "
+                     f"| {_fmt(s.get('instance_accuracy_latents'))} | {_fmt(s['color_accuracy'])} | {_fmt(s['leakage'])} "
                      f"| {_fmt(s['background_change'])} ({_fmt(s['background_change_latents'])}) | {_fmt(s['temporal_stability'])} "
                      f"| {_fmt(s['kept_accuracy'])} | {_fmt(s['background_accuracy'])} "
                      f"({_fmt(s['kept_shapes_change'])}, {_fmt(s['kept_shapes_change_latents'])}) | {s['seconds']:.1f} |")

@@ -54,11 +54,12 @@ from .wan_model import (
 )
 
 
-def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | None = None) -> tuple[np.ndarray, world.Scene]:
-    """One clip (F, H, W, 3) uint8 of a random scene (of ``count`` shapes; default: world.random_scene's
-    draw) whose shapes move (up to 3 px) and scale (±10%)."""
+def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | None = None,
+                counts: tuple[float, float, float] = world.COUNTS) -> tuple[np.ndarray, world.Scene]:
+    """One clip (F, H, W, 3) uint8 of a random scene (of ``count`` shapes; default: drawn with the
+    probabilities ``counts``) whose shapes move (up to 3 px) and scale (±10%)."""
     while True:
-        scene = world.random_scene(rng, count)
+        scene = world.random_scene(rng, count, counts=counts)
         motions = [world.Motion(float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), float(rng.uniform(0.9, 1.1)))
                    for _ in scene.shapes]
         try:
@@ -67,16 +68,19 @@ def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | Non
             continue
 
 
-def clips(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Scene]]:
-    """(n, 3, F, H, W) float in [-1, 1] and their scenes (frame 0's, which the captions describe)."""
-    drawn = [random_clip(rng) for _ in range(n)]
+def clips(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS
+          ) -> tuple[torch.Tensor, list[world.Scene]]:
+    """(n, 3, F, H, W) float in [-1, 1] and their scenes (frame 0's, which the captions describe);
+    ``counts``: probabilities of one, two, three shapes."""
+    drawn = [random_clip(rng, counts=counts) for _ in range(n)]
     video = torch.from_numpy(np.stack([c for c, _ in drawn])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return video, [s for _, s in drawn]
 
 
-def still_images(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[world.Scene]]:
+def still_images(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS
+                 ) -> tuple[torch.Tensor, list[world.Scene]]:
     """(n, 3, 1, H, W) float in [-1, 1]: one-frame clips of random scenes, and the scenes."""
-    scenes = [world.random_scene(rng) for _ in range(n)]
+    scenes = [world.random_scene(rng, counts=counts) for _ in range(n)]
     frames = np.stack([world.render(scene)[0] for scene in scenes])
     return torch.from_numpy(frames).permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1, scenes
 
@@ -262,6 +266,14 @@ def train_flow(latents: torch.Tensor, scenes: list[world.Scene], args, rng: np.r
     return ema_te, ema_tr, tokenizer, losses
 
 
+def _counts(text: str) -> tuple[float, float, float]:
+    """"0.15,0.75,0.1" -> (0.15, 0.75, 0.1): three probabilities summing to 1."""
+    counts = tuple(float(x) for x in text.split(","))
+    if len(counts) != 3 or min(counts) < 0 or abs(sum(counts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"--counts takes three probabilities summing to 1, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=WAN_MODEL_DIR)
@@ -294,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--shift", type=float, default=FLOW_SHIFT, help="σ shift of the training draws and of the saved sampler's grid")
     p.add_argument("--position-prob", type=float, default=0.5)
+    p.add_argument("--counts", type=_counts, default=world.COUNTS,
+                   help="probabilities of a training scene holding one, two, three shapes (default %(default)s)")
     p.add_argument("--places-left-to-right", action="store_true",
                    help="captions with places name the shapes left to right (as the SD toy's stage 4)")
     p.add_argument("--uncond-prob", type=float, default=0.1)
@@ -312,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     log = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
-    videos, scenes = clips(args.clips, rng)
+    videos, scenes = clips(args.clips, rng, args.counts)
     clock = time.process_time()
     vae, init = make_vae(args.vae_stages, args.vae_channels, args.vae_time_stages), None
     if args.resume is not None:
@@ -356,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = shape_latents(videos, latents.shape[2:]) if args.flow_shape_weight else None
     images, image_scenes = None, None
     if args.image_batch:  # a clip's first latent frame is its first frame's alone (the VAE is causal in time)
-        stills, image_scenes = still_images(args.images, rng)
+        stills, image_scenes = still_images(args.images, rng, args.counts)
         stills = (latents_of(vae, stills) - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
         images, image_scenes = torch.cat([latents[:, :, :1], stills]), scenes + image_scenes
     text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot,

@@ -37,6 +37,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (235, 235, 235),
 }
 SHAPES = ("circle", "square", "triangle")
+COUNTS = (0.35, 0.5, 0.15)  # probabilities of a random scene holding one, two, three shapes
 RADII = (4.0, 5.0, 6.0)  # half-extent in px: the shape fits a (2r x 2r) box around its centre
 PLACES = ("left", "middle", "right")
 PLACE_MARGIN = 1.0  # px: shape centres keep this far from the thirds' borders (places are unambiguous)
@@ -169,14 +170,15 @@ def _fits(shapes: list[Shape], width: int, height: int) -> bool:
     return True
 
 
-def random_scene(rng: np.random.Generator, count: int | None = None, size: int = SIZE, part_prob: float = 0.0) -> Scene:
-    """A random scene of ``count`` shapes (1-3, default: 1 with p 0.35, 2 with p 0.5, 3 with p 0.15).
+def random_scene(rng: np.random.Generator, count: int | None = None, size: int = SIZE, part_prob: float = 0.0,
+                 counts: tuple[float, float, float] = COUNTS) -> Scene:
+    """A random scene of ``count`` shapes (1-3; default: drawn with the probabilities ``counts``).
 
     ``part_prob``: each shape of half-extent >= PART_MIN_RADIUS in a scene of one or two shapes carries a
     random part, of a colour other than its own, with this probability (0: the draws of the world without
     parts, unchanged)."""
     if count is None:
-        count = int(rng.choice([1, 2, 3], p=[0.35, 0.5, 0.15]))
+        count = int(rng.choice([1, 2, 3], p=list(counts)))
     places = {1: [PLACES[int(rng.integers(3))]], 2: ["left", "right"], 3: list(PLACES)}[count]
     background = str(rng.choice(list(BACKGROUNDS)))
     third = size / 3
