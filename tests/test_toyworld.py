@@ -71,6 +71,16 @@ def test_place_captions_left_to_right_name_shapes_in_x_order_others_stay_random(
     assert 0.3 < np.mean(first_named_is_left[False]) < 0.7  # random order without places
 
 
+def test_random_scene_counts_set_how_often_a_scene_holds_one_two_or_three_shapes():
+    rng = np.random.default_rng(0)
+    assert {len(world.random_scene(rng, counts=(0.0, 1.0, 0.0)).shapes) for _ in range(50)} == {2}
+    drawn = np.bincount([len(world.random_scene(rng, counts=(0.15, 0.75, 0.1)).shapes) for _ in range(3000)],
+                        minlength=4)[1:] / 3000
+    assert np.abs(drawn - [0.15, 0.75, 0.1]).max() < 0.03  # 3000 draws: standard error <= 0.009
+    default = np.bincount([len(world.random_scene(rng).shapes) for _ in range(3000)], minlength=4)[1:] / 3000
+    assert np.abs(default - [0.35, 0.5, 0.15]).max() < 0.03
+
+
 def test_video_masks_match_frames_and_motion_is_smooth():
     case = bench.CASES[1]
     clip, masks = world.video(case.scene, list(case.motions), frames=12)
