@@ -81,6 +81,18 @@ def test_random_scene_counts_set_how_often_a_scene_holds_one_two_or_three_shapes
     assert np.abs(default - [0.35, 0.5, 0.15]).max() < 0.03
 
 
+def test_held_out_two_shape_prompts_share_no_prompt_with_the_test_set():
+    from toyworld.sample import pair_prompts
+    from toyworld.sample_wan import held_out_pair_prompts
+
+    test = pair_prompts(135, 1, left_to_right=True)
+    held_out = held_out_pair_prompts(135)
+    assert len(held_out) == 135 and not {c[0] for c in held_out} & {c[0] for c in test}
+    for text, objs, background in held_out:  # named left to right, as the test prompts
+        (cl, kl, pl), (cr, kr, pr) = objs
+        assert (pl, pr) == ("left", "right") and text.startswith(f"a {cl} {kl} on the left and a {cr} {kr}")
+
+
 def test_video_masks_match_frames_and_motion_is_smooth():
     case = bench.CASES[1]
     clip, masks = world.video(case.scene, list(case.motions), frames=12)

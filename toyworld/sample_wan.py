@@ -8,6 +8,8 @@ both frames hold the requested background and exactly the requested shapes (colo
 Writes ``prompts.json`` (accuracies, every prompt's verdict) and ``prompts.png`` (first frames);
 ``--one-step`` writes ``one_step.json`` instead (how well the transformer denoises in one step, per σ),
 ``--caption-sensitivity`` ``caption_sensitivity.json`` (how much its velocity relies on each caption word).
+``--held-out`` scores two-shape prompts drawn apart from the test set's (``prompts_held_out.json``), to
+choose sampler settings (``--guidance``, ``--steps``) on prompts the reported scores do not use.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from videograin.method.sampling import sample_latents
 
 from .sample import pair_prompts, score, single_prompts
 from .wan_model import FRAMES, WAN_MODEL_DIR
+
+#: Seeds of the two-shape prompt sets: the test set (``toyworld.sample.pair_prompts``' default) and
+#: the held-out set of ``--held-out``.
+TEST_PAIR_SEED, HELD_OUT_PAIR_SEED = 1, 2
 
 
 def load_pipeline(folder: str | Path = WAN_MODEL_DIR):
@@ -57,11 +63,20 @@ def text_to_video(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
     return np.stack(out)
 
 
-def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 5.0, n_pairs: int = 135):
+def held_out_pair_prompts(n: int = 135) -> list[tuple[str, tuple, str]]:
+    """``n`` two-shape prompts (as ``pair_prompts``, left to right) drawn from HELD_OUT_PAIR_SEED, none of
+    them a prompt of the test set of ``n``."""
+    test = {text for text, _, _ in pair_prompts(n, TEST_PAIR_SEED, left_to_right=True)}
+    return [c for c in pair_prompts(4 * n, HELD_OUT_PAIR_SEED, left_to_right=True) if c[0] not in test][:n]
+
+
+def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 5.0, n_pairs: int = 135,
+             held_out: bool = False):
     """Returns (summary, rows, clips) for the single- and two-object (named left to right) prompt sets
-    (``n_pairs`` 0: the single-object set alone)."""
+    (``n_pairs`` 0: the single-object set alone; ``held_out``: the held-out two-object set alone)."""
     summary, rows, clips = {}, {}, {}
-    sets = [("single", single_prompts())] + ([("two", pair_prompts(n_pairs, left_to_right=True))] if n_pairs else [])
+    pairs = held_out_pair_prompts(n_pairs) if held_out else pair_prompts(n_pairs, TEST_PAIR_SEED, left_to_right=True)
+    sets = ([] if held_out else [("single", single_prompts())]) + ([("two", pairs)] if n_pairs else [])
     for name, cases in sets:
         clips[name] = text_to_video(pipe, [c[0] for c in cases], seed, steps, guidance)
         first, last = score(clips[name][:, 0], cases), score(clips[name][:, -1], cases)
@@ -172,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=135, help="two-object prompts (0: single-object prompts only)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--held-out", action="store_true",
+                   help="only two-shape prompts drawn apart from the test set's (prompts_held_out.json)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--one-step", action="store_true", help="instead: one-step denoising scores (one_step.json)")
     mode.add_argument("--caption-sensitivity", action="store_true",
                       help="instead: velocity error with swapped caption words (caption_sensitivity.json)")
     args = p.parse_args(argv)
+    if args.held_out and (args.one_step or args.caption_sensitivity or not args.pairs):
+        p.error("--held-out scores two-shape prompts: it takes no --one-step, --caption-sensitivity or --pairs 0")
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     if args.one_step or args.caption_sensitivity:
@@ -186,14 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         io.write_json(args.out / f"{name}.json", result)
         print(json.dumps(result, indent=2))
         return 0
-    summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs)
+    summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs, args.held_out)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
-    io.write_json(args.out / "prompts.json", {"settings": settings, "summary": summary, "rows": rows})
+    settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "pair_seed": HELD_OUT_PAIR_SEED if args.held_out else TEST_PAIR_SEED}
+    name = "prompts_held_out" if args.held_out else "prompts"
+    io.write_json(args.out / f"{name}.json", {"settings": settings, "summary": summary, "rows": rows})
     big = {k: np.repeat(np.repeat(v[:48, 0], 2, 1), 2, 2) for k, v in clips.items()}  # first frames, 2x
     sheet = viz.grid([big[k][i : i + 16] for k in clips for i in range(0, len(big[k]), 16)],
                      max_columns=16)
-    io.write_png(args.out / "prompts.png", sheet)
+    io.write_png(args.out / f"{name}.png", sheet)
     print(json.dumps(summary, indent=2))
     return 0
 
