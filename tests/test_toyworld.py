@@ -81,6 +81,20 @@ def test_random_scene_counts_set_how_often_a_scene_holds_one_two_or_three_shapes
     assert np.abs(default - [0.35, 0.5, 0.15]).max() < 0.03
 
 
+def test_same_color_sets_how_often_the_two_shapes_of_a_pair_share_a_colour():
+    def share(same_color, n=2000):
+        rng = np.random.default_rng(0)
+        pairs = [world.random_scene(rng, count=2, same_color=same_color).shapes for _ in range(n)]
+        return np.mean([a.color == b.color for a, b in pairs])
+
+    assert share(1.0, 200) == 1.0 and share(0.0, 200) == 0.0
+    assert abs(share(0.5) - 0.5) < 0.04  # 2000 draws: standard error 0.011
+    assert abs(share(None) - 1 / len(world.COLORS)) < 0.03  # colours drawn on their own
+    rng = np.random.default_rng(0)
+    one = [world.random_scene(rng, count=1, same_color=1.0) for _ in range(100)]  # no pair, no change
+    assert len({s.shapes[0].color for s in one}) == len(world.COLORS)
+
+
 def test_held_out_two_shape_prompts_share_no_prompt_with_the_test_set():
     from toyworld.sample import pair_prompts
     from toyworld.sample_wan import held_out_pair_prompts

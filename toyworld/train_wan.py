@@ -55,11 +55,13 @@ from .wan_model import (
 
 
 def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | None = None,
-                counts: tuple[float, float, float] = world.COUNTS) -> tuple[np.ndarray, world.Scene]:
+                counts: tuple[float, float, float] = world.COUNTS, same_color: float | None = None
+                ) -> tuple[np.ndarray, world.Scene]:
     """One clip (F, H, W, 3) uint8 of a random scene (of ``count`` shapes; default: drawn with the
-    probabilities ``counts``) whose shapes move (up to 3 px) and scale (±10%)."""
+    probabilities ``counts``; ``same_color`` as ``world.random_scene``'s) whose shapes move (up to 3 px)
+    and scale (±10%)."""
     while True:
-        scene = world.random_scene(rng, count, counts=counts)
+        scene = world.random_scene(rng, count, counts=counts, same_color=same_color)
         motions = [world.Motion(float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), float(rng.uniform(0.9, 1.1)))
                    for _ in scene.shapes]
         try:
@@ -68,19 +70,21 @@ def random_clip(rng: np.random.Generator, frames: int = FRAMES, count: int | Non
             continue
 
 
-def clips(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS
-          ) -> tuple[torch.Tensor, list[world.Scene]]:
+def clips(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS,
+          same_color: float | None = None) -> tuple[torch.Tensor, list[world.Scene]]:
     """(n, 3, F, H, W) float in [-1, 1] and their scenes (frame 0's, which the captions describe);
-    ``counts``: probabilities of one, two, three shapes."""
-    drawn = [random_clip(rng, counts=counts) for _ in range(n)]
+    ``counts``: probabilities of one, two, three shapes; ``same_color``: share of two-shape scenes of
+    one colour (None: 1 in 5)."""
+    drawn = [random_clip(rng, counts=counts, same_color=same_color) for _ in range(n)]
     video = torch.from_numpy(np.stack([c for c, _ in drawn])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return video, [s for _, s in drawn]
 
 
-def still_images(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS
-                 ) -> tuple[torch.Tensor, list[world.Scene]]:
-    """(n, 3, 1, H, W) float in [-1, 1]: one-frame clips of random scenes, and the scenes."""
-    scenes = [world.random_scene(rng, counts=counts) for _ in range(n)]
+def still_images(n: int, rng: np.random.Generator, counts: tuple[float, float, float] = world.COUNTS,
+                 same_color: float | None = None) -> tuple[torch.Tensor, list[world.Scene]]:
+    """(n, 3, 1, H, W) float in [-1, 1]: one-frame clips of random scenes (drawn as ``clips``'), and the
+    scenes."""
+    scenes = [world.random_scene(rng, counts=counts, same_color=same_color) for _ in range(n)]
     frames = np.stack([world.render(scene)[0] for scene in scenes])
     return torch.from_numpy(frames).permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1, scenes
 
@@ -308,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--position-prob", type=float, default=0.5)
     p.add_argument("--counts", type=_counts, default=world.COUNTS,
                    help="probabilities of a training scene holding one, two, three shapes (default %(default)s)")
+    p.add_argument("--same-color", type=float, default=None,
+                   help="share of two-shape training scenes whose shapes have one colour (default: 1 in 5, "
+                        "colours drawn on their own)")
     p.add_argument("--places-left-to-right", action="store_true",
                    help="captions with places name the shapes left to right (as the SD toy's stage 4)")
     p.add_argument("--uncond-prob", type=float, default=0.1)
@@ -318,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --resume: add this many transformer blocks after the last, each starting as the identity")
     p.add_argument("--vae-only", action="store_true", help="stop after phase 1 (OUT/vae saved)")
     args = p.parse_args(argv)
+    if args.same_color is not None and not 0 <= args.same_color <= 1:
+        p.error(f"--same-color is a share between 0 and 1, got {args.same_color}")
     if args.image_batch and args.flow_shape_weight:
         p.error("--flow-shape-weight weighs clips only: leave it out with --image-batch")
 
@@ -326,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     log = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "command": "python -m toyworld.train_wan " + " ".join(argv if argv is not None else sys.argv[1:])}
-    videos, scenes = clips(args.clips, rng, args.counts)
+    videos, scenes = clips(args.clips, rng, args.counts, args.same_color)
     clock = time.process_time()
     vae, init = make_vae(args.vae_stages, args.vae_channels, args.vae_time_stages), None
     if args.resume is not None:
@@ -370,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = shape_latents(videos, latents.shape[2:]) if args.flow_shape_weight else None
     images, image_scenes = None, None
     if args.image_batch:  # a clip's first latent frame is its first frame's alone (the VAE is causal in time)
-        stills, image_scenes = still_images(args.images, rng, args.counts)
+        stills, image_scenes = still_images(args.images, rng, args.counts, args.same_color)
         stills = (latents_of(vae, stills) - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
         images, image_scenes = torch.cat([latents[:, :, :1], stills]), scenes + image_scenes
     text_encoder, transformer, tokenizer, log["flow_losses"] = train_flow(latents, scenes, args, rng, init, snapshot,

@@ -171,8 +171,11 @@ def _fits(shapes: list[Shape], width: int, height: int) -> bool:
 
 
 def random_scene(rng: np.random.Generator, count: int | None = None, size: int = SIZE, part_prob: float = 0.0,
-                 counts: tuple[float, float, float] = COUNTS) -> Scene:
+                 counts: tuple[float, float, float] = COUNTS, same_color: float | None = None) -> Scene:
     """A random scene of ``count`` shapes (1-3; default: drawn with the probabilities ``counts``).
+
+    ``same_color``: the share of two-shape scenes whose shapes have one colour (None: each colour drawn
+    on its own, so 1 in 5; None keeps the draws unchanged).
 
     ``part_prob``: each shape of half-extent >= PART_MIN_RADIUS in a scene of one or two shapes carries a
     random part, of a colour other than its own, with this probability (0: the draws of the world without
@@ -192,6 +195,10 @@ def random_scene(rng: np.random.Generator, count: int | None = None, size: int =
             x = float(rng.uniform(lo, hi - 1e-6))
             y = float(rng.uniform(r + 1, size - r - 1))
             shapes.append(Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), x, y, r))
+        if same_color is not None and count == 2:
+            first = shapes[0].color
+            second = first if rng.random() < same_color else str(rng.choice([c for c in COLORS if c != first]))
+            shapes[1] = replace(shapes[1], color=second)
         if part_prob > 0 and count < 3:
             shapes = [_with_random_part(s, rng) if s.r >= PART_MIN_RADIUS and rng.random() < part_prob else s
                       for s in shapes]
