@@ -10,6 +10,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from videograin.method.reatco import invariant_region_sampling
+from videograin.method.sampling import DDIMSchedule
 from videograin.method.settings import FlowAid, Modulation, TemporalAidSettings
 
 PROMPT, REGIONS = "a red apple on the grass", ["red apple", ""]
@@ -163,7 +164,7 @@ def test_prompt_lists_and_output_types_are_checked(tiny_pipe, clip):
         tiny_pipe(video, masks, [PROMPT, PROMPT], REGIONS, num_inference_steps=1)
     with pytest.raises(ValueError, match="output_type 'gif' is not one of pil, np, pt, latent"):
         _edit(tiny_pipe, video, masks, output_type="gif")
-    with pytest.raises(ValueError, match="one per frame: 2 for 3 frames"):
+    with pytest.raises(ValueError, match="one per latent frame: 2 for 3"):
         _edit(tiny_pipe, video, masks, generator=[torch.Generator(), torch.Generator()])
 
 
@@ -171,7 +172,7 @@ def test_irjs_draws_each_frames_noise_from_its_own_generator():
     source = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(5))
     keep_nothing = torch.zeros(3, 1, 2, 2)
     seeds = [11, 12, 13]
-    step = invariant_region_sampling(source, keep_nothing, [0.5, 0.25, 0.9],
+    step = invariant_region_sampling(source, keep_nothing, DDIMSchedule(torch.tensor([700, 400]), [0.5, 0.25, 0.9], 1000),
                                      [torch.Generator().manual_seed(s) for s in seeds])
     out = step(0, 500, torch.zeros_like(source))
     for f, seed in enumerate(seeds):

@@ -15,6 +15,7 @@ from videograin.method.attention import layout_attention
 from videograin.cli import main
 from videograin.eval.metrics import psnr_masked
 from videograin.io import to_uint8
+from videograin.method.sampling import DDIMSchedule
 from videograin.method.reatco import invariant_region_sampling, rad_level, rad_losses
 from videograin.method.sampling import temporal_windows
 from videograin.method.sampling import windowed_denoise_fn
@@ -214,8 +215,8 @@ def test_irjs_returns_the_source_outside_the_edit_and_noises_it_before(tiny_pipe
     assert (out.latents[~outside] - source[~outside]).abs().mean() > 0.1, "the edit changed nothing"
 
     # one intermediate step by hand: outside = √ᾱ·z0 + √(1−ᾱ)·ε with standard normal ε
-    alphas = [0.5, 0.3, 0.9]
-    callback = invariant_region_sampling(source, cells.float(), alphas, torch.Generator().manual_seed(3))
+    schedule = DDIMSchedule(torch.tensor([700, 400]), [0.5, 0.3, 0.9], 1000)
+    callback = invariant_region_sampling(source, cells.float(), schedule, torch.Generator().manual_seed(3))
     moved = callback(0, 500, torch.zeros_like(source))
     noise = (moved - 0.3**0.5 * source) / 0.7**0.5
     assert float(moved[~outside].abs().max()) == 0.0

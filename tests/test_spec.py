@@ -199,7 +199,6 @@ INVALID = {
     "guidance infinite": ("edit.guidance_scale", float("inf"), "edit.guidance_scale", "a number"),
     "guidance negative": ("edit.guidance_scale", -1, "edit.guidance_scale", ">= 0"),
     "self strength negative": ("edit.modulation.self_strength", -0.1, "edit.modulation.self_strength", ">= 0"),
-    "cross strength null": ("edit.modulation.cross_strength", None, "edit.modulation.cross_strength", "a number"),
     # booleans
     "blend string": ("edit.blend", "yes", "edit.blend", "true or false"),
     "blend int": ("edit.blend", 1, "edit.blend", "true or false"),

@@ -15,7 +15,8 @@ import torch
 from videograin.method.layout import token_grid
 from videograin.method.sampling import DDIMSchedule
 from videograin.method.settings import Modulation
-from videograin.pipeline import VideoGrainPipeline
+from videograin.backbones.base import Capabilities
+from videograin.pipeline import BaseVideoGrainPipeline
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "videograin"
 MODULES = sorted(
@@ -105,7 +106,10 @@ class FakeBackbone:
     """A backbone of a few lines: latents are 2x2-pooled frames, the 'denoiser' predicts a fixed share
     of its input, the text encoder embeds each token id as a constant vector."""
 
-    vae_factor, size_multiple, num_levels, native_size = 2, 2, 1, 16
+    native_size = 16
+    capabilities = Capabilities(family="sd", level="level", num_levels=1, temporal_modes=("full",),
+                                temporal_aids=False, control=False, frame_chunk=1, temporal_factor=1, size_multiple=2, vae_factor=2,
+                                rad_levels=(0,))
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -128,8 +132,14 @@ class FakeBackbone:
     def regional_prompt_embeds(self, prompt, region_prompts, spans):
         return self.encode_prompt(prompt)
 
+    def word_positions(self, prompt):
+        return slice(1, -1)
+
     def latent_frames(self, masks):
         return masks
+
+    def latent_frame_of(self, num_frames):
+        return torch.arange(num_frames)
 
     def token_grids(self, latent_size):
         return [token_grid(latent_size, 0)]
@@ -137,7 +147,7 @@ class FakeBackbone:
     def layout(self, masks, spans, latent_size, temporal):
         from videograin.method.layout import build_layout
 
-        return build_layout(masks, spans, latent_size, self.num_levels, temporal, 8)
+        return build_layout(masks, spans, latent_size, 1, temporal, 8)
 
     def schedule(self, steps):
         alphas = torch.linspace(0.99, 0.1, 1000)
@@ -163,9 +173,9 @@ class FakeBackbone:
         return contextlib.nullcontext()
 
 
-class FakePipeline(VideoGrainPipeline):
+class FakePipeline(BaseVideoGrainPipeline):
     def __init__(self, backbone):
-        super(VideoGrainPipeline, self).__init__()  # a DiffusionPipeline with no components
+        super().__init__()  # a DiffusionPipeline with no components
         self.register_to_config()
         self._fake = backbone
 

@@ -64,13 +64,21 @@ def _call(transformer, seed: int = 0):
 
 
 def _context(strength: float, blocks=None, seed: int = 0):
-    from videograin.backbones.wan_processors import WanLayoutContext
+    """A ModulationContext on 3 latent frames of 2x2 tokens with random size terms, so λ = c·(1 − S)
+    differs from token to token."""
+    from videograin.method.layout import Layout, LevelLayout
+    from videograin.method.modulation import ModulationContext
 
     g = torch.Generator().manual_seed(seed)
-    bits = torch.tensor([1, 1, 2, 0, 1, 2, 2, 0, 3, 1, 2, 0])  # 12 tokens: regions 1, 2, both (3), none
+    bits = torch.tensor([1, 1, 2, 0, 1, 2, 2, 0, 3, 1, 2, 0]).view(3, 4)  # 12 tokens: regions 1, 2, both (3), none
     text_bits = torch.tensor([0, 1, 1, 0, 2, 0])
-    lam = strength * torch.rand(12, generator=g)
-    return WanLayoutContext(bits, text_bits, lam, lam.flip(0), blocks=blocks)
+    share = torch.rand(3, 4, generator=g)
+    layout = Layout({4: LevelLayout(0, 2, 2, bits, share, share.flip(0))}, text_bits, 3, "full", one_grid=True)
+    return ModulationContext(0, layout, strength, strength, blocks)
+
+
+def _lambda(context, cross: bool) -> torch.Tensor:
+    return context.strength(context.layout.grid(0), cross).flatten()
 
 
 def test_processors_at_strength_zero_give_the_stock_output_and_are_restored(tiny_transformer):
@@ -132,8 +140,8 @@ def test_modulated_attention_equals_the_float64_formula_on_the_layers_own_qkv(ti
     assert (rotary_emb is not None) == (layer == "attn1") and (text is not None) == (layer == "attn2")
     q, k, v = _qkv64(attn, x, text, rotary_emb)
     cross = layer == "attn2"
-    want = reference_attention(q, k, v, context.bits, context.text_bits if cross else context.bits,
-                               context.cross_strength if cross else context.self_strength)
+    bits = context.layout.grid(1).bits.flatten()
+    want = reference_attention(q, k, v, bits, context.layout.text_bits if cross else bits, _lambda(context, cross))
     want = want.transpose(1, 2).flatten(2) @ attn.to_out[0].weight.double().T + attn.to_out[0].bias.double()
     assert (seen["output"].double() - want).abs().max() < 1e-5
     assert (want - attn.to_out[0](torch.nn.functional.scaled_dot_product_attention(
@@ -183,8 +191,10 @@ def test_a_vae_that_halves_time_still_takes_4k_plus_1_frames_and_maps_pairs_of_f
     one temporal downsample (x2, as the Wan toy's VAE) 7 frames encode to 3 latent frames that decode
     to 5 frames (the last two dropped), so the backbone refuses 7 and takes 9 (-> 5 latent frames:
     frame 0, then frames 1-2, 3-4, 5-6, 7-8)."""
-    from diffusers import AutoencoderKLWan
     from types import SimpleNamespace
+
+    from diffusers import AutoencoderKLWan
+    from diffusers.configuration_utils import FrozenDict
 
     from videograin.backbones.wan import WanBackbone
 
@@ -195,10 +205,10 @@ def test_a_vae_that_halves_time_still_takes_4k_plus_1_frames_and_maps_pairs_of_f
         assert z7.shape[2] == 3 and vae.decode(z7).sample.shape[2] == 5
         assert vae.encode(torch.zeros(1, 3, 9, 16, 16)).latent_dist.mean.shape[2] == 5
     pipe = SimpleNamespace(tokenizer=None, vae=vae,
-                           transformer=SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2))))
+                           transformer=SimpleNamespace(config=FrozenDict(patch_size=(1, 2, 2), num_layers=1)))
     backbone = WanBackbone(pipe)
-    assert (backbone.vae_factor, backbone.temporal_factor) == (2, 2)
-    with pytest.raises(ValueError, match="7 frames: Wan takes 4k \\+ 1 frames .* use 5 or 9"):
+    assert (backbone.capabilities.vae_factor, backbone.temporal_factor) == (2, 2)
+    with pytest.raises(ValueError, match="7 frames: this model takes 4k \\+ 1 frames .* use 5 or 9"):
         backbone.check_size(7, 16, 16)
     backbone.check_size(9, 16, 16)
     masks = torch.zeros(1, 9, 4, 4, dtype=torch.bool)
@@ -273,11 +283,12 @@ def test_the_edit_keeps_latents_outside_the_edited_regions_and_modulation_raises
     assert edited.shape == source.shape == (3, 4, 4, 4)
     assert torch.equal(edited[..., 2:], source[..., 2:]) and (edited[..., :2] - source[..., :2]).abs().max() > 1e-3
     (q, k, _), context = seen[0]
-    words = context.text_bits.float()[None, None, :, None].expand(*k.shape[:3], 1)  # 1 on the region's words
-    left = context.bits == 1
-    masses = [layout_attention(q, k, words, context.bits, context.text_bits, lam)[0, :, :, 0]  # (H, N)
-              for lam in (torch.zeros_like(context.cross_strength), context.cross_strength)]
-    assert context.cross_strength.min() > 0  # σ ≈ 1 on step 0: ξ ≈ 1
+    bits, text_bits, strength = context.layout.grid(0).bits.flatten(), context.layout.text_bits, _lambda(context, True)
+    words = text_bits.float()[None, None, :, None].expand(*k.shape[:3], 1)  # 1 on the region's words
+    left = bits == 1
+    masses = [layout_attention(q, k, words, bits, text_bits, lam)[0, :, :, 0]  # (H, N)
+              for lam in (torch.zeros_like(strength), strength)]
+    assert strength.min() > 0  # σ ≈ 1 on step 0: ξ ≈ 1
     plain, modulated = masses
     # 3 of 512 text tokens are the region's words: masses are small, their ratios large
     assert modulated[:, left].mean() > 1.5 * plain[:, left].mean()  # the region's tokens: towards its words
@@ -301,7 +312,7 @@ def test_videograin_edit_on_the_tiny_wan_model_writes_the_outputs_and_checks_fra
     assert record["frames"] == 9 and len(list((tmp_path / "out" / "frames").glob("*.png"))) == 9
     assert {"edited.mp4", "comparison.png", "masks_overlay.mp4"} <= {p.name for p in (tmp_path / "out").iterdir()}
     for field, change in [("video.frames", {"video": {**config["video"], "frames": 12}}),
-                          ("edit.method", {"edit": {"steps": 3, "method": "reatco"}}),
+                          ("edit.temporal_aids", {"edit": {"steps": 3, "temporal_aids": {"pnp": {"steps": 2}}}}),
                           ("video", {"video": {**config["video"], "width": 40, "height": 32}})]:
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, **change}))
         assert main(["edit", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"), "--quiet"]) == 2, field

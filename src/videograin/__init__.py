@@ -1,7 +1,8 @@
 """videograin: zero-shot multi-grained video editing on stock diffusers models.
 
-``videograin.edit(config, out)`` runs an edit and writes its output folder; ``VideoGrainPipeline`` is
-the diffusers pipeline underneath. Both are imported on first use (torch and diffusers are heavy).
+``videograin.edit(config, out)`` runs an edit and writes its output folder; ``VideoGrainPipeline`` (SD)
+and ``WanVideoGrainPipeline`` (Wan 2.x) are the diffusers pipelines underneath. They are imported on
+first use (torch and diffusers are heavy).
 ``CUSTOM_PIPELINE`` is the file for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``.
 """
 
@@ -11,7 +12,7 @@ __version__ = "0.1.0"
 
 CUSTOM_PIPELINE = str(Path(__file__).with_name("custom_pipeline.py"))
 
-__all__ = ["CUSTOM_PIPELINE", "VideoGrainPipeline", "edit"]
+__all__ = ["CUSTOM_PIPELINE", "VideoGrainPipeline", "WanVideoGrainPipeline", "edit"]
 
 
 def __getattr__(name: str):
@@ -19,8 +20,8 @@ def __getattr__(name: str):
         from .runner import edit
 
         return edit
-    if name == "VideoGrainPipeline":
-        from .pipeline import VideoGrainPipeline
+    if name in ("VideoGrainPipeline", "WanVideoGrainPipeline"):
+        from . import pipeline
 
-        return VideoGrainPipeline
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'videograin' has no attribute {name!r}")

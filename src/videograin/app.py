@@ -30,7 +30,7 @@ from .config.preflight import preflight, read_model
 from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
 from .errors import EditCancelled, SpecError, first_line
 from .masks import make_masks, parse_region
-from .method.settings import Modulation
+from .backbones.recommended import FAMILY_DEFAULTS, Recommended
 from .runner import edit
 
 logger = logging.getLogger("videograin")
@@ -79,12 +79,12 @@ class Form:
     height: int | None = None
     model: str = DEFAULT_MODEL
     method: str = EditSettings.method
-    steps: int = EditSettings.steps
-    guidance_scale: float = EditSettings.guidance_scale
+    steps: int | None = None  # None: the model's recommended value (and so for the three below)
+    guidance_scale: float | None = None
     seed: int = EditSettings.seed
-    modulation_steps: int = Modulation.steps
-    self_strength: float = Modulation.self_strength
-    cross_strength: float = Modulation.cross_strength
+    modulation_steps: int | None = None
+    self_strength: float | None = None
+    cross_strength: float | None = None
     blend: bool = EditSettings.blend
     composite: bool = EditSettings.composite
     flow: bool = False
@@ -151,11 +151,12 @@ def config_from_form(form: Form, uploads: Path) -> dict:
     video = {"path": form.video, "start": int(form.start), "frames": int(form.frames), "stride": int(form.stride)}
     if form.width:
         video["size"] = [int(form.width), int(form.height)]
-    edit = {"method": form.method, "steps": int(form.steps), "guidance_scale": float(form.guidance_scale),
+    given = lambda cast, value: None if value is None else cast(value)  # noqa: E731  (None: recommended)
+    edit = {"method": form.method, "steps": given(int, form.steps), "guidance_scale": given(float, form.guidance_scale),
             "seed": int(form.seed), "blend": bool(form.blend), "composite": bool(form.composite),
             "record_attention": bool(form.record_attention),
-            "modulation": {"steps": int(form.modulation_steps), "self_strength": float(form.self_strength),
-                           "cross_strength": float(form.cross_strength)}}
+            "modulation": {"steps": given(int, form.modulation_steps), "self_strength": given(float, form.self_strength),
+                           "cross_strength": given(float, form.cross_strength)}}
     if form.flow:
         edit["temporal_aids"] = {"flow": {}}
     return {"model": form.model, "video": video, "source_prompt": form.source_prompt, "prompt": form.prompt,
@@ -265,6 +266,14 @@ class App:
             folder.mkdir(parents=True)
         return folder
 
+    def recommended(self) -> Recommended:
+        """The model's recommended settings (what the form starts from); the family's defaults when its
+        config cannot be read (the edit then says why)."""
+        try:
+            return read_model(self.model).recommended
+        except (SpecError, OSError):
+            return FAMILY_DEFAULTS["sd"]
+
     def size_help(self, source: tuple[int, int] | None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
         try:
@@ -334,7 +343,8 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
     import gradio as gr
 
     app = App(Path(out), model, device)
-    defaults, modulation = EditSettings(), Modulation()
+    defaults = EditSettings()
+    recommended = app.recommended()
     with gr.Blocks(title="videograin", analytics_enabled=False) as blocks:
         clip = gr.State(None)  # the loaded clip: {"path", "fps", "pixels": (F, H, W, 3) uint8}
         corner = gr.State(None)
@@ -399,14 +409,14 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             with gr.Row():
                 method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
                                      info="VideoGrain's layout attention, ReAtCo's guidance, or both")
-                steps = gr.Number(defaults.steps, label="steps", precision=0, minimum=1, elem_id="steps")
-                guidance = gr.Number(defaults.guidance_scale, label="guidance scale")
+                steps = gr.Number(recommended.steps, label="steps", precision=0, minimum=1, elem_id="steps")
+                guidance = gr.Number(recommended.guidance_scale, label="guidance scale")
                 seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0)
             with gr.Row():
-                mod_steps = gr.Number(modulation.steps, label="modulated steps", precision=0, minimum=0,
+                mod_steps = gr.Number(recommended.modulation.steps, label="modulated steps", precision=0, minimum=0,
                                       info="the first N edit steps modulate attention")
-                self_strength = gr.Number(modulation.self_strength, label="self-attention strength")
-                cross_strength = gr.Number(modulation.cross_strength, label="cross-attention strength")
+                self_strength = gr.Number(recommended.modulation.self_strength, label="self-attention strength")
+                cross_strength = gr.Number(recommended.modulation.cross_strength, label="cross-attention strength")
             with gr.Row():
                 blend = gr.Checkbox(defaults.blend, label="latent blend (keep what no region edits)")
                 composite = gr.Checkbox(defaults.composite, label="composite the source's pixels outside edits")

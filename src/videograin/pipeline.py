@@ -22,15 +22,16 @@ from diffusers.utils import BaseOutput
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from . import formats
-from .backbones.base import Backbone
+from .backbones.base import Backbone, Capabilities, check_settings
+from .backbones.recommended import Recommended, recommended_settings, resolve_modulation
 from .backbones.sd import StableDiffusionBackbone
 from .backbones.wan import WanBackbone
 from .method.attention import KernelChoice
 from .method.layout import Layout, blend_mask, composite_weights
-from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, rad_level, step_sizes
+from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
-    Callback, DDIMSchedule, Guide, invert_latents, sample_latents, latent_blend, temporal_windows, windowed_denoise_fn,
+    Callback, Guide, Schedule, invert_latents, sample_latents, latent_blend, temporal_windows, windowed_denoise_fn,
 )
 from .method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
 from .method.tokens import region_token_spans, word_token_indices
@@ -54,15 +55,15 @@ class VideoGrainPipelineOutput(BaseOutput):
 
 @dataclass
 class _EditPlan:
-    """What stage 5 needs, built by stages 1-4: text embeddings, windows with their layouts and
-    recorders, the schedule, the trajectory, the edited-region mask at latent resolution."""
+    """What stage 5 needs, built by stages 1-4: text embeddings, windows (of latent frames) with their
+    layouts and recorders, the schedule, the trajectory, the edited-region mask at latent resolution."""
 
     cond: torch.Tensor
     uncond: torch.Tensor | None
     windows: list[slice]
     layouts: list[Layout]
     recorders: list[AttentionRecorder | None]
-    schedule: DDIMSchedule
+    schedule: Schedule
     trajectory: list[torch.Tensor]
     edited_mask: torch.Tensor
     aids: object
@@ -70,45 +71,35 @@ class _EditPlan:
     kernels: KernelChoice
 
 
-class VideoGrainPipeline(DiffusionPipeline):
-    """Multi-grained zero-shot video editing with a frozen SD 1.x/2.x checkpoint (papers/000).
+class BaseVideoGrainPipeline(DiffusionPipeline):
+    """The stages of a VideoGrain edit (check -> encode -> layout -> invert -> edit -> decode) against
+    ``self.backbone``; a subclass declares a model family's components in its ``__init__`` (so
+    ``from_pretrained`` loads them) and returns its backbone."""
 
-    Frames travel as the batch dimension; the spatio-temporal and layout-modulated attention lives in
-    processors installed for the duration of a call. Extra components of a Stable Diffusion folder
-    (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
-    """
-
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["controlnet"]
     _callback_tensor_inputs = ["latents"]
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: KarrasDiffusionSchedulers,
-        controlnet: ControlNetModel | None = None,
-    ):
-        super().__init__()
-        if not isinstance(scheduler, DDIMScheduler):
-            scheduler = DDIMScheduler.from_config(scheduler.config)
-        self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
-        )
 
     @property
     def backbone(self) -> Backbone:
-        return StableDiffusionBackbone(self)
+        raise NotImplementedError
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model supports (``backbones.base.Capabilities``)."""
+        return self.backbone.capabilities
+
+    @property
+    def recommended(self) -> Recommended:
+        """The model's recommended settings (its folder's videograin.json, else its family's defaults):
+        what ``__call__`` uses for the arguments a caller leaves unset."""
+        return recommended_settings(self.name_or_path or "", self.capabilities.family)
 
     @property
     def size_multiple(self) -> int:
-        return self.backbone.size_multiple
+        return self.capabilities.size_multiple
 
     @property
     def num_levels(self) -> int:
-        return self.backbone.num_levels
+        return self.capabilities.num_levels
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """(F, 3, H, W) in [-1, 1] -> latents (F, C, h, w) float32."""
@@ -156,8 +147,14 @@ class VideoGrainPipeline(DiffusionPipeline):
         return getattr(self, "_interrupt", False)
 
     def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
-                     callback_on_step_end_tensor_inputs: list[str] | None = None) -> str:
-        """Raise ValueError for call arguments that cannot work; returns the prompt as one string."""
+                     callback_on_step_end_tensor_inputs: list[str] | None = None, modulation: Modulation | None = None,
+                     reatco: ReAtCoSettings | None = None, temporal_aids: TemporalAidSettings | None = None,
+                     control: bool = False) -> str:
+        """Raise ValueError for call arguments that cannot work (the backbone's capabilities through
+        ``backbones.base.check_settings``, the same rules as the config's); returns the prompt as one
+        string."""
+        check_settings(self.capabilities, num_frames=num_frames, modulation=modulation, reatco=reatco,
+                       temporal_aids=temporal_aids, control=control)
         if isinstance(prompt, (list, tuple)) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
@@ -166,8 +163,10 @@ class VideoGrainPipeline(DiffusionPipeline):
             raise ValueError("region_prompts must be a list of strings, one per mask sequence")
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
-        if isinstance(generator, list) and len(generator) != num_frames:
-            raise ValueError(f"a list of generators needs one per frame: {len(generator)} for {num_frames} frames")
+        latent_frames = int(self.backbone.latent_frame_of(num_frames)[-1]) + 1
+        if isinstance(generator, list) and len(generator) != latent_frames:
+            raise ValueError(f"a list of generators needs one per latent frame: {len(generator)} for {latent_frames} "
+                             f"({num_frames} frames)")
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among "
@@ -203,10 +202,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         temporal: str = "full",
         aids=None,
         control=None,
-        schedule: DDIMSchedule | None = None,
+        schedule: Schedule | None = None,
         callback: Callable | None = None,
     ) -> list[torch.Tensor]:
-        """DDIM-invert latents (F, C, h, w) under ``source_prompt`` (guidance 1), with the same
+        """Invert latents (T, C, h, w) (DDIM, or Euler on the flow) under ``source_prompt`` (guidance 1), with the same
         spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
         on every step, PnP features recorded; its structure ``control``). ``schedule``: the edit's, when
         it has one (else built for ``steps``). ``callback(pipe, step, t)`` runs after every step;
@@ -236,8 +235,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         negative_prompt: str = "",
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         modulation: Modulation | None = Modulation(),
         blend: bool = True,
         composite: bool = True,
@@ -264,17 +263,20 @@ class VideoGrainPipeline(DiffusionPipeline):
         Both are resized to ``height`` x ``width`` (default: the aspect kept, the long side at most the
         model's resolution, rounded to its size multiple).
 
+        ``num_inference_steps``, ``guidance_scale`` and the fields of ``modulation`` left None take the
+        model's recommended values (``self.recommended``: its folder's videograin.json, else the
+        family's defaults; ``Modulation()``, the default, is the recommended modulation).
         A region with an empty prompt is kept (latent blend preserves it) but still separates the
         others in self-attention. ``modulation=None`` turns VideoGrain's ST-Layout attention off (with
         ``reatco=None`` too: the plain inversion + target-prompt baseline). ``reatco`` adds ReAtCo's
         RAD guidance towards each region's word of interest (``words[r]``, None: its prompt's last
         word) and, with ``reatco.irjs``, IRJS in place of the latent blend (noise from ``generator``:
-        one, or a list of one per frame). ``window`` denoises overlapping temporal windows separately
-        (averaged on overlaps). ``composite`` (with blend or IRJS): after decoding, pixels away from the
-        edited regions are the source frames' (feathered over a margin of the VAE's factor), and so are
-        kept regions (empty prompt) wherever no edited region covers them.
-        ``latents`` (F, C, h, w): the noisy latents the edit starts from (default: the video's DDIM
-        inversion, which still runs for the latent blend). ``temporal_aids``: FLATTEN flow-guided
+        one, or a list of one per latent frame). ``window`` denoises overlapping temporal windows of
+        latent frames separately (averaged on overlaps; on SD a latent frame is a frame). ``composite``
+        (with blend or IRJS): after decoding, pixels away from the edited regions are the source
+        frames' (feathered over a margin of the VAE's factor), and so are kept regions (empty prompt)
+        wherever no edited region covers them. ``latents`` (T, C, h, w): the noisy latents the edit
+        starts from (default: the video's inversion, which still runs for the latent blend). ``temporal_aids``: FLATTEN flow-guided
         attention (flow of the video) and PnP injection. ``control_images`` (same formats as ``video``):
         ControlNet conditions (needs ``self.controlnet``). ``record_attention``: True records the
         cross-attention maps; "compare" also without modulation.
@@ -285,19 +287,22 @@ class VideoGrainPipeline(DiffusionPipeline):
         thread, stops inversion or editing where it is (see ``interrupt``). With ``return_dict=False``
         the result is ``(frames,)``.
         """
-        # the six stages in order; the signature and docstring make up half of its length
         self._interrupt = False
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        recommended = self.recommended
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else recommended.steps
+        guidance_scale = guidance_scale if guidance_scale is not None else recommended.guidance_scale
+        modulation = resolve_modulation(modulation, recommended)
         frames01 = self.prepare_video(video, height, width)  # 1. check
         num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
-        prompt = self.check_inputs(prompt, region_prompts, output_type, generator, num_frames, tensor_inputs)
+        prompt = self.check_inputs(prompt, region_prompts, output_type, generator, num_frames, tensor_inputs,
+                                   modulation, reatco, temporal_aids, control_images is not None)
         masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
         frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)
         backbone = self.backbone
         control = self._control(control_images, control_scale, size)
         token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))
-        rad_at = self._rad_level(reatco)
         temporal = modulation.temporal if modulation is not None else "full"
         timings: dict[str, float] = {}
 
@@ -324,17 +329,17 @@ class VideoGrainPipeline(DiffusionPipeline):
         edited_latents, recorder = trajectory[0], None  # an interrupted inversion: nothing to edit
         if not self.interrupt:
             plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
-                              layout, latent_size, temporal, record_attention, trajectory, aids, control)
+                              layout, latent_size, record_attention, trajectory, aids, control)
             denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
             callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
                                       callback_on_step_end, tensor_inputs)
-            guide = self._rad_guide(plan, modulation, temporal, reatco, rad_at, token_indices, guidance)
+            guide = self._rad_guide(plan, prompt, modulation, temporal, reatco, token_indices, guidance)
             start = trajectory[0] if latents is None else latents.to(trajectory[0])
             with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
                 edited_latents = sample_latents(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
                                              interrupt=lambda: self.interrupt)
             if record_attention:
-                recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), num_frames)
+                recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), layout.num_frames)
         timings["edit"] = time.perf_counter() - clock
 
         clock = time.perf_counter()  # 6. decode
@@ -344,7 +349,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             out = self.decode_latents(edited_latents)
             if composite and (blend or (reatco is not None and reatco.irjs)):
                 edited = [bool(p.strip()) for p in region_prompts]
-                weights = composite_weights(masks.cpu(), edited, backbone.vae_factor)
+                weights = composite_weights(masks.cpu(), edited, self.capabilities.vae_factor)
                 out = weights * out + (1 - weights) * frames
             video_out = formats.postprocess(out, output_type)
         timings["decode"] = time.perf_counter() - clock
@@ -355,27 +360,16 @@ class VideoGrainPipeline(DiffusionPipeline):
 
     # -- 5. edit: its parts -----------------------------------------------------------------------
 
-    def _rad_level(self, reatco: ReAtCoSettings | None) -> int | None:
-        """The level whose cross-attention ReAtCo's guidance reads (None without ReAtCo)."""
-        if reatco is None:
-            return None
-        backbone = self.backbone
-        level = reatco.level if reatco.level is not None else rad_level(backbone.vae_factor, backbone.num_levels)
-        if level >= backbone.num_levels:
-            raise ValueError(f"ReAtCo level {level} does not exist: the model has levels 0..{backbone.num_levels - 1}")
-        return level
-
     def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window, layout,
-              latent_size, temporal, record_attention, trajectory, aids, control) -> _EditPlan:
-        """Text embeddings, temporal windows (one layout and recorder each), schedule and blend mask."""
+              latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
+        """Text embeddings, temporal windows of latent frames (one layout and recorder each), schedule
+        and blend mask."""
         backbone = self.backbone
         cond = backbone.regional_prompt_embeds(prompt, region_prompts, spans)
         uncond = backbone.encode_prompt(negative_prompt) if guidance_scale > 1 else None
-        num_frames = masks.shape[1]
+        num_frames = layout.num_frames  # latent frames
         windows = temporal_windows(num_frames, window.size, window.stride) if window else [slice(0, num_frames)]
-        layouts = [layout] if len(windows) == 1 else [
-            backbone.layout(masks[:, w], spans, latent_size, temporal) for w in windows
-        ]
+        layouts = [layout] if len(windows) == 1 else [layout.frames(w) for w in windows]
         compare = record_attention == "compare"  # also the maps without modulation
         recorders = [
             AttentionRecorder(unmodulated=AttentionRecorder() if compare else None) if record_attention else None
@@ -403,7 +397,7 @@ class VideoGrainPipeline(DiffusionPipeline):
     def _edit_callback(self, plan: _EditPlan, latents, blend: bool, reatco, generator) -> Callback | None:
         """After each step: IRJS (ReAtCo) or the latent blend with the inversion trajectory, or nothing."""
         if reatco is not None and reatco.irjs:
-            return invariant_region_sampling(latents, plan.edited_mask, plan.schedule.alphas, generator)
+            return invariant_region_sampling(latents, plan.edited_mask, plan.schedule, generator)
         if blend:
             return latent_blend(plan.trajectory, plan.edited_mask)
         return None
@@ -423,16 +417,19 @@ class VideoGrainPipeline(DiffusionPipeline):
 
         return step_end
 
-    def _rad_guide(self, plan: _EditPlan, modulation, temporal, reatco, level, token_indices, log) -> Guide | None:
-        """ReAtCo's RAD guidance on the conditional branch of each window, or None."""
+    def _rad_guide(self, plan: _EditPlan, prompt, modulation, temporal, reatco, token_indices, log) -> Guide | None:
+        """ReAtCo's RAD guidance on the conditional branch of each window, or None. The maps are those
+        of ``reatco.level`` (None: the backbone's ``rad_levels``), averaged over heads and layers."""
         if reatco is None:
             return None
+        levels = (reatco.level,) if reatco.level is not None else self.capabilities.rad_levels
+        words = self.backbone.word_positions(prompt)
         regions = [r for r, index in enumerate(token_indices) if index is not None]
         rad_windows = []
         for w, window_layout in zip(plan.windows, plan.layouts):
-            recorder = AttentionRecorder(level=level, keep_graph=True)
+            recorder = AttentionRecorder(levels=frozenset(levels), keep_graph=True)
             attend = self._window_denoise_fn(plan, w, window_layout, None, 1.0, modulation, temporal, recorder)
-            rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(level, regions)))
+            rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(levels[0], regions), words))
         alphas = step_sizes(len(plan.schedule), reatco.step_size)
         return rad_guide(rad_windows, [token_indices[r] for r in regions], alphas, reatco, log)
 
@@ -441,7 +438,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         self,
         video,
         source_prompt: str = "",
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         temporal: str = "full",
         control_images=None,
         control_scale: float = 1.0,
@@ -451,11 +448,14 @@ class VideoGrainPipeline(DiffusionPipeline):
     ):
         """Invert and re-sample under the source prompt with no edit: shows inversion fidelity. Takes
         ``video`` (and ``control_images``) as ``__call__`` does; returns the frames in ``output_type``
-        (a batch of one video, "latent" excepted)."""
+        (a batch of one video, "latent" excepted). ``num_inference_steps`` None: the recommended."""
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else self.recommended.steps
         frames = self.prepare_video(video, height, width) * 2 - 1
         backbone = self.backbone
+        check_settings(self.capabilities, num_frames=frames.shape[0], modulation=Modulation(temporal=temporal),
+                       control=control_images is not None)
         backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         control = self._control(control_images, control_scale, (frames.shape[-1], frames.shape[-2]))
         latents = self.encode_frames(frames)
@@ -472,17 +472,48 @@ class VideoGrainPipeline(DiffusionPipeline):
         return formats.postprocess(self.decode_latents(latents), output_type)
 
 
-class WanVideoGrainPipeline(VideoGrainPipeline):
+class VideoGrainPipeline(BaseVideoGrainPipeline):
+    """Multi-grained zero-shot video editing with a frozen SD 1.x/2.x checkpoint (papers/000).
+
+    Frames travel as the batch dimension; the spatio-temporal and layout-modulated attention lives in
+    processors installed for the duration of a call. Extra components of a Stable Diffusion folder
+    (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
+    """
+
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    _optional_components = ["controlnet"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        controlnet: ControlNetModel | None = None,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, DDIMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
+        )
+
+    @property
+    def backbone(self) -> Backbone:
+        return StableDiffusionBackbone(self)
+
+
+class WanVideoGrainPipeline(BaseVideoGrainPipeline):
     """VideoGrain on a Wan 2.x text-to-video model (``backbones.wan``): the same call, the same stages.
 
     Frames must number 4k + 1 and their sides be multiples of 16; the inversion and the edit are Euler
     steps on the velocity over the flow scheduler's σ grid (its ``flow_shift``). ``modulation.levels``
-    names transformer blocks here ("all" by default); ``temporal`` is always "full". ReAtCo, temporal
-    windows, the temporal aids, ControlNet and attention maps are SD-only (a ValueError says so).
+    and ``reatco.level`` name transformer blocks here; ``temporal`` is always "full"; ``window`` counts
+    latent frames. The temporal aids and ControlNet are SD-only (``capabilities``).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = []
 
     def __init__(
         self,
@@ -492,16 +523,10 @@ class WanVideoGrainPipeline(VideoGrainPipeline):
         transformer: WanTransformer3DModel,
         scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
     ):
-        DiffusionPipeline.__init__(self)
+        super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
                               scheduler=scheduler)
 
     @property
     def backbone(self) -> Backbone:
         return WanBackbone(self)
-
-    def __call__(self, video, masks, prompt, region_prompts, *args, **kwargs):
-        for name in ("reatco", "window", "record_attention"):
-            if kwargs.get(name):
-                raise ValueError(f"{name} is SD-only for now; a Wan model edits without it")
-        return super().__call__(video, masks, prompt, region_prompts, *args, **kwargs)

@@ -309,9 +309,10 @@ class _Run:
     cancel: threading.Event | None = None
 
     def execute(self, started: float) -> dict:
-        spec = self.spec
+        spec, facts = preflight(self.spec)  # the model's recommended settings fill what the config leaves unset
+        self.spec = spec
         prompted = PromptedMasks(spec, self.device, self.progress)
-        inputs = io.load_inputs(spec, preflight(spec).size_multiple, prompted)
+        inputs = io.load_inputs(spec, facts.size_multiple, prompted)
         io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
         for note in spec_notes(spec):
             logger.info("note: %s", note)

@@ -1,20 +1,110 @@
-"""The backbone seam: what a denoiser family (SD's UNet, a video DiT, ...) provides to the pipeline.
+"""The backbone seam: what a denoiser family (SD's UNet, a video DiT, ...) provides to the pipeline,
+what it declares it can do, and the one rule set that holds a caller's settings against that.
 
 The pipeline's stages (check -> encode -> layout -> invert -> edit -> decode) are written once against
-this protocol; the method's math (method/) takes tensors only. A new backbone is one module here that
-implements ``Backbone`` and a pipeline class whose ``backbone`` property returns it.
+``Backbone``; the method's math (method/) takes tensors only. A backbone's ``Capabilities`` are read
+from its config files (no weights), so the config gate (``config/preflight.py``, SpecError naming the
+YAML field) and the pipeline's ``check_inputs`` (ValueError naming the argument) apply the same
+``check_settings`` before any weights load or any step runs.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from ..method.layout import Layout
-from ..method.sampling import DDIMSchedule, DenoiseFn, FlowSchedule
-from ..method.settings import TemporalAidSettings
+from ..method.sampling import Denoiser, Schedule
+from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backbone supports, from its config files.
+
+    family: "sd" or "wan"; level: what a level index names ("UNet resolution", "transformer block");
+    num_levels: how many there are (0 = highest resolution or first block); temporal_modes: the
+    self-attention key frames it can take (``method.settings.TEMPORAL_MODES``); temporal_aids: FLATTEN
+    and PnP; control: ControlNet conditions; frame_chunk: frame counts must be frame_chunk·k + 1 (1:
+    any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame sides must be multiples of it; vae_factor: pixels per latent pixel;
+    rad_levels: the levels ReAtCo's guidance reads when its ``level`` is None (one token grid).
+    """
+
+    family: str
+    level: str
+    num_levels: int
+    temporal_modes: tuple[str, ...]
+    temporal_aids: bool
+    control: bool
+    frame_chunk: int
+    temporal_factor: int
+    size_multiple: int
+    vae_factor: int
+    rad_levels: tuple[int, ...]
+
+
+class SettingError(ValueError):
+    """A setting the backbone cannot honour. ``argument``: the pipeline call's name for it; ``field``:
+    the config's; str(): "argument: problem; fix" (what a Python caller sees)."""
+
+    def __init__(self, argument: str, field: str, problem: str, fix: str):
+        super().__init__(f"{argument}: {problem}; {fix}")
+        self.argument, self.field, self.problem, self.fix = argument, field, problem, fix
+
+
+def nearest_frame_counts(num_frames: int, chunk: int) -> tuple[int, int]:
+    """The valid frame counts (chunk·k + 1) just below and above ``num_frames``."""
+    below = (num_frames - 1) // chunk * chunk + 1
+    return max(below, 1), below + chunk
+
+
+def check_settings(
+    caps: Capabilities,
+    *,
+    num_frames: int | None = None,
+    modulation: Modulation | None = None,
+    reatco: ReAtCoSettings | None = None,
+    temporal_aids: TemporalAidSettings | None = None,
+    control: bool = False,
+) -> None:
+    """Raise SettingError for the first setting ``caps`` cannot honour. The one rule set of what a
+    backbone supports: the config gate and ``check_inputs`` both call it."""
+    levels = f"the model has {caps.level}s 0..{caps.num_levels - 1}"
+
+    def missing(chosen) -> list[int]:
+        return [level for level in chosen if not 0 <= level < caps.num_levels]
+
+    if num_frames is not None and (num_frames - 1) % caps.frame_chunk:
+        below, above = nearest_frame_counts(num_frames, caps.frame_chunk)
+        raise SettingError("video", "video.frames", f"{num_frames} frames: this model takes {caps.frame_chunk}k + 1 "
+                           f"frames (its VAE encodes frame 0, then chunks of {caps.frame_chunk})",
+                           f"use {below} or {above}")
+    if modulation is not None:
+        if modulation.levels != "all" and missing(modulation.levels):
+            raise SettingError("modulation.levels", "edit.modulation.levels",
+                               f"level(s) {missing(modulation.levels)} do not exist: {levels}",
+                               "pick levels among those, or 'all'")
+        if modulation.temporal not in caps.temporal_modes:
+            raise SettingError("modulation.temporal", "edit.modulation.temporal",
+                               f"{modulation.temporal!r} is not available on this model (it takes "
+                               f"{', '.join(caps.temporal_modes)})", f"use {caps.temporal_modes[0]!r}")
+    if reatco is not None and reatco.level is not None and missing([reatco.level]):
+        raise SettingError("reatco.level", "edit.reatco.level", f"level {reatco.level} does not exist: {levels}",
+                           "pick one of those, or leave it out for the model's default")
+    aids = temporal_aids or TemporalAidSettings()
+    if (aids.flow is not None or aids.pnp is not None) and not caps.temporal_aids:
+        raise SettingError("temporal_aids", "edit.temporal_aids", "flow-guided attention and PnP are not available on "
+                           f"this model ({caps.level}s attend over every frame already)", "remove them")
+    if aids.flow is not None and missing(aids.flow.levels):
+        raise SettingError("temporal_aids.flow.levels", "edit.temporal_aids.flow.levels",
+                           f"level(s) {missing(aids.flow.levels)} do not exist: {levels}", "pick levels among those "
+                           "(0 = FLATTEN's)")
+    if control and not caps.control:
+        raise SettingError("control_images", "control", "ControlNet conditions are not available on this model",
+                           "remove them")
 
 
 class Backbone(Protocol):
@@ -26,12 +116,8 @@ class Backbone(Protocol):
 
     #: the tokenizer region prompts are located with (``method.tokens.region_token_spans``)
     tokenizer: Any
-    #: pixels per latent pixel along each side
-    vae_factor: int
-    #: frame sides must be multiples of this (autoencoder factor × the denoiser's downsampling)
-    size_multiple: int
-    #: levels (token grids) the layout modulation can act on, 0 = highest resolution
-    num_levels: int
+    #: what the backbone supports (levels, temporal modes, aids, control, frame and size rules)
+    capabilities: Capabilities
     #: the model's training resolution: the long side frames get when the caller names no size
     native_size: int
 
@@ -50,16 +136,20 @@ class Backbone(Protocol):
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
         """The prompt's embeddings with each region's span replaced by its own prompt's: (1, L, D)."""
 
+    def word_positions(self, prompt: str) -> slice:
+        """The text positions of the prompt's words (no start token, no padding): what ReAtCo's
+        guidance renormalises the attention maps over."""
+
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         """Masks per source frame (R, F, H, W) -> per latent frame (R, T, H, W) (T = F for an image model)."""
 
-    def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """The per-frame token grid (h, w) of every level for latents of this size."""
+    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
+        """(F,) int64: the latent frame each source frame is encoded into."""
 
     def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
         """Region bitmasks and size terms on the backbone's tokens; masks (R, F, H, W) bool."""
 
-    def schedule(self, steps: int) -> DDIMSchedule | FlowSchedule:
+    def schedule(self, steps: int) -> Schedule:
         """The sampling schedule of ``steps`` steps, shared by inversion and editing."""
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
@@ -69,11 +159,12 @@ class Backbone(Protocol):
         """Structure conditioning for ``denoise_fn`` from condition images (F, 3, H, W) in [0, 1]; None
         without images."""
 
-    def denoise_fn(self, cond, uncond, guidance_scale: float, num_frames: int, schedule: DDIMSchedule,
-                   **options) -> DenoiseFn:
-        """ε-prediction for latents of ``num_frames`` frames with classifier-free guidance (cond, uncond:
-        (1, L, D); uncond None: no guidance). ``options``: ``temporal``, ``layout`` and ``modulation``
-        (ST-Layout attention on the conditional branch for the first ``modulation.steps`` steps),
+    def denoise_fn(self, cond, uncond, guidance_scale: float, num_frames: int, schedule: Schedule,
+                   **options) -> Denoiser:
+        """The guided model call for latents of ``num_frames`` latent frames, predicting in
+        ``schedule.prediction`` (cond, uncond: (1, L, D); uncond None: no guidance). ``options``:
+        ``temporal``, ``layout`` and ``modulation`` (ST-Layout attention on the conditional branch
+        for the first ``modulation.steps`` steps, through ``method.modulation.step_context``),
         ``recorder`` (an AttentionRecorder), ``aids`` and ``control`` (from ``temporal_aids`` and
         ``control``), ``kernels`` (the edit's KernelChoice)."""
 

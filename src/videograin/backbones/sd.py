@@ -16,16 +16,26 @@ import torch
 from ..method.attention import KernelChoice
 from ..method.layout import Layout, build_layout, token_grid
 from ..method.recorder import AttentionRecorder
-from ..method.sampling import DDIMSchedule, DenoiseFn
-from ..method.settings import Modulation, TemporalAidSettings
+from ..method.modulation import step_context
+from ..method.reatco import CLIP_WORDS, rad_level
+from ..method.sampling import DDIMSchedule, Denoiser
+from ..method.settings import TEMPORAL_MODES, Modulation, TemporalAidSettings
 from ..method.tokens import encode_prompt, regional_prompt_embeds
 from ..method.trajectories import Trajectories, trajectories_for_levels
+from .base import Capabilities
 from .sd_processors import FeatureStore, PnPMode, StepContext, layout_processors, residual_injection
 
 
-def size_multiple(vae_config, unet_config) -> int:
-    """Frame sizes must be multiples of the model's total downsampling: VAE factor · 2^(levels − 1)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["block_out_channels"]) - 1)
+def sd_capabilities(vae_config, unet_config) -> Capabilities:
+    """What an SD 1.x/2.x model supports, from its VAE's and UNet's configs: a level is a UNet
+    resolution; every temporal mode, the temporal aids and ControlNet; any frame count; frame sides a
+    multiple of the total downsampling (VAE factor · 2^(levels − 1)); ReAtCo reads the H/32 level."""
+    vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    num_levels = len(unet_config["block_out_channels"])
+    return Capabilities(family="sd", level="UNet resolution", num_levels=num_levels, temporal_modes=TEMPORAL_MODES,
+                        temporal_aids=True, control=True, frame_chunk=1, temporal_factor=1,
+                        size_multiple=vae_factor * 2 ** (num_levels - 1), vae_factor=vae_factor,
+                        rad_levels=(rad_level(vae_factor, num_levels),))
 
 
 @dataclass(frozen=True)
@@ -91,13 +101,12 @@ class StableDiffusionBackbone:
     def __init__(self, pipe):
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
-        self.vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        self.size_multiple = size_multiple(pipe.vae.config, pipe.unet.config)
-        self.num_levels = len(pipe.unet.config.block_out_channels)
-        self.native_size = pipe.unet.config.sample_size * self.vae_factor
+        self.capabilities = sd_capabilities(pipe.vae.config, pipe.unet.config)
+        self.num_levels = self.capabilities.num_levels
+        self.native_size = pipe.unet.config.sample_size * self.capabilities.vae_factor
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
-        m = self.size_multiple
+        m = self.capabilities.size_multiple
         if height % m or width % m:
             raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (the model's total downsampling)")
 
@@ -125,8 +134,14 @@ class StableDiffusionBackbone:
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
         return regional_prompt_embeds(self.encode_prompt, self.tokenizer, prompt, region_prompts, spans)
 
+    def word_positions(self, prompt: str) -> slice:
+        return CLIP_WORDS
+
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         return masks
+
+    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
+        return torch.arange(num_frames)
 
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [token_grid(latent_size, level) for level in range(self.num_levels)]
@@ -147,8 +162,6 @@ class StableDiffusionBackbone:
         trajectories = features = None
         flow, pnp = (settings.flow, settings.pnp) if settings is not None else (None, None)
         if flow is not None:
-            if max(flow.levels) >= self.num_levels:
-                raise ValueError(f"flow levels {list(flow.levels)}: the UNet has levels 0..{self.num_levels - 1}")
             by_tokens = trajectories_for_levels(video_flow(frames), latent_size, max(flow.levels) + 1)
             chosen = {math.prod(token_grid(latent_size, level)) for level in flow.levels}
             trajectories = {n: t.to(self.pipe._execution_device) for n, t in by_tokens.items() if n in chosen}
@@ -180,7 +193,7 @@ class StableDiffusionBackbone:
         aids: TemporalAids | None = None,
         control: Control | None = None,
         kernels: KernelChoice | None = None,
-    ) -> DenoiseFn:
+    ) -> Denoiser:
         """ε-prediction with classifier-free guidance and the per-step StepContext for the processors.
 
         cond, uncond: (1, L, D) text embeddings shared by all frames (uncond None: no guidance).
@@ -190,27 +203,16 @@ class StableDiffusionBackbone:
         unet, aids, kernels = self.pipe.unet, aids or TemporalAids(), kernels or KernelChoice()
         texts = [cond] if uncond is None else [uncond, cond]
         encoder_states = torch.cat([x.expand(num_frames, -1, -1) for x in texts])
-        levels = None
-        if modulation is not None and modulation.levels != "all":
-            levels = frozenset(modulation.levels)
 
         def denoise(latents: torch.Tensor, t: int, step: int) -> torch.Tensor:
-            active = layout is not None and modulation is not None and step < modulation.steps
-            xi = schedule.time_factor(t) if active else 0.0
             ctx = StepContext(
                 num_frames=num_frames,
+                modulation=step_context(step, t, schedule, layout, modulation, recorder, kernels),
                 temporal=temporal,
-                layout=layout,
                 cond_branch=len(texts) - 1,
-                self_strength=modulation.self_strength * xi if active else 0.0,
-                cross_strength=modulation.cross_strength * xi if active else 0.0,
-                levels=levels,
-                step=step,
-                recorder=recorder,
                 trajectories=aids.trajectories if aids.flow_steps is None or step < aids.flow_steps else None,
                 features=aids.features if step < aids.pnp_steps else None,
                 features_mode=aids.features_mode,
-                kernels=kernels,
             )
             model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
             states = encoder_states.to(unet.dtype)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..method.attention import KernelChoice, layout_attention, modulated_scores
-from ..method.layout import Layout, key_frames
-from ..method.recorder import AttentionRecorder
+from ..method.attention import layout_attention, modulated_scores
+from ..method.layout import key_frames
+from ..method.modulation import ModulationContext
 from ..method.trajectories import Trajectories, combine
 
 
@@ -53,28 +53,25 @@ class StepContext:
     """What the processors need for one UNet call, passed as ``cross_attention_kwargs={"videograin": ctx}``.
 
     The UNet batch is ``branches × num_frames`` (classifier-free guidance stacks [uncond, cond]).
-    ``cond_branch`` is the branch modulated and recorded. ``self_strength``/``cross_strength`` are
-    c·ξ(t) for this step (0 disables modulation); ``levels`` the modulated UNet level indices
-    (None: all). Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
+    ``modulation``: the step's ModulationContext (layout, step, c·ξ(t), modulated levels, recorder,
+    kernels), built by ``method.modulation.step_context``; ``cond_branch`` is the branch it modulates
+    and records. Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
     ``trajectories``: FLATTEN trajectories by tokens per frame for the levels where flow-guided
-    attention runs at this step. ``features`` with ``features_mode``: PnP's store, filled or read.
-    ``recorder`` and ``features`` are the call's output sinks: the processors write into them, so a
-    frozen context still carries mutable stores. ``kernels``: the GPU kernels that failed this edit.
+    attention runs at this step. ``features`` with ``features_mode``: PnP's store, filled or read
+    (a sink: a frozen context still carries mutable stores).
     """
 
     num_frames: int
+    modulation: ModulationContext
     temporal: str = "full"
-    layout: Layout | None = None
     cond_branch: int = 0
-    self_strength: float = 0.0
-    cross_strength: float = 0.0
-    levels: frozenset[int] | None = None
-    step: int = 0
-    recorder: AttentionRecorder | None = None
     trajectories: dict[int, Trajectories] | None = None
     features: FeatureStore | None = None
     features_mode: PnPMode | None = None
-    kernels: KernelChoice = field(default_factory=KernelChoice)
+
+    @property
+    def step(self) -> int:
+        return self.modulation.step
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -148,24 +145,33 @@ class LayoutAttnProcessor:
             return self.fallback(attn, hidden_states, encoder_hidden_states)
         n = hidden_states.shape[1]
         if encoder_hidden_states is not None:
-            recorded = ctx.recorder is not None and ctx.layout is not None and ctx.recorder.wants(ctx.layout.at(n).index)
-            if self._level(ctx, n, ctx.cross_strength) is None and not recorded:
+            if self._level(ctx, n, cross=True) is None and self._recorded(ctx, n) is None:
                 return self.fallback(attn, hidden_states, encoder_hidden_states)
             return None
         pnp = ctx.features is not None and FeatureStore.takes(self.layer)
         flow = bool(ctx.trajectories) and n in ctx.trajectories
-        if ctx.temporal != "full" or pnp or flow or self._level(ctx, n, ctx.self_strength) is not None:
+        if ctx.temporal != "full" or pnp or flow or self._level(ctx, n, cross=False) is not None:
             return None
         video = hidden_states.unflatten(0, (-1, ctx.num_frames)).flatten(1, 2)  # (branches, F·n, C)
         return self.fallback(attn, video).unflatten(1, (ctx.num_frames, n)).flatten(0, 1)
 
     @staticmethod
-    def _level(ctx: StepContext, tokens_per_frame: int, strength: float):
-        """The LevelLayout if this level is modulated at this step, else None."""
-        if ctx.layout is None or strength == 0:
+    def _level(ctx: StepContext, tokens_per_frame: int, cross: bool):
+        """The LevelLayout if this level's self- (cross-) attention is modulated at this step, else None."""
+        modulation = ctx.modulation
+        if modulation.layout is None:
             return None
-        level = ctx.layout.at(tokens_per_frame)
-        return level if ctx.levels is None or level.index in ctx.levels else None
+        level = modulation.layout.at(tokens_per_frame)
+        return level if modulation.modulates(level.index, cross) else None
+
+    @staticmethod
+    def _recorded(ctx: StepContext, tokens_per_frame: int):
+        """The LevelLayout if this level's cross-attention maps are recorded at this step, else None."""
+        modulation = ctx.modulation
+        if modulation.layout is None:
+            return None
+        level = modulation.layout.at(tokens_per_frame)
+        return level if modulation.records(level.index) else None
 
     def _plug_and_play(self, q, k, ctx: StepContext):
         """Record this layer's self-attention q, k (inversion) or replace them by the recorded ones,
@@ -206,10 +212,10 @@ class LayoutAttnProcessor:
             unfold = lambda x: x
             qs, ks, vs = q, gather_keys(k), gather_keys(v)
 
-        level = self._level(ctx, n, ctx.self_strength)
+        level = self._level(ctx, n, cross=False)
         if level is None:
             return unfold(F.scaled_dot_product_attention(qs, ks, vs, scale=scale))
-        lam = ctx.self_strength * (1 - level.self_share.to(q.device))  # (F, n)
+        lam = ctx.modulation.strength(level, cross=False, device=q.device)  # (F, n)
         if ctx.temporal == "full":
             rows = slice(ctx.cond_branch, ctx.cond_branch + 1)
             q_bits, k_bits, lam = level.bits.flatten(), level.bits.flatten(), lam.flatten()
@@ -218,7 +224,8 @@ class LayoutAttnProcessor:
             q_bits, k_bits = level.bits, level.bits[frames_of_keys.to(level.bits.device)].flatten(1)
         out = torch.empty_like(qs)
         out[rows] = layout_attention(
-            qs[rows], ks[rows], vs[rows], q_bits.to(q.device), k_bits.to(q.device), lam, scale, kernels=ctx.kernels
+            qs[rows], ks[rows], vs[rows], q_bits.to(q.device), k_bits.to(q.device), lam, scale,
+            kernels=ctx.modulation.kernels,
         )
         for plain in (slice(0, rows.start), slice(rows.stop, None)):  # the other branches: unmodulated
             if len(qs[plain]):
@@ -228,11 +235,9 @@ class LayoutAttnProcessor:
     def _cross(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
         """Cross-attention per frame. q: (branches·F, H, n, D); k, v: (branches·F, H, L, D)."""
         frames, n = ctx.num_frames, q.shape[2]
-        level = self._level(ctx, n, ctx.cross_strength)
+        level = self._level(ctx, n, cross=True)
         rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
-        recorder = ctx.recorder if ctx.layout is not None else None
-        if recorder is not None and not recorder.wants(ctx.layout.at(n).index):
-            recorder = None
+        recorder = ctx.modulation.recorder if self._recorded(ctx, n) is not None else None
         if level is None and recorder is None:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -241,13 +246,13 @@ class LayoutAttnProcessor:
             probs = plain()
         else:
             q_bits = level.bits.to(q.device)
-            k_bits = ctx.layout.text_bits.to(q.device)
-            lam = ctx.cross_strength * (1 - level.cross_share.to(q.device))  # (F, n)
+            k_bits = ctx.modulation.layout.text_bits.to(q.device)
+            lam = ctx.modulation.strength(level, cross=True, device=q.device)  # (F, n)
             probs = modulated_scores(q[rows], k[rows], q_bits, k_bits, lam, scale).softmax(-1)
             modulated = torch.matmul(probs, v[rows].float()).to(out.dtype)
             out = torch.cat([out[: rows.start], modulated, out[rows.stop :]])  # not in place: autograd
         if recorder is not None:
-            grid = ctx.layout.at(n)
+            grid = ctx.modulation.layout.at(n)
             as_maps = lambda p: p.mean(1).unflatten(1, (grid.height, grid.width))  # noqa: E731  (F, h, w, L)
             recorder.add(ctx.step, grid.index, as_maps(probs))
             if recorder.unmodulated is not None:

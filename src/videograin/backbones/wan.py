@@ -3,7 +3,7 @@
 The pipeline sees Wan's latents (1, C, T, h, w) as (T, C, h, w): T = (F − 1)/4 + 1 latent frames, each
 covering four source frames (the first one alone). Every transformer block attends over all latent
 tokens of the clip at once (patches of 2×2 latents), so there is one level and the self-attention is
-always "full". Text is umT5's 512 tokens, without a start token. Sampling is Euler on the velocity over
+always "full"; a level is a transformer block. Text is umT5's 512 tokens, without a start token. Sampling is Euler on the velocity over
 the σ grid of the model's flow scheduler (``FlowSchedule``); the two guidance passes are separate
 transformer calls and only the conditional one is modulated (processors in wan_processors.py).
 """
@@ -18,10 +18,13 @@ from ..method.attention import KernelChoice
 from ..method.layout import (
     Layout, LevelLayout, downsample_masks, key_frames, latent_frame_masks, region_share, text_token_bits, token_bits,
 )
-from ..method.sampling import DenoiseFn, FlowSchedule
+from ..method.modulation import ModulationContext, step_context
+from ..method.recorder import AttentionRecorder
+from ..method.sampling import Denoiser, FlowSchedule
 from ..method.settings import Modulation, TemporalAidSettings
 from ..method.tokens import regional_prompt_embeds
-from .wan_processors import WanLayoutContext, layout_processors
+from .base import Capabilities, check_settings
+from .wan_processors import layout_processors
 
 #: umT5's sequence length in Wan (prompts padded with zeros to it, as WanPipeline does)
 TEXT_LENGTH = 512
@@ -40,35 +43,38 @@ def vae_factors(vae_config) -> tuple[int, int]:
 FRAME_CHUNK = 4
 
 
-def nearest_frame_counts(num_frames: int) -> tuple[int, int]:
-    """The valid frame counts (4k + 1) just below and above ``num_frames``."""
-    below = (num_frames - 1) // FRAME_CHUNK * FRAME_CHUNK + 1
-    return max(below, 1), below + FRAME_CHUNK
+def wan_capabilities(vae_config, transformer_config) -> Capabilities:
+    """What a Wan text-to-video model supports, from its VAE's and transformer's configs: a level is a
+    transformer block; self-attention is always over the whole clip; no temporal aids, no ControlNet;
+    ReAtCo's guidance reads every block (they share one token grid)."""
+    spatial, temporal = vae_factors(vae_config)
+    blocks = transformer_config["num_layers"]
+    return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("full",),
+                        temporal_aids=False, control=False, frame_chunk=FRAME_CHUNK,
+                        temporal_factor=temporal,
+                        size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
+                        rad_levels=tuple(range(blocks)))
 
 
 class WanBackbone:
     """The ``Backbone`` of a pipeline holding Wan components (vae, text_encoder, tokenizer, transformer,
     scheduler): a view over them, no state of its own."""
 
-    num_levels = 1
     native_size = NATIVE_SIZE
 
     def __init__(self, pipe):
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
-        self.vae_factor, self.temporal_factor = vae_factors(pipe.vae.config)
+        self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config)
+        self.temporal_factor = vae_factors(pipe.vae.config)[1]
         self.patch = tuple(pipe.transformer.config.patch_size)  # (t, h, w)
-        self.size_multiple = self.vae_factor * self.patch[1]
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
-        if (num_frames - 1) % FRAME_CHUNK:
-            below, above = nearest_frame_counts(num_frames)
-            raise ValueError(f"{num_frames} frames: Wan takes 4k + 1 frames (its VAE encodes frame 0, then chunks of "
-                             f"4); use {below} or {above}")
-        m = self.size_multiple
-        if height % m or width % m:
-            raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (VAE {self.vae_factor} x patch "
-                             f"{self.patch[1]})")
+        caps = self.capabilities
+        check_settings(caps, num_frames=num_frames)
+        if height % caps.size_multiple or width % caps.size_multiple:
+            raise ValueError(f"frame size {width}x{height} must be a multiple of {caps.size_multiple} (VAE "
+                             f"{caps.vae_factor} x patch {self.patch[1]})")
 
     def _latent_stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.pipe.vae.config
@@ -107,8 +113,17 @@ class WanBackbone:
     def regional_prompt_embeds(self, prompt: str, region_prompts: list[str], spans: list) -> torch.Tensor:
         return regional_prompt_embeds(self.encode_prompt, self.tokenizer, prompt, region_prompts, spans)
 
+    def word_positions(self, prompt: str) -> slice:
+        """umT5 has no start token: the prompt's tokens before its end token."""
+        return slice(0, len(self.tokenizer(prompt).input_ids) - 1)
+
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         return latent_frame_masks(masks, self.temporal_factor)
+
+    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
+        """Frame 0 -> latent frame 0; frame f >= 1 -> (f − 1) // temporal factor + 1."""
+        frames = torch.arange(num_frames)
+        return torch.where(frames == 0, 0, (frames - 1) // self.temporal_factor + 1)
 
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [(latent_size[0] // self.patch[1], latent_size[1] // self.patch[2])]
@@ -116,15 +131,14 @@ class WanBackbone:
     def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
         """Bitmasks on the transformer's tokens (T latent frames of h×w patches): a token is in a region
         when the region covers at least half of its patch in any of the latent frame's source frames.
-        Size terms: self, the share of all tokens of the clip; cross, of the token's latent frame."""
-        if temporal != "full":
-            raise ValueError(f"Wan's self-attention spans every frame: temporal must be 'full', got {temporal!r}")
+        Size terms: self, the share of all tokens of the clip; cross, of the token's latent frame.
+        Every level (block) attends on this one grid."""
         (h, w), = self.token_grids(latent_size)
         bits = token_bits(self.latent_frames(downsample_masks(masks, h, w)))  # (T, h·w)
         frames = bits.shape[0]
         level = LevelLayout(0, h, w, bits, region_share(bits, key_frames(frames, "full")),
                             region_share(bits, key_frames(frames, "per_frame")))
-        return Layout({h * w: level}, text_token_bits(spans, TEXT_LENGTH), frames, "full")
+        return Layout({h * w: level}, text_token_bits(spans, TEXT_LENGTH), frames, "full", one_grid=True)
 
     def schedule(self, steps: int) -> FlowSchedule:
         config = self.pipe.scheduler.config
@@ -132,14 +146,10 @@ class WanBackbone:
                                   config.get("num_train_timesteps", 1000))
 
     def temporal_aids(self, frames, latent_size, settings: TemporalAidSettings | None):
-        if settings is not None and (settings.flow is not None or settings.pnp is not None):
-            raise ValueError("the temporal aids (flow, pnp) are SD-only: Wan's attention is spatio-temporal already")
-        return None
+        return None  # none on Wan (``capabilities``)
 
     def control(self, images: torch.Tensor | None, scale: float):
-        if images is not None:
-            raise ValueError("ControlNet conditions are SD-only; a Wan model takes none")
-        return None
+        return None  # none on Wan (``capabilities``)
 
     def denoise_fn(
         self,
@@ -152,34 +162,26 @@ class WanBackbone:
         temporal: str = "full",
         layout: Layout | None = None,
         modulation: Modulation | None = None,
-        recorder=None,
+        recorder: AttentionRecorder | None = None,
         aids=None,
         control=None,
         kernels: KernelChoice | None = None,
-    ) -> DenoiseFn:
+    ) -> Denoiser:
         """The velocity for latents (T, C, h, w) at flow time t with classifier-free guidance (uncond
         None: none); the conditional call modulated for the first ``modulation.steps`` steps
-        (``modulation.levels``: the modulated block indices, "all" by default)."""
-        if recorder is not None:
-            raise ValueError("recording attention maps is SD-only for now")
+        (``modulation.levels``: the modulated block indices, "all" by default) and its cross-attention
+        maps recorded into ``recorder``. Differentiable (ReAtCo's guidance runs it under autograd)."""
         transformer, kernels = self.pipe.transformer, kernels or KernelChoice()
-        level = next(iter(layout.levels.values())) if layout is not None else None
-        blocks = None if modulation is None or modulation.levels == "all" else frozenset(modulation.levels)
 
-        def velocity(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, context: WanLayoutContext | None):
-            with layout_processors(transformer, context) if context is not None else nullcontext():
+        def velocity(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, context: ModulationContext | None):
+            bound = context is not None and (context.self_scale or context.cross_scale or context.recorder)
+            with layout_processors(transformer, context) if bound else nullcontext():
                 return transformer(x, t, text.to(x.device, transformer.dtype), return_dict=False)[0].float()
 
         def denoise(latents: torch.Tensor, t: float, step: int) -> torch.Tensor:
             x = latents.transpose(0, 1)[None].to(transformer.dtype)  # (1, C, T, h, w)
             timestep = torch.tensor([t], device=x.device)
-            context = None
-            if level is not None and modulation is not None and step < modulation.steps:
-                xi = schedule.time_factor(t)
-                context = WanLayoutContext(
-                    level.bits.flatten(), layout.text_bits,
-                    (modulation.self_strength * xi * (1 - level.self_share)).flatten(),
-                    (modulation.cross_strength * xi * (1 - level.cross_share)).flatten(), blocks, kernels)
+            context = step_context(step, t, schedule, layout, modulation, recorder, kernels)
             v = velocity(x, timestep, cond, context)
             if uncond is not None:
                 v_uncond = velocity(x, timestep, uncond, None)

@@ -2,40 +2,21 @@
 
 Wan's transformer runs every block's ``attn1`` over all latent tokens of the clip (one sequence: it is
 spatio-temporal already, VideoGrain's full-frame attention) and ``attn2`` from those tokens to the
-umT5 text tokens. Its processors receive no per-call arguments beyond the layer's inputs, so the step
-context is bound explicitly: ``layout_processors(transformer, context)`` installs processors holding
-``context`` for one transformer call and restores the previous ones after it. The caller builds the
-context for the conditional pass only (Wan runs the guidance passes as separate calls) with the
-strengths of that step (λ·ξ(σ) folded in), never by counting calls.
+umT5 text tokens. Its blocks call the processors with the layer's inputs only (no attention
+arguments), so the step's ``ModulationContext`` (``method.modulation``) is bound explicitly:
+``layout_processors(transformer, context)`` installs processors holding it for one transformer call
+and restores the previous ones after. A level here is a transformer block. The caller binds a context
+for the conditional pass only (Wan runs the guidance passes as separate calls), never by counting calls.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-from ..method.attention import KernelChoice, layout_attention
-
-
-@dataclass
-class WanLayoutContext:
-    """One transformer call's modulation. N = T·h·w latent tokens in the transformer's order (latent
-    frame, row, column), L text tokens.
-
-    bits: (N,) int64 region bitmask per token; text_bits: (L,) int64 region bitmask per text token;
-    self_strength, cross_strength: (N,) float λ per query token (0: unmodulated), already scaled by
-    the step's ξ(σ) and the size terms; blocks: indices of the modulated blocks (None: all).
-    """
-
-    bits: torch.Tensor
-    text_bits: torch.Tensor
-    self_strength: torch.Tensor
-    cross_strength: torch.Tensor
-    blocks: frozenset[int] | None = None
-    kernels: KernelChoice | None = None
-
+from ..method.attention import layout_attention, modulated_scores
+from ..method.modulation import ModulationContext
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Wan's rotary embedding on (B, N, H, D) (pairs of channels rotated), as its stock processor."""
@@ -63,30 +44,43 @@ def wan_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tens
 
 
 class WanLayoutAttnProcessor:
-    """``attn1`` (self) or ``attn2`` (cross) of block ``block`` under a ``WanLayoutContext``. A layer of
-    an unmodulated block runs ``fallback``, the processor it replaced (stock, or a user's attention
-    backend); a query token of strength 0 gets plain softmax attention."""
+    """``attn1`` (self) or ``attn2`` (cross) of block ``block`` under a ``ModulationContext``. A layer the
+    context neither modulates nor records runs ``fallback``, the processor it replaced (stock, or a
+    user's attention backend); a query token of strength 0 gets plain softmax attention. Recorded
+    cross-attention maps are (T, h, w, L), heads averaged, into ``context.recorder`` at level ``block``
+    (and the unmodulated maps into its ``unmodulated`` recorder)."""
 
-    def __init__(self, block: int, context: WanLayoutContext, fallback):
+    def __init__(self, block: int, context: ModulationContext, fallback):
         self.block, self.context, self.fallback = block, context, fallback
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        ctx = self.context
-        if ctx.blocks is not None and self.block not in ctx.blocks:
+        ctx, cross = self.context, encoder_hidden_states is not None
+        modulated, recorded = ctx.modulates(self.block, cross), cross and ctx.records(self.block)
+        if not modulated and not recorded:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if attention_mask is not None:
             raise ValueError("Wan's layers get no attention mask; this processor takes none")
         q, k, v = wan_qkv(attn, hidden_states, encoder_hidden_states, rotary_emb)
-        k_bits, lam = (ctx.bits, ctx.self_strength) if encoder_hidden_states is None else (ctx.text_bits,
-                                                                                            ctx.cross_strength)
-        out = layout_attention(q, k, v, ctx.bits.to(q.device), k_bits.to(q.device), lam.to(q.device),
-                               kernels=ctx.kernels)
+        grid = ctx.layout.grid(self.block)
+        bits = grid.bits.flatten().to(q.device)
+        k_bits = ctx.layout.text_bits.to(q.device) if cross else bits
+        lam = ctx.strength(grid, cross, q.device).flatten() if modulated else 0.0
+        if recorded:
+            probs = modulated_scores(q, k, bits, k_bits, lam).softmax(-1)  # (1, H, N, L) float32
+            out = torch.matmul(probs, v.float())
+            as_maps = lambda p: p[0].mean(0).unflatten(0, (-1, grid.height, grid.width))  # noqa: E731  (T, h, w, L)
+            ctx.recorder.add(ctx.step, self.block, as_maps(probs))
+            if ctx.recorder.unmodulated is not None:
+                plain = modulated_scores(q, k, bits, k_bits, 0.0).softmax(-1) if modulated else probs
+                ctx.recorder.unmodulated.add(ctx.step, self.block, as_maps(plain))
+        else:
+            out = layout_attention(q, k, v, bits, k_bits, lam, kernels=ctx.kernels)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 
 @contextmanager
-def layout_processors(transformer, context: WanLayoutContext):
+def layout_processors(transformer, context: ModulationContext):
     """Every block's attn1/attn2 under ``context`` inside the block (one transformer call); the
     previous processors (stock, or a user's) restored after it, also on an exception."""
     saved = {}

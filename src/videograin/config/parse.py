@@ -104,7 +104,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
-        edit=_edit(data.get("edit"), video.frames),
+        edit=_edit(data.get("edit")),
         control=_control(data.get("control"), base_dir),
         output=None if output is None else _path(output, "output", base_dir),
         masks_engine=_choice(data.get("masks_engine", EditSpec.masks_engine), "masks_engine", MASK_ENGINES),
@@ -250,12 +250,12 @@ def _box(value: Any, field: str) -> tuple[int, int, int, int]:
     return (x0, y0, x1, y1)
 
 
-def _edit(value: Any, frames: int) -> EditSettings:
+def _edit(value: Any) -> EditSettings:
     data = _mapping(value, "edit", optional=True)
     _check_keys(data, _EDIT_KEYS, "edit")
     settings = EditSettings(
-        steps=_int(data.get("steps", EditSettings.steps), "edit.steps", 1),
-        guidance_scale=_number(data.get("guidance_scale", EditSettings.guidance_scale), "edit.guidance_scale"),
+        steps=_unless_none(_int, data.get("steps"), "edit.steps", 1),
+        guidance_scale=_unless_none(_number, data.get("guidance_scale"), "edit.guidance_scale"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
         composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),
@@ -266,9 +266,6 @@ def _edit(value: Any, frames: int) -> EditSettings:
         window=_window(data.get("window")),
         temporal_aids=_temporal_aids(data.get("temporal_aids")),
     )
-    if settings.window is not None and settings.window.size >= frames:
-        raise SpecError("edit.window.size", f"{settings.window.size} covers all {frames} selected frames, so there is "
-                        "nothing to split", f"use a size below {frames}, or leave `window` out")
     return settings
 
 
@@ -360,12 +357,18 @@ def _modulation(value: Any) -> Modulation:
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _MODULATION_KEYS, prefix)
     return Modulation(
-        steps=_int(data.get("steps", Modulation.steps), f"{prefix}.steps", 0),
-        self_strength=_strength(data.get("self_strength", Modulation.self_strength), f"{prefix}.self_strength"),
-        cross_strength=_strength(data.get("cross_strength", Modulation.cross_strength), f"{prefix}.cross_strength"),
+        steps=_unless_none(_int, data.get("steps"), f"{prefix}.steps", 0),
+        self_strength=_unless_none(_strength, data.get("self_strength"), f"{prefix}.self_strength"),
+        cross_strength=_unless_none(_strength, data.get("cross_strength"), f"{prefix}.cross_strength"),
         levels=_levels(data.get("levels", Modulation.levels), f"{prefix}.levels"),
         temporal=_temporal(data.get("temporal", Modulation.temporal), f"{prefix}.temporal"),
     )
+
+
+def _unless_none(check, value: Any, *args):
+    """None (the key left out or null: the model's recommended value, ``backbones.recommended``) or
+    ``check(value, *args)``."""
+    return None if value is None else check(value, *args)
 
 
 def _levels(value: Any, field: str, allow_all: bool = True) -> str | tuple[int, ...]:

@@ -1,17 +1,22 @@
 """The checks that need the model's config files or the tokenizer, all before any weights load.
 
-``read_model`` reads what a model folder or hub id says about itself (config JSONs, tokenizer);
-``check_spec`` holds an EditSpec against it. Library errors (plain ValueErrors) are turned here into
-SpecErrors that name the config field.
+``read_model`` reads what a model folder or hub id says about itself (config JSONs, tokenizer, its
+capabilities and recommended settings); ``preflight`` fills the settings a config leaves unset from the
+recommended ones and holds the spec against the model with the backbone's own rule set
+(``backbones.base.check_settings``). Library errors (plain ValueErrors) are turned here into SpecErrors
+that name the config field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backbones.base import Capabilities, SettingError, check_settings
+from ..backbones.recommended import Recommended, recommended_settings, resolve_modulation
 from ..errors import SpecError, first_line
 from ..hub import obtainable
 from ..method.tokens import PromptError, region_token_spans, word_token_indices
@@ -26,17 +31,27 @@ _MODEL_FIX = "give a local diffusers folder (model_index.json, unet/, vae/, text
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a model's config files say, no weights loaded: the frame size multiple, the number of
-    levels (a Wan transformer's: its blocks), the levels whose decoder has self-attention, the training
-    timesteps, the tokenizer and the backbone ("sd" or "wan")."""
+    """What a model's config files say, no weights loaded: its capabilities (levels, temporal modes,
+    frame and size rules, ...), its recommended settings, the levels whose decoder has self-attention
+    (SD), the training timesteps and the tokenizer."""
 
-    size_multiple: int
-    vae_factor: int
-    num_levels: int
+    capabilities: Capabilities
+    recommended: Recommended
     self_attention_levels: tuple[int, ...]
     num_train_timesteps: int
     tokenizer: Any
-    backbone: str = "sd"
+
+    @property
+    def size_multiple(self) -> int:
+        return self.capabilities.size_multiple
+
+    @property
+    def vae_factor(self) -> int:
+        return self.capabilities.vae_factor
+
+    @property
+    def backbone(self) -> str:
+        return self.capabilities.family
 
 
 #: model_index.json class names of Wan 2.x text-to-video folders
@@ -58,7 +73,7 @@ def _read_wan(model: str) -> ModelFacts:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer
 
-    from ..backbones.wan import vae_factors
+    from ..backbones.wan import wan_capabilities
 
     try:
         vae = AutoencoderKLWan.load_config(model, subfolder="vae")
@@ -70,9 +85,15 @@ def _read_wan(model: str) -> ModelFacts:
     if transformer.get("image_dim"):
         raise SpecError("model", f"{model!r} is an image-to-video Wan model", "give a Wan text-to-video model "
                         "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    spatial = vae_factors(vae)[0]
-    return ModelFacts(spatial * transformer["patch_size"][1], spatial, transformer["num_layers"], (),
-                      scheduler.get("num_train_timesteps", 1000), tokenizer, "wan")
+    return ModelFacts(wan_capabilities(vae, transformer), _recommended(model, "wan"), (),
+                      scheduler.get("num_train_timesteps", 1000), tokenizer)
+
+
+def _recommended(model: str, family: str) -> Recommended:
+    try:
+        return recommended_settings(model, family)
+    except ValueError as err:
+        raise SpecError("model", str(err), "fix or delete that file (it holds the model's recommended settings)") from None
 
 
 def read_model(model: str) -> ModelFacts:
@@ -80,7 +101,7 @@ def read_model(model: str) -> ModelFacts:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    from ..backbones.sd import size_multiple
+    from ..backbones.sd import sd_capabilities
 
     local = Path(model)
     if model_backbone(model) == "wan":
@@ -106,11 +127,10 @@ def read_model(model: str) -> ModelFacts:
         raise SpecError("model", f"no tokenizer found for {model!r} (offline, or not a diffusers model?)", _MODEL_FIX)
     if local.is_dir():
         _check_weight_files(local)
-    num_levels = len(unet["block_out_channels"])
+    capabilities = sd_capabilities(vae, unet)
     up_blocks = unet.get("up_block_types", ())
-    attention = tuple(sorted(num_levels - 1 - i for i, kind in enumerate(up_blocks) if "Attn" in kind))
-    vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    return ModelFacts(size_multiple(vae, unet), vae_factor, num_levels, attention, scheduler.get("num_train_timesteps", 1000),
+    attention = tuple(sorted(capabilities.num_levels - 1 - i for i, kind in enumerate(up_blocks) if "Attn" in kind))
+    return ModelFacts(capabilities, _recommended(model, "sd"), attention, scheduler.get("num_train_timesteps", 1000),
                       tokenizer)
 
 
@@ -133,56 +153,35 @@ def check_control_model(spec: EditSpec) -> None:
         raise SpecError("control.model", f"{spec.control.model} has no config.json", "point it at a diffusers ControlNet folder")
 
 
-def _levels(levels, field: str, facts: ModelFacts, fix: str) -> None:
-    missing = [level for level in levels if level >= facts.num_levels]
-    if missing:
-        raise SpecError(field, f"level(s) {missing} do not exist: the model has levels 0..{facts.num_levels - 1}", fix)
+def with_recommended(spec: EditSpec, recommended: Recommended) -> EditSpec:
+    """``spec`` with the settings it leaves unset (None) taken from the model's ``recommended`` ones."""
+    settings = spec.edit
+    return dataclasses.replace(spec, edit=dataclasses.replace(
+        settings,
+        steps=settings.steps if settings.steps is not None else recommended.steps,
+        guidance_scale=settings.guidance_scale if settings.guidance_scale is not None else recommended.guidance_scale,
+        modulation=resolve_modulation(settings.modulation, recommended),
+    ))
 
 
 def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
-    """Every check of ``spec`` against the model: prompts and words as tokens, levels, step counts."""
+    """Every check of ``spec`` (its settings resolved) against the model: frame count, levels, temporal
+    mode, aids and control by the backbone's rule set; prompts and words as tokens; step counts."""
     settings = spec.edit
     if settings.steps > facts.num_train_timesteps:
         raise SpecError("edit.steps", f"{settings.steps} is more than the model's {facts.num_train_timesteps} "
                         "training timesteps", f"use at most {facts.num_train_timesteps} steps (50 is usual)")
-    if settings.modulation.levels != "all":
-        _levels(settings.modulation.levels, "edit.modulation.levels", facts,
-                "pick levels among those, or write `levels: all`")
+    try:
+        check_settings(facts.capabilities, num_frames=spec.video.frames, modulation=settings.modulation,
+                       reatco=settings.reatco if settings.uses_reatco else None,
+                       temporal_aids=settings.temporal_aids, control=spec.control is not None)
+    except SettingError as err:
+        raise SpecError(err.field, err.problem, err.fix) from None
     flow = settings.temporal_aids.flow
-    if flow is not None:
-        _levels(flow.levels, "edit.temporal_aids.flow.levels", facts, "pick levels among those (0 = FLATTEN's)")
-        if spec.video.frames < 2:
-            raise SpecError("edit.temporal_aids.flow", "flow-guided attention needs at least 2 frames, "
-                            f"video.frames is {spec.video.frames}", "select more frames or remove `flow`")
-    if settings.uses_reatco and settings.reatco.level is not None:
-        _levels([settings.reatco.level], "edit.reatco.level", facts,
-                "pick one of those, or leave `level` out for the paper's H/32 level")
-    if facts.backbone == "wan":
-        check_wan(spec, facts)
+    if flow is not None and spec.video.frames < 2:
+        raise SpecError("edit.temporal_aids.flow", "flow-guided attention needs at least 2 frames, "
+                        f"video.frames is {spec.video.frames}", "select more frames or remove `flow`")
     check_prompts(spec, facts.tokenizer)
-
-
-def check_wan(spec: EditSpec, facts: ModelFacts) -> None:
-    """A Wan model's rules: 4k + 1 frames, and only what its backbone implements."""
-    from ..backbones.wan import FRAME_CHUNK, nearest_frame_counts
-
-    frames = spec.video.frames
-    if (frames - 1) % FRAME_CHUNK:
-        below, above = nearest_frame_counts(frames)
-        raise SpecError("video.frames", f"{frames} frames: Wan takes 4k + 1 frames (its VAE encodes frame 0, then "
-                        "chunks of 4)", f"use {below} or {above}")
-    settings, fix = spec.edit, "remove it: a Wan model edits with VideoGrain's modulation and the latent blend"
-    unsupported = [("edit.method", settings.uses_reatco, "method: videograin"),
-                   ("edit.window", settings.window is not None, fix),
-                   ("edit.temporal_aids", settings.temporal_aids.flow is not None or settings.temporal_aids.pnp
-                    is not None, "remove it: Wan's self-attention spans every frame already"),
-                   ("edit.record_attention", bool(settings.record_attention), "set it to false"),
-                   ("control", spec.control is not None, fix),
-                   ("edit.modulation.temporal", settings.modulation.temporal != "full",
-                    "use temporal: full (Wan attends over all frames)")]
-    for field, used, what in unsupported:
-        if used:
-            raise SpecError(field, "is SD-only for now (not on a Wan model)", what)
 
 
 def check_prompts(spec: EditSpec, tokenizer) -> None:
@@ -216,9 +215,11 @@ def notes(spec: EditSpec) -> list[str]:
     return found
 
 
-def preflight(spec: EditSpec) -> ModelFacts:
-    """Read the model's config files and check ``spec`` against them (no weights load)."""
+def preflight(spec: EditSpec) -> tuple[EditSpec, ModelFacts]:
+    """Read the model's config files, fill the settings ``spec`` leaves unset from the model's
+    recommended ones and check the result against the model (no weights load). Returns both."""
     facts = read_model(spec.model)
+    spec = with_recommended(spec, facts.recommended)
     check_control_model(spec)
     check_spec(spec, facts)
-    return facts
+    return spec, facts

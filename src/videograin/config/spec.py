@@ -73,10 +73,12 @@ class RegionSpec:
 @dataclass(frozen=True)
 class EditSettings:
     """Sampling settings of the edit pass. ``method`` picks VideoGrain's ST-Layout attention
-    (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once."""
+    (``modulation``), ReAtCo's guidance (``reatco``) or both; ``window`` None denoises all frames at once.
+    ``steps``, ``guidance_scale`` and the modulation's steps and strengths None: the model's recommended
+    values (``backbones.recommended``), filled in by ``config.preflight.preflight``."""
 
-    steps: int = 50
-    guidance_scale: float = 7.5
+    steps: int | None = None
+    guidance_scale: float | None = None
     seed: int = 0
     blend: bool = True
     composite: bool = True  # with blend/IRJS: unedited pixels are the source's after decoding

@@ -463,7 +463,6 @@ def attention_mass(recorder, layout, region_names: Sequence[str] | None = None) 
     Returns ``{"steps", "levels", "regions": {name: {"mean", "area_share": {level: v},
     "per_level": {level: [mass per step]}}}, "mean"}`` (levels as strings, JSON keys).
     """
-    by_index = {lv.index: lv for lv in layout.levels.values()}
     keys = sorted(recorder.maps)
     steps = sorted({s for s, _ in keys})
     levels = sorted({lv for _, lv in keys})
@@ -477,7 +476,7 @@ def attention_mass(recorder, layout, region_names: Sequence[str] | None = None) 
             continue
         per_level, area = {}, {}
         for level in levels:
-            grid = by_index[level]
+            grid = layout.grid(level)
             inside = (grid.bits & (1 << r)) != 0  # (F, h·w)
             area[str(level)] = float(inside.float().mean())
             values = []

@@ -1,4 +1,4 @@
-"""Masks and token spans -> per-UNet-level region bitmasks and size terms (pure, built once per edit).
+"""Masks and token spans -> per-level region bitmasks and size terms (pure, built once per edit).
 
 Bit ``r`` of a token's mask is set when the token lies in region ``r``; regions may overlap (a part
 inside an instance). Two tokens attend "positively" when their bitmasks share a bit.
@@ -6,6 +6,7 @@ inside an instance). Two tokens attend "positively" when their bitmasks share a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,22 +37,41 @@ class LevelLayout:
 
 @dataclass(frozen=True)
 class Layout:
-    """Everything the attention processors look up: one LevelLayout per UNet level, keyed by the
-    number of tokens per frame, and the text tokens' bitmask ``text_bits`` (L,) int64."""
+    """Everything the attention processors look up: one LevelLayout per token grid, keyed by the
+    number of tokens per frame, and the text tokens' bitmask ``text_bits`` (L,) int64. ``one_grid``:
+    every level (a transformer block) attends on the same single grid, else level i is the grid
+    whose ``index`` is i (a UNet resolution)."""
 
     levels: dict[int, LevelLayout]
     text_bits: torch.Tensor
     num_frames: int
     temporal: str
+    one_grid: bool = False
 
     def at(self, tokens_per_frame: int) -> LevelLayout:
         return self.levels[tokens_per_frame]
 
+    def grid(self, level: int) -> LevelLayout:
+        """The token grid a level attends on."""
+        if self.one_grid:
+            return next(iter(self.levels.values()))
+        return next(g for g in self.levels.values() if g.index == level)
+
     def region_masks(self, level: int, regions: list[int]) -> torch.Tensor:
-        """The given regions at UNet ``level`` as (len(regions), F, h, w) bool."""
-        grid = next(g for g in self.levels.values() if g.index == level)
+        """The given regions on ``level``'s grid as (len(regions), F, h, w) bool."""
+        grid = self.grid(level)
         bits = grid.bits.view(-1, grid.height, grid.width)
         return torch.stack([(bits >> r) & 1 == 1 for r in regions]) if regions else torch.zeros(0, *bits.shape, dtype=torch.bool, device=bits.device)
+
+    def frames(self, window: slice) -> Layout:
+        """The layout of the (latent) frames in ``window`` alone (a temporal window): bits and the
+        per-frame cross size terms cut, the self size terms recomputed over the window's keys."""
+        levels = {}
+        for n, grid in self.levels.items():
+            bits = grid.bits[window]
+            share = region_share(bits, key_frames(bits.shape[0], self.temporal))
+            levels[n] = dataclasses.replace(grid, bits=bits, self_share=share, cross_share=grid.cross_share[window])
+        return dataclasses.replace(self, levels=levels, num_frames=len(range(self.num_frames)[window]))
 
 
 def token_grid(latent_size: tuple[int, int], level: int) -> tuple[int, int]:

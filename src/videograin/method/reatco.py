@@ -16,13 +16,13 @@ with seeded noise, the edited region keeps the sample.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .recorder import AttentionRecorder
+from .sampling import Denoiser, Schedule
 from .settings import ReAtCoSettings
 
 logger = logging.getLogger(__name__)
@@ -30,32 +30,38 @@ logger = logging.getLogger(__name__)
 #: Scale of the attention logits when the maps are renormalised over the words (official code).
 WORD_SOFTMAX_SCALE = 100.0
 
-AttendFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # a denoise_fn, run for the maps its recorder keeps
+AttendFn = Denoiser  # run for the maps its recorder keeps
 
 
-def word_attention(maps: torch.Tensor) -> torch.Tensor:
+#: The text positions RAD renormalises over on CLIP: all but the start token and the last position.
+CLIP_WORDS = slice(1, -1)
+
+
+def word_attention(maps: torch.Tensor, words: slice = CLIP_WORDS) -> torch.Tensor:
     """Cross-attention maps (F, h, w, L) over all L text tokens -> the same maps renormalised over
-    the words (start token and the last position dropped), as the official code and Attend-and-Excite
-    do: the start token takes most of the raw attention, so raw maps of a word never approach 1,
-    the value L_IR's "1 − ..." presumes. Output (F, h, w, L − 2); token index i moves to i − 1."""
-    return (maps[..., 1:-1] * WORD_SOFTMAX_SCALE).softmax(-1)
+    the ``words`` positions (``Backbone.word_positions``), as the official code and Attend-and-Excite
+    do: the start token (or the padding) takes most of the raw attention, so raw maps of a word never
+    approach 1, the value L_IR's "1 − ..." presumes. Output (F, h, w, len(words)); token index i moves
+    to i − words.start."""
+    return (maps[..., words] * WORD_SOFTMAX_SCALE).softmax(-1)
 
 
 def rad_losses(
-    maps: torch.Tensor, token_indices: list[int], masks: torch.Tensor, top_k: float
+    maps: torch.Tensor, token_indices: list[int], masks: torch.Tensor, top_k: float, words: slice = CLIP_WORDS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_IR and L_OR (papers/003 Eq. 3-6) of one set of maps.
 
     maps: (F, h, w, L) cross-attention probabilities; token_indices: J token positions (in L);
     masks: (J, F, h, w) bool, each word's region; top_k: K as a share of the region's area in each
-    frame (frames where a region is absent are skipped). The paper takes K from the region's area for
+    frame (frames where a region is absent are skipped); words: the positions ``word_attention``
+    renormalises over. The paper takes K from the region's area for
     both terms; the official code takes the outer term's K from the outside's area. Returns two scalars.
     """
-    words = word_attention(maps)
+    attention_of_words = word_attention(maps, words)
     l_ir = maps.new_zeros(())
     l_or = maps.new_zeros(())
     for j, index in enumerate(token_indices):
-        attention = words[..., index - 1].flatten(1)  # (F, h·w)
+        attention = attention_of_words[..., index - words.start].flatten(1)  # (F, h·w)
         inside = masks[j].flatten(1).to(attention.dtype)
         inner, outer = [], []
         for i in range(attention.shape[0]):
@@ -81,23 +87,23 @@ def step_sizes(num_steps: int, scale: float) -> list[float]:
 
 @dataclass
 class RadWindow:
-    """RAD for the frames of one temporal window.
+    """RAD for the (latent) frames of one temporal window.
 
-    attend: runs the conditional UNet on latents (f, 4, h, w) of these frames at (t, step) with
-    ``recorder`` installed; masks: (J, f, h', w') bool regions at the recorder's level.
+    attend: runs the conditional model on latents (f, C, h, w) of these frames at (t, step) with
+    ``recorder`` installed (its levels share one token grid); masks: (J, f, h', w') bool regions on
+    that grid; words: the text positions the maps are renormalised over.
     """
 
     frames: slice
     attend: AttendFn
     recorder: AttentionRecorder
     masks: torch.Tensor
+    words: slice = field(default_factory=lambda: CLIP_WORDS)
 
     def losses(self, latents: torch.Tensor, t: int, step: int, token_indices: list[int], top_k: float):
-        self.recorder.maps.clear()
-        self.recorder.counts.clear()
+        self.recorder.clear()
         self.attend(latents, t, step)
-        maps = self.recorder.mean(step, self.recorder.level)
-        return rad_losses(maps, token_indices, self.masks, top_k)
+        return rad_losses(self.recorder.step_mean(step), token_indices, self.masks, top_k, self.words)
 
 
 def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[float], spec: ReAtCoSettings, log: list[dict]):
@@ -135,27 +141,26 @@ def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[f
 
 
 def invariant_region_sampling(
-    source: torch.Tensor, mask: torch.Tensor, alphas: list[float],
+    source: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
     generator: torch.Generator | list[torch.Generator] | None = None,
 ):
-    """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``sample_latents``.
+    """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``sampling.sample_latents``, on
+    any ``Schedule`` (DDIM's ᾱ or flow matching's σ).
 
-    source: clean source latents (F, 4, h, w); mask: (F, 1, h, w) in {0, 1}, 1 where the edit may
-    change the video; alphas: ᾱ of every level the sampler visits (``DDIMSchedule.alphas``). After
-    step i the latents sit at alphas[i + 1]; outside the mask they become the source diffused there,
-    √ᾱ·z₀ + √(1 − ᾱ)·ε with fresh seeded noise, and after the last step the clean source itself
-    (V(0) = V in the paper). ``generator``: one, or a list of one per frame (diffusers' randn_tensor).
+    source: clean source latents (T, C, h, w); mask: (T, 1, h, w) in {0, 1}, 1 where the edit may
+    change the video. After step i the latents sit at level i + 1; outside the mask they become the
+    source re-noised there (``schedule.noised``) with fresh seeded noise, and after the last step the
+    clean source itself (V(0) = V in the paper). ``generator``: one, or a list of one per frame
+    (diffusers' randn_tensor).
     """
 
     def callback(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
-        keep = mask.to(latents)
-        if step + 2 == len(alphas):
-            target = source.to(latents)
+        keep, clean = mask.to(latents), source.to(latents)
+        if step + 1 == len(schedule):
+            target = clean
         else:
-            alpha = alphas[step + 1]
             noise = randn_tensor(source.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-            noise = noise.to(latents)
-            target = alpha**0.5 * source.to(latents) + (1 - alpha) ** 0.5 * noise
+            target = schedule.noised(clean, noise.to(latents), step + 1)
         return keep * latents + (1 - keep) * target
 
     return callback

@@ -1,11 +1,14 @@
-"""Samplers as plain functions: a schedule built once (DDIM for SD's ε-prediction, flow matching for
-Wan's velocity), sampling and inversion over it, and the callbacks and wrappers the method adds
-(latent blend, temporal windows).
+"""The model contract's sampling side: schedules, samplers as plain functions, and the callbacks and
+wrappers the method adds (latent blend, temporal windows).
 
-A ``denoise_fn(latents, t, step) -> prediction`` predicts the noise (DDIM) or the velocity (flow
-matching) of latents (F, C, h, w) at timestep t; ``step`` is the index of t in the sampling schedule
-(the attention processors learn the step from it). A schedule's ``step(latents, prediction, i)``
-moves latents from its level i to level i + 1 and ``invert_step`` back.
+A ``Denoiser`` ``(latents, t, step) -> prediction`` is a backbone's guided model call on latents
+(T, C, h, w) at the model's time input t; ``step`` is the index of the sampling step it serves (the
+modulation schedule and the attention processors learn the step from it, never by counting calls).
+The prediction is in its ``Schedule``'s parameterisation (``schedule.prediction``: ε for DDIM,
+velocity for flow matching); only the schedule converts it, so nothing above ``backbones/`` knows
+which one a model predicts. A schedule moves latents between its levels (``step``, ``invert_step``),
+says what level i is (``signal_noise``), re-noises a clean sample to level i (``noised``) and gives
+ξ for the modulation (``time_factor``). Samplers call the denoiser any number of times per step.
 A ``guide(step, t, latents) -> latents`` moves the latents before they are denoised (ReAtCo's RAD); a
 ``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
 """
@@ -14,12 +17,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-DenoiseFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+class Denoiser(Protocol):
+    def __call__(self, latents: torch.Tensor, t: float, step: int) -> torch.Tensor:
+        """The model's prediction (``Schedule.prediction``) for latents (T, C, h, w) at time input t."""
+
+
 Callback = Callable[[int, int, torch.Tensor], torch.Tensor]
 Guide = Callback
+
+
+class Schedule(Protocol):
+    """What samplers, the latent blend, IRJS and windows know of a noise schedule. Levels 0..S: level i
+    is where sampling step i starts (timesteps[i]); level S is the clean end."""
+
+    #: what a denoiser on this schedule predicts: "epsilon" or "velocity"
+    prediction: str
+    #: (S,) the model's time input of each sampling step, descending
+    timesteps: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def time_factor(self, t: float) -> float:
+        """ξ(t) in [0, 1], the modulation's time factor at time input t."""
+
+    def signal_noise(self, level: int) -> tuple[float, float]:
+        """(a, b) with latents at ``level`` = a·x₀ + b·ε."""
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, level: int) -> torch.Tensor:
+        """``clean`` re-noised to ``level`` with ``noise``; the clean end level returns ``clean`` itself."""
+
+    def step(self, latents: torch.Tensor, prediction: torch.Tensor, i: int) -> torch.Tensor:
+        """Level i -> level i + 1."""
+
+    def invert_step(self, latents: torch.Tensor, prediction: torch.Tensor, i: int) -> torch.Tensor:
+        """Level i + 1 -> level i."""
+
+
+def _noised(schedule: Schedule, clean: torch.Tensor, noise: torch.Tensor, level: int) -> torch.Tensor:
+    if level == len(schedule):
+        return clean
+    a, b = schedule.signal_noise(level)
+    return a * clean + b * noise
 
 
 @dataclass(frozen=True)
@@ -33,6 +76,7 @@ class DDIMSchedule:
     timesteps: torch.Tensor
     alphas: list[float]
     num_train_timesteps: int
+    prediction = "epsilon"
 
     @classmethod
     def from_scheduler(cls, scheduler, steps: int) -> DDIMSchedule:
@@ -49,6 +93,12 @@ class DDIMSchedule:
         """ξ(t) = t̂⁵ with t̂ = t / (T − 1) in [0, 1] (papers/000 §4.1). The official code uses
         t̂ = (t − 1) / 1000, which differs by under 0.2% at every step."""
         return (t / (self.num_train_timesteps - 1)) ** 5
+
+    def signal_noise(self, level: int) -> tuple[float, float]:
+        alpha = self.alphas[level]
+        return alpha**0.5, (1 - alpha) ** 0.5
+
+    noised = _noised
 
     def step(self, latents: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
         return ddim_step(latents, eps, self.alphas[i], self.alphas[i + 1])
@@ -68,6 +118,7 @@ class FlowSchedule:
 
     sigmas: tuple[float, ...]
     num_train_timesteps: int = 1000
+    prediction = "velocity"
 
     @classmethod
     def build(cls, steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> FlowSchedule:
@@ -85,6 +136,12 @@ class FlowSchedule:
         """ξ = σ⁵ on the flow time (σ = t / T in [0, 1]), as t̂⁵ for DDIM."""
         return (t / self.num_train_timesteps) ** 5
 
+    def signal_noise(self, level: int) -> tuple[float, float]:
+        sigma = self.sigmas[level]
+        return 1 - sigma, sigma
+
+    noised = _noised
+
     def step(self, latents: torch.Tensor, velocity: torch.Tensor, i: int) -> torch.Tensor:
         return latents + (self.sigmas[i + 1] - self.sigmas[i]) * velocity
 
@@ -100,9 +157,9 @@ def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha
 
 @torch.no_grad()
 def sample_latents(
-    denoise_fn: DenoiseFn,
+    denoise_fn: Denoiser,
     latents: torch.Tensor,
-    schedule: DDIMSchedule | FlowSchedule,
+    schedule: Schedule,
     callback: Callback | None = None,
     progress=None,
     guide: Guide | None = None,
@@ -128,7 +185,7 @@ def sample_latents(
 
 
 @torch.no_grad()
-def invert_latents(denoise_fn: DenoiseFn, latents: torch.Tensor, schedule: DDIMSchedule | FlowSchedule, progress=None,
+def invert_latents(denoise_fn: Denoiser, latents: torch.Tensor, schedule: Schedule, progress=None,
                 interrupt: Callable[[], bool] | None = None,
                 on_step: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Run the sampler backwards from clean latents (F, C, h, w) to the level of the first timestep.
@@ -181,7 +238,7 @@ def temporal_windows(num_frames: int, size: int, stride: int) -> list[slice]:
     return [slice(s, s + size) for s in starts]
 
 
-def windowed_denoise_fn(windows: list[tuple[slice, DenoiseFn]]) -> DenoiseFn:
+def windowed_denoise_fn(windows: list[tuple[slice, Denoiser]]) -> Denoiser:
     """Temporal co-denoising: each (frames, denoise_fn) window predicts the noise of its frames and
     frames covered by several windows take the mean. As a DDIM step is linear in ε for fixed
     latents, this equals averaging the windows' next latents (papers/003's resource-friendly mode)."""

@@ -17,12 +17,14 @@ MAX_REGIONS = 62
 @dataclass(frozen=True)
 class Modulation:
     """ST-Layout attention: active for the first ``steps`` denoising steps at the backbone's ``levels``
-    ("all" or level indices, 0 = highest resolution), with strengths c of self- and cross-attention;
-    ``temporal`` picks the self-attention key frames (full, sparse_causal, per_frame)."""
+    ("all" or level indices: UNet resolutions from the highest, or transformer blocks), with strengths
+    c of self- and cross-attention; ``temporal`` picks the self-attention key frames (full,
+    sparse_causal, per_frame). A field left None takes the model's recommended value
+    (``backbones.recommended``: its folder's videograin.json, else the paper's 15 steps, 0.3 and 1.0)."""
 
-    steps: int = 15
-    self_strength: float = 0.3
-    cross_strength: float = 1.0
+    steps: int | None = None
+    self_strength: float | None = None
+    cross_strength: float | None = None
     levels: str | tuple[int, ...] = "all"
     temporal: str = "full"
 
