@@ -48,6 +48,24 @@ def tiny_pipe(tiny_model_dir):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> Path:
+    """Folder of the tiny Wan 2.1 model (diffusers' WanPipeline layout), built offline once per session."""
+    from videograin.testing import make_tiny_wan_model
+
+    return make_tiny_wan_model(tmp_path_factory.mktemp("wan") / "tiny-wan")
+
+
+@pytest.fixture(scope="session")
+def wan_pipe(tiny_wan_dir):
+    """WanVideoGrainPipeline loaded from ``tiny_wan_dir`` with progress bars off."""
+    from videograin import WanVideoGrainPipeline
+
+    pipe = WanVideoGrainPipeline.from_pretrained(tiny_wan_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture()
 def example_config(tmp_path, tiny_model_dir) -> Path:
     """A copy of the bundled example on the tiny model, writing to ``tmp_path / "out"``."""

@@ -194,13 +194,16 @@ def _write_inputs(folder: Path, inputs: io.VideoInputs) -> np.ndarray:
     return overlay
 
 
-def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, tokenizer) -> None:
+def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recorder, backbone) -> None:
     """attention/<region>.mp4: each region prompt's cross-attention over the source (and
-    <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png."""
-    spans = region_token_spans(tokenizer, spec.prompt, [r.prompt for r in spec.regions])
-    size = tuple(inputs.frames.shape[-2:])
-    heat = viz.prompt_attention(recorder, spans, size)
-    plain = viz.prompt_attention(recorder.unmodulated, spans, size) if recorder.unmodulated is not None else None
+    <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png. The maps are
+    per latent frame; each source frame shows its latent frame's."""
+    spans = region_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions])
+    size, frame_index = tuple(inputs.frames.shape[-2:]), backbone.latent_frame_of(inputs.frames.shape[0]).numpy()
+    heat = viz.prompt_attention(recorder, spans, size)[:, frame_index]
+    plain = None
+    if recorder.unmodulated is not None:
+        plain = viz.prompt_attention(recorder.unmodulated, spans, size)[:, frame_index]
     (folder / "attention").mkdir()
     rows, labels = [inputs.frames_uint8], ["source"]
     for r, (region, span) in enumerate(zip(spec.regions, spans)):
@@ -391,7 +394,7 @@ class _Run:
         io.write_png(folder / "comparison.png",
                      viz.labelled_grid([inputs.frames_uint8, overlay, edited], ["source", "regions", "edited"], legend))
         if settings.record_attention:
-            _write_attention(folder, spec, inputs, result.recorder, pipe.tokenizer)
+            _write_attention(folder, spec, inputs, result.recorder, pipe.backbone)
         timings["write"] = time.perf_counter() - clock
         if self.evaluate:
             clock = time.perf_counter()

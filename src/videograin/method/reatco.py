@@ -110,8 +110,9 @@ def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[f
     """A ``guide(step, t, latents) -> latents`` for ``sample_latents``: on the first ``spec.steps``
     steps, ``spec.iterations`` gradient steps of size ``alphas[step]`` on L_IR + L_OR (top-K share
     ``spec.top_k``) per window; windows that overlap average their updated latents. Gradients flow
-    through the UNet for one window at a time. Appends {"step", "t", "L_IR", "L_OR"} (before the
-    update, mean over windows) to ``log``."""
+    through the model for one window at a time. Appends {"step", "t", "L_IR", "L_OR"} (before the
+    update, mean over windows) and, with several iterations, "iterations": [[L_IR, L_OR] at the start
+    of each one] to ``log``."""
     steps, iterations, top_k = spec.steps, spec.iterations, spec.top_k
 
     def guide(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[f
             return latents
         total = torch.zeros_like(latents)
         count = torch.zeros(latents.shape[0], 1, 1, 1, dtype=latents.dtype, device=latents.device)
-        first = {"L_IR": 0.0, "L_OR": 0.0}
+        losses = torch.zeros(iterations, 2, dtype=torch.float64)  # (L_IR, L_OR) per iteration, summed over windows
         for window in windows:
             x = latents[window.frames].detach()
             for iteration in range(iterations):
@@ -127,14 +128,14 @@ def rad_guide(windows: list[RadWindow], token_indices: list[int], alphas: list[f
                 with torch.enable_grad():
                     l_ir, l_or = window.losses(x, t, step, token_indices, top_k)
                     (grad,) = torch.autograd.grad(l_ir + l_or, x)
-                if iteration == 0:
-                    first["L_IR"] += float(l_ir)
-                    first["L_OR"] += float(l_or)
+                losses[iteration] += torch.tensor([float(l_ir), float(l_or)], dtype=torch.float64)
                 x = (x - alphas[step] * grad).detach()
             total[window.frames] += x
             count[window.frames] += 1
-        log.append({"step": step, "t": int(t), **{k: round(v / len(windows), 6) for k, v in first.items()}})
-        logger.debug("RAD step %d: L_IR %.4f, L_OR %.4f", step, first["L_IR"], first["L_OR"])
+        means = [[round(float(v) / len(windows), 6) for v in row] for row in losses]
+        log.append({"step": step, "t": int(t), "L_IR": means[0][0], "L_OR": means[0][1]}
+                   | ({"iterations": means} if iterations > 1 else {}))
+        logger.debug("RAD step %d: L_IR %.4f, L_OR %.4f", step, *means[0])
         return total / count
 
     return guide
