@@ -217,3 +217,26 @@ def test_a_fake_backbone_runs_the_pipeline_end_to_end(tiny_pipe, blend):
         torch.testing.assert_close(out.latents[right], source[right], rtol=0, atol=1e-5)
     else:
         assert (out.latents[right] - source[right]).abs().max() > 1e-3  # without blend nothing holds it
+
+
+# --------------------------------------------------------------------------- rules shared by the backbones
+
+#: Each rule the backbones share: the one module that holds it, and a pattern that writing it again shows.
+SHARED_RULES = {
+    "the modulation strength λ = c·ξ(t)·(1 − S)": ("method/modulation.py", r"\(1 - .*share"),
+    "the capability table (what a backbone supports)": ("backbones/base.py", r"raise SettingError\(|SD-only|- 1\) %"),
+    "re-noising a clean sample to a level (IRJS, blend)": ("method/sampling.py",
+                                                             r"def (noised|signal_noise)\b|\*\* ?0\.5 ?\*"),
+}
+
+
+@pytest.mark.parametrize("rule", SHARED_RULES)
+def test_each_rule_shared_by_the_backbones_lives_in_one_module(rule):
+    """The backbones, their processors and the pipeline use the rule from its module, never a copy."""
+    import re
+
+    home, pattern = SHARED_RULES[rule]
+    assert re.search(pattern, (SRC / home).read_text()), f"{rule}: not found in {home}"
+    users = [*sorted((SRC / "backbones").glob("*.py")), SRC / "pipeline.py", *sorted((SRC / "method").glob("*.py"))]
+    copies = [str(p.relative_to(SRC)) for p in users if p != SRC / home and re.search(pattern, p.read_text())]
+    assert not copies, f"{rule} is written again in {copies}; use {home}"

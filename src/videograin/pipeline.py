@@ -510,7 +510,7 @@ class WanVideoGrainPipeline(BaseVideoGrainPipeline):
     Frames must number 4k + 1 and their sides be multiples of 16; the inversion and the edit are Euler
     steps on the velocity over the flow scheduler's σ grid (its ``flow_shift``). ``modulation.levels``
     and ``reatco.level`` name transformer blocks here; ``temporal`` is always "full"; ``window`` counts
-    latent frames. The temporal aids and ControlNet are SD-only (``capabilities``).
+    latent frames. The temporal aids and ControlNet are not on Wan (``capabilities``).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"

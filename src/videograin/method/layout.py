@@ -133,11 +133,8 @@ def latent_frame_masks(masks: torch.Tensor, temporal_factor: int) -> torch.Tenso
     """(R, F, h, w) bool per source frame -> (R, T, h, w) per latent frame of a video VAE that
     compresses time by ``temporal_factor`` (Wan: 4, T = (F − 1)/4 + 1): latent frame 0 is source frame
     0 and latent frame j >= 1 covers source frames 4j − 3 .. 4j; a token is in a region when it is in
-    any of them, so a moving object is never cut."""
-    frames = masks.shape[1]
-    if (frames - 1) % temporal_factor:
-        raise ValueError(f"{frames} frames do not fill latent frames of {temporal_factor}: "
-                         f"give {temporal_factor}k + 1 frames")
+    any of them, so a moving object is never cut. The frame count is the backbone's to check
+    (``backbones.base.check_settings``)."""
     groups = masks[:, 1:].unflatten(1, (-1, temporal_factor)).any(2)  # (R, T - 1, h, w)
     return torch.cat([masks[:, :1], groups], dim=1)
 
