@@ -24,6 +24,7 @@ from videograin.app import (
     TOY_EXAMPLE, TOY_MODEL, Form, RegionForm, add_click, compose_prompt, config_from_form, draw_prompts, zip_folder,
 )
 from videograin.config.parse import spec_from_dict
+from videograin.config.preflight import model_recommended
 from videograin.config.spec import MaskPrompt
 from videograin.errors import SpecError
 from videograin.viz import region_colors
@@ -203,7 +204,8 @@ def _example_with_two_regions(page, steps: int) -> None:
     frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
     page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
     _fill(page, "prompt", DEMO["prompt"])
-    page.wait_for_function(f"document.querySelector('#steps input')?.value === '{DEMO['edit']['steps']}'")
+    recommended = model_recommended(str(TOY_MODEL)).steps  # what the example sets (the model's videograin.json)
+    page.wait_for_function(f"document.querySelector('#steps input')?.value === '{recommended}'")
     _fill(page, "steps", steps)
 
 

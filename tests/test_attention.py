@@ -27,6 +27,7 @@ import videograin.method.attention as vga
 from videograin.backbones.sd_processors import LayoutAttnProcessor, StepContext, layout_processors
 from videograin.method.attention import layout_attention
 from videograin.method.layout import build_layout
+from videograin.method.modulation import ModulationContext
 
 ATOL = 1e-5
 B, H, N, D = 2, 3, 150, 16
@@ -389,7 +390,7 @@ def test_processor_without_context_reproduces_stock_unet(unet, unet_inputs):
     with layout_processors(unet):
         assert all(isinstance(p, LayoutAttnProcessor) for p in unet.attn_processors.values())
         ours = unet(latents, t, encoder_hidden_states=text).sample
-        ctx = StepContext(num_frames=FRAMES, temporal="per_frame")
+        ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal="per_frame")
         per_frame = unet(latents, t, encoder_hidden_states=text, cross_attention_kwargs={"videograin": ctx}).sample
     torch.testing.assert_close(ours, stock, atol=ATOL, rtol=0)
     torch.testing.assert_close(per_frame, stock, atol=ATOL, rtol=0)
@@ -435,7 +436,7 @@ def test_full_frame_self_attention_module(unet):
     g = torch.Generator().manual_seed(12)
     hidden = torch.randn(FRAMES, 64, attn.to_q.in_features, generator=g)
     with layout_processors(unet):
-        got = attn(hidden, videograin=StepContext(num_frames=FRAMES, temporal="full"))
+        got = attn(hidden, videograin=StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal="full"))
         per_frame = attn(hidden)
     want = full_frame_reference(attn, hidden, FRAMES)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
@@ -475,7 +476,8 @@ def test_modulated_self_attention_module(unet, layout):
     assert len(torch.unique(bits)) >= 4  # none, instance, part, separate region all present
     g = torch.Generator().manual_seed(14)
     hidden = torch.randn(2 * FRAMES, n, attn.to_q.in_features, generator=g)
-    ctx = StepContext(num_frames=FRAMES, temporal="full", layout=layout, cond_branch=1, self_strength=0.4)
+    ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0, layout, self_scale=0.4), temporal="full",
+                      cond_branch=1)
     with layout_processors(unet):
         got = attn(hidden, videograin=ctx)
 
@@ -497,7 +499,8 @@ def test_modulated_self_attention_module_sparse_causal(unet):
     attn = self_module(unet)
     bits = layout.at(n).bits
     hidden = torch.randn(2 * frames, n, attn.to_q.in_features, generator=torch.Generator().manual_seed(16))
-    ctx = StepContext(num_frames=frames, temporal="sparse_causal", layout=layout, cond_branch=0, self_strength=0.3)
+    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=0.3), temporal="sparse_causal",
+                      cond_branch=0)
     with layout_processors(unet):
         got = attn(hidden, videograin=ctx)
 
@@ -526,7 +529,7 @@ def test_unmodulated_level_runs_plain(unet, layout):
     attn = self_module(unet)
     hidden = torch.randn(2 * FRAMES, 256, attn.to_q.in_features, generator=torch.Generator().manual_seed(17))
     ctx = StepContext(
-        num_frames=FRAMES, layout=layout, cond_branch=1, self_strength=0.4, levels=frozenset({1})
+        num_frames=FRAMES, modulation=ModulationContext(0, layout, self_scale=0.4, levels=frozenset({1})), cond_branch=1
     )
     with layout_processors(unet):
         got = attn(hidden, videograin=ctx)
@@ -546,7 +549,7 @@ def test_modulated_cross_attention_module(unet, layout):
     g = torch.Generator().manual_seed(18)
     hidden = torch.randn(2 * FRAMES, n, attn.to_q.in_features, generator=g)
     text = torch.randn(2 * FRAMES, L_TEXT, attn.to_k.in_features, generator=g)
-    ctx = StepContext(num_frames=FRAMES, layout=layout, cond_branch=1, cross_strength=1.0)
+    ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0, layout, cross_scale=1.0), cond_branch=1)
     with layout_processors(unet):
         got = attn(hidden, encoder_hidden_states=text, videograin=ctx)
 

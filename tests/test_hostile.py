@@ -290,9 +290,11 @@ def test_minor_a_long_negative_or_source_prompt(case):
 def test_minor_absurd_strengths_and_a_window_of_the_whole_clip(case):
     case.config["edit"]["modulation"] = {"cross_strength": 1e6}
     case.fail("edit.modulation.cross_strength")
-    case.config["edit"]["modulation"] = {}
-    case.config["edit"]["window"] = {"size": 16, "stride": 8}
-    case.fail("edit.window.size")
+    case.config["edit"].update(modulation={}, window={"size": 16, "stride": 8})  # the same edit as no window: noted
+    spec_data = dict(case.config, video=dict(case.config["video"], path=str(case.folder / "video.mp4")))
+    spec_data["regions"] = [dict(r, masks=str(case.folder / r["masks"])) for r in case.config["regions"]]
+    found = notes(spec_from_dict(spec_data, case.folder))
+    assert any("edit.window.size 16 covers all 16 (latent) frames" in n for n in found), found
 
 
 def test_minor_a_box_error_names_the_key_it_is_written_under(case):

@@ -506,14 +506,14 @@ def test_committed_model_loads_with_the_toy_world_geometry():
 @needs_model
 def test_quick_benchmark_videograin_beats_baseline():
     """Two instance-level cases (same-class shapes edited into different things), blend on, at the
-    strengths the demo uses (``bench.TUNED``, picked on held-out clips; the paper's default strengths
+    strengths the demo uses (``bench.tuned(MODEL_DIR)``, picked on held-out clips; the paper's default strengths
     beat the baseline by less on this model: README, "Reading the numbers")."""
     from toyworld.model import load_pipeline
 
     start = time.perf_counter()
     pipe = load_pipeline()
     cases = [c for c in bench.CASES if c.name in bench.QUICK_CASES]
-    methods = [m for m in bench.METHODS if m.name == "baseline"] + [bench.TUNED]
+    methods = [m for m in bench.METHODS if m.name == "baseline"] + [bench.tuned(MODEL_DIR)]
     results, _, _ = bench.run(pipe, cases, methods, blends=(True,), steps=bench.QUICK_STEPS, log=lambda *_: None)
     base, vg = results["summary"]["baseline+blend"], results["summary"]["videograin_tuned+blend"]
     assert vg["instance_accuracy"] > base["instance_accuracy"], results["summary"]
@@ -762,17 +762,18 @@ def test_caption_sensitivity_of_a_transformer_that_reads_only_its_own_caption():
 @needs_wan_model
 def test_quick_benchmark_on_the_wan_toy_videograin_beats_baseline():
     """The two quick instance cases on the Wan toy, blend on: VideoGrain at the strengths swept for it
-    (``bench.WAN_TUNED``, chosen on the held-out cases) against no modulation. The ordering the full
+    (``bench.tuned(WAN_MODEL)``, chosen on the held-out cases) against no modulation. The ordering the full
     benchmark found (toyworld/README, "On Wan"): the modulation puts the colours where the masks say
     (classes this model cannot draw yet)."""
     from toyworld.sample_wan import load_pipeline
     from toyworld.wan_model import FRAMES
+    from videograin.config.preflight import model_recommended
 
     start = time.perf_counter()
     cases = [c for c in bench.CASES if c.name in bench.QUICK_CASES]
-    methods = [m for m in bench.METHODS if m.name == "baseline"] + [bench.WAN_TUNED]
+    methods = [m for m in bench.METHODS if m.name == "baseline"] + [bench.tuned(WAN_MODEL)]
     results, _, _ = bench.run(load_pipeline(WAN_MODEL), cases, methods, blends=(True,), steps=bench.QUICK_STEPS,
-                              guidance=bench.WAN_GUIDANCE, frames=FRAMES, log=lambda *_: None)
+                              guidance=model_recommended(str(WAN_MODEL)).guidance_scale, frames=FRAMES, log=lambda *_: None)
     base, vg = results["summary"]["baseline+blend"], results["summary"]["videograin_tuned+blend"]
     # here: instance accuracy 0.19 -> 0.36, colour accuracy 0.50 -> 0.83, leakage 0.25 -> 0.03
     assert vg["instance_accuracy"] > base["instance_accuracy"], results["summary"]

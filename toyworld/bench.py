@@ -2,7 +2,7 @@
 
     nice -n 19 python -m toyworld.bench              # full run: writes toyworld/results/, updates README
     nice -n 19 python -m toyworld.bench --quick      # two instance cases, baseline vs videograin_tuned
-    nice -n 19 python -m toyworld.bench --sweep      # modulation strengths on held-out cases (picks TUNED)
+    nice -n 19 python -m toyworld.bench --sweep      # modulation strengths on held-out cases (the pick: videograin.json)
     nice -n 19 python -m toyworld.bench --backbone wan   # the same cases on the Wan toy model (9 frames)
     nice -n 19 python -m toyworld.bench --random-cases 32   # 32 seeded random instance cases (a larger test)
 
@@ -17,7 +17,7 @@ Methods (each with latent blend on and off):
   cross_only  ST-Layout modulation of cross-attention only (self_strength 0)
   self_only   ST-Layout modulation of self-attention only (cross_strength 0)
   videograin  both, at the defaults (self 0.3, cross 1.0, first 30% of the steps)
-  videograin_tuned  both, at the strengths the sweep on held-out cases picked for this model (TUNED)
+  videograin_tuned  both, at the model's recommended strengths (its videograin.json: the sweep's pick)
   reatco      ReAtCo (papers/003): RAD guidance on the first 50% of the steps, no modulation; its
               "+blend" variant uses IRJS (ReAtCo's own way to keep the invariant region) instead
   videograin+reatco  videograin's modulation and ReAtCo's RAD (and IRJS with "+blend")
@@ -251,15 +251,27 @@ METHODS = (
 )
 # Modulation strengths are hyper-parameters of the model they run on (the paper's were set for SD 1.5).
 # ``--sweep`` scores SWEEP_GRID on the held-out VALIDATION_CASES (blend on) and names the best; that
-# choice is TUNED, reported next to the paper's defaults (results/sweep.md has the grid).
+# choice is written to the model folder's videograin.json (its recommended settings, which every edit
+# on it uses when the config sets none) and run here as "videograin_tuned" (``tuned``), next to the
+# paper's defaults (results/sweep.md has the grid).
 SWEEP_GRID = tuple((s, c, f) for s in (0.3, 0.6, 1.0) for c in (1.0, 2.0, 4.0) for f in (0.3, 0.5, 0.8))
 # On the committed model the sweep put cross strength 4.0 first (0.88-0.91 on the held-out cases at any
 # self strength and fraction; cross 2.0: 0.77-0.80); cross 1.0, the paper's, gave 0.45-0.47 whatever the rest.
-TUNED = Method("videograin_tuned", 0.3, 4.0, 0.5)
 # The Wan toy (``--backbone wan``): flow matching, guidance 5 as Wan's own pipelines use; its strengths
 # from ``--backbone wan --sweep`` on the same held-out cases (toyworld/README, "On Wan").
-WAN_GUIDANCE = 5.0
-WAN_TUNED = Method("videograin_tuned", 0.6, 1.0, 0.8)
+
+
+def tuned(model: str | Path) -> Method:
+    """The model's recommended modulation (its videograin.json) as the "videograin_tuned" method: the
+    strengths, and the share of the recommended steps it is active on."""
+    from videograin.config.preflight import model_recommended
+
+    recommended = model_recommended(str(model))
+    modulation = recommended.modulation
+    return Method("videograin_tuned", modulation.self_strength, modulation.cross_strength,
+                  modulation.steps / recommended.steps)
+
+
 # The DiT's self-attention gives the other instance less than its share of the tokens without modulation
 # (``toyworld.wan_attention``), so its grid also tries self-attention modulation weak (0.1) and off (0.0).
 WAN_SWEEP_GRID = tuple((s, c, f) for s in (0.0, 0.1, 0.3, 0.6) for c in (1.0, 2.0, 4.0) for f in (0.3, 0.5, 0.8))
@@ -649,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the backbone's committed toy model)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: toyworld/results[_wan])")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=None, help=f"default 7.5, with --backbone wan {WAN_GUIDANCE}")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's recommended (its videograin.json)")
     p.add_argument("--quick", action="store_true", help="two instance cases, baseline and videograin_tuned, blend on")
     p.add_argument("--cases", nargs="*", help="case names (default: all)")
     p.add_argument("--methods", nargs="*", help="method names (default: all)")
@@ -690,8 +702,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         load, frames, default_model = load_pipeline, FRAMES, MODEL_DIR
     args.model = args.model or str(default_model)
-    args.guidance = args.guidance if args.guidance is not None else (WAN_GUIDANCE if wan else 7.5)
-    tuned = WAN_TUNED if wan else TUNED
+    tuned_method = tuned(args.model)
+    if args.guidance is None:
+        from videograin.config.preflight import model_recommended
+
+        args.guidance = model_recommended(args.model).guidance_scale
     args.out = args.out or (HERE / "results_wan" if wan else RESULTS)
     torch.set_num_threads(args.threads)
     prefix = "parts_" if args.parts else ("random_" if args.random_cases else "")
@@ -713,11 +728,11 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
 
-    methods = [m for m in (*METHODS, tuned) if not (wan and m.reatco)]  # ReAtCo is SD-only
+    methods = [m for m in (*METHODS, tuned_method) if not (wan and m.reatco)]  # ReAtCo on Wan: not benchmarked yet
     extra = [Method(name, float(s), float(c), float(f)) for name, s, c, f in (spec.split(":") for spec in args.extra)]
     methods += extra
     if args.attention:
-        method = extra[0] if extra else tuned
+        method = extra[0] if extra else tuned_method
         rows = part_attention(load(args.model), list(PART_CASES), method, args.steps, args.guidance, frames)
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / "parts_attention.json", {"model": str(args.model), "steps": args.steps,
@@ -734,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     blends = (True, False)
     if args.quick:
         cases = [c for c in CASES if c.name in QUICK_CASES]
-        methods = [m for m in methods if m.name in ("baseline", tuned.name)]
+        methods = [m for m in methods if m.name in ("baseline", tuned_method.name)]
         blends = (True,)
     if args.cases:
         cases = [c for c in all_cases if c.name in args.cases]

@@ -51,7 +51,7 @@ def text_to_video(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
     """uint8 (B, F, H, W, 3) clips for ``prompts``; clip i starts from noise seeded by ``seed + i``."""
     backbone = WanBackbone(pipe)
     schedule = backbone.schedule(steps)
-    latent = size // backbone.vae_factor
+    latent = size // backbone.capabilities.vae_factor
     frames = (FRAMES - 1) // backbone.temporal_factor + 1
     uncond = backbone.encode_prompt("")
     out = []

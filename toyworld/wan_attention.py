@@ -60,12 +60,15 @@ def attention_probs(attn, args, processor: WanLayoutAttnProcessor):
     is_self = _is_self_attention(args)
     text, rotary = (None, args[3] if len(args) > 3 else None) if is_self else (args[1], None)
     q, k, v = (x.double() for x in wan_qkv(attn, args[0], text, rotary))
-    key_bits, lam = (ctx.bits, ctx.self_strength) if is_self else (ctx.text_bits, ctx.cross_strength)
-    if ctx.blocks is not None and processor.block not in ctx.blocks:
+    grid = ctx.layout.grid(processor.block)
+    bits = grid.bits.flatten()
+    key_bits = bits if is_self else ctx.layout.text_bits
+    lam = ctx.strength(grid, cross=not is_self).flatten()
+    if not ctx.modulates(processor.block, cross=not is_self):
         lam = torch.zeros_like(lam)
     scale = q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    modulated = modulated_scores(q, k, ctx.bits, key_bits, lam, scale).double().softmax(-1)
+    modulated = modulated_scores(q, k, bits, key_bits, lam, scale).double().softmax(-1)
     return scores, scores.softmax(-1), modulated, v, key_bits, lam.double()
 
 
@@ -76,7 +79,7 @@ def block_statistics(attn, args, processor: WanLayoutAttnProcessor, regions: lis
     scores, plain, modulated, _, key_bits, lam = attention_probs(attn, args, processor)
     out = defaultdict(list)
     for own, other in (regions, regions[::-1]):
-        queries = (ctx.bits & (1 << own)) != 0
+        queries = (ctx.layout.grid(processor.block).bits.flatten() & (1 << own)) != 0
         keys = {"own": (key_bits & (1 << own)) != 0, "other": (key_bits & (1 << other)) != 0}
         for label, probs in (("plain", plain), ("modulated", modulated)):
             for name, value in _shares(probs, queries, keys).items():

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageSequence
 
 from . import io, viz
 from .config.parse import spec_from_dict
-from .config.preflight import preflight, read_model
+from .config.preflight import model_recommended, preflight, read_model
 from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
 from .errors import EditCancelled, SpecError, first_line
 from .masks import make_masks, parse_region
@@ -270,7 +270,7 @@ class App:
         """The model's recommended settings (what the form starts from); the family's defaults when its
         config cannot be read (the edit then says why)."""
         try:
-            return read_model(self.model).recommended
+            return model_recommended(self.model)
         except (SpecError, OSError):
             return FAMILY_DEFAULTS["sd"]
 
@@ -478,15 +478,14 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
 
         def on_example():
             config = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text(encoding="utf-8"))
-            settings = config["edit"]
             path = str(TOY_EXAMPLE / config["video"]["path"])
             state = read_clip(path, 0, config["video"]["frames"], 1)
             return {**loaded(state), frames: config["video"]["frames"], start: 0, stride: 1,
                     width: config["video"]["size"][0], height: config["video"]["size"][1],
-                    source_prompt: config["source_prompt"], steps: settings["steps"],
-                    mod_steps: settings["modulation"]["steps"],
-                    self_strength: settings["modulation"]["self_strength"],
-                    cross_strength: settings["modulation"]["cross_strength"],
+                    source_prompt: config["source_prompt"], steps: recommended.steps,
+                    guidance: recommended.guidance_scale, mod_steps: recommended.modulation.steps,
+                    self_strength: recommended.modulation.self_strength,
+                    cross_strength: recommended.modulation.cross_strength,
                     status: "loaded the example: {}. Add a region per shape (two clicks for a box around each), "
                             "write what each becomes (e.g. `{}` on the left, `{}` on the right), the prompt "
                             "(`{}`), press Edit.".format(config["source_prompt"], *(r["prompt"] for r in config["regions"][:2]),
@@ -603,7 +602,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         load.click(on_reselect, [clip, *select_inputs], [clip, video_path, size_info, frame_index, preview,
                                                        *errors.values()])
         load_example.click(on_example, None, [clip, video_path, size_info, frame_index, preview, frames, start,
-                                              stride, width, height, source_prompt, steps, mod_steps,
+                                              stride, width, height, source_prompt, steps, guidance, mod_steps,
                                               self_strength, cross_strength, *errors.values()])
         redraw = dict(fn=frame_image, inputs=[clip, frame_index, *wheres], outputs=preview)
         frame_index.change(**redraw)

@@ -30,6 +30,7 @@ import yaml
 
 from . import io, runner
 from .config.parse import load_spec, spec_from_dict
+from .config.preflight import model_recommended, with_recommended
 from .config.spec import EditSpec
 from .errors import SpecError, first_line
 
@@ -128,6 +129,7 @@ def run_job(job: Job, out_root: Path, *, evaluate: bool, force: bool, retries: i
     clock = time.perf_counter()
     try:
         spec = job.spec(out_root)
+        spec = with_recommended(spec, model_recommended(spec.model))  # the config as run.json records it
     except SpecError as err:
         return {**row, "status": "failed", "attempts": 0, "error": str(err), "seconds": 0.0}
     digest = config_hash(spec.to_dict())

@@ -317,7 +317,7 @@ class _Run:
         prompted = PromptedMasks(spec, self.device, self.progress)
         inputs = io.load_inputs(spec, facts.size_multiple, prompted)
         io.check_free_space(spec.output, inputs.frames.shape[0], inputs.size)
-        for note in spec_notes(spec):
+        for note in spec_notes(spec, facts.capabilities):
             logger.info("note: %s", note)
             inputs.notes.append(note)
         control_uint8, control = _control_inputs(spec, inputs)

@@ -24,12 +24,11 @@ sys.path.insert(0, str(HERE.parents[1]))  # repository root: toyworld
 sys.path.insert(0, str(HERE.parents[1] / "src"))  # videograin from a checkout
 
 from toyworld import world  # noqa: E402
-from toyworld.bench import CASES, TUNED, WAN_GUIDANCE, WAN_TUNED  # noqa: E402
+from toyworld.bench import CASES  # noqa: E402
 from videograin import io  # noqa: E402
 
 FRAMES = 12
 WAN_FRAMES = 9  # Wan takes 4k + 1 frames: the first 9 of the clip
-STEPS = 25
 RESULTS = HERE.parent / "results"
 # The benchmark's instance case that the tuned method gets right in every judged frame (toyworld/README's
 # per-case table); its hardest one, instance_shapes (a small blue triangle), stays in the benchmark.
@@ -66,13 +65,11 @@ video:
   frames: {FRAMES}
   size: [32, 32]
 {PROMPTS_AND_REGIONS}edit:
-  steps: {STEPS}
-  guidance_scale: 7.5
   seed: 0
   blend: true
-  # Tuned for the toy model (toyworld/bench.py's videograin_tuned, picked by `python -m toyworld.bench
-  # --sweep` on held-out clips); the paper's defaults are {{steps: 8, self_strength: 0.3, cross_strength: 1.0}}.
-  modulation: {{steps: {round(TUNED.fraction * STEPS)}, self_strength: {TUNED.self_strength}, cross_strength: {TUNED.cross_strength}}}
+  # steps, guidance and the modulation strengths: the model's recommended settings (toyworld/model/
+  # videograin.json: 25 steps, guidance 7.5, modulation on 12 steps at self 0.3, cross 4.0, picked by
+  # `python -m toyworld.bench --sweep` on held-out clips; the paper's strengths are 0.3 and 1.0)
 output: ../../out/toyworld_demo
 """
 
@@ -86,12 +83,11 @@ video:
   frames: {WAN_FRAMES}
   size: [32, 32]
 {PROMPTS_AND_REGIONS}edit:
-  steps: {STEPS}
-  guidance_scale: {WAN_GUIDANCE}
   seed: 0
   blend: true
-  # toyworld/bench.py's WAN_TUNED, picked by `python -m toyworld.bench --backbone wan --sweep` on held-out clips
-  modulation: {{steps: {round(WAN_TUNED.fraction * STEPS)}, self_strength: {WAN_TUNED.self_strength}, cross_strength: {WAN_TUNED.cross_strength}}}
+  # steps, guidance and the modulation strengths: the model's recommended settings (toyworld/model_wan/
+  # videograin.json: 25 steps, guidance 5, modulation on 20 steps at self 0.6, cross 1.0, picked by
+  # `python -m toyworld.bench --backbone wan --sweep` on held-out clips)
 output: ../../out/toyworld_demo_wan
 """
 

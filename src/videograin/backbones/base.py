@@ -72,7 +72,7 @@ def check_settings(
 ) -> None:
     """Raise SettingError for the first setting ``caps`` cannot honour. The one rule set of what a
     backbone supports: the config gate and ``check_inputs`` both call it."""
-    levels = f"the model has {caps.level}s 0..{caps.num_levels - 1}"
+    levels = f"the model has levels 0..{caps.num_levels - 1} ({caps.level}s)"
 
     def missing(chosen) -> list[int]:
         return [level for level in chosen if not 0 <= level < caps.num_levels]

@@ -96,6 +96,12 @@ def _recommended(model: str, family: str) -> Recommended:
         raise SpecError("model", str(err), "fix or delete that file (it holds the model's recommended settings)") from None
 
 
+def model_recommended(model: str) -> Recommended:
+    """The recommended settings of a model folder or hub id (its videograin.json, else its family's
+    defaults), without reading the rest of its configs; SpecError("model") for a bad file."""
+    return _recommended(model, model_backbone(model))
+
+
 def read_model(model: str) -> ModelFacts:
     """Read a diffusers SD folder or hub id's config files and tokenizer; SpecError("model") if it cannot."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -201,14 +207,20 @@ def check_prompts(spec: EditSpec, tokenizer) -> None:
         raise SpecError(field, err.problem, err.fix) from None
 
 
-def notes(spec: EditSpec) -> list[str]:
-    """Remarks on settings that are valid but may surprise (for the log and run.json)."""
+def notes(spec: EditSpec, capabilities: Capabilities | None = None) -> list[str]:
+    """Remarks on settings that are valid but may surprise (for the log and run.json); ``capabilities``:
+    the model's, for the latent frames a window counts (None: one per frame)."""
     settings, found = spec.edit, []
     active = [("edit.modulation.steps", settings.modulation.steps, settings.uses_videograin),
               ("edit.reatco.steps", settings.reatco.steps, settings.uses_reatco)]
     for field, steps, used in active:
-        if used and steps > settings.steps:
+        if used and None not in (steps, settings.steps) and steps > settings.steps:
             found.append(f"{field} is {steps}, more than edit.steps ({settings.steps}): active on every step")
+    if settings.window is not None:
+        latent_frames = 1 + (spec.video.frames - 1) // (capabilities.temporal_factor if capabilities else 1)
+        if settings.window.size >= latent_frames:
+            found.append(f"edit.window.size {settings.window.size} covers all {latent_frames} (latent) frames: the "
+                         "clip is denoised in one window, as without `window`")
     if not settings.uses_reatco:
         found.append("edit.seed does not change this edit: DDIM inversion and sampling are deterministic "
                      "(the seed drives ReAtCo's IRJS noise)")
