@@ -102,11 +102,11 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         return self.capabilities.num_levels
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """(F, 3, H, W) in [-1, 1] -> latents (F, C, h, w) float32."""
+        """(F, 3, H, W) in [-1, 1] -> latents (T, C, h, w) float32 (T latent frames)."""
         return self.backbone.encode(frames)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (F, C, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
+        """Latents (T, C, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
         return self.backbone.decode(latents)
 
     def enable_vae_slicing(self) -> None:
@@ -205,11 +205,12 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         schedule: Schedule | None = None,
         callback: Callable | None = None,
     ) -> list[torch.Tensor]:
-        """Invert latents (T, C, h, w) (DDIM, or Euler on the flow) under ``source_prompt`` (guidance 1), with the same
-        spatio-temporal self-attention the edit uses (and its temporal ``aids``: flow-guided attention
-        on every step, PnP features recorded; its structure ``control``). ``schedule``: the edit's, when
-        it has one (else built for ``steps``). ``callback(pipe, step, t)`` runs after every step;
-        ``pipe._interrupt = True`` stops the inversion early. Returns the trajectory (see ``invert_latents``)."""
+        """Invert latents (T, C, h, w) on the backbone's schedule (DDIM, or Euler on the flow) under
+        ``source_prompt`` (guidance 1), with the same spatio-temporal self-attention the edit uses
+        (and its temporal ``aids``: flow-guided attention on every step, PnP features recorded; its
+        structure ``control``). ``schedule``: the edit's, when it has one (else built for ``steps``).
+        ``callback(pipe, step, t)`` runs after every step; ``pipe._interrupt = True`` stops the
+        inversion early. Returns the trajectory (see ``invert_latents``)."""
         backbone = self.backbone
         schedule = schedule if schedule is not None else backbone.schedule(steps)
         cond = backbone.encode_prompt(source_prompt)
@@ -276,8 +277,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         (with blend or IRJS): after decoding, pixels away from the edited regions are the source
         frames' (feathered over a margin of the VAE's factor), and so are kept regions (empty prompt)
         wherever no edited region covers them. ``latents`` (T, C, h, w): the noisy latents the edit
-        starts from (default: the video's inversion, which still runs for the latent blend). ``temporal_aids``: FLATTEN flow-guided
-        attention (flow of the video) and PnP injection. ``control_images`` (same formats as ``video``):
+        starts from (default: the video's inversion, which still runs for the latent blend).
+        ``temporal_aids``: FLATTEN flow-guided attention (flow of the video) and PnP injection. ``control_images`` (same formats as ``video``):
         ControlNet conditions (needs ``self.controlnet``). ``record_attention``: True records the
         cross-attention maps; "compare" also without modulation.
         ``callback_on_step_end(pipe, step, t, callback_kwargs) -> dict`` runs after every edit step

@@ -29,8 +29,9 @@ class Capabilities:
     num_levels: how many there are (0 = highest resolution or first block); temporal_modes: the
     self-attention key frames it can take (``method.settings.TEMPORAL_MODES``); temporal_aids: FLATTEN
     and PnP; control: ControlNet conditions; frame_chunk: frame counts must be frame_chunk·k + 1 (1:
-    any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame sides must be multiples of it; vae_factor: pixels per latent pixel;
-    rad_levels: the levels ReAtCo's guidance reads when its ``level`` is None (one token grid).
+    any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame
+    sides must be multiples of it; vae_factor: pixels per latent pixel; rad_levels: the levels
+    ReAtCo's guidance reads when its ``level`` is None (they share one token grid).
     """
 
     family: str

@@ -90,7 +90,8 @@ def recommended_settings(model: str | Path, family: str) -> Recommended:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
     return Recommended(
         steps=_number(data, "steps", path, integer=True) if "steps" in data else default.steps,
-        guidance_scale=float(_number(data, "guidance_scale", path)) if "guidance_scale" in data else default.guidance_scale,
+        guidance_scale=(float(_number(data, "guidance_scale", path)) if "guidance_scale" in data
+                        else default.guidance_scale),
         modulation=dataclasses.replace(default.modulation, **{
             key: _number(modulation, key, path, integer=key == "steps") for key in modulation
         }),

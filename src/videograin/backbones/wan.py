@@ -2,10 +2,11 @@
 
 The pipeline sees Wan's latents (1, C, T, h, w) as (T, C, h, w): T = (F − 1)/4 + 1 latent frames, each
 covering four source frames (the first one alone). Every transformer block attends over all latent
-tokens of the clip at once (patches of 2×2 latents), so there is one level and the self-attention is
-always "full"; a level is a transformer block. Text is umT5's 512 tokens, without a start token. Sampling is Euler on the velocity over
-the σ grid of the model's flow scheduler (``FlowSchedule``); the two guidance passes are separate
-transformer calls and only the conditional one is modulated (processors in wan_processors.py).
+tokens of the clip at once (patches of 2×2 latents), so there is one token grid, a level is a
+transformer block and the self-attention is always "full". Text is umT5's 512 tokens, without a start
+token. Sampling is Euler on the velocity over the σ grid of the model's flow scheduler
+(``FlowSchedule``); the two guidance passes are separate transformer calls and only the conditional
+one is modulated (processors in wan_processors.py).
 """
 
 from __future__ import annotations
