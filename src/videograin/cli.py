@@ -336,11 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     segment.add_argument("--seed", type=int, default=0, help="K-means seed (default 0)")
     segment.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     tiny = commands.add_parser("make-tiny-model", parents=[common],
-                               help="write a tiny random-weight SD-style (or Wan 2.1) model (offline)")
+                               help="write a tiny random-weight SD-style (or Wan) model (offline)")
     tiny.add_argument("folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--controlnet", action="store_true", help="also write a tiny ControlNet to FOLDER/controlnet")
-    tiny.add_argument("--wan", action="store_true", help="a tiny Wan 2.1 text-to-video model instead of SD")
+    kind = tiny.add_mutually_exclusive_group()
+    kind.add_argument("--wan", action="store_true", help="a tiny Wan 2.1 text-to-video model instead of SD")
+    kind.add_argument("--wan22", action="store_true", help="a tiny Wan 2.2 A14B-style model (two experts)")
+    kind.add_argument("--ti2v", action="store_true", help="a tiny Wan 2.2 TI2V-5B-style model (48-channel VAE, 16x)")
     convert = commands.add_parser("convert-config", parents=[common],
                                   help="convert an official VideoGrain config (knightyxp/VideoGrain)")
     convert.add_argument("official", help="official config YAML (e.g. config/instance_level/.../x.yaml), or a folder "
@@ -403,10 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny-model":
             from .testing import make_tiny_model, make_tiny_wan_model
 
-            if args.wan and args.controlnet:
-                raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet or --wan")
-            made = make_tiny_wan_model(args.folder, args.seed) if args.wan else make_tiny_model(args.folder, args.seed,
-                                                                                               args.controlnet)
+            variant = "2.1" if args.wan else "2.2-a14b" if args.wan22 else "2.2-ti2v" if args.ti2v else None
+            if variant and args.controlnet:
+                raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet")
+            made = (make_tiny_wan_model(args.folder, args.seed, variant) if variant
+                    else make_tiny_model(args.folder, args.seed, args.controlnet))
             logger.info("wrote %s", made)
         elif args.command == "convert-config":
             _convert_config(args)

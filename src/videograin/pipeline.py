@@ -149,12 +149,12 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
                      callback_on_step_end_tensor_inputs: list[str] | None = None, modulation: Modulation | None = None,
                      reatco: ReAtCoSettings | None = None, temporal_aids: TemporalAidSettings | None = None,
-                     control: bool = False) -> str:
+                     control: bool = False, guidance_scale_2: float | None = None) -> str:
         """Raise ValueError for call arguments that cannot work (the backbone's capabilities through
         ``backbones.base.check_settings``, the same rules as the config's); returns the prompt as one
         string."""
         check_settings(self.capabilities, num_frames=num_frames, modulation=modulation, reatco=reatco,
-                       temporal_aids=temporal_aids, control=control)
+                       temporal_aids=temporal_aids, control=control, guidance_scale_2=guidance_scale_2)
         if isinstance(prompt, (list, tuple)) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
@@ -238,6 +238,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_scale_2: float | None = None,
         modulation: Modulation | None = Modulation(),
         blend: bool = True,
         composite: bool = True,
@@ -264,6 +265,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         Both are resized to ``height`` x ``width`` (default: the aspect kept, the long side at most the
         model's resolution, rounded to its size multiple).
 
+        ``guidance_scale_2``: the second expert's guidance on a two-expert model (Wan 2.2 A14B; None:
+        ``guidance_scale``, as diffusers' WanPipeline).
         ``num_inference_steps``, ``guidance_scale`` and the fields of ``modulation`` left None take the
         model's recommended values (``self.recommended``: its folder's videograin.json, else the
         family's defaults; ``Modulation()``, the default, is the recommended modulation).
@@ -297,7 +300,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         frames01 = self.prepare_video(video, height, width)  # 1. check
         num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
         prompt = self.check_inputs(prompt, region_prompts, output_type, generator, num_frames, tensor_inputs,
-                                   modulation, reatco, temporal_aids, control_images is not None)
+                                   modulation, reatco, temporal_aids, control_images is not None, guidance_scale_2)
         masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
         frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)
@@ -329,9 +332,10 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         guidance: list[dict] = []
         edited_latents, recorder = trajectory[0], None  # an interrupted inversion: nothing to edit
         if not self.interrupt:
-            plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window,
+            plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt,
+                              (guidance_scale, guidance_scale_2 or 0.0), schedule, window,
                               layout, latent_size, record_attention, trajectory, aids, control)
-            denoise = self._edit_denoise_fn(plan, guidance_scale, modulation, temporal)
+            denoise = self._edit_denoise_fn(plan, (guidance_scale, guidance_scale_2), modulation, temporal)
             callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
                                       callback_on_step_end, tensor_inputs)
             guide = self._rad_guide(plan, prompt, modulation, temporal, reatco, token_indices, guidance)
@@ -361,13 +365,13 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
 
     # -- 5. edit: its parts -----------------------------------------------------------------------
 
-    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance_scale, schedule, window, layout,
-              latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
-        """Text embeddings, temporal windows of latent frames (one layout and recorder each), schedule
-        and blend mask."""
+    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance: tuple[float, float], schedule,
+              window, layout, latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
+        """Text embeddings (the unconditional one when any ``guidance`` scale is above 1), temporal windows
+        of latent frames (one layout and recorder each), schedule and blend mask."""
         backbone = self.backbone
         cond = backbone.regional_prompt_embeds(prompt, region_prompts, spans)
-        uncond = backbone.encode_prompt(negative_prompt) if guidance_scale > 1 else None
+        uncond = backbone.encode_prompt(negative_prompt) if max(guidance) > 1 else None
         num_frames = layout.num_frames  # latent frames
         windows = temporal_windows(num_frames, window.size, window.stride) if window else [slice(0, num_frames)]
         layouts = [layout] if len(windows) == 1 else [layout.frames(w) for w in windows]
@@ -380,18 +384,21 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         return _EditPlan(cond, uncond, windows, layouts, recorders, schedule, trajectory, edited_mask,
                          aids, control, KernelChoice())
 
-    def _window_denoise_fn(self, plan: _EditPlan, w: slice, layout: Layout, uncond, guidance_scale, modulation,
-                           temporal, recorder):
+    def _window_denoise_fn(self, plan: _EditPlan, w: slice, layout: Layout, uncond, guidance: tuple[float, float | None],
+                           modulation, temporal, recorder):
+        """The backbone's denoiser for the latent frames ``w``; ``guidance``: (scale, the second expert's
+        scale or None)."""
+        second = {} if guidance[1] is None else {"guidance_scale_2": guidance[1]}  # two-expert models only
         return self.backbone.denoise_fn(
-            plan.cond, uncond, guidance_scale, w.stop - w.start, plan.schedule, temporal=temporal, layout=layout,
+            plan.cond, uncond, guidance[0], w.stop - w.start, plan.schedule, temporal=temporal, layout=layout,
             modulation=modulation, recorder=recorder, aids=plan.aids.frames(w) if plan.aids is not None else None,
-            control=plan.control.frames(w) if plan.control is not None else None, kernels=plan.kernels,
+            control=plan.control.frames(w) if plan.control is not None else None, kernels=plan.kernels, **second,
         )
 
-    def _edit_denoise_fn(self, plan: _EditPlan, guidance_scale, modulation, temporal):
+    def _edit_denoise_fn(self, plan: _EditPlan, guidance: tuple[float, float | None], modulation, temporal):
         """The guided denoiser of the edit: one per temporal window, averaged where they overlap."""
         return windowed_denoise_fn([
-            (w, self._window_denoise_fn(plan, w, lay, plan.uncond, guidance_scale, modulation, temporal, rec))
+            (w, self._window_denoise_fn(plan, w, lay, plan.uncond, guidance, modulation, temporal, rec))
             for w, lay, rec in zip(plan.windows, plan.layouts, plan.recorders)
         ])
 
@@ -429,7 +436,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         rad_windows = []
         for w, window_layout in zip(plan.windows, plan.layouts):
             recorder = AttentionRecorder(levels=frozenset(levels), keep_graph=True)
-            attend = self._window_denoise_fn(plan, w, window_layout, None, 1.0, modulation, temporal, recorder)
+            attend = self._window_denoise_fn(plan, w, window_layout, None, (1.0, None), modulation, temporal, recorder)
             rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(levels[0], regions), words))
         alphas = step_sizes(len(plan.schedule), reatco.step_size)
         return rad_guide(rad_windows, [token_indices[r] for r in regions], alphas, reatco, log)
@@ -508,13 +515,17 @@ class VideoGrainPipeline(BaseVideoGrainPipeline):
 class WanVideoGrainPipeline(BaseVideoGrainPipeline):
     """VideoGrain on a Wan 2.x text-to-video model (``backbones.wan``): the same call, the same stages.
 
-    Frames must number 4k + 1 and their sides be multiples of 16; the inversion and the edit are Euler
+    The components of diffusers' ``WanPipeline``: Wan 2.2 A14B's second expert ``transformer_2`` takes
+    the steps below ``boundary_ratio`` (both experts carry the layout processors) and Wan 2.2 TI2V-5B's
+    ``expand_timesteps`` gives each token its time. Frames must number 4k + 1 and their sides be
+    multiples of the VAE's factor times the patch (16; TI2V-5B: 32); the inversion and the edit are Euler
     steps on the velocity over the flow scheduler's σ grid (its ``flow_shift``). ``modulation.levels``
     and ``reatco.level`` name transformer blocks here; ``temporal`` is always "full"; ``window`` counts
     latent frames. The temporal aids and ControlNet are not on Wan (``capabilities``).
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
+    _optional_components = ["transformer_2"]
 
     def __init__(
         self,
@@ -523,10 +534,14 @@ class WanVideoGrainPipeline(BaseVideoGrainPipeline):
         tokenizer: AutoTokenizer,
         transformer: WanTransformer3DModel,
         scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+        transformer_2: WanTransformer3DModel | None = None,
+        boundary_ratio: float | None = None,
+        expand_timesteps: bool = False,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                              scheduler=scheduler)
+                              scheduler=scheduler, transformer_2=transformer_2)
+        self.register_to_config(boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps)
 
     @property
     def backbone(self) -> Backbone:

@@ -365,6 +365,7 @@ class _Run:
             negative_prompt=spec.negative_prompt,
             num_inference_steps=settings.steps,
             guidance_scale=settings.guidance_scale,
+            guidance_scale_2=settings.guidance_scale_2,
             modulation=settings.modulation if settings.uses_videograin else None,
             blend=settings.blend,
             composite=settings.composite,

@@ -4,7 +4,8 @@
 text encoder and tokenizer, UNet2DConditionModel with cross-attention at two levels, DDIM scheduler),
 a few MB in all. ``make_tiny_wan_model``: those of Wan 2.1 text-to-video (AutoencoderKLWan, 4x in
 time and 8x in space; umT5 encoder and a T5-style tokenizer; WanTransformer3DModel with 2x2 patches;
-the flow-matching UniPC scheduler with shift 3), under 1 MB. Their output is noise.
+the flow-matching UniPC scheduler with shift 3), under 1 MB, or of Wan 2.2 (two experts; TI2V's
+patchifying 48-channel VAE). Their output is noise.
 """
 
 from __future__ import annotations
@@ -184,25 +185,45 @@ def t5_word_tokenizer(words: Iterable[str] = WORDS, model_max_length: int = 512)
                                    model_max_length=model_max_length)
 
 
-def make_tiny_wan_model(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight Wan 2.1 text-to-video pipeline (diffusers folder layout) to ``folder``:
-    2 transformer blocks of 2 heads of dim 12 (RoPE splits 4/4/4 over time, height, width), a 4-channel
-    VAE latent, a 2-layer umT5 of width 32."""
+#: The tiny Wan variants: Wan 2.1 text-to-video, Wan 2.2 A14B (two experts switched at a boundary) and
+#: Wan 2.2 TI2V-5B (a 48-channel VAE that patchifies its input 2x2: 16x in space; a time per token).
+WAN_VARIANTS = ("2.1", "2.2-a14b", "2.2-ti2v")
+
+
+def make_tiny_wan_model(folder: str | Path, seed: int = 0, variant: str = "2.1") -> Path:
+    """Write a tiny random-weight Wan text-to-video pipeline (diffusers' WanPipeline folder layout) to
+    ``folder``: 2 transformer blocks of 2 heads of dim 12 (RoPE splits 4/4/4 over time, height, width), a
+    2-layer umT5 of width 32, and by ``variant`` (WAN_VARIANTS): "2.1", a 4-channel VAE latent (8x in
+    space, 4x in time); "2.2-a14b", the same with a second expert ``transformer_2`` (other weights) for
+    the steps below ``boundary_ratio`` 0.875 (Wan 2.2 T2V-A14B's); "2.2-ti2v", a 48-channel VAE that
+    patchifies 2x2 (16x in space: a token covers 32 px) and ``expand_timesteps``."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"variant must be one of {WAN_VARIANTS}, got {variant!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = t5_word_tokenizer()
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                                num_heads=4, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=32,
-                                        num_layers=2, rope_max_seq_len=32)
+    channels = 48 if variant == "2.2-ti2v" else 4
+    patchify = {"is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
+                "scale_factor_spatial": 16} if variant == "2.2-ti2v" else {}
+    vae = AutoencoderKLWan(base_dim=8, z_dim=channels, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * channels,
+                           latents_std=[1.0] * channels, **patchify)
+
+    def transformer():
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=channels, out_channels=channels, text_dim=32, freq_dim=32, ffn_dim=32,
+                                     num_layers=2, rope_max_seq_len=32)
+
+    experts = {"transformer": transformer()}
+    if variant == "2.2-a14b":
+        experts.update(transformer_2=transformer(), boundary_ratio=0.875)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                expand_timesteps=variant == "2.2-ti2v", **experts).save_pretrained(folder, safe_serialization=True)
     return folder

@@ -31,7 +31,8 @@ class Capabilities:
     and PnP; control: ControlNet conditions; frame_chunk: frame counts must be frame_chunk·k + 1 (1:
     any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame
     sides must be multiples of it; vae_factor: pixels per latent pixel; rad_levels: the levels
-    ReAtCo's guidance reads when its ``level`` is None (they share one token grid).
+    ReAtCo's guidance reads when its ``level`` is None (they share one token grid); experts: the
+    denoisers it switches between by noise level (Wan 2.2 A14B: 2).
     """
 
     family: str
@@ -45,6 +46,7 @@ class Capabilities:
     size_multiple: int
     vae_factor: int
     rad_levels: tuple[int, ...]
+    experts: int = 1
 
 
 class SettingError(ValueError):
@@ -70,6 +72,7 @@ def check_settings(
     reatco: ReAtCoSettings | None = None,
     temporal_aids: TemporalAidSettings | None = None,
     control: bool = False,
+    guidance_scale_2: float | None = None,
 ) -> None:
     """Raise SettingError for the first setting ``caps`` cannot honour. The one rule set of what a
     backbone supports: the config gate and ``check_inputs`` both call it."""
@@ -103,6 +106,9 @@ def check_settings(
         raise SettingError("temporal_aids.flow.levels", "edit.temporal_aids.flow.levels",
                            f"level(s) {missing(aids.flow.levels)} do not exist: {levels}", "pick levels among those "
                            "(0 = FLATTEN's)")
+    if guidance_scale_2 is not None and caps.experts < 2:
+        raise SettingError("guidance_scale_2", "edit.guidance_scale_2", "is the second expert's guidance and this model "
+                           "has one (only Wan 2.2 A14B-style models have two)", "remove it")
     if control and not caps.control:
         raise SettingError("control_images", "control", "ControlNet conditions are not available on this model",
                            "remove them")

@@ -29,14 +29,25 @@ from .wan_processors import layout_processors
 
 #: umT5's sequence length in Wan (prompts padded with zeros to it, as WanPipeline does)
 TEXT_LENGTH = 512
-#: Wan 2.1's training resolution is 480x832: the long side of frames when no size is given
-NATIVE_SIZE = 832
+#: The long side of frames when no size is given, by the VAE's spatial factor: the models' cards and
+#: diffusers' default calls (Wan 2.1 and Wan 2.2 A14B, VAE x8: 480x832; Wan 2.2 TI2V-5B, VAE x16: 704x1280)
+NATIVE_SIZES = {8: 832, 16: 1280}
 
 
 def vae_factors(vae_config) -> tuple[int, int]:
-    """(spatial, temporal) compression of an AutoencoderKLWan config: 2 per downsample, 2 per temporal one."""
+    """(spatial, temporal) compression of an AutoencoderKLWan config: 2 per downsample times the
+    patchify of its input (``patch_size``, Wan 2.2's VAE: 2), 2 per temporal downsample."""
     downsamples = vae_config["temperal_downsample"]
-    return 2 ** len(downsamples), 2 ** sum(bool(d) for d in downsamples)
+    patch = vae_config.get("patch_size") or 1
+    return 2 ** len(downsamples) * patch, 2 ** sum(bool(d) for d in downsamples)
+
+
+def boundary_timestep(pipe_config, scheduler_config) -> float | None:
+    """Where a two-expert model (Wan 2.2 A14B) switches experts, as diffusers' WanPipeline computes it:
+    ``boundary_ratio`` x the training timesteps; the high-noise ``transformer`` takes t >= it, the
+    low-noise ``transformer_2`` the rest. None for one expert."""
+    ratio = pipe_config.get("boundary_ratio")
+    return None if ratio is None else ratio * scheduler_config.get("num_train_timesteps", 1000)
 
 
 #: AutoencoderKLWan encodes frame 0 alone, then chunks of this many frames (``_encode``; frames past the
@@ -44,31 +55,38 @@ def vae_factors(vae_config) -> tuple[int, int]:
 FRAME_CHUNK = 4
 
 
-def wan_capabilities(vae_config, transformer_config) -> Capabilities:
+def wan_capabilities(vae_config, transformer_config, experts: int = 1) -> Capabilities:
     """What a Wan text-to-video model supports, from its VAE's and transformer's configs: a level is a
-    transformer block; self-attention is always over the whole clip; no temporal aids, no ControlNet;
-    ReAtCo's guidance reads every block (they share one token grid)."""
+    transformer block (of either expert: Wan 2.2 A14B's two share the architecture); self-attention is
+    always over the whole clip; no temporal aids, no ControlNet; ReAtCo's guidance reads every block
+    (they share one token grid)."""
     spatial, temporal = vae_factors(vae_config)
     blocks = transformer_config["num_layers"]
     return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("full",),
                         temporal_aids=False, control=False, frame_chunk=FRAME_CHUNK,
                         temporal_factor=temporal,
                         size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
-                        rad_levels=tuple(range(blocks)))
+                        rad_levels=tuple(range(blocks)), experts=experts)
 
 
 class WanBackbone:
     """The ``Backbone`` of a pipeline holding Wan components (vae, text_encoder, tokenizer, transformer,
     scheduler): a view over them, no state of its own."""
 
-    native_size = NATIVE_SIZE
-
     def __init__(self, pipe):
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
-        self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config)
+        second = getattr(pipe, "transformer_2", None)
+        self.boundary = boundary_timestep(pipe.config, pipe.scheduler.config) if second is not None else None
+        self.experts = [pipe.transformer, *([second] if self.boundary is not None else [])]
+        self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config, len(self.experts))
         self.temporal_factor = vae_factors(pipe.vae.config)[1]
         self.patch = tuple(pipe.transformer.config.patch_size)  # (t, h, w)
+        self.native_size = NATIVE_SIZES.get(self.capabilities.vae_factor, NATIVE_SIZES[8])
+
+    def expert(self, t: float):
+        """The transformer that denoises time input t: the high-noise one at or above the boundary."""
+        return self.experts[0] if self.boundary is None or t >= self.boundary else self.experts[1]
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         caps = self.capabilities
@@ -160,6 +178,7 @@ class WanBackbone:
         num_frames: int,
         schedule: FlowSchedule,
         *,
+        guidance_scale_2: float | None = None,
         temporal: str = "full",
         layout: Layout | None = None,
         modulation: Modulation | None = None,
@@ -169,24 +188,32 @@ class WanBackbone:
         kernels: KernelChoice | None = None,
     ) -> Denoiser:
         """The velocity for latents (T, C, h, w) at flow time t with classifier-free guidance (uncond
-        None: none); the conditional call modulated for the first ``modulation.steps`` steps
-        (``modulation.levels``: the modulated block indices, "all" by default) and its cross-attention
-        maps recorded into ``recorder``. Differentiable (ReAtCo's guidance runs it under autograd)."""
-        transformer, kernels = self.pipe.transformer, kernels or KernelChoice()
+        None: none) from the expert of t (``expert``; the second at ``guidance_scale_2``, default
+        ``guidance_scale``, as WanPipeline); the conditional call modulated for the first
+        ``modulation.steps`` steps (``modulation.levels``: the modulated block indices, "all" by
+        default) and its cross-attention maps recorded into ``recorder``. Differentiable (ReAtCo's
+        guidance runs it under autograd)."""
+        kernels = kernels or KernelChoice()
+        scales = {id(self.experts[0]): guidance_scale,
+                  id(self.experts[-1]): guidance_scale if guidance_scale_2 is None else guidance_scale_2}
+        expand = self.pipe.config.get("expand_timesteps", False)
 
-        def velocity(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, context: ModulationContext | None):
+        def velocity(model, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, context: ModulationContext | None):
             bound = context is not None and (context.self_scale or context.cross_scale or context.recorder)
-            with layout_processors(transformer, context) if bound else nullcontext():
-                return transformer(x, t, text.to(x.device, transformer.dtype), return_dict=False)[0].float()
+            with layout_processors(model, context) if bound else nullcontext():
+                return model(x, t, text.to(x.device, model.dtype), return_dict=False)[0].float()
 
         def denoise(latents: torch.Tensor, t: float, step: int) -> torch.Tensor:
-            x = latents.transpose(0, 1)[None].to(transformer.dtype)  # (1, C, T, h, w)
-            timestep = torch.tensor([t], device=x.device)
+            model = self.expert(t)
+            x = latents.transpose(0, 1)[None].to(model.dtype)  # (1, C, T, h, w)
+            tokens = latents.shape[0] * (latents.shape[-2] // self.patch[1]) * (latents.shape[-1] // self.patch[2])
+            # Wan 2.2 TI2V takes a time per token (all t for text-to-video), the others one per sample
+            timestep = torch.full((1, tokens) if expand else (1,), t, device=x.device)
             context = step_context(step, t, schedule, layout, modulation, recorder, kernels)
-            v = velocity(x, timestep, cond, context)
+            v = velocity(model, x, timestep, cond, context)
             if uncond is not None:
-                v_uncond = velocity(x, timestep, uncond, None)
-                v = v_uncond + guidance_scale * (v - v_uncond)
+                v_uncond = velocity(model, x, timestep, uncond, None)
+                v = v_uncond + scales[id(model)] * (v - v_uncond)
             return v[0].transpose(0, 1).to(latents.dtype)
 
         return denoise

@@ -29,8 +29,8 @@ _CONTROL_KEYS = ("model", "condition", "scale")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
 _EDIT_KEYS = (
-    "steps", "guidance_scale", "seed", "blend", "composite", "record_attention", "method", "modulation", "reatco",
-    "window", "temporal_aids",
+    "steps", "guidance_scale", "guidance_scale_2", "seed", "blend", "composite", "record_attention", "method",
+    "modulation", "reatco", "window", "temporal_aids",
 )
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
 _REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
@@ -256,6 +256,7 @@ def _edit(value: Any) -> EditSettings:
     settings = EditSettings(
         steps=_unless_none(_int, data.get("steps"), "edit.steps", 1),
         guidance_scale=_unless_none(_number, data.get("guidance_scale"), "edit.guidance_scale"),
+        guidance_scale_2=_unless_none(_number, data.get("guidance_scale_2"), "edit.guidance_scale_2"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
         composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),

@@ -56,17 +56,31 @@ class ModelFacts:
 
 #: model_index.json class names of Wan 2.x text-to-video folders
 WAN_PIPELINES = ("WanPipeline", "WanVideoGrainPipeline")
+_SUPPORTED = ("supported: SD 1.x/2.x, and Wan 2.x text-to-video (WanPipeline folders: Wan 2.1 T2V, Wan 2.2 "
+              "T2V-A14B, Wan 2.2 TI2V-5B)")
+
+
+def _model_index(model: str) -> dict:
+    """A model's model_index.json ({} when it cannot be read: read_model then says why)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(model)
+    except (OSError, ValueError):
+        return {}
 
 
 def model_backbone(model: str) -> str:
     """"wan" for a Wan 2.x text-to-video folder or hub id (its model_index.json), else "sd"."""
-    from diffusers import DiffusionPipeline
+    return "wan" if _model_index(model).get("_class_name") in WAN_PIPELINES else "sd"
 
-    try:
-        index = DiffusionPipeline.load_config(model)
-    except (OSError, ValueError):
-        return "sd"  # read_model says why it cannot be read
-    return "wan" if index.get("_class_name") in WAN_PIPELINES else "sd"
+
+def refuse_other_pipelines(model: str) -> None:
+    """SpecError("model") for a folder of a Wan pipeline other than text-to-video (image-to-video,
+    VACE, Animate, ...), named by its model_index.json, before anything else is read."""
+    name = _model_index(model).get("_class_name") or ""
+    if name.startswith("Wan") and name not in WAN_PIPELINES:
+        raise SpecError("model", f"{model!r} is a {name} folder, which videograin does not edit with (yet)", _SUPPORTED)
 
 
 def _read_wan(model: str) -> ModelFacts:
@@ -75,6 +89,7 @@ def _read_wan(model: str) -> ModelFacts:
 
     from ..backbones.wan import wan_capabilities
 
+    index = _model_index(model)
     try:
         vae = AutoencoderKLWan.load_config(model, subfolder="vae")
         transformer = WanTransformer3DModel.load_config(model, subfolder="transformer")
@@ -85,7 +100,8 @@ def _read_wan(model: str) -> ModelFacts:
     if transformer.get("image_dim"):
         raise SpecError("model", f"{model!r} is an image-to-video Wan model", "give a Wan text-to-video model "
                         "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
-    return ModelFacts(wan_capabilities(vae, transformer), _recommended(model, "wan"), (),
+    two_experts = (index.get("transformer_2") or [None])[0] is not None and index.get("boundary_ratio") is not None
+    return ModelFacts(wan_capabilities(vae, transformer, 2 if two_experts else 1), _recommended(model, "wan"), (),
                       scheduler.get("num_train_timesteps", 1000), tokenizer)
 
 
@@ -110,6 +126,7 @@ def read_model(model: str) -> ModelFacts:
     from ..backbones.sd import sd_capabilities
 
     local = Path(model)
+    refuse_other_pipelines(model)
     if model_backbone(model) == "wan":
         if local.is_dir():
             _check_weight_files(local)
@@ -180,7 +197,8 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
     try:
         check_settings(facts.capabilities, num_frames=spec.video.frames, modulation=settings.modulation,
                        reatco=settings.reatco if settings.uses_reatco else None,
-                       temporal_aids=settings.temporal_aids, control=spec.control is not None)
+                       temporal_aids=settings.temporal_aids, control=spec.control is not None,
+                       guidance_scale_2=settings.guidance_scale_2)
     except SettingError as err:
         raise SpecError(err.field, err.problem, err.fix) from None
     flow = settings.temporal_aids.flow

@@ -79,6 +79,7 @@ class EditSettings:
 
     steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None  # a two-expert model's second expert (None: guidance_scale)
     seed: int = 0
     blend: bool = True
     composite: bool = True  # with blend/IRJS: unedited pixels are the source's after decoding
