@@ -17,6 +17,7 @@ from diffusers import (
     AutoencoderKL, AutoencoderKLWan, ControlNetModel, DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
     UNet2DConditionModel, UniPCMultistepScheduler, WanTransformer3DModel,
 )
+from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, WanLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
@@ -480,12 +481,15 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         return formats.postprocess(self.decode_latents(latents), output_type)
 
 
-class VideoGrainPipeline(BaseVideoGrainPipeline):
+class VideoGrainPipeline(BaseVideoGrainPipeline, StableDiffusionLoraLoaderMixin, FromSingleFileMixin):
     """Multi-grained zero-shot video editing with a frozen SD 1.x/2.x checkpoint (papers/000).
 
     Frames travel as the batch dimension; the spatio-temporal and layout-modulated attention lives in
     processors installed for the duration of a call. Extra components of a Stable Diffusion folder
     (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
+    ``load_lora_weights`` (diffusers' LoRA loader, with PEFT) applies LoRAs to the UNet and text encoder;
+    ``from_single_file`` loads a single-file checkpoint (``config=``: a diffusers folder or hub id of
+    the same architecture, for its config files and tokenizer).
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
@@ -512,7 +516,7 @@ class VideoGrainPipeline(BaseVideoGrainPipeline):
         return StableDiffusionBackbone(self)
 
 
-class WanVideoGrainPipeline(BaseVideoGrainPipeline):
+class WanVideoGrainPipeline(BaseVideoGrainPipeline, WanLoraLoaderMixin):
     """VideoGrain on a Wan 2.x text-to-video model (``backbones.wan``): the same call, the same stages.
 
     The components of diffusers' ``WanPipeline``: Wan 2.2 A14B's second expert ``transformer_2`` takes

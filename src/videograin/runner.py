@@ -29,8 +29,8 @@ from . import __version__, formats, io, viz
 from .config.parse import load_spec, resolve_model, spec_from_dict
 from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
-from .config.spec import EditSpec
-from .errors import EditCancelled, SpecError, WeightsUnavailable
+from .config.spec import DEFAULT_MODEL, EditSpec
+from .errors import EditCancelled, SpecError, WeightsUnavailable, first_line
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -78,23 +78,23 @@ def inputs_of(spec: EditSpec, config: str | Path | None) -> list[Path]:
     """Every file or folder an edit reads (``config``: its YAML file, if any): what its output may not
     be, hold or sit inside."""
     paths = [*([Path(config)] if config is not None else []), spec.video.path, *(r.masks for r in spec.regions if r.masks is not None)]
-    for model in (spec.model, spec.control.model if spec.control else None):
-        if model is not None and Path(model).is_dir():
+    for model in (spec.model, spec.model_config, spec.control.model if spec.control else None):
+        if model is not None and Path(model).exists():
             paths.append(Path(model))
     if spec.control is not None and isinstance(spec.control.condition, Path):
         paths.append(spec.control.condition)
-    return paths
+    return paths + [lora.path for lora in spec.lora]
 
 
 def load_pipeline(spec: EditSpec, device: str):
-    """The pipeline of ``spec.model`` (and its ControlNet) on ``device``: float16 on CUDA (Wan: bfloat16),
-    float32 else."""
+    """The pipeline of ``spec.model`` (and its ControlNet, with its LoRAs) on ``device``: float16 on CUDA
+    (Wan: bfloat16), float32 else."""
     from .config.preflight import model_backbone
     from .pipeline import VideoGrainPipeline, WanVideoGrainPipeline
 
     if model_backbone(str(spec.model)) == "wan":  # bfloat16 on CUDA, as Wan is trained; statistics in float32
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        return WanVideoGrainPipeline.from_pretrained(spec.model, dtype=dtype).to(device)
+        return _with_loras(WanVideoGrainPipeline.from_pretrained(spec.model, dtype=dtype), spec).to(device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     extra = {}
     if spec.control is not None:
@@ -106,7 +106,28 @@ def load_pipeline(spec: EditSpec, device: str):
             raise SpecError("control.model", f"cannot load ControlNet {spec.control.model!r} "
                             f"({str(err).splitlines()[0]})", "give a local ControlNet folder or a hub id") from err
     # the dtype at load time (a later .to(dtype) makes diffusers warn about float32 modules)
-    return VideoGrainPipeline.from_pretrained(spec.model, dtype=dtype, **extra).to(device)
+    if Path(spec.model).is_file():  # a single-file checkpoint: its configs and tokenizer from model_config
+        pipe = VideoGrainPipeline.from_single_file(spec.model, config=spec.model_config or DEFAULT_MODEL, dtype=dtype,
+                                                   **extra)
+    else:
+        pipe = VideoGrainPipeline.from_pretrained(spec.model, dtype=dtype, **extra)
+    return _with_loras(pipe, spec).to(device)
+
+
+def _with_loras(pipe, spec: EditSpec):
+    """``pipe`` with ``spec.lora`` loaded (diffusers' ``load_lora_weights``, PEFT) at their scales, before
+    any attention processor is installed; SpecError naming the LoRA that does not fit the model."""
+    if not spec.lora:
+        return pipe
+    names = [f"lora{i}" for i in range(len(spec.lora))]
+    for i, (name, lora) in enumerate(zip(names, spec.lora)):
+        try:
+            pipe.load_lora_weights(str(lora.path), adapter_name=name)
+        except (ImportError, ValueError, KeyError, RuntimeError) as err:
+            raise SpecError(f"lora[{i}].path", f"cannot apply {lora.path.name} to {spec.model} ({first_line(err)})",
+                            "give a LoRA trained for this model (install peft: pip install 'videograin[lora]')") from None
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in spec.lora])
+    return pipe
 
 
 def _control_inputs(spec: EditSpec, inputs: io.VideoInputs) -> tuple[np.ndarray | None, dict]:
@@ -321,7 +342,8 @@ class _Run:
             logger.info("note: %s", note)
             inputs.notes.append(note)
         control_uint8, control = _control_inputs(spec, inputs)
-        key = (str(spec.model), str(spec.control.model) if spec.control else None, self.device)
+        key = (str(spec.model), spec.model_config, str(spec.control.model) if spec.control else None, spec.lora,
+               self.device)
         pipe = (self.pipelines or {}).get(key)
         if pipe is None:
             with _loading_bars(self.progress):

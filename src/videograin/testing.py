@@ -227,3 +227,78 @@ def make_tiny_wan_model(folder: str | Path, seed: int = 0, variant: str = "2.1")
     WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                 expand_timesteps=variant == "2.2-ti2v", **experts).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+_LDM_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+               ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+
+
+def _ldm_unet(state: dict, config) -> dict:
+    """A diffusers UNet2DConditionModel's weights under the original (LDM) names: input_blocks /
+    middle_block / output_blocks, numbered by the config's levels and layers per block."""
+    per_block, levels = config["layers_per_block"], len(config["block_out_channels"])
+    names = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+             "mid_block.attentions.0.": "middle_block.1.", "mid_block.resnets.0.": "middle_block.0.",
+             "mid_block.resnets.1.": "middle_block.2."}
+    for i in range(levels):
+        first = i * (per_block + 1)
+        for j in range(per_block):
+            names[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{first + j + 1}.0."
+            names[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{first + j + 1}.1."
+        names[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{first + per_block + 1}.0.op."
+        for j in range(per_block + 1):
+            names[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{first + j}.0."
+            names[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{first + j}.1."
+        upsampler = 2 if "CrossAttn" in config["up_block_types"][i] else 1
+        names[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{first + per_block}.{upsampler}."
+    out = {}
+    for key, value in state.items():
+        prefix = next(p for p in names if key.startswith(p))
+        rest = key[len(prefix):]
+        if ".resnets." in prefix:
+            rest = next((new + rest[len(old):] for old, new in _LDM_RESNET if rest.startswith(old)), rest)
+        out["model.diffusion_model." + names[prefix] + rest] = value
+    return out
+
+
+def _ldm_vae(state: dict, config) -> dict:
+    """A diffusers AutoencoderKL's weights under the original names (decoder levels numbered from the
+    bottom, attention projections as 1x1 convolutions)."""
+    levels = len(config["block_out_channels"])
+    names = {}
+    for part in ("encoder", "decoder"):
+        names[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
+        for k in range(2):
+            names[f"{part}.mid_block.resnets.{k}."] = f"{part}.mid.block_{k + 1}."
+    for i in range(levels):
+        for j in range(config["layers_per_block"] + 1):
+            names[f"encoder.down_blocks.{i}.resnets.{j}."] = f"encoder.down.{i}.block.{j}."
+            names[f"decoder.up_blocks.{i}.resnets.{j}."] = f"decoder.up.{levels - 1 - i}.block.{j}."
+        names[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
+        names[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{levels - 1 - i}.upsample."
+    renames = [("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out"), ("group_norm", "norm"),
+               ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in names if key.startswith(p)), "")
+        new = names.get(prefix, "") + key[len(prefix):]
+        for old, replacement in renames:
+            new = new.replace(old, replacement)
+        out["first_stage_model." + new] = value[..., None, None] if ".attn_1." in new and value.ndim == 2 else value
+    return out
+
+
+def save_single_file(model: str | Path, path: str | Path) -> Path:
+    """Write the SD-style diffusers folder ``model`` as one checkpoint in the original (LDM) layout, as
+    fine-tuned SD checkpoints are shared (what diffusers' ``from_single_file`` reads): UNet, VAE and
+    CLIP text encoder under model.diffusion_model / first_stage_model / cond_stage_model.transformer."""
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    text = {"cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k: v
+            for k, v in pipe.text_encoder.state_dict().items()}  # transformers >= 5.6 drops the text_model prefix
+    state = {**_ldm_unet(pipe.unet.state_dict(), pipe.unet.config), **_ldm_vae(pipe.vae.state_dict(), pipe.vae.config),
+             **text}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return Path(path)

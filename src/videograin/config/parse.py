@@ -19,11 +19,13 @@ import yaml
 from ..errors import SpecError
 from ..method.settings import MAX_REGIONS, TEMPORAL_MODES, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
 from .spec import (
-    ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, MaskPrompt, RegionSpec, VideoSpec,
+    ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, LoraSpec, MaskPrompt, RegionSpec,
+    VideoSpec,
 )
 
-_TOP_KEYS = ("model", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit", "control", "output",
-             "masks_engine")
+_TOP_KEYS = ("model", "model_config", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit",
+             "control", "lora", "output", "masks_engine")
+_LORA_KEYS = ("path", "scale")
 _MASK_PROMPT_KEYS = ("box", "points", "negative", "frame")
 _CONTROL_KEYS = ("model", "condition", "scale")
 _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
@@ -79,6 +81,7 @@ def load_source_spec(path: str | Path) -> EditSpec:
         video=video,
         regions=(),
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
+        model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         base_dir=base_dir,
     )
@@ -102,10 +105,12 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         video=video,
         regions=regions,
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
+        model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
         source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
         edit=_edit(data.get("edit")),
         control=_control(data.get("control"), base_dir),
+        lora=_loras(data.get("lora"), base_dir),
         output=None if output is None else _path(output, "output", base_dir),
         masks_engine=_choice(data.get("masks_engine", EditSpec.masks_engine), "masks_engine", MASK_ENGINES),
         base_dir=base_dir,
@@ -309,6 +314,27 @@ def _control(value: Any, base_dir: Path) -> ControlSpec | None:
         condition = path
     return ControlSpec(model=model, condition=condition,
                        scale=_number(data.get("scale", ControlSpec.scale), "control.scale"))
+
+
+def _loras(value: Any, base_dir: Path) -> tuple[LoraSpec, ...]:
+    """``lora: [{path: <file.safetensors>, scale: 0.8}, ...]`` (a single mapping is one LoRA)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        raise SpecError("lora", f"must be a list of {{path, scale}} mappings, got {_describe(value)}",
+                        "write e.g. `lora: [{path: style.safetensors, scale: 0.8}]`")
+    loras = []
+    for i, item in enumerate(items):
+        field = f"lora[{i}]"
+        data = _mapping(item, field, fix="write `{path: <file.safetensors>, scale: 1.0}`")
+        _check_keys(data, _LORA_KEYS, field)
+        path = _path(_require(data, "path", field, "add `path: <LoRA file.safetensors>`"), f"{field}.path", base_dir)
+        if not path.is_file() or path.suffix != ".safetensors":
+            raise SpecError(f"{field}.path", f"{path} is not a .safetensors file", "give a LoRA saved as .safetensors "
+                            "(pickled .bin/.ckpt files are not loaded)")
+        loras.append(LoraSpec(path, _number(data.get("scale", LoraSpec.scale), f"{field}.scale")))
+    return tuple(loras)
 
 
 def _record_attention(value: Any) -> bool | str:

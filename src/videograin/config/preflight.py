@@ -20,7 +20,7 @@ from ..backbones.recommended import Recommended, recommended_settings, resolve_m
 from ..errors import SpecError, first_line
 from ..hub import obtainable
 from ..method.tokens import PromptError, region_token_spans, word_token_indices
-from .spec import EditSpec
+from .spec import DEFAULT_MODEL, EditSpec
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +118,35 @@ def model_recommended(model: str) -> Recommended:
     return _recommended(model, model_backbone(model))
 
 
-def read_model(model: str) -> ModelFacts:
-    """Read a diffusers SD folder or hub id's config files and tokenizer; SpecError("model") if it cannot."""
+def read_single_file(model: str, model_config: str | None) -> ModelFacts:
+    """A single-file SD checkpoint: its header is read and its architecture's config files and tokenizer
+    come from ``model_config`` (a diffusers folder or hub id in the cache; None: SD 1.5's, as diffusers'
+    ``from_single_file`` assumes for an SD 1.x file)."""
+    if Path(model).suffix != ".safetensors":
+        raise SpecError("model", f"{model} is not a .safetensors file", "convert it to safetensors (pickled .ckpt/.bin "
+                        "checkpoints are not loaded), or give a diffusers folder")
+    check_safetensors(Path(model), "model")
+    source = model_config or DEFAULT_MODEL
+    try:
+        return read_model(source)
+    except SpecError as err:
+        raise SpecError("model_config", f"the config files of the single-file checkpoint {Path(model).name} are not "
+                        f"available: {err.problem}", "set `model_config:` to a diffusers folder of the same architecture "
+                        f"(for SD 1.5: huggingface-cli download {DEFAULT_MODEL} --exclude '*.safetensors' '*.bin' "
+                        "'*.ckpt' once where there is network)") from None
+
+
+def read_model(model: str, model_config: str | None = None) -> ModelFacts:
+    """Read a diffusers SD folder or hub id's config files and tokenizer, or a single-file checkpoint's
+    (``read_single_file``); SpecError("model") if it cannot."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     from ..backbones.sd import sd_capabilities
 
     local = Path(model)
+    if local.is_file():
+        return read_single_file(model, model_config)
     refuse_other_pipelines(model)
     if model_backbone(model) == "wan":
         if local.is_dir():
@@ -159,15 +180,20 @@ def read_model(model: str) -> ModelFacts:
 
 def _check_weight_files(folder: Path) -> None:
     """Every safetensors file of a local model opens (its header is read, not its tensors)."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        check_safetensors(path, "model")
+
+
+def check_safetensors(path: Path, field: str) -> None:
+    """SpecError(field) unless ``path`` is a readable safetensors file (its header is read, not its tensors)."""
     from safetensors import safe_open
 
-    for path in sorted(folder.rglob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                weights.keys()
-        except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError
-            raise SpecError("model", f"{path} is not a readable safetensors file ({first_line(err)})",
-                            "download or copy that file again") from None
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError
+        raise SpecError(field, f"{path} is not a readable safetensors file ({first_line(err)})",
+                        "download or copy that file again") from None
 
 
 def check_control_model(spec: EditSpec) -> None:
@@ -248,8 +274,10 @@ def notes(spec: EditSpec, capabilities: Capabilities | None = None) -> list[str]
 def preflight(spec: EditSpec) -> tuple[EditSpec, ModelFacts]:
     """Read the model's config files, fill the settings ``spec`` leaves unset from the model's
     recommended ones and check the result against the model (no weights load). Returns both."""
-    facts = read_model(spec.model)
+    facts = read_model(spec.model, spec.model_config)
     spec = with_recommended(spec, facts.recommended)
     check_control_model(spec)
+    for i, lora in enumerate(spec.lora):
+        check_safetensors(lora.path, f"lora[{i}].path")
     check_spec(spec, facts)
     return spec, facts

@@ -111,17 +111,28 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA (diffusers or kohya format, .safetensors) applied to the model at ``scale`` before the edit."""
+
+    path: Path
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class EditSpec:
-    """A validated edit: paths are absolute; ``model`` is a hub id or an absolute local folder."""
+    """A validated edit: paths are absolute; ``model`` is a hub id, an absolute local folder or a
+    single-file checkpoint (.safetensors) whose config files come from ``model_config``."""
 
     prompt: str
     video: VideoSpec
     regions: tuple[RegionSpec, ...]
     model: str = DEFAULT_MODEL
+    model_config: str | None = None  # a single-file checkpoint's config files: a folder or hub id (None: SD 1.5's)
     source_prompt: str = ""
     negative_prompt: str = ""
     edit: EditSettings = EditSettings()
     control: ControlSpec | None = None
+    lora: tuple[LoraSpec, ...] = ()
     output: Path | None = None
     masks_engine: str = "auto"  # for regions given by a MaskPrompt: auto / flow / sam2 (videograin.masks)
     base_dir: Path = Path(".")
