@@ -155,3 +155,42 @@ def test_other_wan_pipelines_are_refused_by_name_before_weights_load(tiny_wan_di
         preflight(spec)
     assert info.value.field == "model" and name in str(info.value) and "WanPipeline" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_under_model_cpu_offload_the_expert_not_in_use_goes_back_first(a14b_dir, monkeypatch):
+    """diffusers' offload hooks (``pipe._all_hooks``, one per component, ``offload()`` moves it to the
+    CPU) stand in here for a GPU: before each expert runs, the other one's hook is offloaded, in the
+    inversion (low noise first) as in the edit. On a GPU, benchmarks/cuda.sh's ``offload`` stage checks
+    the real hooks (at most one expert on the GPU at any call)."""
+    pipe = _load(a14b_dir)
+    log = []
+
+    class Hook:
+        def __init__(self, model, name):
+            self.model, self.name = model, name
+
+        def offload(self):
+            log.append(("offload", self.name))
+
+    pipe._all_hooks = [Hook(pipe.text_encoder, "text_encoder"), Hook(pipe.transformer, "transformer"),
+                       Hook(pipe.transformer_2, "transformer_2"), Hook(pipe.vae, "vae")]
+    for name in ("transformer", "transformer_2"):
+        getattr(pipe, name).register_forward_pre_hook(lambda module, args, name=name: log.append(("run", name)))
+    _edit(pipe, guidance_scale=1.0)
+    runs = [i for i, (kind, _) in enumerate(log) if kind == "run"]
+    for i in runs:
+        other = "transformer" if log[i][1] == "transformer_2" else "transformer_2"
+        assert log[i - 1] == ("offload", other), log[max(0, i - 2): i + 1]
+    assert ("offload", "text_encoder") not in log and ("offload", "vae") not in log
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (model CPU offload moves models to it)")
+def test_cuda_model_cpu_offload_keeps_one_expert_on_the_gpu(a14b_dir):
+    pipe = _load(a14b_dir)
+    pipe.enable_model_cpu_offload()
+    seen = []
+    for name in ("transformer", "transformer_2"):
+        getattr(pipe, name).register_forward_pre_hook(lambda module, args: seen.append(
+            sorted(n for n in ("transformer", "transformer_2") if next(getattr(pipe, n).parameters()).is_cuda)))
+    _edit(pipe)
+    assert seen and all(len(on_gpu) == 1 for on_gpu in seen), seen

@@ -85,8 +85,15 @@ class WanBackbone:
         self.native_size = NATIVE_SIZES.get(self.capabilities.vae_factor, NATIVE_SIZES[8])
 
     def expert(self, t: float):
-        """The transformer that denoises time input t: the high-noise one at or above the boundary."""
-        return self.experts[0] if self.boundary is None or t >= self.boundary else self.experts[1]
+        """The transformer that denoises time input t: the high-noise one at or above the boundary. Under
+        ``enable_model_cpu_offload`` the other expert goes back to the CPU first: diffusers' chain of
+        offload hooks follows the edit's order (high then low noise) but not the inversion's, which
+        would leave both on the accelerator."""
+        chosen = self.experts[0] if self.boundary is None or t >= self.boundary else self.experts[1]
+        for hook in getattr(self.pipe, "_all_hooks", []) if len(self.experts) == 2 else []:
+            if getattr(hook, "model", None) in self.experts and hook.model is not chosen:
+                hook.offload()
+        return chosen
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         caps = self.capabilities
