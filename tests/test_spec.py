@@ -168,7 +168,8 @@ INVALID = {
     "typo edit": ("edit.gudiance_scale", 7.5, "edit.gudiance_scale", "did you mean 'guidance_scale'"),
     "typo modulation": ("edit.modulation.self_strenght", 0.3, "edit.modulation.self_strenght",
                         "did you mean 'self_strength'"),
-    "unknown key lists valid": ("edit.zzz", 1, "edit.zzz", "steps, guidance_scale, seed, blend, composite, record_attention, method, modulation, reatco, window"),
+    "unknown key lists valid": ("edit.zzz", 1, "edit.zzz",
+                                "steps, guidance_scale, guidance_scale_2, seed, blend, composite, record_attention, method"),
     # sections of the wrong kind
     "video not mapping": ("video", "clip.mp4", "video", "key: value"),
     "edit not mapping": ("edit", [1], "edit", "key: value"),
