@@ -1,5 +1,5 @@
-"""The project's errors: what the user gave is wrong (SpecError), a model cannot be had (WeightsUnavailable),
-or the caller cancelled an edit (EditCancelled).
+"""The project's errors: what the user gave is wrong (SpecError in a config, SettingError in a Python
+call), a model cannot be had (WeightsUnavailable), or the caller cancelled an edit (EditCancelled).
 
 Library code raises ValueError/TypeError with plain messages; the config layer and the CLI turn them into
 SpecError, which names the config field (or flag), the problem and the fix in one line.
@@ -17,6 +17,17 @@ class SpecError(ValueError):
     def __init__(self, field: str, problem: str, fix: str):
         self.field, self.problem, self.fix = field, problem, fix
         super().__init__(f"{field}: {problem}; fix: {fix}")
+
+
+class SettingError(ValueError):
+    """A value or setting an edit cannot take, found by the rules every entrance shares (``values``, the
+    settings dataclasses, ``backbones.base.check_settings``). ``name`` is its path in the Python call
+    ("num_inference_steps", "modulation.levels", "modulation.levels[1]"); str(): "name: problem; fix". The
+    config layer maps the name to its YAML field (``config.spec.config_field``)."""
+
+    def __init__(self, name: str, problem: str, fix: str):
+        self.name, self.problem, self.fix = name, problem, fix
+        super().__init__(f"{name}: {problem}; {fix}")
 
 
 class EditCancelled(Exception):

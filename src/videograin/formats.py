@@ -30,6 +30,11 @@ def _stack_frames(video: Any, name: str) -> torch.Tensor:
     if isinstance(video, (list, tuple)):
         if not video:
             raise ValueError(f"{name} is an empty list: pass the video's frames")
+        sizes = sorted({getattr(f, "size", None) if isinstance(f, PIL.Image.Image) else tuple(np.shape(f)) for f in video},
+                       key=str)
+        if len(sizes) > 1:
+            raise ValueError(f"{name}: its frames differ in size ({', '.join(map(str, sizes[:3]))}); give frames of "
+                             "one size")
         if all(isinstance(f, PIL.Image.Image) for f in video):
             return torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in video])).permute(0, 3, 1, 2)
         if all(isinstance(f, np.ndarray) for f in video):
@@ -53,11 +58,15 @@ def video_01(video: Any, name: str = "video") -> torch.Tensor:
     """Any supported video -> float32 (F, 3, H, W) in [0, 1] at its own size. uint8 is read as 0..255;
     a float video outside [0, 1] is a ValueError (frames in [-1, 1] need ``(video + 1) / 2``)."""
     frames = _stack_frames(video, name)
+    if frames.shape[0] == 0:
+        raise ValueError(f"{name} has no frames")
     if frames.dtype == torch.uint8:
         return frames.float().div(255).contiguous()
     if not frames.is_floating_point():
         raise ValueError(f"{name} must be uint8 (0..255) or float (0..1), got {frames.dtype}")
     frames = frames.float().contiguous()
+    if not torch.isfinite(frames).all():
+        raise ValueError(f"{name} holds NaN or infinite values; give frames in [0, 1]")
     low, high = float(frames.min()), float(frames.max())
     if low < 0 or high > 1:
         hint = "; frames in [-1, 1] need (video + 1) / 2" if low >= -1 and high <= 1 else ""
@@ -116,7 +125,7 @@ def _mask_array(mask: Any, name: str) -> np.ndarray:
                              "pass masks.astype(bool) or masks * 255")
         return mask >= io.MASK_THRESHOLD
     if np.issubdtype(mask.dtype, np.floating):
-        if mask.min() < 0 or mask.max() > 1:
+        if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"{name} is float outside [0, 1]: pass bool masks or floats in [0, 1] (>= 0.5 inside)")
         return mask >= 0.5
     raise ValueError(f"{name} must be bool, uint8 (0..255) or float (0..1), got {mask.dtype}")

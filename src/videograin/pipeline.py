@@ -22,7 +22,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
-from . import formats
+from . import formats, values
 from .backbones.base import Backbone, Capabilities, check_settings
 from .backbones.recommended import Recommended, recommended_settings, resolve_modulation
 from .backbones.sd import StableDiffusionBackbone
@@ -34,7 +34,7 @@ from .method.recorder import AttentionRecorder
 from .method.sampling import (
     Callback, Guide, Schedule, invert_latents, sample_latents, latent_blend, temporal_windows, windowed_denoise_fn,
 )
-from .method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from .method.settings import MAX_REGIONS, Modulation, ReAtCoSettings, TemporalAidSettings, Window
 from .method.tokens import region_token_spans, word_token_indices
 
 
@@ -148,23 +148,52 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         return getattr(self, "_interrupt", False)
 
     def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
-                     callback_on_step_end_tensor_inputs: list[str] | None = None, modulation: Modulation | None = None,
-                     reatco: ReAtCoSettings | None = None, temporal_aids: TemporalAidSettings | None = None,
-                     control: bool = False, guidance_scale_2: float | None = None) -> str:
-        """Raise ValueError for call arguments that cannot work (the backbone's capabilities through
-        ``backbones.base.check_settings``, the same rules as the config's); returns the prompt as one
-        string."""
-        check_settings(self.capabilities, num_frames=num_frames, modulation=modulation, reatco=reatco,
-                       temporal_aids=temporal_aids, control=control, guidance_scale_2=guidance_scale_2)
+                     callback_on_step_end_tensor_inputs: list[str] | None = None, **arguments) -> str:
+        """Raise ValueError/TypeError naming the argument for any call argument that cannot work, before
+        any model runs: types, values and lengths (the rules of ``values`` and the settings
+        dataclasses, the config's too), then what this model supports (``check_settings``). Returns the
+        prompt as one string. ``arguments``: the call's other arguments by name (those not given are
+        their defaults)."""
+        a = {"num_inference_steps": None, "guidance_scale": None, "guidance_scale_2": None, "modulation": None,
+             "reatco": None, "window": None, "temporal_aids": None, "control_images": None, "record_attention": False,
+             "words": None, "latents": None, "blend": True, "composite": True, "callback_on_step_end": None,
+             "callback_on_invert_step": None} | arguments
+        for name, kind in (("modulation", Modulation), ("reatco", ReAtCoSettings), ("window", Window),
+                           ("temporal_aids", TemporalAidSettings), ("latents", torch.Tensor)):
+            values.of_type(a[name], name, kind)
+        if a["num_inference_steps"] is not None:
+            values.whole(a["num_inference_steps"], "num_inference_steps", 1, self.scheduler.config.num_train_timesteps)
+        for name in ("guidance_scale", "guidance_scale_2"):
+            if a[name] is not None:
+                values.guidance(a[name], name)
+        values.record_attention(a["record_attention"], "record_attention")
+        values.boolean(a["blend"], "blend")
+        values.boolean(a["composite"], "composite")
+        for name in ("callback_on_step_end", "callback_on_invert_step"):
+            if a[name] is not None and not callable(a[name]):
+                raise TypeError(f"{name} must be callable (pipe, step, t, ...), got {values.describe(a[name])}")
+        if a["latents"] is not None and not torch.isfinite(a["latents"]).all():
+            raise ValueError("latents hold NaN or infinite values")
         if isinstance(prompt, (list, tuple)) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be one string (one video per call), got {type(prompt).__name__}")
         if not isinstance(region_prompts, (list, tuple)) or not all(isinstance(p, str) for p in region_prompts):
             raise ValueError("region_prompts must be a list of strings, one per mask sequence")
+        if not 1 <= len(region_prompts) <= MAX_REGIONS:
+            raise ValueError(f"region_prompts: {len(region_prompts)} regions; give 1 to {MAX_REGIONS} (one per mask "
+                             "sequence; an empty prompt keeps its region)")
+        words = a["words"]
+        if words is not None and (not isinstance(words, (list, tuple)) or len(words) != len(region_prompts)
+                                  or not all(w is None or isinstance(w, str) for w in words)):
+            raise ValueError(f"words must be a list of {len(region_prompts)} (one per region) words or None, got "
+                             f"{values.describe(words)}")
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
         latent_frames = int(self.backbone.latent_frame_of(num_frames)[-1]) + 1
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {values.describe(generator)}")
         if isinstance(generator, list) and len(generator) != latent_frames:
             raise ValueError(f"a list of generators needs one per latent frame: {len(generator)} for {latent_frames} "
                              f"({num_frames} frames)")
@@ -172,6 +201,9 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among "
                              f"{self._callback_tensor_inputs}")
+        check_settings(self.capabilities, num_frames=num_frames, modulation=a["modulation"], reatco=a["reatco"],
+                       temporal_aids=a["temporal_aids"], control=a["control_images"] is not None,
+                       guidance_scale_2=a["guidance_scale_2"])
         return prompt
 
     def prepare_video(self, video, height: int | None, width: int | None, name: str = "video") -> torch.Tensor:
@@ -294,14 +326,20 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         """
         self._interrupt = False
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        frames01 = self.prepare_video(video, height, width)  # 1. check
+        num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
+        prompt = self.check_inputs(
+            prompt, region_prompts, output_type, generator, num_frames, tensor_inputs,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
+            modulation=modulation, reatco=reatco, window=window, temporal_aids=temporal_aids,
+            control_images=control_images, record_attention=record_attention, words=words, latents=latents,
+            blend=blend, composite=composite, callback_on_step_end=callback_on_step_end,
+            callback_on_invert_step=callback_on_invert_step,
+        )
         recommended = self.recommended
         num_inference_steps = num_inference_steps if num_inference_steps is not None else recommended.steps
         guidance_scale = guidance_scale if guidance_scale is not None else recommended.guidance_scale
         modulation = resolve_modulation(modulation, recommended)
-        frames01 = self.prepare_video(video, height, width)  # 1. check
-        num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
-        prompt = self.check_inputs(prompt, region_prompts, output_type, generator, num_frames, tensor_inputs,
-                                   modulation, reatco, temporal_aids, control_images is not None, guidance_scale_2)
         masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
         frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)

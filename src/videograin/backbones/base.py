@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import SettingError
 from ..method.layout import Layout
 from ..method.sampling import Denoiser, Schedule
 from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings
@@ -49,15 +50,6 @@ class Capabilities:
     experts: int = 1
 
 
-class SettingError(ValueError):
-    """A setting the backbone cannot honour. ``argument``: the pipeline call's name for it; ``field``:
-    the config's; str(): "argument: problem; fix" (what a Python caller sees)."""
-
-    def __init__(self, argument: str, field: str, problem: str, fix: str):
-        super().__init__(f"{argument}: {problem}; {fix}")
-        self.argument, self.field, self.problem, self.fix = argument, field, problem, fix
-
-
 def nearest_frame_counts(num_frames: int, chunk: int) -> tuple[int, int]:
     """The valid frame counts (chunk·k + 1) just below and above ``num_frames``."""
     below = (num_frames - 1) // chunk * chunk + 1
@@ -74,8 +66,9 @@ def check_settings(
     control: bool = False,
     guidance_scale_2: float | None = None,
 ) -> None:
-    """Raise SettingError for the first setting ``caps`` cannot honour. The one rule set of what a
-    backbone supports: the config gate and ``check_inputs`` both call it."""
+    """Raise SettingError (named as the pipeline's argument) for the first setting ``caps`` cannot
+    honour. The one rule set of what a backbone supports: the config gate and ``check_inputs`` both
+    call it."""
     levels = f"the model has levels 0..{caps.num_levels - 1} ({caps.level}s)"
 
     def missing(chosen) -> list[int]:
@@ -83,34 +76,34 @@ def check_settings(
 
     if num_frames is not None and (num_frames - 1) % caps.frame_chunk:
         below, above = nearest_frame_counts(num_frames, caps.frame_chunk)
-        raise SettingError("video", "video.frames", f"{num_frames} frames: this model takes {caps.frame_chunk}k + 1 "
+        raise SettingError("video", f"{num_frames} frames: this model takes {caps.frame_chunk}k + 1 "
                            f"frames (its VAE encodes frame 0, then chunks of {caps.frame_chunk})",
                            f"use {below} or {above}")
     if modulation is not None:
         if modulation.levels != "all" and missing(modulation.levels):
-            raise SettingError("modulation.levels", "edit.modulation.levels",
+            raise SettingError("modulation.levels",
                                f"level(s) {missing(modulation.levels)} do not exist: {levels}",
                                "pick levels among those, or 'all'")
         if modulation.temporal not in caps.temporal_modes:
-            raise SettingError("modulation.temporal", "edit.modulation.temporal",
+            raise SettingError("modulation.temporal",
                                f"{modulation.temporal!r} is not available on this model (it takes "
                                f"{', '.join(caps.temporal_modes)})", f"use {caps.temporal_modes[0]!r}")
     if reatco is not None and reatco.level is not None and missing([reatco.level]):
-        raise SettingError("reatco.level", "edit.reatco.level", f"level {reatco.level} does not exist: {levels}",
+        raise SettingError("reatco.level", f"level {reatco.level} does not exist: {levels}",
                            "pick one of those, or leave it out for the model's default")
     aids = temporal_aids or TemporalAidSettings()
     if (aids.flow is not None or aids.pnp is not None) and not caps.temporal_aids:
-        raise SettingError("temporal_aids", "edit.temporal_aids", "flow-guided attention and PnP are not available on "
+        raise SettingError("temporal_aids", "flow-guided attention and PnP are not available on "
                            f"this model ({caps.level}s attend over every frame already)", "remove them")
     if aids.flow is not None and missing(aids.flow.levels):
-        raise SettingError("temporal_aids.flow.levels", "edit.temporal_aids.flow.levels",
+        raise SettingError("temporal_aids.flow.levels",
                            f"level(s) {missing(aids.flow.levels)} do not exist: {levels}", "pick levels among those "
                            "(0 = FLATTEN's)")
     if guidance_scale_2 is not None and caps.experts < 2:
-        raise SettingError("guidance_scale_2", "edit.guidance_scale_2", "is the second expert's guidance and this model "
+        raise SettingError("guidance_scale_2", "is the second expert's guidance and this model "
                            "has one (only Wan 2.2 A14B-style models have two)", "remove it")
     if control and not caps.control:
-        raise SettingError("control_images", "control", "ControlNet conditions are not available on this model",
+        raise SettingError("control_images", "ControlNet conditions are not available on this model",
                            "remove them")
 
 

@@ -7,8 +7,6 @@ header or the model's config files are in config/preflight.py, also before any w
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 from collections.abc import Hashable
 from pathlib import Path
@@ -16,11 +14,12 @@ from typing import Any
 
 import yaml
 
-from ..errors import SpecError
-from ..method.settings import MAX_REGIONS, TEMPORAL_MODES, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
+from .. import values
+from ..errors import SettingError, SpecError
+from ..method.settings import MAX_REGIONS, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
 from .spec import (
     ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, LoraSpec, MaskPrompt, RegionSpec,
-    VideoSpec,
+    VideoSpec, config_field,
 )
 
 _TOP_KEYS = ("model", "model_config", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit",
@@ -42,7 +41,6 @@ _FLOW_KEYS = ("levels", "steps")
 _PNP_KEYS = ("steps",)
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator takes
-MAX_STRENGTH = 100.0
 
 
 def read_config(path: str | Path) -> tuple[Any, Path]:
@@ -72,7 +70,7 @@ def load_source_spec(path: str | Path) -> EditSpec:
     EditSpec with no regions, an empty prompt and no output."""
     data, base_dir = read_config(path)
     if not isinstance(data, dict):
-        raise SpecError("config", f"top level must be a mapping of keys, got {_describe(data)}",
+        raise SpecError("config", f"top level must be a mapping of keys, got {values.describe(data)}",
                         "write `key: value` lines such as `video: ...`, `source_prompt: ...`")
     _check_keys(data, _TOP_KEYS, "")
     video = _video(_require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
@@ -91,7 +89,7 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
     """Validate a parsed config into an EditSpec; relative paths are resolved against ``base_dir``."""
     base_dir = Path(base_dir).resolve()
     if not isinstance(data, dict):
-        raise SpecError("config", f"top level must be a mapping of keys, got {_describe(data)}",
+        raise SpecError("config", f"top level must be a mapping of keys, got {values.describe(data)}",
                         "write `key: value` lines such as `prompt: ...`, `video: ...`, `regions: ...`")
     _check_keys(data, _TOP_KEYS, "")
     prompt = _text(_require(data, "prompt", "", 'add `prompt: "<the edited video in words>"`'),
@@ -139,15 +137,15 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
 
 
 def _size(value: Any) -> tuple[int, int]:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
-        raise SpecError("video.size", f"must be [width, height] as two positive integers, got {_describe(value)}",
+    if not (isinstance(value, list) and len(value) == 2 and all(values.is_whole(v) and v > 0 for v in value)):
+        raise SpecError("video.size", f"must be [width, height] as two positive integers, got {values.describe(value)}",
                         "write e.g. `size: [512, 512]`, or leave it out to decide from the video")
     return (value[0], value[1])
 
 
 def _regions(value: Any, frames: int, base_dir: Path) -> tuple[RegionSpec, ...]:
     if not isinstance(value, list):
-        raise SpecError("regions", f"must be a list of regions, got {_describe(value)}",
+        raise SpecError("regions", f"must be a list of regions, got {values.describe(value)}",
                         "write one `- {name: ..., masks: ..., prompt: ...}` entry per region")
     if not value:
         raise SpecError("regions", "is empty",
@@ -192,7 +190,7 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
         return RegionSpec(name=name, prompt=prompt, boxes=_boxes(masks, field, frames), word=word)
     if isinstance(masks, dict):
         return RegionSpec(name=name, prompt=prompt, prompts=_mask_prompt(masks, field, frames), word=word)
-    raise SpecError(field, f"must be a folder path, a box or a mapping of box/points, got {_describe(masks)}",
+    raise SpecError(field, f"must be a folder path, a box or a mapping of box/points, got {values.describe(masks)}",
                     "give a folder of per-frame PNGs, a box [x0, y0, x1, y1], or one such box per frame")
 
 
@@ -209,7 +207,7 @@ def _mask_prompt(value: dict, field: str, frames: int) -> MaskPrompt:
         if not isinstance(items, list) or not all(
                 isinstance(p, list) and len(p) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in p)
                 for p in items):
-            raise SpecError(f"{field}.{key}", f"must be a list of [x, y] pixel pairs, got {_describe(items)}",
+            raise SpecError(f"{field}.{key}", f"must be a list of [x, y] pixel pairs, got {values.describe(items)}",
                             f"write e.g. `{key}: [[120, 80]]`")
         return tuple((int(x), int(y)) for x, y in items)
 
@@ -242,8 +240,8 @@ def _boxes(value: list, field: str, frames: int) -> tuple[tuple[int, int, int, i
 
 
 def _box(value: Any, field: str) -> tuple[int, int, int, int]:
-    if not (isinstance(value, list) and len(value) == 4 and all(_is_int(v) for v in value)):
-        raise SpecError(field, f"must be a box of 4 integers [x0, y0, x1, y1], got {_describe(value)}",
+    if not (isinstance(value, list) and len(value) == 4 and all(values.is_whole(v) for v in value)):
+        raise SpecError(field, f"must be a box of 4 integers [x0, y0, x1, y1], got {values.describe(value)}",
                         "write the box as [x0, y0, x1, y1] in whole source-frame pixels")
     x0, y0, x1, y1 = value
     if min(value) < 0:
@@ -260,12 +258,13 @@ def _edit(value: Any) -> EditSettings:
     _check_keys(data, _EDIT_KEYS, "edit")
     settings = EditSettings(
         steps=_unless_none(_int, data.get("steps"), "edit.steps", 1),
-        guidance_scale=_unless_none(_number, data.get("guidance_scale"), "edit.guidance_scale"),
-        guidance_scale_2=_unless_none(_number, data.get("guidance_scale_2"), "edit.guidance_scale_2"),
+        guidance_scale=_unless_none(_guidance, data.get("guidance_scale"), "edit.guidance_scale"),
+        guidance_scale_2=_unless_none(_guidance, data.get("guidance_scale_2"), "edit.guidance_scale_2"),
         seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
         blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
         composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),
-        record_attention=_record_attention(data.get("record_attention", EditSettings.record_attention)),
+        record_attention=_checked(values.record_attention, data.get("record_attention", EditSettings.record_attention),
+                                  "edit.record_attention"),
         method=_choice(data.get("method", EditSettings.method), "edit.method", METHODS),
         modulation=_modulation(data.get("modulation")),
         reatco=_reatco(data.get("reatco")),
@@ -283,16 +282,21 @@ def _temporal_aids(value: Any) -> TemporalAidSettings:
     if data.get("flow") is not None:
         section = _mapping(data["flow"], f"{prefix}.flow", fix="write e.g. `flow: {levels: [0]}`")
         _check_keys(section, _FLOW_KEYS, f"{prefix}.flow")
-        steps = section.get("steps")
-        flow = FlowAid(
-            levels=_levels(section.get("levels", list(FlowAid.levels)), f"{prefix}.flow.levels", allow_all=False),
-            steps=None if steps is None else _int(steps, f"{prefix}.flow.steps", 0),
-        )
+        flow = _settings(FlowAid, section)
     if data.get("pnp") is not None:
         section = _mapping(data["pnp"], f"{prefix}.pnp", fix="write e.g. `pnp: {steps: 5}`")
         _check_keys(section, _PNP_KEYS, f"{prefix}.pnp")
-        pnp = PnPAid(steps=_int(section.get("steps", PnPAid.steps), f"{prefix}.pnp.steps", 0))
+        pnp = _settings(PnPAid, section)
     return TemporalAidSettings(flow=flow, pnp=pnp)
+
+
+def _settings(cls, data: dict):
+    """One of the method's settings dataclasses from its YAML section (keys already checked): the
+    dataclass holds the value rules; its SettingError becomes a SpecError naming the config field."""
+    try:
+        return cls(**data)
+    except SettingError as err:
+        raise SpecError(config_field(err.name), err.problem, err.fix) from None
 
 
 def _control(value: Any, base_dir: Path) -> ControlSpec | None:
@@ -322,7 +326,7 @@ def _loras(value: Any, base_dir: Path) -> tuple[LoraSpec, ...]:
         return ()
     items = [value] if isinstance(value, dict) else value
     if not isinstance(items, list):
-        raise SpecError("lora", f"must be a list of {{path, scale}} mappings, got {_describe(value)}",
+        raise SpecError("lora", f"must be a list of {{path, scale}} mappings, got {values.describe(value)}",
                         "write e.g. `lora: [{path: style.safetensors, scale: 0.8}]`")
     loras = []
     for i, item in enumerate(items):
@@ -337,32 +341,11 @@ def _loras(value: Any, base_dir: Path) -> tuple[LoraSpec, ...]:
     return tuple(loras)
 
 
-def _record_attention(value: Any) -> bool | str:
-    if value == "compare":
-        return value
-    if not isinstance(value, bool):
-        raise SpecError("edit.record_attention", f"must be true, false or compare, got {_describe(value)}",
-                        "write `record_attention: true`, or `compare` to also see the maps without modulation")
-    return value
-
-
 def _reatco(value: Any) -> ReAtCoSettings:
     prefix = "edit.reatco"
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _REATCO_KEYS, prefix)
-    top_k = _number(data.get("top_k", ReAtCoSettings.top_k), f"{prefix}.top_k")
-    if not 0 < top_k <= 1:
-        raise SpecError(f"{prefix}.top_k", f"must be a share in (0, 1], got {top_k}",
-                        "write e.g. `top_k: 0.2` (20% of each mask's area, the paper's value)")
-    level = data.get("level", ReAtCoSettings.level)
-    return ReAtCoSettings(
-        steps=_int(data.get("steps", ReAtCoSettings.steps), f"{prefix}.steps", 0),
-        iterations=_int(data.get("iterations", ReAtCoSettings.iterations), f"{prefix}.iterations", 1),
-        step_size=_number(data.get("step_size", ReAtCoSettings.step_size), f"{prefix}.step_size"),
-        top_k=top_k,
-        level=None if level is None else _int(level, f"{prefix}.level", 0),
-        irjs=_bool(data.get("irjs", ReAtCoSettings.irjs), f"{prefix}.irjs"),
-    )
+    return _settings(ReAtCoSettings, data)
 
 
 def _window(value: Any) -> Window | None:
@@ -371,25 +354,14 @@ def _window(value: Any) -> Window | None:
     prefix = "edit.window"
     data = _mapping(value, prefix, fix="write `window: {size: 4, stride: 2}`, or leave it out to denoise all frames at once")
     _check_keys(data, _WINDOW_KEYS, prefix)
-    size = _int(data.get("size", Window.size), f"{prefix}.size", 1)
-    stride = _int(data.get("stride", Window.stride), f"{prefix}.stride", 1)
-    if stride > size:
-        raise SpecError(f"{prefix}.stride", f"{stride} is larger than the window size {size}, so frames would be skipped",
-                        f"use a stride <= {size} (e.g. half the size, so windows overlap)")
-    return Window(size=size, stride=stride)
+    return _settings(Window, data)
 
 
 def _modulation(value: Any) -> Modulation:
     prefix = "edit.modulation"
     data = _mapping(value, prefix, optional=True)
     _check_keys(data, _MODULATION_KEYS, prefix)
-    return Modulation(
-        steps=_unless_none(_int, data.get("steps"), f"{prefix}.steps", 0),
-        self_strength=_unless_none(_strength, data.get("self_strength"), f"{prefix}.self_strength"),
-        cross_strength=_unless_none(_strength, data.get("cross_strength"), f"{prefix}.cross_strength"),
-        levels=_levels(data.get("levels", Modulation.levels), f"{prefix}.levels"),
-        temporal=_temporal(data.get("temporal", Modulation.temporal), f"{prefix}.temporal"),
-    )
+    return _settings(Modulation, data)
 
 
 def _unless_none(check, value: Any, *args):
@@ -398,28 +370,16 @@ def _unless_none(check, value: Any, *args):
     return None if value is None else check(value, *args)
 
 
-def _levels(value: Any, field: str, allow_all: bool = True) -> str | tuple[int, ...]:
-    if value == "all" and allow_all:
-        return "all"
-    if not isinstance(value, list) or not value:
-        lead, fix = ("'all' or ", "`levels: all`, or ") if allow_all else ("", "")
-        raise SpecError(field, f"must be {lead}a non-empty list of UNet level indices, got {_describe(value)}",
-                        f"write {fix}e.g. `levels: [0, 1, 2]` (0 = highest resolution)")
-    levels = tuple(_int(v, f"{field}[{i}]", 0) for i, v in enumerate(value))
-    repeated = sorted({level for level in levels if levels.count(level) > 1})
-    if repeated:
-        raise SpecError(field, f"repeats level(s) {repeated}", "list each level once")
-    return levels
-
-
-def _temporal(value: Any, field: str) -> str:
-    return _choice(value, field, TEMPORAL_MODES)
-
-
 def _choice(value: Any, field: str, options: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in options:
-        raise SpecError(field, f"unknown value {value!r}", _suggest(str(value), options, "choose one of"))
-    return value
+    return _checked(values.choice, value, field, options)
+
+
+def _checked(rule, value: Any, field: str, *args):
+    """``rule(value, field, *args)`` (a shared value rule, ``values``) with its error as a SpecError."""
+    try:
+        return rule(value, field, *args)
+    except SettingError as err:
+        raise SpecError(err.name, err.problem, err.fix) from None
 
 
 def resolve_model(value: Any, base_dir: Path, field: str = "model") -> str:
@@ -443,13 +403,7 @@ def _check_keys(data: dict, valid: tuple[str, ...], prefix: str) -> None:
     for key in data:
         if key not in valid:
             raise SpecError(_join(prefix, str(key)), f"unknown key {str(key)!r}",
-                            _suggest(str(key), valid, "remove it or use one of the valid keys:"))
-
-
-def _suggest(word: str, options: tuple[str, ...], lead: str) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    listing = ", ".join(options)
-    return f"did you mean {close[0]!r}? valid: {listing}" if close else f"{lead} {listing}"
+                            values.suggest(str(key), valid, "remove it or use one of the valid keys:"))
 
 
 def _require(data: dict, key: str, prefix: str, fix: str) -> Any:
@@ -463,51 +417,32 @@ def _mapping(value: Any, field: str, optional: bool = False, fix: str = "") -> d
     if value is None and optional:
         return {}
     if not isinstance(value, dict):
-        raise SpecError(field, f"must be a mapping of keys, got {_describe(value)}",
+        raise SpecError(field, f"must be a mapping of keys, got {values.describe(value)}",
                         fix or f"write `key: value` lines indented under `{field.rsplit('.', 1)[-1]}:`")
     return value
 
 
 def _int(value: Any, field: str, minimum: int, maximum: int | None = None) -> int:
-    if not _is_int(value):
-        example = f", e.g. {int(value)}" if isinstance(value, float) and value.is_integer() else ""
-        raise SpecError(field, f"must be an integer, got {_describe(value)}",
-                        f"write a whole number >= {minimum}{example}")
-    if value < minimum:
-        raise SpecError(field, f"must be >= {minimum}, got {value}", f"use a value >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise SpecError(field, f"must be <= {maximum}, got {value}", f"use a value from {minimum} to {maximum}")
-    return value
+    return _checked(values.whole, value, field, minimum, maximum)
 
 
 def _number(value: Any, field: str) -> float:
     """A finite float >= 0 (ints accepted, booleans not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(field, f"must be a finite number, got {_describe(value)}", "write a number such as 1.0")
-    if value < 0:
-        raise SpecError(field, f"must be >= 0, got {value}", "use a value >= 0")
-    return float(value)
-
-
-def _strength(value: Any, field: str) -> float:
-    """A modulation strength: the paper's are 0.3 and 1.0; past MAX_STRENGTH the scores are swamped."""
-    strength = _number(value, field)
-    if strength > MAX_STRENGTH:
-        raise SpecError(field, f"{strength:g} is far outside the useful range (the paper uses 0.3 for self- and 1.0 "
-                        "for cross-attention)", f"use a value from 0 to {MAX_STRENGTH:g}")
-    return strength
+    return _checked(values.number, value, field)
 
 
 def _bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(field, f"must be true or false, got {_describe(value)}", "write true or false (unquoted)")
-    return value
+    return _checked(values.boolean, value, field)
+
+
+def _guidance(value: Any, field: str) -> float:
+    return _checked(values.guidance, value, field)
 
 
 def _text(value: Any, field: str, nonempty: bool = False) -> str:
     if not isinstance(value, str):
         fix = 'write "" for an empty value' if value is None else "write it as text, in quotes if in doubt"
-        raise SpecError(field, f"must be text, got {_describe(value)}", fix)
+        raise SpecError(field, f"must be text, got {values.describe(value)}", fix)
     if nonempty and not value.strip():
         raise SpecError(field, "is empty", "write a non-empty value")
     return value
@@ -518,19 +453,8 @@ def _path(value: Any, field: str, base_dir: Path) -> Path:
     return (base_dir / Path(text).expanduser()).resolve()
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
 
 
 # --- YAML and serialisation -------------------------------------------------------------------------

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backbones.base import Capabilities, SettingError, check_settings
+from ..backbones.base import Capabilities, check_settings
 from ..backbones.recommended import Recommended, recommended_settings, resolve_modulation
-from ..errors import SpecError, first_line
+from ..errors import SettingError, SpecError, first_line
 from ..hub import obtainable
 from ..method.tokens import PromptError, region_token_spans, word_token_indices
-from .spec import DEFAULT_MODEL, EditSpec
+from .spec import DEFAULT_MODEL, EditSpec, config_field
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
                        temporal_aids=settings.temporal_aids, control=spec.control is not None,
                        guidance_scale_2=settings.guidance_scale_2)
     except SettingError as err:
-        raise SpecError(err.field, err.problem, err.fix) from None
+        raise SpecError(config_field(err.name), err.problem, err.fix) from None
     flow = settings.temporal_aids.flow
     if flow is not None and spec.video.frames < 2:
         raise SpecError("edit.temporal_aids.flow", "flow-guided attention needs at least 2 frames, "

@@ -14,6 +14,11 @@ from typing import Any
 from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: The config field of each pipeline argument a rule can name (a setting's own keys follow its section's).
+CONFIG_FIELDS = {"video": "video.frames", "num_inference_steps": "edit.steps", "guidance_scale": "edit.guidance_scale",
+                 "guidance_scale_2": "edit.guidance_scale_2", "modulation": "edit.modulation", "reatco": "edit.reatco",
+                 "window": "edit.window", "temporal_aids": "edit.temporal_aids",
+                 "record_attention": "edit.record_attention", "control_images": "control"}
 METHODS = ("videograin", "reatco", "videograin+reatco")
 ANNOTATORS = ("canny", "depth", "pose")
 MASK_ENGINES = ("auto", "flow", "sam2")  # how regions given by a box or clicks get their masks
@@ -172,3 +177,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(v) for key, v in value.items()}
     return value
+
+
+def config_field(name: str) -> str:
+    """The config field of a SettingError's ``name`` (a pipeline argument, "modulation.levels[1]" ->
+    "edit.modulation.levels[1]"): the one map between the two entrances' names."""
+    head, dot, rest = name.partition(".")
+    return CONFIG_FIELDS.get(head, head) + dot + rest

@@ -1,17 +1,30 @@
 """The method's settings as plain dataclasses: what a Python caller passes to the pipeline.
 
-The config layer parses YAML into these (config/parse.py) and validates them against the model
-(config/preflight.py); nothing here knows about YAML or field names.
+Each checks its values when it is made (``values``: types, finiteness, ranges), raising a SettingError
+named after the call's argument ("modulation.self_strength"); the config layer builds them from YAML
+(config/parse.py) and maps such an error to its field, and holds them against the model
+(config/preflight.py). Nothing here knows about YAML.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import values
+from ..errors import SettingError
+
 #: Self-attention key frames: all frames, the first and the previous frame, or the frame itself.
 TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
 #: Regions a layout can hold: bits of a signed int64, keeping the sign bit clear.
 MAX_REGIONS = 62
+#: Modulation strengths past this swamp the attention scores (the paper's are 0.3 and 1.0).
+MAX_STRENGTH = 100.0
+#: RAD gradient steps per denoising step past this only multiply the work (the paper takes 1).
+MAX_RAD_ITERATIONS = 20
+
+
+def _set(obj, name: str, value) -> None:
+    object.__setattr__(obj, name, value)  # a frozen dataclass normalising its own field (a list to a tuple)
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,16 @@ class Modulation:
     levels: str | tuple[int, ...] = "all"
     temporal: str = "full"
 
+    def __post_init__(self) -> None:
+        why = " (the paper uses 0.3 for self- and 1.0 for cross-attention)"
+        if self.steps is not None:
+            values.whole(self.steps, "modulation.steps", 0)
+        for name in ("self_strength", "cross_strength"):
+            if getattr(self, name) is not None:
+                _set(self, name, values.number(getattr(self, name), f"modulation.{name}", MAX_STRENGTH, why))
+        _set(self, "levels", values.levels(self.levels, "modulation.levels"))
+        values.choice(self.temporal, "modulation.temporal", TEMPORAL_MODES)
+
 
 @dataclass(frozen=True)
 class ReAtCoSettings:
@@ -43,6 +66,19 @@ class ReAtCoSettings:
     level: int | None = None
     irjs: bool = True
 
+    def __post_init__(self) -> None:
+        values.whole(self.steps, "reatco.steps", 0)
+        values.whole(self.iterations, "reatco.iterations", 1, MAX_RAD_ITERATIONS)
+        _set(self, "step_size", values.number(self.step_size, "reatco.step_size"))
+        top_k = values.number(self.top_k, "reatco.top_k")
+        if not 0 < top_k <= 1:
+            raise SettingError("reatco.top_k", f"must be a share in (0, 1], got {top_k}",
+                               "write e.g. 0.2 (20% of each mask's area, the paper's value)")
+        _set(self, "top_k", top_k)
+        if self.level is not None:
+            values.whole(self.level, "reatco.level", 0)
+        values.boolean(self.irjs, "reatco.irjs")
+
 
 @dataclass(frozen=True)
 class Window:
@@ -51,6 +87,13 @@ class Window:
 
     size: int = 4
     stride: int = 2
+
+    def __post_init__(self) -> None:
+        values.whole(self.size, "window.size", 1)
+        values.whole(self.stride, "window.stride", 1)
+        if self.stride > self.size:
+            raise SettingError("window.stride", f"{self.stride} is larger than the window size {self.size}, so frames "
+                               "would be skipped", f"use a stride <= {self.size} (e.g. half the size, so windows overlap)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +104,11 @@ class FlowAid:
     levels: tuple[int, ...] = (0,)
     steps: int | None = None
 
+    def __post_init__(self) -> None:
+        _set(self, "levels", values.levels(self.levels, "temporal_aids.flow.levels", allow_all=False))
+        if self.steps is not None:
+            values.whole(self.steps, "temporal_aids.flow.steps", 0)
+
 
 @dataclass(frozen=True)
 class PnPAid:
@@ -69,6 +117,9 @@ class PnPAid:
 
     steps: int = 5
 
+    def __post_init__(self) -> None:
+        values.whole(self.steps, "temporal_aids.pnp.steps", 0)
+
 
 @dataclass(frozen=True)
 class TemporalAidSettings:
@@ -76,3 +127,9 @@ class TemporalAidSettings:
 
     flow: FlowAid | None = None
     pnp: PnPAid | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (("flow", FlowAid), ("pnp", PnPAid)):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), kind):
+                raise SettingError(f"temporal_aids.{name}", f"must be a {kind.__name__} or None, got "
+                                   f"{values.describe(getattr(self, name))}", f"pass {kind.__name__}(...)")
