@@ -224,7 +224,8 @@ def test_a_fake_backbone_runs_the_pipeline_end_to_end(tiny_pipe, blend):
 #: Each rule the backbones share: the one module that holds it, and a pattern that writing it again shows.
 SHARED_RULES = {
     "the modulation strength λ = c·ξ(t)·(1 − S)": ("method/modulation.py", r"\(1 - .*share"),
-    "the capability table (what a backbone supports)": ("backbones/base.py", r"raise SettingError\(|SD-only|- 1\) %"),
+    "the capability table (what a backbone supports)": ("backbones/base.py",
+                                                        r"not available on this model|SD-only|- 1\) %|more than the model.s"),
     "re-noising a clean sample to a level (IRJS, blend)": ("method/sampling.py",
                                                              r"def (noised|signal_noise)\b|\*\* ?0\.5 ?\*"),
 }

@@ -21,7 +21,8 @@ import numpy as np
 from . import __version__, io, runner, viz
 from .config.parse import load_source_spec, resolve_model
 from .config.preflight import ModelFacts, read_model
-from .errors import SpecError, WeightsUnavailable
+from .backbones.base import check_settings
+from .errors import SettingError, SpecError, WeightsUnavailable
 
 logger = logging.getLogger("videograin")
 
@@ -215,9 +216,10 @@ def _check_segment_args(args, facts: ModelFacts, inputs: io.VideoInputs) -> None
     """`segment`'s --steps, --level and --k against the model and the clip, before weights load."""
     from .method.layout import token_grid
 
-    if args.steps > facts.num_train_timesteps:
-        raise SpecError("--steps", f"{args.steps} is more than the model's {facts.num_train_timesteps} training "
-                        "timesteps", f"pass at most {facts.num_train_timesteps} (50 is usual)")
+    try:
+        check_settings(facts.capabilities, num_inference_steps=args.steps)
+    except SettingError as err:
+        raise SpecError("--steps", err.problem, err.fix) from None
     levels = facts.self_attention_levels
     if args.level is not None and args.level not in levels:
         raise SpecError("--level", f"level {args.level} has no decoder self-attention (levels with it: {list(levels)})",

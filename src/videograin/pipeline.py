@@ -162,7 +162,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                            ("temporal_aids", TemporalAidSettings), ("latents", torch.Tensor)):
             values.of_type(a[name], name, kind)
         if a["num_inference_steps"] is not None:
-            values.whole(a["num_inference_steps"], "num_inference_steps", 1, self.scheduler.config.num_train_timesteps)
+            values.whole(a["num_inference_steps"], "num_inference_steps", 1)
         for name in ("guidance_scale", "guidance_scale_2"):
             if a[name] is not None:
                 values.guidance(a[name], name)
@@ -201,7 +201,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among "
                              f"{self._callback_tensor_inputs}")
-        check_settings(self.capabilities, num_frames=num_frames, modulation=a["modulation"], reatco=a["reatco"],
+        check_settings(self.capabilities, num_frames=num_frames, num_inference_steps=a["num_inference_steps"],
+                       modulation=a["modulation"], reatco=a["reatco"],
                        temporal_aids=a["temporal_aids"], control=a["control_images"] is not None,
                        guidance_scale_2=a["guidance_scale_2"])
         return prompt

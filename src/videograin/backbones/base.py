@@ -33,7 +33,8 @@ class Capabilities:
     any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame
     sides must be multiples of it; vae_factor: pixels per latent pixel; rad_levels: the levels
     ReAtCo's guidance reads when its ``level`` is None (they share one token grid); experts: the
-    denoisers it switches between by noise level (Wan 2.2 A14B: 2).
+    denoisers it switches between by noise level (Wan 2.2 A14B: 2); num_train_timesteps: its training
+    schedule's length, the most sampling steps it can take.
     """
 
     family: str
@@ -48,6 +49,7 @@ class Capabilities:
     vae_factor: int
     rad_levels: tuple[int, ...]
     experts: int = 1
+    num_train_timesteps: int = 1000
 
 
 def nearest_frame_counts(num_frames: int, chunk: int) -> tuple[int, int]:
@@ -60,6 +62,7 @@ def check_settings(
     caps: Capabilities,
     *,
     num_frames: int | None = None,
+    num_inference_steps: int | None = None,
     modulation: Modulation | None = None,
     reatco: ReAtCoSettings | None = None,
     temporal_aids: TemporalAidSettings | None = None,
@@ -79,6 +82,10 @@ def check_settings(
         raise SettingError("video", f"{num_frames} frames: this model takes {caps.frame_chunk}k + 1 "
                            f"frames (its VAE encodes frame 0, then chunks of {caps.frame_chunk})",
                            f"use {below} or {above}")
+    if num_inference_steps is not None and num_inference_steps > caps.num_train_timesteps:
+        raise SettingError("num_inference_steps", f"{num_inference_steps} is more than the model's "
+                           f"{caps.num_train_timesteps} training timesteps",
+                           f"use at most {caps.num_train_timesteps} steps (50 is usual)")
     if modulation is not None:
         if modulation.levels != "all" and missing(modulation.levels):
             raise SettingError("modulation.levels",

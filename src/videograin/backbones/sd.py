@@ -26,7 +26,7 @@ from .base import Capabilities
 from .sd_processors import FeatureStore, PnPMode, StepContext, layout_processors, residual_injection
 
 
-def sd_capabilities(vae_config, unet_config) -> Capabilities:
+def sd_capabilities(vae_config, unet_config, scheduler_config) -> Capabilities:
     """What an SD 1.x/2.x model supports, from its VAE's and UNet's configs: a level is a UNet
     resolution; every temporal mode, the temporal aids and ControlNet; any frame count; frame sides a
     multiple of the total downsampling (VAE factor · 2^(levels − 1)); ReAtCo reads the H/32 level."""
@@ -35,7 +35,8 @@ def sd_capabilities(vae_config, unet_config) -> Capabilities:
     return Capabilities(family="sd", level="UNet resolution", num_levels=num_levels, temporal_modes=TEMPORAL_MODES,
                         temporal_aids=True, control=True, frame_chunk=1, temporal_factor=1,
                         size_multiple=vae_factor * 2 ** (num_levels - 1), vae_factor=vae_factor,
-                        rad_levels=(rad_level(vae_factor, num_levels),))
+                        rad_levels=(rad_level(vae_factor, num_levels),),
+                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000))
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class StableDiffusionBackbone:
     def __init__(self, pipe):
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
-        self.capabilities = sd_capabilities(pipe.vae.config, pipe.unet.config)
+        self.capabilities = sd_capabilities(pipe.vae.config, pipe.unet.config, pipe.scheduler.config)
         self.num_levels = self.capabilities.num_levels
         self.native_size = pipe.unet.config.sample_size * self.capabilities.vae_factor
 

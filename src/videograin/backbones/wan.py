@@ -55,7 +55,7 @@ def boundary_timestep(pipe_config, scheduler_config) -> float | None:
 FRAME_CHUNK = 4
 
 
-def wan_capabilities(vae_config, transformer_config, experts: int = 1) -> Capabilities:
+def wan_capabilities(vae_config, transformer_config, scheduler_config, experts: int = 1) -> Capabilities:
     """What a Wan text-to-video model supports, from its VAE's and transformer's configs: a level is a
     transformer block (of either expert: Wan 2.2 A14B's two share the architecture); self-attention is
     always over the whole clip; no temporal aids, no ControlNet; ReAtCo's guidance reads every block
@@ -66,7 +66,8 @@ def wan_capabilities(vae_config, transformer_config, experts: int = 1) -> Capabi
                         temporal_aids=False, control=False, frame_chunk=FRAME_CHUNK,
                         temporal_factor=temporal,
                         size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
-                        rad_levels=tuple(range(blocks)), experts=experts)
+                        rad_levels=tuple(range(blocks)), experts=experts,
+                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000))
 
 
 class WanBackbone:
@@ -79,7 +80,8 @@ class WanBackbone:
         second = getattr(pipe, "transformer_2", None)
         self.boundary = boundary_timestep(pipe.config, pipe.scheduler.config) if second is not None else None
         self.experts = [pipe.transformer, *([second] if self.boundary is not None else [])]
-        self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config, len(self.experts))
+        self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config, pipe.scheduler.config,
+                                             len(self.experts))
         self.temporal_factor = vae_factors(pipe.vae.config)[1]
         self.patch = tuple(pipe.transformer.config.patch_size)  # (t, h, w)
         self.native_size = NATIVE_SIZES.get(self.capabilities.vae_factor, NATIVE_SIZES[8])

@@ -32,13 +32,12 @@ _MODEL_FIX = "give a local diffusers folder (model_index.json, unet/, vae/, text
 @dataclass(frozen=True)
 class ModelFacts:
     """What a model's config files say, no weights loaded: its capabilities (levels, temporal modes,
-    frame and size rules, ...), its recommended settings, the levels whose decoder has self-attention
-    (SD), the training timesteps and the tokenizer."""
+    frame and size rules, training timesteps, ...), its recommended settings, the levels whose decoder
+    has self-attention (SD) and the tokenizer."""
 
     capabilities: Capabilities
     recommended: Recommended
     self_attention_levels: tuple[int, ...]
-    num_train_timesteps: int
     tokenizer: Any
 
     @property
@@ -101,8 +100,8 @@ def _read_wan(model: str) -> ModelFacts:
         raise SpecError("model", f"{model!r} is an image-to-video Wan model", "give a Wan text-to-video model "
                         "(Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
     two_experts = (index.get("transformer_2") or [None])[0] is not None and index.get("boundary_ratio") is not None
-    return ModelFacts(wan_capabilities(vae, transformer, 2 if two_experts else 1), _recommended(model, "wan"), (),
-                      scheduler.get("num_train_timesteps", 1000), tokenizer)
+    return ModelFacts(wan_capabilities(vae, transformer, scheduler, 2 if two_experts else 1),
+                      _recommended(model, "wan"), (), tokenizer)
 
 
 def _recommended(model: str, family: str) -> Recommended:
@@ -171,11 +170,10 @@ def read_model(model: str, model_config: str | None = None) -> ModelFacts:
         raise SpecError("model", f"no tokenizer found for {model!r} (offline, or not a diffusers model?)", _MODEL_FIX)
     if local.is_dir():
         _check_weight_files(local)
-    capabilities = sd_capabilities(vae, unet)
+    capabilities = sd_capabilities(vae, unet, scheduler)
     up_blocks = unet.get("up_block_types", ())
     attention = tuple(sorted(capabilities.num_levels - 1 - i for i, kind in enumerate(up_blocks) if "Attn" in kind))
-    return ModelFacts(capabilities, _recommended(model, "sd"), attention, scheduler.get("num_train_timesteps", 1000),
-                      tokenizer)
+    return ModelFacts(capabilities, _recommended(model, "sd"), attention, tokenizer)
 
 
 def _check_weight_files(folder: Path) -> None:
@@ -214,14 +212,12 @@ def with_recommended(spec: EditSpec, recommended: Recommended) -> EditSpec:
 
 
 def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
-    """Every check of ``spec`` (its settings resolved) against the model: frame count, levels, temporal
-    mode, aids and control by the backbone's rule set; prompts and words as tokens; step counts."""
+    """Every check of ``spec`` (its settings resolved) against the model: frame and step counts, levels,
+    temporal mode, aids and control by the backbone's rule set; prompts and words as tokens."""
     settings = spec.edit
-    if settings.steps > facts.num_train_timesteps:
-        raise SpecError("edit.steps", f"{settings.steps} is more than the model's {facts.num_train_timesteps} "
-                        "training timesteps", f"use at most {facts.num_train_timesteps} steps (50 is usual)")
     try:
-        check_settings(facts.capabilities, num_frames=spec.video.frames, modulation=settings.modulation,
+        check_settings(facts.capabilities, num_frames=spec.video.frames, num_inference_steps=settings.steps,
+                       modulation=settings.modulation,
                        reatco=settings.reatco if settings.uses_reatco else None,
                        temporal_aids=settings.temporal_aids, control=spec.control is not None,
                        guidance_scale_2=settings.guidance_scale_2)
