@@ -31,7 +31,7 @@ import yaml
 from . import io, runner
 from .config.parse import load_spec, spec_from_dict
 from .config.preflight import model_recommended, with_recommended
-from .config.spec import EditSpec
+from .config.spec import EditSpec, plain_name
 from .errors import SpecError, first_line
 
 logger = logging.getLogger("videograin")
@@ -116,6 +116,7 @@ def load_jobs(sources: list[str | Path]) -> list[Job]:
     seen: dict[str, int] = {}
     unique = []
     for job in jobs:
+        plain_name(job.name, f"job {job.name!r} ({job.config.name})")  # its output folder's name under --out
         seen[job.name] = seen.get(job.name, 0) + 1
         unique.append(job if seen[job.name] == 1 else Job(f"{job.name}_{seen[job.name]}", job.config, job.overrides, job.sets))
     return unique

@@ -56,6 +56,8 @@ def _eval(args) -> dict:
     from .eval.inputs import load
 
     inputs = load(args.edited, args.source, args.config, args.prompt, args.regions, args.resize)
+    read = [p for p in (inputs.edited_path, inputs.source_path, args.config) if p is not None]
+    out = io.check_output_file(Path(args.out) if args.out else inputs.default_out, [Path(p) for p in read], "--out")
     device = runner.resolve_device(args.device)
     evaluation = evaluate.evaluate(
         inputs.edited, inputs.source, inputs.masks, inputs.prompt, inputs.region_prompts, inputs.region_names,
@@ -66,7 +68,6 @@ def _eval(args) -> dict:
     record["inputs"] = {"edited": inputs.edited_path.resolve(), "source": Path(inputs.source_path).resolve(),
                         "prompt": inputs.prompt, "regions": inputs.region_names, "frames": count, "size": [width, height]}
     record["notes"].extend(inputs.notes)
-    out = Path(args.out) if args.out else inputs.default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, record)
     print(evaluate.format_table(evaluation))
@@ -408,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-tiny-model":
             from .testing import make_tiny_model, make_tiny_wan_model
 
+            folder = Path(args.folder)
+            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                raise SpecError("folder", f"{folder} exists and is not an empty folder", "give a new or empty folder")
             variant = "2.1" if args.wan else "2.2-a14b" if args.wan22 else "2.2-ti2v" if args.ti2v else None
             if variant and args.controlnet:
                 raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet")

@@ -603,9 +603,27 @@ def _json_default(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as UTF-8 JSON, indent 2, keys in insertion order. Paths, numpy values, tensors are converted."""
+    """Write ``obj`` as UTF-8 JSON, indent 2, keys in insertion order (paths, numpy values, tensors
+    converted), atomically: a temporary file beside ``path`` renamed over it, so a reader never sees half."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temporary.write_text(text + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def check_output_file(path: Path, inputs: Sequence[Path], field: str) -> Path:
+    """SpecError(field) when the file output ``path`` may not be written: it is a folder, or it is one of
+    the ``inputs`` (it would replace what is read). Returns it resolved."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        raise SpecError(field, f"{path} is a folder", "give a file name, e.g. metrics.json")
+    if path in {Path(source).resolve() for source in inputs}:
+        raise SpecError(field, f"{path} is one of the inputs", "write the result to another file")
+    return path
 
 
 #: What a videograin run writes into its record's "command" (run.json; masks.json for `masks`): the

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import io, viz
 from .config.spec import MASK_ENGINES as ENGINES
+from .config.spec import plain_name
 from .errors import SpecError, WeightsUnavailable
 
 logger = logging.getLogger("videograin")
@@ -78,6 +79,7 @@ def parse_region(text: str) -> RegionPrompt:
     fix = "write e.g. --region man:box=40,60,200,300 or --region face:points=150,90,-160,140@0"
     if not colon or not name.strip() or not rest.strip():
         raise SpecError("--region", f"{text!r} is not NAME:box=...|points=...", fix)
+    plain_name(name.strip(), "--region")  # it names the region's folder under --out
     box, points, negative, frames = None, [], [], set()
 
     def number(token: str) -> int:

@@ -7,7 +7,6 @@ header or the model's config files are in config/preflight.py, also before any w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..errors import SettingError, SpecError
 from ..method.settings import MAX_REGIONS, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
 from .spec import (
     ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, LoraSpec, MaskPrompt, RegionSpec,
-    VideoSpec, config_field,
+    VideoSpec, config_field, plain_name,
 )
 
 _TOP_KEYS = ("model", "model_config", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit",
@@ -39,7 +38,6 @@ _WINDOW_KEYS = ("size", "stride")
 _AIDS_KEYS = ("flow", "pnp")
 _FLOW_KEYS = ("levels", "steps")
 _PNP_KEYS = ("steps",)
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator takes
 
 
@@ -169,9 +167,7 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
     _check_keys(data, _REGION_KEYS, prefix)
     name = _text(_require(data, "name", prefix, "add `name: <folder-safe name>`, e.g. `name: left_man`"),
                  f"{prefix}.name", nonempty=True)
-    if not _FOLDER_NAME.fullmatch(name) or name in (".", ".."):
-        raise SpecError(f"{prefix}.name", f"{name!r} cannot be used as a folder name",
-                        "use only letters, digits, '_', '-' and '.', e.g. `left_man`")
+    plain_name(name, f"{prefix}.name")
     masks = _require(data, "masks", prefix,
                      "add `masks: <folder of per-frame PNGs>` or a box `masks: [x0, y0, x1, y1]`")
     prompt = _text(_require(data, "prompt", prefix,

@@ -7,13 +7,17 @@ plain dataclasses of ``videograin.method.settings``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpecError
 from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: What a name that becomes a file or folder name inside an output may hold (region names, batch job names).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 #: The config field of each pipeline argument a rule can name (a setting's own keys follow its section's).
 CONFIG_FIELDS = {"video": "video.frames", "num_inference_steps": "edit.steps", "guidance_scale": "edit.guidance_scale",
                  "guidance_scale_2": "edit.guidance_scale_2", "modulation": "edit.modulation", "reatco": "edit.reatco",
@@ -184,3 +188,13 @@ def config_field(name: str) -> str:
     "edit.modulation.levels[1]"): the one map between the two entrances' names."""
     head, dot, rest = name.partition(".")
     return CONFIG_FIELDS.get(head, head) + dot + rest
+
+
+def plain_name(name: object, field: str) -> str:
+    """``name`` when it can become one file or folder name inside an output folder: letters, digits,
+    '_', '-' and '.', not "." or ".." (so never a path, never the folder itself); SpecError(field) else.
+    The one rule for every name joined onto an output (region names, batch job names, masks regions)."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+        raise SpecError(field, f"{name!r} cannot be used as a file or folder name",
+                        "use only letters, digits, '_', '-' and '.', e.g. `left_man`")
+    return name

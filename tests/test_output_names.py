@@ -1,0 +1,58 @@
+"""Names that become paths and outputs that are files: one rule each, at every door (batch job names,
+masks regions, eval --out, make-tiny-model). A refused run creates, changes and deletes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from videograin.cli import main
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its content hash (and every folder), to compare before and after."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/abs/path", "", ".", "..", "a/b", "with space"])
+def test_a_batch_job_name_that_is_not_a_plain_name_is_refused(example_config, tmp_path, name, capsys):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(yaml.safe_dump({"jobs": [{"config": str(example_config), "name": name}]}))
+    before = _snapshot(tmp_path)
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--quiet"]) == 2
+    assert "cannot be used as a file or folder name" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before and not Path("/abs/path").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", ".", "a/b"])
+def test_a_masks_region_name_that_is_not_a_plain_name_is_refused(tmp_path, name, capsys):
+    video = Path(__file__).resolve().parents[1] / "examples" / "two_balls" / "video.mp4"
+    before = _snapshot(tmp_path)
+    assert main(["masks", str(video), "--region", f"{name}:box=10,10,40,40", "--frames", "2", "--out",
+                 str(tmp_path / "masks"), "--engine", "flow", "--quiet"]) == 2
+    assert "--region" in capsys.readouterr().err and _snapshot(tmp_path) == before
+
+
+def test_eval_out_is_never_an_input_nor_a_folder(example_config, tmp_path, capsys):
+    assert main(["edit", str(example_config), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]) == 0
+    out = tmp_path / "out"
+    before = _snapshot(tmp_path)
+    for target in (example_config, out / "edited.mp4", out / "source.mp4", out):
+        assert main(["eval", "--edited", str(out), "--config", str(example_config), "--out", str(target)]) == 2, target
+        assert "--out" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_make_tiny_model_writes_only_into_a_new_or_empty_folder(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.yaml").write_text("model: x\n")
+    before = _snapshot(tmp_path)
+    assert main(["make-tiny-model", str(taken), "--quiet"]) == 2
+    assert "not an empty folder" in capsys.readouterr().err and _snapshot(tmp_path) == before
+    (tmp_path / "empty").mkdir()
+    assert main(["make-tiny-model", str(tmp_path / "empty"), "--wan", "--quiet"]) == 0
