@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import yaml
 
 from videograin.method.settings import Modulation, ReAtCoSettings, Window
 
@@ -67,6 +68,8 @@ CASES = [
      "region_prompts"),
     ("callback not callable", lambda: {"callback_on_step_end": "print"}, "callback_on_step_end"),
     ("blend not a bool", lambda: {"blend": "yes"}, "blend"),
+    ("a 20 MB prompt", lambda: {"prompt": "a red apple " * 1_750_000}, "prompt"),
+    ("a source prompt that is not text", lambda: {"source_prompt": 5}, "source_prompt"),
 ]
 
 
@@ -92,3 +95,17 @@ def test_a_one_element_prompt_list_is_still_one_prompt(tiny_pipe):
     out = tiny_pipe(_video(), _masks(), ["a red apple on the grass"], ["red apple"], num_inference_steps=1,
                     output_type="latent")
     assert out.latents.shape[0] == 3
+
+
+def test_a_20_mb_prompt_in_a_config_is_refused_in_under_a_second(example_config, tmp_path):
+    import time
+
+    from videograin.config.parse import spec_from_dict
+    from videograin.errors import SpecError
+
+    config = yaml.safe_load(example_config.read_text())
+    config["prompt"] = "a red apple " * 1_750_000
+    start = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(config, example_config.parent)
+    assert info.value.field == "prompt" and time.perf_counter() - start < 1

@@ -43,7 +43,7 @@ def _depth(frames: np.ndarray) -> np.ndarray:
         model = DPTForDepthEstimation.from_pretrained(DEPTH_MODEL, local_files_only=True).eval()
     except OSError as err:
         raise WeightsUnavailable(f"the depth annotator needs {DEPTH_MODEL} weights, not found locally; download "
-                                 "them once (huggingface-cli download Intel/dpt-hybrid-midas), or give a folder "
+                                 "them once (hf download Intel/dpt-hybrid-midas), or give a folder "
                                  "of depth images") from err
     out = []
     with torch.no_grad():

@@ -180,6 +180,11 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             raise ValueError(f"prompt must be one string (one video per call), got {type(prompt).__name__}")
         if not isinstance(region_prompts, (list, tuple)) or not all(isinstance(p, str) for p in region_prompts):
             raise ValueError("region_prompts must be a list of strings, one per mask sequence")
+        values.prompt(prompt, "prompt")
+        for r, text in enumerate(region_prompts):
+            values.prompt(text, f"region_prompts[{r}]")
+        for name in ("source_prompt", "negative_prompt"):
+            values.prompt(a.get(name, ""), name)
         if not 1 <= len(region_prompts) <= MAX_REGIONS:
             raise ValueError(f"region_prompts: {len(region_prompts)} regions; give 1 to {MAX_REGIONS} (one per mask "
                              "sequence; an empty prompt keeps its region)")
@@ -335,7 +340,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             modulation=modulation, reatco=reatco, window=window, temporal_aids=temporal_aids,
             control_images=control_images, record_attention=record_attention, words=words, latents=latents,
             blend=blend, composite=composite, callback_on_step_end=callback_on_step_end,
-            callback_on_invert_step=callback_on_invert_step,
+            callback_on_invert_step=callback_on_invert_step, source_prompt=source_prompt, negative_prompt=negative_prompt,
         )
         recommended = self.recommended
         num_inference_steps = num_inference_steps if num_inference_steps is not None else recommended.steps

@@ -12,6 +12,9 @@ from .errors import SettingError
 
 #: Guidance scales past this only blow the prediction up (SD uses 7.5, Wan 5).
 MAX_GUIDANCE = 100.0
+#: Characters a prompt may have: far more than any text encoder reads (CLIP 75 tokens, umT5 512), checked
+#: before a tokenizer sees it (a 20 MB prompt took a minute to tokenize only to be refused).
+MAX_PROMPT_CHARS = 10_000
 
 
 def describe(value: Any) -> str:
@@ -101,3 +104,14 @@ def of_type(value: Any, name: str, kind: type, optional: bool = True):
     if (value is None and optional) or isinstance(value, kind):
         return value
     raise TypeError(f"{name} must be a {kind.__name__}{' or None' if optional else ''}, got {describe(value)}")
+
+
+def prompt(value: Any, name: str) -> str:
+    """A prompt: text of at most MAX_PROMPT_CHARS characters (the token limit is the model's, checked
+    after this by its tokenizer)."""
+    if not isinstance(value, str):
+        raise SettingError(name, f"must be text, got {describe(value)}", "write it as text, in quotes if in doubt")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise SettingError(name, f"is {len(value):,} characters long; no text encoder reads a tenth of that",
+                           f"shorten it (at most {MAX_PROMPT_CHARS:,} characters; CLIP reads about 75 words)")
+    return value

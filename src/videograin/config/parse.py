@@ -78,7 +78,7 @@ def load_source_spec(path: str | Path) -> EditSpec:
         regions=(),
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
         model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
-        source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
+        source_prompt=_prompt(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         base_dir=base_dir,
     )
 
@@ -90,8 +90,8 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         raise SpecError("config", f"top level must be a mapping of keys, got {values.describe(data)}",
                         "write `key: value` lines such as `prompt: ...`, `video: ...`, `regions: ...`")
     _check_keys(data, _TOP_KEYS, "")
-    prompt = _text(_require(data, "prompt", "", 'add `prompt: "<the edited video in words>"`'),
-                   "prompt", nonempty=True)
+    prompt = _prompt(_require(data, "prompt", "", 'add `prompt: "<the edited video in words>"`'), "prompt",
+                     nonempty=True)
     video = _video(_require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
     regions = _regions(_require(data, "regions", "", "add a `regions:` list with one entry per region"),
                        video.frames, base_dir)
@@ -102,8 +102,8 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         regions=regions,
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
         model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
-        source_prompt=_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
-        negative_prompt=_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
+        source_prompt=_prompt(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
+        negative_prompt=_prompt(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
         edit=_edit(data.get("edit")),
         control=_control(data.get("control"), base_dir),
         lora=_loras(data.get("lora"), base_dir),
@@ -170,9 +170,9 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
     plain_name(name, f"{prefix}.name")
     masks = _require(data, "masks", prefix,
                      "add `masks: <folder of per-frame PNGs>` or a box `masks: [x0, y0, x1, y1]`")
-    prompt = _text(_require(data, "prompt", prefix,
-                            'add `prompt: <its words in the global prompt>` (`prompt: ""` keeps it unedited)'),
-                   f"{prefix}.prompt")
+    prompt = _prompt(_require(data, "prompt", prefix,
+                              'add `prompt: <its words in the global prompt>` (`prompt: ""` keeps it unedited)'),
+                     f"{prefix}.prompt")
     word = data.get("word")
     if word is not None:
         word = _text(word, f"{prefix}.word", nonempty=True).strip()
@@ -442,6 +442,11 @@ def _text(value: Any, field: str, nonempty: bool = False) -> str:
     if nonempty and not value.strip():
         raise SpecError(field, "is empty", "write a non-empty value")
     return value
+
+
+def _prompt(value: Any, field: str, nonempty: bool = False) -> str:
+    """Text (``_text``) no longer than a prompt may be (``values.prompt``), checked before any tokenizer."""
+    return _checked(values.prompt, _text(value, field, nonempty), field)
 
 
 def _path(value: Any, field: str, base_dir: Path) -> Path:

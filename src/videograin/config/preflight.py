@@ -131,7 +131,7 @@ def read_single_file(model: str, model_config: str | None) -> ModelFacts:
     except SpecError as err:
         raise SpecError("model_config", f"the config files of the single-file checkpoint {Path(model).name} are not "
                         f"available: {err.problem}", "set `model_config:` to a diffusers folder of the same architecture "
-                        f"(for SD 1.5: huggingface-cli download {DEFAULT_MODEL} --exclude '*.safetensors' '*.bin' "
+                        f"(for SD 1.5: hf download {DEFAULT_MODEL} --exclude '*.safetensors' '*.bin' "
                         "'*.ckpt' once where there is network)") from None
 
 
@@ -157,7 +157,7 @@ def read_model(model: str, model_config: str | None = None) -> ModelFacts:
             raise SpecError("model", f"{local} lacks {', '.join(missing)}", _MODEL_FIX)
     elif not obtainable(model, "model_index.json"):
         raise SpecError("model", f"{model!r} is not in the local cache and the Hugging Face hub cannot be reached",
-                        "download it once where there is network (huggingface-cli download <id>), or pass "
+                        "download it once where there is network (hf download <id>), or pass "
                         "--model a local diffusers folder")
     try:
         vae = AutoencoderKL.load_config(model, subfolder="vae")
