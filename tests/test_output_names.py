@@ -56,3 +56,29 @@ def test_make_tiny_model_writes_only_into_a_new_or_empty_folder(tmp_path, capsys
     assert "not an empty folder" in capsys.readouterr().err and _snapshot(tmp_path) == before
     (tmp_path / "empty").mkdir()
     assert main(["make-tiny-model", str(tmp_path / "empty"), "--wan", "--quiet"]) == 0
+
+
+def test_a_fifo_as_the_video_is_refused_at_once(example_config, tmp_path, capsys):
+    import os
+    import time
+
+    fifo = tmp_path / "video.mp4"
+    os.mkfifo(fifo)
+    config = yaml.safe_load(example_config.read_text())
+    config["video"] = {**config["video"], "path": str(fifo)}
+    path = tmp_path / "fifo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    assert main(["edit", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "video.path" in capsys.readouterr().err and time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("content", ["99999999999999999999", "0", "-1", "junk", ""])
+def test_a_lock_file_holding_anything_but_a_live_process_is_stale(tmp_path, content):
+    from videograin import io
+
+    final = tmp_path / "out"
+    (tmp_path / ".out.lock").write_text(content)
+    with io.output_lock(final):
+        assert (tmp_path / ".out.lock").read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / ".out.lock").exists()

@@ -727,11 +727,16 @@ def check_free_space(final: Path, frames: int, size: tuple[int, int]) -> None:
 
 
 def _lock_owner(lock: Path) -> int | None:
-    """The id of the live process holding ``lock``, or None when it is gone (a stale lock)."""
+    """The id of the live process holding ``lock``, or None when it is gone (a stale lock). A lock that
+    is not a regular file, or holds anything but a process id (junk, 0, negative, out of range), is stale."""
     try:
-        pid = int(lock.read_text().strip())
+        if not lock.is_file():
+            return None
+        pid = int(lock.read_text(encoding="utf-8", errors="replace").strip())
+        if pid <= 0:
+            return None
         os.kill(pid, 0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, OverflowError):
         return None
     return pid
 

@@ -124,6 +124,8 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
     if not path.exists():
         raise SpecError("video.path", f"{path} does not exist",
                         f"fix the path (relative paths are resolved against the config folder {base_dir})")
+    if not (path.is_file() or path.is_dir()):  # a FIFO, device or socket would block the read
+        raise SpecError("video.path", f"{path} is not a regular file or folder", "give a video file or a folder of frames")
     size = data.get("size")
     return VideoSpec(
         path=path,
