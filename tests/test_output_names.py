@@ -82,3 +82,33 @@ def test_a_lock_file_holding_anything_but_a_live_process_is_stale(tmp_path, cont
     with io.output_lock(final):
         assert (tmp_path / ".out.lock").read_text() == str(__import__("os").getpid())
     assert not (tmp_path / ".out.lock").exists()
+
+
+def test_an_output_moved_aside_by_a_run_killed_mid_swap_is_put_back_not_deleted(tmp_path):
+    """The state a kill leaves between output_folder's two renames (the old output moved aside to
+    .out.<hex>.old, the new one still .out.<hex>, nothing under out): the next run restores the old one
+    under its name and removes only the unfinished new one."""
+    from videograin import io
+
+    final = tmp_path / "out"
+    old, new = tmp_path / ".out.0123abcd.old", tmp_path / ".out.0123abcd"
+    old.mkdir()
+    (old / "run.json").write_text('{"command": "edit"}')
+    new.mkdir()
+    (new / "partial.png").write_bytes(b"x")
+    with io.output_lock(final):
+        assert (final / "run.json").read_text() == '{"command": "edit"}'
+    assert not old.exists() and not new.exists()
+
+
+def test_a_model_index_that_is_not_json_is_refused_before_loading(tiny_model_dir, tmp_path):
+    import shutil
+
+    from videograin.config.preflight import read_model
+    from videograin.errors import SpecError
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(SpecError, match="model_index.json is not readable JSON"):
+        read_model(str(folder))

@@ -667,8 +667,10 @@ def check_output_folder(final: Path, overwrite: bool, inputs: Sequence[Path] = (
 def output_lock(final: Path) -> Iterator[None]:
     """Hold ``.<final.name>.lock`` beside ``final`` (created with O_EXCL, holding this process's id) for
     one run: a second run into the same output is refused at once with SpecError("output"). A lock
-    whose process is gone is taken over; the run's stale temporary folders are removed then. Parent
-    folders made for the lock are removed again if the run leaves them empty."""
+    whose process is gone is taken over; the run's stale temporary folders are removed then, except an
+    old output moved aside by a run killed between the two renames of ``output_folder``'s swap, which
+    is put back under ``final``. Parent folders made for the lock are removed again if the run leaves
+    them empty."""
     final = Path(final).resolve()
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     try:
@@ -696,10 +698,15 @@ def output_lock(final: Path) -> Iterator[None]:
     with os.fdopen(fd, "w") as handle:
         handle.write(str(os.getpid()))
     try:
-        for stale in final.parent.glob(f".{final.name}.*"):
-            if stale.is_dir() and re.fullmatch(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(\.old)?", stale.name):
-                logger.info("removing %s, left by an interrupted run", stale)
-                shutil.rmtree(stale, ignore_errors=True)
+        for stale in sorted(final.parent.glob(f".{final.name}.*"), key=lambda p: not p.name.endswith(".old")):
+            if not (stale.is_dir() and re.fullmatch(rf"\.{re.escape(final.name)}\.[0-9a-f]{{8}}(\.old)?", stale.name)):
+                continue
+            if stale.name.endswith(".old") and not final.exists():  # killed mid-swap: the old output is this
+                logger.info("restoring %s from %s, left by a run killed while replacing it", final, stale)
+                os.replace(stale, final)
+                continue
+            logger.info("removing %s, left by an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:
         lock.unlink(missing_ok=True)

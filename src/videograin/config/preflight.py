@@ -10,6 +10,7 @@ that name the config field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,12 @@ def read_model(model: str, model_config: str | None = None) -> ModelFacts:
     local = Path(model)
     if local.is_file():
         return read_single_file(model, model_config)
+    if (local / "model_index.json").is_file():
+        try:
+            json.loads((local / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SpecError("model", f"{local / 'model_index.json'} is not readable JSON ({first_line(err)})",
+                            "download or copy the model folder again") from None
     refuse_other_pipelines(model)
     if model_backbone(model) == "wan":
         if local.is_dir():
