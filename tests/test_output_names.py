@@ -112,3 +112,21 @@ def test_a_model_index_that_is_not_json_is_refused_before_loading(tiny_model_dir
     (folder / "model_index.json").write_text("{not json")
     with pytest.raises(SpecError, match="model_index.json is not readable JSON"):
         read_model(str(folder))
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_disk_while_writing_is_one_output_line_with_nothing_left(example_config, tmp_path, monkeypatch, capsys,
+                                                                          code):
+    import errno
+
+    from videograin import io
+
+    def full(*args, **kwargs):
+        raise OSError(getattr(errno, code), "No space left on device")
+
+    monkeypatch.setattr(io, "write_gif", full)
+    before = _snapshot(tmp_path)
+    assert main(["edit", str(example_config), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: output: no room left") and err.count("\n") == 1
+    assert _snapshot(tmp_path) == before

@@ -11,6 +11,7 @@ Bad user input raises :class:`~videograin.errors.SpecError` naming the config fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -769,8 +770,11 @@ def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
             continue
     try:
         yield temp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # bytes or inodes exhausted
+            raise SpecError("output", f"no room left while writing {final} ({err.strerror}); nothing was written",
+                            "free some space (or files: inodes) there, or choose another folder") from None
         raise
     old = None
     try:
