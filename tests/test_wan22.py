@@ -14,7 +14,6 @@ from videograin import WanVideoGrainPipeline
 from videograin.config.parse import spec_from_dict
 from videograin.config.preflight import preflight, read_model
 from videograin.errors import SpecError
-from videograin.method.settings import Modulation
 from videograin.testing import make_tiny_wan_model
 
 PROMPT = "a red circle and a blue square on a black background"
