@@ -130,3 +130,15 @@ def test_a_full_disk_while_writing_is_one_output_line_with_nothing_left(example_
     err = capsys.readouterr().err
     assert err.startswith("error: output: no room left") and err.count("\n") == 1
     assert _snapshot(tmp_path) == before
+
+
+def test_masks_frame_selection_and_a_batch_set_that_is_not_a_mapping_are_one_line(example_config, tmp_path, capsys):
+    video = Path(__file__).resolve().parents[1] / "examples" / "two_balls" / "video.mp4"
+    for flag, value in (("--stride", "0"), ("--start", "-1"), ("--frames", "0")):
+        assert main(["masks", str(video), "--region", "a:box=1,1,9,9", flag, value, "--out", str(tmp_path / "m"),
+                     "--quiet"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {flag}: must be >=")
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(yaml.safe_dump({"jobs": [{"config": str(example_config), "set": [1, 2]}]}))
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--quiet"]) == 2
+    assert "jobs[0].set" in capsys.readouterr().err and not (tmp_path / "batch").exists()

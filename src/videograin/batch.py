@@ -87,6 +87,9 @@ def _job_list(path: Path) -> list[Job]:
         config = (path.parent / str(entry.pop("config"))).resolve()
         name = str(entry.pop("name", config.stem))
         sets = entry.pop("set", {}) or {}
+        if not isinstance(sets, dict):
+            raise SpecError(f"jobs[{i}].set", f"must be a mapping of dotted config keys to values, got {sets!r}",
+                            "write e.g. `set: {edit.modulation.cross_strength: 2.0}`")
         unknown = set(entry) - set(runner.OVERRIDES)
         if unknown:
             raise SpecError(f"jobs[{i}]", f"unknown key(s) {sorted(unknown)}",

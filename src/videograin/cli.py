@@ -122,6 +122,9 @@ def _masks(args) -> None:
     """`videograin masks`: a mask sequence per region from a box or clicks, into ``--out``."""
     from .masks import make_masks, parse_region, resolve_engine, write_masks
 
+    for flag, value, minimum in (("--stride", args.stride, 1), ("--start", args.start, 0), ("--frames", args.frames, 1)):
+        if value is not None and value < minimum:
+            raise SpecError(flag, f"must be >= {minimum}, got {value}", f"pass a whole number >= {minimum}")
     prompts = [parse_region(text) for text in args.region]
     names = [p.name for p in prompts]
     if len(set(names)) != len(names):
