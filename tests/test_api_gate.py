@@ -109,3 +109,17 @@ def test_a_20_mb_prompt_in_a_config_is_refused_in_under_a_second(example_config,
     with pytest.raises(SpecError) as info:
         spec_from_dict(config, example_config.parent)
     assert info.value.field == "prompt" and time.perf_counter() - start < 1
+
+
+def test_a_scheduler_the_method_cannot_use_is_refused_with_the_fix(tiny_model_dir):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from videograin import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(tiny_model_dir)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="^scheduler: DPMSolverMultistepScheduler .*DDIMScheduler.from_config"):
+        pipe(_video(), _masks(), "a red apple", ["red apple"], num_inference_steps=1, output_type="latent")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the fix the error names
+    assert pipe(_video(), _masks(), "a red apple", ["red apple"], num_inference_steps=1,
+                output_type="latent").latents.shape[0] == 3

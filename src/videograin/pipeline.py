@@ -209,7 +209,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         check_settings(self.capabilities, num_frames=num_frames, num_inference_steps=a["num_inference_steps"],
                        modulation=a["modulation"], reatco=a["reatco"],
                        temporal_aids=a["temporal_aids"], control=a["control_images"] is not None,
-                       guidance_scale_2=a["guidance_scale_2"])
+                       guidance_scale_2=a["guidance_scale_2"],
+                       scheduler=type(self.scheduler).__name__ if hasattr(self, "scheduler") else None)
         return prompt
 
     def prepare_video(self, video, height: int | None, width: int | None, name: str = "video") -> torch.Tensor:

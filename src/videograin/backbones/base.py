@@ -34,7 +34,8 @@ class Capabilities:
     sides must be multiples of it; vae_factor: pixels per latent pixel; rad_levels: the levels
     ReAtCo's guidance reads when its ``level`` is None (they share one token grid); experts: the
     denoisers it switches between by noise level (Wan 2.2 A14B: 2); num_train_timesteps: its training
-    schedule's length, the most sampling steps it can take.
+    schedule's length, the most sampling steps it can take; scheduler: the scheduler class its sampler
+    follows (None: any, only its config is read).
     """
 
     family: str
@@ -50,6 +51,7 @@ class Capabilities:
     rad_levels: tuple[int, ...]
     experts: int = 1
     num_train_timesteps: int = 1000
+    scheduler: str | None = None
 
 
 def nearest_frame_counts(num_frames: int, chunk: int) -> tuple[int, int]:
@@ -68,6 +70,7 @@ def check_settings(
     temporal_aids: TemporalAidSettings | None = None,
     control: bool = False,
     guidance_scale_2: float | None = None,
+    scheduler: str | None = None,
 ) -> None:
     """Raise SettingError (named as the pipeline's argument) for the first setting ``caps`` cannot
     honour. The one rule set of what a backbone supports: the config gate and ``check_inputs`` both
@@ -109,6 +112,9 @@ def check_settings(
     if guidance_scale_2 is not None and caps.experts < 2:
         raise SettingError("guidance_scale_2", "is the second expert's guidance and this model "
                            "has one (only Wan 2.2 A14B-style models have two)", "remove it")
+    if scheduler is not None and caps.scheduler is not None and scheduler != caps.scheduler:
+        raise SettingError("scheduler", f"{scheduler} is not what this pipeline samples with ({caps.scheduler}, the "
+                           "paper's)", f"set pipe.scheduler = {caps.scheduler}.from_config(pipe.scheduler.config)")
     if control and not caps.control:
         raise SettingError("control_images", "ControlNet conditions are not available on this model",
                            "remove them")

@@ -36,7 +36,7 @@ def sd_capabilities(vae_config, unet_config, scheduler_config) -> Capabilities:
                         temporal_aids=True, control=True, frame_chunk=1, temporal_factor=1,
                         size_multiple=vae_factor * 2 ** (num_levels - 1), vae_factor=vae_factor,
                         rad_levels=(rad_level(vae_factor, num_levels),),
-                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000))
+                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000), scheduler="DDIMScheduler")
 
 
 @dataclass(frozen=True)
