@@ -1,7 +1,7 @@
 """What `videograin eval` compares, read from disk: any edited video against its source.
 
-The edited video is an output folder of `videograin edit` (its edited.mp4, source.mp4 and run.json),
-a video file (mp4, webm, gif, mov, ...) or a folder of frames: this project's edit, the official
+The edited video is an output folder of `videograin edit` (its lossless frames/ and run.json, whose
+config reads the source as the edit did; edited.mp4 and source.mp4 without them), a video file (mp4, webm, gif, mov, ...) or a folder of frames: this project's edit, the official
 VideoGrain code's, another method's. The source, the prompt and the regions come from the flags, else
 from the edit's config (``--config`` or the folder's run.json).
 """
@@ -102,10 +102,14 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
                         "or a folder of frames")
     spec, source_path = (load_spec(config) if config else None), Path(source) if source else None
     if given.is_dir() and (given / "edited.mp4").is_file():  # an output folder of `videograin edit`
-        edited_path, default_out = given / "edited.mp4", given / "metrics.json"
-        source_path = source_path or given / "source.mp4"
+        # its lossless frames/, and the source as the edit read it (the config's), as `edit --eval` does:
+        # the mp4s are lossy copies for viewing
+        edited_path = given / "frames" if (given / "frames").is_dir() else given / "edited.mp4"
+        default_out = given / "metrics.json"
         if spec is None and (given / "run.json").is_file():
             spec = spec_from_dict(_run_config(given / "run.json"), given)
+        if spec is None:
+            source_path = source_path or given / "source.mp4"
     else:
         edited_path, default_out = given, given.parent / "metrics.json"
     if spec is None and source_path is None:
