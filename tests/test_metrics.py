@@ -435,6 +435,11 @@ def test_cli_eval_input_errors(tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
     assert main(["eval", "--edited", str(tmp_path / "missing")]) == 2
     assert "--edited" in capsys.readouterr().err
+    masks = tmp_path / "masks"
+    io.write_frames(masks, np.full((2, 16, 16, 3), 255, np.uint8))
+    assert main(["eval", "--edited", str(video), "--source", str(video), "--regions", f"a={masks}:x",
+                 f"a={masks}:y"]) == 2
+    assert "--regions: region name(s) ['a'] given more than once" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- eval of any video

@@ -153,6 +153,9 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         names, region_prompts = [r.name for r in spec.regions], [r.prompt for r in spec.regions]
     if regions:
         parsed = [RegionArg.parse(text) for text in regions]
+        repeated = sorted({r.name for r in parsed if [q.name for q in parsed].count(r.name) > 1})
+        if repeated:
+            raise SpecError("--regions", f"region name(s) {repeated} given more than once", "give each region once")
         masks = np.stack([io.read_mask_folder(r.masks, 0, count, 1, count, "--regions") for r in parsed])
         names, region_prompts = [r.name for r in parsed], [r.prompt for r in parsed]
     if masks is not None and masks.shape[-2:] != (height, width):
