@@ -41,7 +41,7 @@ def test_eval_out_is_never_an_input_nor_a_folder(example_config, tmp_path, capsy
     assert main(["edit", str(example_config), "--out", str(tmp_path / "out"), "--steps", "1", "--quiet"]) == 0
     out = tmp_path / "out"
     before = _snapshot(tmp_path)
-    for target in (example_config, out / "edited.mp4", out / "source.mp4", out):
+    for target in (example_config, out / "edited.mp4", out / "source.mp4", out / "run.json", out):
         assert main(["eval", "--edited", str(out), "--config", str(example_config), "--out", str(target)]) == 2, target
         assert "--out" in capsys.readouterr().err
     assert _snapshot(tmp_path) == before

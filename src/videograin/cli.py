@@ -56,8 +56,10 @@ def _eval(args) -> dict:
     from .eval.inputs import load
 
     inputs = load(args.edited, args.source, args.config, args.prompt, args.regions, args.resize)
-    read = [p for p in (inputs.edited_path, inputs.source_path, args.config) if p is not None]
-    out = io.check_output_file(Path(args.out) if args.out else inputs.default_out, [Path(p) for p in read], "--out")
+    read = [Path(p) for p in (inputs.edited_path, inputs.source_path, args.config) if p is not None]
+    if Path(args.edited).is_dir():  # an edit's output folder: its files are the edit, only metrics JSON may go there
+        read += [p for p in Path(args.edited).iterdir() if p.suffix != ".json" or p.name == "run.json"]
+    out = io.check_output_file(Path(args.out) if args.out else inputs.default_out, read, "--out")
     device = runner.resolve_device(args.device)
     evaluation = evaluate.evaluate(
         inputs.edited, inputs.source, inputs.masks, inputs.prompt, inputs.region_prompts, inputs.region_names,
