@@ -142,3 +142,18 @@ def test_masks_frame_selection_and_a_batch_set_that_is_not_a_mapping_are_one_lin
     jobs.write_text(yaml.safe_dump({"jobs": [{"config": str(example_config), "set": [1, 2]}]}))
     assert main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--quiet"]) == 2
     assert "jobs[0].set" in capsys.readouterr().err and not (tmp_path / "batch").exists()
+
+
+def test_yaml_merge_keys_work_and_a_batch_job_with_a_key_twice_is_refused(example_config, tmp_path, capsys):
+    from videograin.config.parse import load_spec
+
+    config = yaml.safe_load(example_config.read_text())
+    del config["edit"]
+    merged = example_config.with_name("merged.yaml")
+    merged.write_text(yaml.safe_dump(config) + "edit:\n  <<: {steps: 3, seed: 4}\n  seed: 5\n")
+    spec = load_spec(merged)
+    assert (spec.edit.steps, spec.edit.seed) == (3, 5)  # merged, and an explicit key overrides a merged one
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"jobs:\n  - config: {example_config}\n    name: a\n    name: b\n")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--quiet"]) == 2
+    assert "duplicate key 'name'" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from . import io, runner
-from .config.parse import load_spec, spec_from_dict
+from .config.parse import UniqueKeyLoader, load_spec, spec_from_dict
 from .config.preflight import model_recommended, with_recommended
 from .config.spec import EditSpec, plain_name
 from .errors import SpecError, first_line
@@ -75,7 +75,7 @@ def config_hash(config: dict) -> str:
 
 
 def _job_list(path: Path) -> list[Job]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     entries = data.get("jobs")
     if not isinstance(entries, list) or not entries:
         raise SpecError("jobs", f"{path}: `jobs` must be a non-empty list", "list one mapping per job with `config:`")
@@ -110,7 +110,7 @@ def load_jobs(sources: list[str | Path]) -> list[Job]:
             jobs += [Job(p.stem, p.resolve()) for p in configs]
         elif source.is_file():
             try:
-                data = yaml.safe_load(source.read_text(encoding="utf-8"))
+                data = yaml.load(source.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
             except yaml.YAMLError as err:
                 raise SpecError("JOBS", f"{source} is not YAML ({first_line(err)})", "fix the file") from None
             jobs += _job_list(source) if isinstance(data, dict) and "jobs" in data else [Job(source.stem, source.resolve())]
