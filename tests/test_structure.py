@@ -138,9 +138,6 @@ class FakeBackbone:
     def latent_frames(self, masks):
         return masks
 
-    def latent_frame_of(self, num_frames):
-        return torch.arange(num_frames)
-
     def token_grids(self, latent_size):
         return [token_grid(latent_size, 0)]
 

@@ -197,7 +197,7 @@ def test_a_vae_that_halves_time_still_takes_4k_plus_1_frames_and_maps_pairs_of_f
                            transformer=SimpleNamespace(config=FrozenDict(patch_size=(1, 2, 2), num_layers=1)),
                            scheduler=SimpleNamespace(config=FrozenDict(num_train_timesteps=1000)))
     backbone = WanBackbone(pipe)
-    assert (backbone.capabilities.vae_factor, backbone.temporal_factor) == (2, 2)
+    assert (backbone.capabilities.vae_factor, backbone.capabilities.temporal_factor) == (2, 2)
     with pytest.raises(ValueError, match="7 frames: this model takes 4k \\+ 1 frames .* use 5 or 9"):
         backbone.check_size(7, 16, 16)
     backbone.check_size(9, 16, 16)

@@ -52,7 +52,7 @@ def text_to_video(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
     backbone = WanBackbone(pipe)
     schedule = backbone.schedule(steps)
     latent = size // backbone.capabilities.vae_factor
-    frames = (FRAMES - 1) // backbone.temporal_factor + 1
+    frames = backbone.capabilities.latent_frames(FRAMES)
     uncond = backbone.encode_prompt("")
     out = []
     for i, prompt in enumerate(prompts):

@@ -195,7 +195,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                              f"{values.describe(words)}")
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
-        latent_frames = int(self.backbone.latent_frame_of(num_frames)[-1]) + 1
+        latent_frames = self.capabilities.latent_frames(num_frames)
         generators = generator if isinstance(generator, list) else [generator]
         if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
             raise TypeError(f"generator must be a torch.Generator or a list of them, got {values.describe(generator)}")

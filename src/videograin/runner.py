@@ -220,7 +220,7 @@ def _write_attention(folder: Path, spec: EditSpec, inputs: io.VideoInputs, recor
     <region>_unmodulated.mp4 without the modulation, when recorded); attention/grid.png. The maps are
     per latent frame; each source frame shows its latent frame's."""
     spans = region_token_spans(backbone.tokenizer, spec.prompt, [r.prompt for r in spec.regions])
-    size, frame_index = tuple(inputs.frames.shape[-2:]), backbone.latent_frame_of(inputs.frames.shape[0]).numpy()
+    size, frame_index = tuple(inputs.frames.shape[-2:]), backbone.capabilities.latent_frame_of(inputs.frames.shape[0]).numpy()
     heat = viz.prompt_attention(recorder, spans, size)[:, frame_index]
     plain = None
     if recorder.unmodulated is not None:

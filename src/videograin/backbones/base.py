@@ -53,6 +53,16 @@ class Capabilities:
     num_train_timesteps: int = 1000
     scheduler: str | None = None
 
+    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
+        """(F,) int64: the latent frame each source frame is encoded into (frame 0 alone, then
+        ``temporal_factor`` frames per latent frame; the identity for an image model)."""
+        frames = torch.arange(num_frames)
+        return torch.where(frames == 0, 0, (frames - 1) // self.temporal_factor + 1)
+
+    def latent_frames(self, num_frames: int) -> int:
+        """How many latent frames a clip of ``num_frames`` frames encodes to."""
+        return 1 + (num_frames - 1) // self.temporal_factor
+
 
 def nearest_frame_counts(num_frames: int, chunk: int) -> tuple[int, int]:
     """The valid frame counts (chunk·k + 1) just below and above ``num_frames``."""
@@ -155,9 +165,6 @@ class Backbone(Protocol):
 
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         """Masks per source frame (R, F, H, W) -> per latent frame (R, T, H, W) (T = F for an image model)."""
-
-    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
-        """(F,) int64: the latent frame each source frame is encoded into."""
 
     def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
         """Region bitmasks and size terms on the backbone's tokens; masks (R, F, H, W) bool."""

@@ -103,7 +103,6 @@ class StableDiffusionBackbone:
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         self.capabilities = sd_capabilities(pipe.vae.config, pipe.unet.config, pipe.scheduler.config)
-        self.num_levels = self.capabilities.num_levels
         self.native_size = pipe.unet.config.sample_size * self.capabilities.vae_factor
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
@@ -141,14 +140,12 @@ class StableDiffusionBackbone:
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         return masks
 
-    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
-        return torch.arange(num_frames)
-
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
-        return [token_grid(latent_size, level) for level in range(self.num_levels)]
+        return [token_grid(latent_size, level) for level in range(self.capabilities.num_levels)]
 
     def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
-        return build_layout(masks, spans, latent_size, self.num_levels, temporal, self.tokenizer.model_max_length)
+        return build_layout(masks, spans, latent_size, self.capabilities.num_levels, temporal,
+                            self.tokenizer.model_max_length)
 
     def schedule(self, steps: int) -> DDIMSchedule:
         return DDIMSchedule.from_scheduler(self.pipe.scheduler, steps)

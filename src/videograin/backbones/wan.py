@@ -82,7 +82,6 @@ class WanBackbone:
         self.experts = [pipe.transformer, *([second] if self.boundary is not None else [])]
         self.capabilities = wan_capabilities(pipe.vae.config, pipe.transformer.config, pipe.scheduler.config,
                                              len(self.experts))
-        self.temporal_factor = vae_factors(pipe.vae.config)[1]
         self.patch = tuple(pipe.transformer.config.patch_size)  # (t, h, w)
         self.native_size = NATIVE_SIZES.get(self.capabilities.vae_factor, NATIVE_SIZES[8])
 
@@ -146,12 +145,7 @@ class WanBackbone:
         return slice(0, len(self.tokenizer(prompt).input_ids) - 1)
 
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
-        return latent_frame_masks(masks, self.temporal_factor)
-
-    def latent_frame_of(self, num_frames: int) -> torch.Tensor:
-        """Frame 0 -> latent frame 0; frame f >= 1 -> (f − 1) // temporal factor + 1."""
-        frames = torch.arange(num_frames)
-        return torch.where(frames == 0, 0, (frames - 1) // self.temporal_factor + 1)
+        return latent_frame_masks(masks, self.capabilities.temporal_factor)
 
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [(latent_size[0] // self.patch[1], latent_size[1] // self.patch[2])]

@@ -264,7 +264,7 @@ def notes(spec: EditSpec, capabilities: Capabilities | None = None) -> list[str]
         if used and None not in (steps, settings.steps) and steps > settings.steps:
             found.append(f"{field} is {steps}, more than edit.steps ({settings.steps}): active on every step")
     if settings.window is not None:
-        latent_frames = 1 + (spec.video.frames - 1) // (capabilities.temporal_factor if capabilities else 1)
+        latent_frames = capabilities.latent_frames(spec.video.frames) if capabilities else spec.video.frames
         if settings.window.size >= latent_frames:
             found.append(f"edit.window.size {settings.window.size} covers all {latent_frames} (latent) frames: the "
                          "clip is denoised in one window, as without `window`")
