@@ -6,9 +6,12 @@ offline, per file). Nothing here downloads anything.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
+
+logger = logging.getLogger("videograin")
 
 
 def cached(repo_id: str, filename: str) -> bool:
@@ -38,5 +41,18 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def obtainable(model: str, filename: str) -> bool:
-    """Whether ``model`` (a local folder or a hub id) can be loaded without waiting on a dead network."""
-    return Path(model).is_dir() or cached(model, filename) or hub_reachable()
+    """Whether ``model`` (a local folder or a hub id) can be loaded without waiting on a dead network.
+    When the hub cannot be reached but the cache holds the model, the hub client is switched to offline
+    mode for this process, so the cached files load without its retries (about 30 s per file)."""
+    if Path(model).is_dir():
+        return True
+    if hub_reachable():
+        return True
+    if cached(model, filename):
+        from huggingface_hub import constants
+
+        if not constants.HF_HUB_OFFLINE:
+            logger.info("the Hugging Face hub cannot be reached: using the cached files of %s", model)
+            constants.HF_HUB_OFFLINE = True
+        return True
+    return False

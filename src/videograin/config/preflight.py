@@ -61,7 +61,14 @@ _SUPPORTED = ("supported: SD 1.x/2.x, and Wan 2.x text-to-video (WanPipeline fol
 
 
 def _model_index(model: str) -> dict:
-    """A model's model_index.json ({} when it cannot be read: read_model then says why)."""
+    """A model's model_index.json ({} when it cannot be read: read_model then says why). SpecError("model")
+    at once for a hub id that is neither cached nor reachable (instead of the hub client's retries)."""
+    if Path(model).is_file():  # a single-file checkpoint (SD): no index
+        return {}
+    if not obtainable(model, "model_index.json"):
+        raise SpecError("model", f"{model!r} is not in the local cache and the Hugging Face hub cannot be reached",
+                        "download it once where there is network (hf download <id>), or pass "
+                        "--model a local diffusers folder")
     from diffusers import DiffusionPipeline
 
     try:
@@ -139,11 +146,6 @@ def read_single_file(model: str, model_config: str | None) -> ModelFacts:
 def read_model(model: str, model_config: str | None = None) -> ModelFacts:
     """Read a diffusers SD folder or hub id's config files and tokenizer, or a single-file checkpoint's
     (``read_single_file``); SpecError("model") if it cannot."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTokenizer
-
-    from ..backbones.sd import sd_capabilities
-
     local = Path(model)
     if local.is_file():
         return read_single_file(model, model_config)
@@ -153,7 +155,7 @@ def read_model(model: str, model_config: str | None = None) -> ModelFacts:
         except (OSError, ValueError) as err:
             raise SpecError("model", f"{local / 'model_index.json'} is not readable JSON ({first_line(err)})",
                             "download or copy the model folder again") from None
-    refuse_other_pipelines(model)
+    refuse_other_pipelines(model)  # first: a hub id that cannot be obtained fails here, before heavy imports
     if model_backbone(model) == "wan":
         if local.is_dir():
             _check_weight_files(local)
@@ -162,10 +164,11 @@ def read_model(model: str, model_config: str | None = None) -> ModelFacts:
         missing = [p for p in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer") if not (local / p).exists()]
         if missing:
             raise SpecError("model", f"{local} lacks {', '.join(missing)}", _MODEL_FIX)
-    elif not obtainable(model, "model_index.json"):
-        raise SpecError("model", f"{model!r} is not in the local cache and the Hugging Face hub cannot be reached",
-                        "download it once where there is network (hf download <id>), or pass "
-                        "--model a local diffusers folder")
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from ..backbones.sd import sd_capabilities
+
     try:
         vae = AutoencoderKL.load_config(model, subfolder="vae")
         unet = UNet2DConditionModel.load_config(model, subfolder="unet")
