@@ -89,3 +89,45 @@ def test_job_list_errors_name_the_entry(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "jobs[0]" in err and "sead" in err and len(err.strip().splitlines()) == 1
     assert main(["batch", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_report_shows_metrics_found_beside_a_job_and_survives_junk(tmp_path, caplog):
+    """report of a folder whose records are junk: a batch.json that is a list, then not JSON, a run.json
+    with wrong types, a run.json that is a FIFO (read, it would block for ever): the good rows, at once."""
+    import os
+    import threading
+
+    from videograin.cli import main
+
+    def job(name: str, record) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(record))
+        return tmp_path / name
+
+    config = {"prompt": "two balls", "regions": [{"name": "left", "prompt": "a red ball"}, {"name": "right"}]}
+    good = job("good", {"config": config, "timings": {"total": 3.5}, "eval": {"metrics": {"psnr_outside_db": 30.0}}})
+    (good / "metrics.json").write_text(json.dumps({"metrics": {"psnr_outside_db": 31.0, "warp_err": 2.5,
+                                                               "flag": True}}))
+    job("typed", {"config": {"prompt": 5, "regions": "left"}, "timings": [1], "eval": {"metrics": [1]}})
+    job("listed", [1, 2])
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "run.json")
+    (tmp_path / "good" / "frames").mkdir()
+
+    for batch in ("[1, 2]", "{not json", json.dumps({"jobs": [{"name": "good", "status": "done"}, 7,
+                                                              {"name": "gone", "status": "failed", "error": "x"}]})):
+        (tmp_path / "batch.json").write_text(batch)
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(rc=main(["report", str(tmp_path)])), daemon=True)
+        thread.start()
+        thread.join(5)
+        assert result.get("rc") == 0, "report blocked or failed"
+        with open(tmp_path / "results.csv", encoding="utf-8") as f:
+            rows = {row["name"]: row for row in csv.DictReader(f)}
+        expected = {"good", "typed"} | ({"gone"} if "gone" in batch else set())
+        assert set(rows) == expected, batch
+        assert rows["good"]["psnr_outside_db"] == "31" and rows["good"]["warp_err"] == "2.5"  # the later eval's
+        assert rows["good"]["seconds"] == "3.5" and rows["good"]["regions"] == "left: a red ball; right: (kept)"
+        assert "flag" not in rows["good"] and rows["typed"]["seconds"] == "" and rows["typed"]["regions"] == ""
+    assert "is not a batch record" in caplog.text
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

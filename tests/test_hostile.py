@@ -219,7 +219,7 @@ def test_cause_15_outputs_that_cannot_be_written(case, where):
 
 
 def test_cause_16_a_full_disk_is_found_before_the_edit(case):
-    case.monkeypatch.setattr(io, "free_bytes", lambda folder: 2**20)
+    case.monkeypatch.setattr(io, "free_space", lambda folder: (2**20, None))
     assert "MiB free" in case.fail("output")
 
 

@@ -495,8 +495,13 @@ def test_eval_of_mismatched_videos_is_one_line_and_resize_compares_at_the_source
     assert len(err) == 1 and "is 256x192 but the source is 128x96" in err[0] and "--resize" in err[0]
     assert main(["eval", "--edited", str(tmp_path / "big.mp4"), "--source", str(tmp_path / "source.mp4"), "--resize",
                  "--clip", str(tmp_path / "none"), "--pickscore", str(tmp_path / "none")]) == 0
-    record = json.loads((tmp_path / "metrics.json").read_text())
+    record = json.loads((tmp_path / "big.metrics.json").read_text())
     assert record["inputs"]["size"] == [128, 96] and record["metrics"]["warp_err"] < 1.0
+    # a second video of the same folder: its own metrics file, the first one kept
+    assert main(["eval", "--edited", str(tmp_path / "source.mp4"), "--source", str(tmp_path / "source.mp4"),
+                 "--clip", str(tmp_path / "none"), "--pickscore", str(tmp_path / "none")]) == 0
+    assert json.loads((tmp_path / "source.metrics.json").read_text())["inputs"]["edited"].endswith("source.mp4")
+    assert json.loads((tmp_path / "big.metrics.json").read_text()) == record
     assert main(["eval", "--edited", str(tmp_path / "big.mp4"), "--source", str(tmp_path / "source.mp4"), "--resize",
                  "--regions", "left"]) == 2
     assert "NAME=MASK_DIR:PROMPT" in capsys.readouterr().err

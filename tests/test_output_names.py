@@ -132,6 +132,47 @@ def test_a_full_disk_while_writing_is_one_output_line_with_nothing_left(example_
     assert _snapshot(tmp_path) == before
 
 
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """Mount a tmpfs of the given options at a new folder (root, with mounting allowed), unmounted after."""
+    import subprocess
+
+    mounts = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
+                              text=True)
+        if proc.returncode:
+            pytest.skip(f"needs a tmpfs mount (root with CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize("limit", ["nr_inodes=24", "size=256k"])
+def test_a_real_file_system_out_of_files_or_bytes_is_one_output_line_with_nothing_left(example_config, small_tmpfs,
+                                                                                          monkeypatch, capsys, limit):
+    """First the free-space check refuses it before the edit; without the check, the file system's own
+    ENOSPC in mid-write ends the same way, with nothing left there."""
+    from videograin import io
+
+    fs = small_tmpfs(limit)
+    assert main(["edit", str(example_config), "--out", str(fs / "out"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: output: only ") and err.count("\n") == 1, err
+    assert list(fs.iterdir()) == []
+    monkeypatch.setattr(io, "check_free_space", lambda *args: None)
+    assert main(["edit", str(example_config), "--out", str(fs / "out"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: output: no room left") and err.count("\n") == 1, err
+    assert list(fs.iterdir()) == []
+
+
 def test_masks_frame_selection_and_a_batch_set_that_is_not_a_mapping_are_one_line(example_config, tmp_path, capsys):
     video = Path(__file__).resolve().parents[1] / "examples" / "two_balls" / "video.mp4"
     for flag, value in (("--stride", "0"), ("--start", "-1"), ("--frames", "0")):

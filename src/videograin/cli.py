@@ -51,7 +51,7 @@ def _edit(args) -> dict:
 
 
 def _eval(args) -> dict:
-    """`videograin eval`: metrics of an edited video against its source; writes metrics.json."""
+    """`videograin eval`: metrics of an edited video against its source, written as JSON (``EvalInputs.default_out``)."""
     from .eval import evaluate, metrics
     from .eval.inputs import load
 
@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                                "an empty PROMPT marks a kept region")
     evaluate.add_argument("--resize", action="store_true",
                           help="without a config: compare at the source's size when the sizes differ")
-    evaluate.add_argument("--out", help="metrics JSON to write (default: metrics.json next to the edited video)")
+    evaluate.add_argument("--out", help="metrics JSON to write (default: metrics.json in an output folder, else "
+                          "NAME.metrics.json next to the edited video or frames folder NAME)")
     evaluate.add_argument("--clip", help="CLIP model id or folder (default openai/clip-vit-large-patch14)")
     evaluate.add_argument("--pickscore", default="yuvalkirstain/PickScore_v1", help="PickScore model id or folder")
     evaluate.add_argument("--flow", choices=["dis", "raft"], default="dis", help="optical flow for Warp-Err")

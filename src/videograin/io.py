@@ -603,17 +603,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as UTF-8 JSON, indent 2, keys in insertion order (paths, numpy values, tensors
-    converted), atomically: a temporary file beside ``path`` renamed over it, so a reader never sees half."""
-    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default)
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: a temporary file beside ``path`` renamed over it, so a reader never
+    sees half of it and a failure leaves the old file (or none)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        temporary.write_text(text + "\n", encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON, indent 2, keys in insertion order (paths, numpy values, tensors
+    converted), atomically (``write_text``)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def check_output_file(path: Path, inputs: Sequence[Path], field: str) -> Path:
@@ -716,22 +721,28 @@ def output_lock(final: Path) -> Iterator[None]:
                 folder.rmdir()
 
 
-def free_bytes(folder: Path) -> int:
-    """Bytes free on the file system of ``folder`` (or of its nearest existing parent)."""
+def free_space(folder: Path) -> tuple[int, int | None]:
+    """Bytes and files (inodes) free to this user on the file system of ``folder`` (or of its nearest
+    existing parent); files None where the file system sets no limit on them."""
     folder = Path(folder)
     while not folder.exists():
         folder = folder.parent
-    return shutil.disk_usage(folder).free
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize, (stats.f_favail if stats.f_files else None)
 
 
 def check_free_space(final: Path, frames: int, size: tuple[int, int]) -> None:
     """SpecError("output") when the file system of ``final`` lacks room for an edit's outputs, estimated
-    as 8 bytes per output pixel (frames/ PNGs, the GIF and the mp4s, with margin) plus 16 MiB."""
-    need = 8 * frames * size[0] * size[1] + 16 * 2**20
-    free = free_bytes(Path(final).parent)
+    as 8 bytes per output pixel (frames/ PNGs, the GIF and the mp4s, with margin) plus 16 MiB, and as
+    one file per frame plus 32 (the other outputs and their folders, with margin)."""
+    need, files = 8 * frames * size[0] * size[1] + 16 * 2**20, frames + 32
+    free, free_files = free_space(Path(final).parent)
     if free < need:
         raise SpecError("output", f"only {free / 2**20:.0f} MiB free where {final} goes, the outputs need about "
                         f"{need / 2**20:.0f} MiB", "free some space or choose another folder")
+    if free_files is not None and free_files < files:
+        raise SpecError("output", f"only {free_files} more files (inodes) can be made where {final} goes, the "
+                        f"outputs need about {files}", "delete some files there or choose another folder")
 
 
 def _lock_owner(lock: Path) -> int | None:

@@ -1,7 +1,9 @@
 """One results table for many edits: results.csv, results.md and report.html of a folder of output folders.
 
-Rows come from every ``<folder>/<name>/run.json`` (a batch's jobs or single edits alike) and from the
-failed and skipped jobs a batch recorded in ``<folder>/batch.json``. report.html is a static page: per
+Rows come from every ``<folder>/<name>/run.json`` (a batch's jobs or single edits alike; metrics from
+its edit --eval or a later ``videograin eval`` of the folder, its metrics.json) and from the failed and
+skipped jobs a batch recorded in ``<folder>/batch.json``. Files that are not what they should be
+(junk JSON, a FIFO) are left out, never read blocking. report.html is a static page: per
 edit its comparison GIF, prompts and metrics, in a table sortable by any column (a few lines of script).
 """
 
@@ -10,26 +12,64 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 from . import io
 
+logger = logging.getLogger("videograin")
+
 FIXED = ("name", "status", "seconds", "peak_memory_mb", "prompt", "error")
 
 
-def _edit_row(folder: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is no regular file (a FIFO would block) or not JSON."""
     try:
-        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        config = record["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
         return None
-    row = {"name": folder.name, "status": "done", "seconds": record.get("timings", {}).get("total"),
+
+
+def _numbers(record: Any) -> dict[str, float]:
+    """The numeric metrics of an eval record ({"metrics": {...}, ...}); {} for anything else."""
+    metrics = record.get("metrics") if isinstance(record, dict) else None
+    if not isinstance(metrics, dict):
+        return {}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _edit_row(folder: Path) -> dict[str, Any] | None:
+    """The row of an output folder: its run.json (None without a readable one), with the metrics of its
+    edit --eval, replaced by those of a later `videograin eval` of the folder (its metrics.json)."""
+    record = _read_json(folder / "run.json")
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        return None
+    timings, regions = record.get("timings"), config.get("regions")
+    regions = [r for r in regions if isinstance(r, dict)] if isinstance(regions, list) else []
+    row = {"name": folder.name, "status": "done", "seconds": timings.get("total") if isinstance(timings, dict) else None,
            "peak_memory_mb": record.get("peak_memory_mb"), "prompt": config.get("prompt"),
-           "regions": "; ".join(f"{r.get('name')}: {r.get('prompt') or '(kept)'}" for r in config.get("regions", []))}
-    metrics = (record.get("eval") or {}).get("metrics", {})
-    row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+           "regions": "; ".join(f"{r.get('name')}: {r.get('prompt') or '(kept)'}" for r in regions)}
+    row.update(_numbers(record.get("eval")))
+    row.update(_numbers(_read_json(folder / "metrics.json")))
     return row
+
+
+def _batch_jobs(folder: Path) -> list[dict[str, Any]]:
+    """The jobs a batch recorded in ``folder``'s batch.json (each with a name and a status); [] when there
+    is none, and a warning when it is not a batch record."""
+    path = folder / "batch.json"
+    if not path.exists():
+        return []
+    record = _read_json(path)
+    jobs = record.get("jobs") if isinstance(record, dict) else None
+    if not isinstance(jobs, list):
+        logger.warning("%s is not a batch record (a mapping with a list of jobs): left out of the report", path)
+        return []
+    return [job for job in jobs if isinstance(job, dict) and isinstance(job.get("name"), str)
+            and job.get("status") in ("done", "skipped", "failed")]
 
 
 def collect(folder: str | Path) -> list[dict[str, Any]]:
@@ -37,13 +77,11 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
     gave each job (a skipped job's row keeps the metrics of its earlier run)."""
     folder = Path(folder)
     rows = {p.name: row for p in folder.iterdir() if p.is_dir() and (row := _edit_row(p)) is not None}
-    batch = folder / "batch.json"
-    if batch.is_file():
-        for job in json.loads(batch.read_text(encoding="utf-8")).get("jobs", []):
-            if job["status"] == "failed" or job["name"] not in rows:
-                rows[job["name"]] = {"name": job["name"], "status": job["status"], "error": job.get("error")}
-            else:
-                rows[job["name"]]["status"] = job["status"]
+    for job in _batch_jobs(folder):
+        if job["status"] == "failed" or job["name"] not in rows:
+            rows[job["name"]] = {"name": job["name"], "status": job["status"], "error": job.get("error")}
+        else:
+            rows[job["name"]]["status"] = job["status"]
     return sorted(rows.values(), key=lambda row: io.natural_key(row["name"]))
 
 
@@ -63,14 +101,15 @@ def write_report(folder: str | Path) -> list[dict[str, Any]]:
     folder = Path(folder)
     rows = collect(folder)
     columns = _columns(rows)
-    with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows([{k: _cell(row.get(k)) for k in columns} for row in rows])
+    table = StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows([{k: _cell(row.get(k)) for k in columns} for row in rows])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(k)).replace("|", "/") for k in columns) + " |" for row in rows]
-    (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "report.html").write_text(_html(folder, rows, columns), encoding="utf-8")
+    for name, text in (("results.csv", table.getvalue()), ("results.md", "\n".join(lines) + "\n"),
+                       ("report.html", _html(folder, rows, columns))):
+        io.write_text(folder / name, text)
     return rows
 
 

@@ -111,7 +111,8 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         if spec is None:
             source_path = source_path or given / "source.mp4"
     else:
-        edited_path, default_out = given, given.parent / "metrics.json"
+        # named after what was evaluated: two videos of one folder never share (and replace) a metrics file
+        edited_path, default_out = given, given.parent / f"{given.stem if given.is_file() else given.name}.metrics.json"
     if spec is None and source_path is None:
         raise SpecError("--source", f"is needed to evaluate {given} (no edit config to find it in)",
                         "pass --source SOURCE (a video or a folder of frames), or --config CONFIG")
