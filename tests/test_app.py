@@ -5,12 +5,14 @@ clicks, an edit whose zip is downloaded and read, bad input that starts no run, 
 from __future__ import annotations
 
 import io as _io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -312,3 +314,15 @@ def test_uploads_become_a_video_path_under_the_apps_folder(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["1.png", "10.png", "2.png"]
     with pytest.raises(SpecError, match="neither an image nor a zip"):
         app.upload([str(video), str(tmp_path / "notes.txt")], "session1")
+
+
+def test_an_unknown_event_on_the_queue_is_a_client_error_not_a_crash(server):
+    """Gradio looks the fn_index up unchecked (KeyError, HTTP 500 with a traceback): 400 naming it."""
+    url, _ = server
+    request = urllib.request.Request(f"{url}/gradio_api/queue/join", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"fn_index": 999, "data": [], "session_hash": "x"}).encode())
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=10)
+    assert answer.value.code == 400 and "999" in answer.value.read().decode()
+    with urllib.request.urlopen(url, timeout=10) as page:  # and the app still serves
+        assert page.status == 200

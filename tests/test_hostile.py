@@ -223,10 +223,13 @@ def test_cause_16_a_full_disk_is_found_before_the_edit(case):
     assert "MiB free" in case.fail("output")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cause_17_an_interrupt_leaves_nothing(case, sig):
+@pytest.mark.parametrize("sig,times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 4)])
+def test_cause_17_an_interrupt_leaves_nothing(case, sig, times):
+    """Once, or again and again while the first one cleans up (an impatient Ctrl-C): the same clean end."""
     proc = _start_edit(case)
-    proc.send_signal(sig)
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.02)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted; nothing written"
@@ -307,12 +310,14 @@ def test_minor_a_missing_model_path_is_not_taken_for_a_hub_id(case):
 
 
 def test_minor_modulation_steps_past_the_edit_and_the_seed_are_noted(case):
-    case.config["edit"].update(steps=4, modulation={"steps": 15})
+    case.config["edit"].update(steps=4, modulation={"steps": 15}, seed=0)
     spec_data = dict(case.config, video=dict(case.config["video"], path=str(case.folder / "video.mp4")))
     spec_data["regions"] = [dict(r, masks=str(case.folder / r["masks"])) for r in case.config["regions"]]
     found = notes(spec_from_dict(spec_data, case.folder))
     assert any("edit.modulation.steps is 15, more than edit.steps (4)" in n for n in found)
-    assert any("edit.seed does not change this edit" in n for n in found)
+    assert not any("edit.seed" in n for n in found)  # the default seed: nothing to say
+    spec_data["edit"] = dict(spec_data["edit"], seed=3)
+    assert any("edit.seed 3 does not change this edit" in n for n in notes(spec_from_dict(spec_data, case.folder)))
 
 
 # --- the loader on anything ------------------------------------------------------------------------------

@@ -329,3 +329,21 @@ def test_make_masks_loads_a_saved_sam2_folder(tiny_sam2, tmp_path, capsys):
     assert record["engine"] == "sam2" and record["model"] == str(folder)
     assert np.array_equal(masks, sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2))  # the saved weights, loaded
     assert "8/8" in capsys.readouterr().err  # the bar's total: forward 1..4, backward 3..0
+
+
+@pytest.mark.parametrize("box,problem", [("10.5,1,20,20", "cannot read"), ("20,1,10,20", "empty or flipped"),
+                                         ("1,1,20,20", None)])
+def test_a_box_on_the_command_line_follows_the_configs_rule(box, problem):
+    """--region box=... and a config's box: the same rule (values.box), whole pixels, ordered corners."""
+    from videograin.config.parse import _mask_prompt
+    from videograin.errors import SpecError
+    from videograin.masks import parse_region
+
+    corners = [float(v) if "." in v else int(v) for v in box.split(",")]
+    if problem is None:
+        assert parse_region(f"a:box={box}").box == tuple(corners) == _mask_prompt({"box": corners}, "m", 1).box
+        return
+    with pytest.raises(SpecError, match=problem):
+        parse_region(f"a:box={box}")
+    with pytest.raises(SpecError, match="must be a box of 4 integers" if "." in box else problem):
+        _mask_prompt({"box": corners}, "m", 1)

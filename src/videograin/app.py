@@ -337,6 +337,21 @@ def _error_text(err: Exception) -> str:
     return f"**error** — {err}"
 
 
+def _unknown_event(request, err: KeyError):
+    """Gradio's queue looks an event's fn_index up unchecked: an unknown one is the client's mistake (400),
+    not a server error with a traceback. Any other KeyError stays a 500, logged."""
+    from fastapi.responses import JSONResponse
+
+    if request.url.path.endswith("/queue/join"):
+        return JSONResponse({"detail": f"unknown event {err}: no such fn_index in this app"}, status_code=400)
+    logger.error("error serving %s", request.url.path, exc_info=err)
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+
+
+#: ``Blocks.launch(app_kwargs=...)`` of the app: its HTTP error handling
+LAUNCH_APP_KWARGS = {"exception_handlers": {KeyError: _unknown_event}}
+
+
 def build_app(model: str | None = None, out: str | Path = "out/app", device: str | None = None):
     """The Gradio Blocks of the app (``.launch()`` it; ``allowed_paths=[out]`` when ``out`` lies outside
     the working directory). ``model``: hub id or folder (default: ``default_model()``)."""

@@ -112,12 +112,12 @@ def _app(args) -> None:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(out / ".gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        from .app import build_app
+        from .app import LAUNCH_APP_KWARGS, build_app
     except ImportError as err:
         raise SpecError("app", f"Gradio is not installed ({err})", "pip install 'videograin[app]'") from None
     out.mkdir(parents=True, exist_ok=True)
     build_app(model, out, device).queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out)],
-                                                 quiet=args.quiet)
+                                                 quiet=args.quiet, app_kwargs=LAUNCH_APP_KWARGS)
 
 
 def _masks(args) -> None:
@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("videograin").setLevel(level)
     logging.getLogger("transformers.utils.import_utils").addFilter(_DropKnownNotices())
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
     try:
         if args.command == "make-tiny-model":
             from .testing import make_tiny_model, make_tiny_wan_model
@@ -443,13 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (below): the output folders cleaned up on the way out
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt): the output folders cleaned up on the way out
         print("interrupted; nothing written", file=sys.stderr)
         return 130
     return 0
 
 
 def _interrupt(signum, frame):
+    """Ctrl-C or SIGTERM: a KeyboardInterrupt, once; a second one while the outputs are cleaned up on the
+    way out is ignored (it would cut the cleanup short and leave the process dead by a signal)."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

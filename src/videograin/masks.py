@@ -26,10 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import io, viz
+from . import io, values, viz
 from .config.spec import MASK_ENGINES as ENGINES
 from .config.spec import plain_name
-from .errors import SpecError, WeightsUnavailable
+from .errors import SettingError, SpecError, WeightsUnavailable
 
 logger = logging.getLogger("videograin")
 
@@ -82,18 +82,18 @@ def parse_region(text: str) -> RegionPrompt:
     plain_name(name.strip(), "--region")  # it names the region's folder under --out
     box, points, negative, frames = None, [], [], set()
 
-    def number(token: str) -> int:
+    def number(token: str) -> int:  # whole pixels, as in a config (ValueError for 10.5)
         value, _, frame = token.partition("@")
         if frame:
             frames.add(int(frame))
-        return int(float(value))
+        return int(value)
 
     try:
         for part in rest.split(";"):
-            key, eq, values = part.partition("=")
-            tokens = [t for t in values.split(",") if t.strip()]
+            key, eq, listed = part.partition("=")
+            tokens = [t for t in listed.split(",") if t.strip()]
             if key.strip() == "box" and len(tokens) == 4:
-                box = tuple(number(t) for t in tokens)
+                box = [number(t) for t in tokens]
             elif key.strip() == "points" and tokens and len(tokens) % 2 == 0:
                 for x, y in zip(tokens[::2], tokens[1::2]):
                     (negative if x.strip().startswith("-") else points).append((abs(number(x)), number(y)))
@@ -101,6 +101,11 @@ def parse_region(text: str) -> RegionPrompt:
                 raise ValueError(part)
     except ValueError:
         raise SpecError("--region", f"{text!r}: cannot read {part!r}", fix) from None
+    if box is not None:
+        try:
+            box = values.box(box, "--region")
+        except SettingError as err:
+            raise SpecError("--region", f"{text!r}: {err.problem}", err.fix) from None
     if len(frames) > 1:
         raise SpecError("--region", f"{text!r} puts prompts on frames {sorted(frames)}", "give one region's prompts on one frame")
     return RegionPrompt(name.strip(), box, tuple(points), tuple(negative), frames.pop() if frames else 0)

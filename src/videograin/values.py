@@ -48,6 +48,21 @@ def whole(value: Any, name: str, minimum: int, maximum: int | None = None) -> in
     return value
 
 
+def box(value: Any, name: str) -> tuple[int, int, int, int]:
+    """A box [x0, y0, x1, y1] of whole, non-negative source-frame pixels with x0 < x1 and y0 < y1."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 4 and all(is_whole(v) for v in value)):
+        raise SettingError(name, f"must be a box of 4 integers [x0, y0, x1, y1], got {describe(value)}",
+                           "write the box as [x0, y0, x1, y1] in whole source-frame pixels")
+    x0, y0, x1, y1 = value
+    if min(value) < 0:
+        raise SettingError(name, f"box {list(value)} has a negative coordinate",
+                           "use pixel coordinates >= 0 (clip the box to the frame)")
+    if not (x0 < x1 and y0 < y1):
+        raise SettingError(name, f"box {list(value)} is empty or flipped: needs x0 < x1 and y0 < y1",
+                           "order the corners as [left, top, right, bottom]")
+    return (x0, y0, x1, y1)
+
+
 def number(value: Any, name: str, maximum: float | None = None, why: str = "") -> float:
     """A finite real number >= 0 (ints accepted, booleans not), at most ``maximum`` (``why`` says why)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -214,7 +214,7 @@ def _mask_prompt(value: dict, field: str, frames: int) -> MaskPrompt:
         raise SpecError(f"{field}.frame", f"must be a frame index of the selected clip, 0..{frames - 1}, got {frame!r}",
                         f"give a frame between 0 and {frames - 1} (counted in the selected frames)")
     box = value.get("box")
-    return MaskPrompt(None if box is None else _box(box, f"{field}.box"), points("points"), points("negative"), frame)
+    return MaskPrompt(None if box is None else _checked(values.box, box, f"{field}.box"), points("points"), points("negative"), frame)
 
 
 def _mask_folder(value: str, field: str, base_dir: Path) -> Path:
@@ -230,25 +230,11 @@ def _mask_folder(value: str, field: str, base_dir: Path) -> Path:
 
 def _boxes(value: list, field: str, frames: int) -> tuple[tuple[int, int, int, int], ...]:
     if not any(isinstance(item, list) for item in value):
-        return (_box(value, field),)
+        return (_checked(values.box, value, field),)
     if len(value) != frames:
         raise SpecError(field, f"has {len(value)} per-frame boxes but video.frames is {frames}",
                         f"give exactly {frames} boxes, one per frame, or a single [x0, y0, x1, y1] for all frames")
-    return tuple(_box(item, f"{field}[{i}]") for i, item in enumerate(value))
-
-
-def _box(value: Any, field: str) -> tuple[int, int, int, int]:
-    if not (isinstance(value, list) and len(value) == 4 and all(values.is_whole(v) for v in value)):
-        raise SpecError(field, f"must be a box of 4 integers [x0, y0, x1, y1], got {values.describe(value)}",
-                        "write the box as [x0, y0, x1, y1] in whole source-frame pixels")
-    x0, y0, x1, y1 = value
-    if min(value) < 0:
-        raise SpecError(field, f"box {value} has a negative coordinate",
-                        "use pixel coordinates >= 0 (clip the box to the frame)")
-    if not (x0 < x1 and y0 < y1):
-        raise SpecError(field, f"box {value} is empty or flipped: needs x0 < x1 and y0 < y1",
-                        "order the corners as [left, top, right, bottom]")
-    return (x0, y0, x1, y1)
+    return tuple(_checked(values.box, item, f"{field}[{i}]") for i, item in enumerate(value))
 
 
 def _edit(value: Any) -> EditSettings:

@@ -21,7 +21,7 @@ from ..backbones.recommended import Recommended, recommended_settings, resolve_m
 from ..errors import SettingError, SpecError, first_line
 from ..hub import obtainable
 from ..method.tokens import PromptError, region_token_spans, word_token_indices
-from .spec import DEFAULT_MODEL, EditSpec, config_field
+from .spec import DEFAULT_MODEL, EditSettings, EditSpec, config_field
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +271,9 @@ def notes(spec: EditSpec, capabilities: Capabilities | None = None) -> list[str]
         if settings.window.size >= latent_frames:
             found.append(f"edit.window.size {settings.window.size} covers all {latent_frames} (latent) frames: the "
                          "clip is denoised in one window, as without `window`")
-    if not settings.uses_reatco:
-        found.append("edit.seed does not change this edit: DDIM inversion and sampling are deterministic "
-                     "(the seed drives ReAtCo's IRJS noise)")
+    if not settings.uses_reatco and settings.seed != EditSettings.seed:  # said only to whoever set one
+        found.append(f"edit.seed {settings.seed} does not change this edit: the inversion and sampling are "
+                     "deterministic (the seed drives ReAtCo's IRJS noise)")
     return found
 
 
