@@ -28,7 +28,7 @@ for stage in $stages; do
             python3 -c "import torch, triton, diffusers, transformers; print(torch.__version__, triton.__version__,
             diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())"' ;;
         tests) step tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_wan22.py ;;
-        demo) step demo 90 bash -c "$(declare -f videograin); videograin edit toyworld/demo/config.yaml \
+        demo) step demo 90 bash -c "$(declare -f videograin); videograin demo \
             --device cuda --out /tmp/vg-toyworld-demo --overwrite &&
             cp /tmp/vg-toyworld-demo/run.json '$out/demo_run.json' &&
             cp /tmp/vg-toyworld-demo/comparison.gif '$out/demo_comparison.gif'" ;;

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # toyworld/ lives at the repository root
-
-from toyworld.wan_model import encode_captions, fold_text_padding, make_text_encoder, make_tokenizer, make_transformer  # noqa: E402
+from toyworld.wan_model import encode_captions, fold_text_padding, make_text_encoder, make_tokenizer, make_transformer
 
 CAPTION = "a red circle on the left and a blue square on the right on a gray background"
 

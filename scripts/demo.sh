@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fresh machine -> a real edit offline: makes .venv, installs the project and edits the toy-world demo
-# clip (two blue squares) with the small model the project trained and ships (toyworld/model):
+# clip (two blue squares) with the small model the project trained and ships (videograin.toy: src/videograin/toy/sd):
 # the left square becomes a yellow triangle, the right one a purple circle, the background is kept.
 # Writes out/toyworld_demo/ (edited.mp4, comparison.gif, comparison.png, run.json, ...).
 # With Stable Diffusion 1.5 (downloaded on first use, GPU recommended):
@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e .
-exec .venv/bin/videograin edit toyworld/demo/config.yaml --overwrite "$@"
+exec .venv/bin/videograin demo --out out/toyworld_demo --overwrite "$@"

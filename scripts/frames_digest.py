@@ -4,7 +4,7 @@
 
 Runs, on the CPU, the README's example edit (examples/two_balls on the tiny random-weight model; also
 with ReAtCo, temporal windows, flow-guided attention + PnP, and record_attention: compare), the toy-world
-demo (toyworld/demo/config.yaml on the committed toy model) and the toy-world quick benchmark, and prints
+demo (`videograin demo`, the toy model the package ships) and the toy-world quick benchmark, and prints
 one sha256 line per written frame PNG, attention grid and contact sheet.
 """
 
@@ -44,7 +44,7 @@ def main(out: Path) -> None:
         path = out / f"two_balls_{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         run("edit", str(path), "--model", str(model), "--out", str(out / f"two_balls_{name}"), "--overwrite")
-    run("edit", str(ROOT / "toyworld/demo/config.yaml"), "--out", str(out / "toyworld_demo"), "--overwrite")
+    run("demo", "--out", str(out / "toyworld_demo"), "--overwrite")
     subprocess.run([sys.executable, "-m", "toyworld.bench", "--quick", "--out", str(out / "bench_quick")],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for path in sorted(out.rglob("*.png")):

@@ -23,9 +23,11 @@ import pytest
 import yaml
 
 from videograin.app import (
-    TOY_EXAMPLE, TOY_MODEL, Form, RegionForm, add_click, compose_prompt, config_from_form, draw_prompts, zip_folder,
+    Form, RegionForm, add_click, compose_prompt, config_from_form, draw_prompts, zip_folder,
 )
 from videograin.config.parse import spec_from_dict
+from videograin.toy import DEMO as TOY_EXAMPLE
+from videograin.toy import SD_MODEL
 from videograin.config.preflight import model_recommended
 from videograin.config.spec import MaskPrompt
 from videograin.errors import SpecError
@@ -45,7 +47,7 @@ DEMO = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text())
 def _form(**changes) -> Form:
     regions = [RegionForm("left", "red square", "box=0,5,14,19"), RegionForm("right", "blue triangle", "points=24,18,-2,2@3")]
     values = dict(video=str(TOY_EXAMPLE / "frames"), regions=regions, prompt="a red square and a blue triangle",
-                  frames=12, model=str(TOY_MODEL), steps=4)
+                  frames=12, model=str(SD_MODEL), steps=4)
     return Form(**{**values, **changes})
 
 
@@ -55,7 +57,7 @@ def test_the_form_becomes_the_config_the_cli_reads(tmp_path):
     assert left.prompts == MaskPrompt(box=LEFT_BOX) and left.prompt == "red square"
     assert right.prompts == MaskPrompt(points=((24, 18),), negative=((2, 2),), frame=3)
     assert spec.video.size == (32, 32) and spec.video.frames == 12 and spec.edit.steps == 4
-    assert spec.edit.temporal_aids.flow is not None and spec.model == str(TOY_MODEL)
+    assert spec.edit.temporal_aids.flow is not None and spec.model == str(SD_MODEL)
     # uploaded masks: a zip of PNGs becomes the region's mask folder
     archive = tmp_path / "m.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -116,7 +118,7 @@ def test_zip_folder_holds_every_file(tmp_path):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`videograin app` on a free port with the toy model: (its URL, its output folder)."""
-    if not (TOY_MODEL / "model_index.json").is_file():
+    if not (SD_MODEL / "model_index.json").is_file():
         pytest.skip("needs the committed toy-world model (toyworld/model)")
     out = tmp_path_factory.mktemp("app") / "out"
     log = out.parent / "app.log"  # a file, not a pipe: a full pipe nobody reads would block the app
@@ -206,7 +208,7 @@ def _example_with_two_regions(page, steps: int) -> None:
     frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
     page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
     _fill(page, "prompt", DEMO["prompt"])
-    recommended = model_recommended(str(TOY_MODEL)).steps  # what the example sets (the model's videograin.json)
+    recommended = model_recommended(str(SD_MODEL)).steps  # what the example sets (the model's videograin.json)
     page.wait_for_function(f"document.querySelector('#steps input')?.value === '{recommended}'")
     _fill(page, "steps", steps)
 

@@ -136,7 +136,7 @@ def test_the_pipeline_uses_the_models_recommended_settings_unless_the_caller_giv
 
 def test_the_config_and_the_cli_use_the_recommended_settings_unless_the_config_gives_some(wan_with_settings,
                                                                                           tmp_path):
-    from videograin.app import TOY_EXAMPLE
+    from videograin.toy import DEMO as TOY_EXAMPLE
     from videograin.cli import main
 
     config = {"model": str(wan_with_settings), "video": {"path": str(TOY_EXAMPLE / "frames"), "frames": 9},

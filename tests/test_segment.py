@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,9 @@ from videograin.segment import kmeans, label_masks, order_by_size, upsample_labe
 from videograin.errors import SpecError
 from videograin.config.parse import load_source_spec, load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # toyworld/ lives at the repository root
+from toyworld import world
+from videograin.toy import SD_MODEL as MODEL
 
-from toyworld import world  # noqa: E402
-
-MODEL = ROOT / "toyworld" / "model"
 FRAMES = 6
 APPROACH = (world.Motion(dx=2.5, dy=3.0, scale=1.1), world.Motion(dx=-2.5, dy=-3.0, scale=0.9))
 

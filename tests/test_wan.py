@@ -288,7 +288,7 @@ def test_the_edit_keeps_latents_outside_the_edited_regions_and_modulation_raises
 def test_videograin_edit_on_the_tiny_wan_model_writes_the_outputs_and_checks_frames_first(tiny_wan_dir, tmp_path):
     import yaml
 
-    from videograin.app import TOY_EXAMPLE
+    from videograin.toy import DEMO as TOY_EXAMPLE
 
     config = {"model": str(tiny_wan_dir), "video": {"path": str(TOY_EXAMPLE / "frames"), "frames": 9},
               "prompt": "a purple circle and a yellow triangle on a black background",

@@ -151,7 +151,7 @@ def test_attention_maps_are_recorded_on_wan_and_modulation_raises_each_regions_m
 
 
 def test_the_cli_writes_attention_maps_and_runs_reatco_on_wan(tiny_wan_dir, tmp_path):
-    from videograin.app import TOY_EXAMPLE
+    from videograin.toy import DEMO as TOY_EXAMPLE
     from videograin.cli import main
 
     config = {"model": str(tiny_wan_dir), "video": {"path": str(TOY_EXAMPLE / "frames"), "frames": 9},

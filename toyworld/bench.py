@@ -59,9 +59,10 @@ import torch
 
 from videograin import formats, io, viz
 from videograin.method.settings import Modulation, ReAtCoSettings
+from videograin.toy import SD_MODEL, WAN_MODEL
 
 from . import judge, world
-from .model import MODEL_DIR, load_pipeline
+from .model import load_pipeline
 from .world import Motion, Scene, Shape
 
 HERE = Path(__file__).resolve().parent
@@ -656,8 +657,8 @@ def update_readme(readme: Path, table: str, marker: str = "bench") -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", choices=("sd", "wan"), default="sd",
-                   help="the toy model's architecture: sd (UNet, toyworld/model, 8 frames) or wan (DiT, "
-                        "toyworld/model_wan, 9 frames; ReAtCo rows left out, results in toyworld/results_wan)")
+                   help="the toy model's architecture: sd (UNet, videograin.toy.SD_MODEL, 8 frames) or wan "
+                        "(DiT, videograin.toy.WAN_MODEL, 9 frames; ReAtCo rows left out, results in toyworld/results_wan)")
     p.add_argument("--model", default=None, help="model folder (default: the backbone's committed toy model)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: toyworld/results[_wan])")
     p.add_argument("--steps", type=int, default=25)
@@ -698,9 +699,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--readme updates the SD toy's tables; the Wan toy's results are written to --out")
     if wan:
         from .sample_wan import load_pipeline as load
-        from .wan_model import FRAMES as frames, WAN_MODEL_DIR as default_model
+        from .wan_model import FRAMES as frames
+        default_model = WAN_MODEL
     else:
-        load, frames, default_model = load_pipeline, FRAMES, MODEL_DIR
+        load, frames, default_model = load_pipeline, FRAMES, SD_MODEL
     args.model = args.model or str(default_model)
     tuned_method = tuned(args.model)
     if args.guidance is None:

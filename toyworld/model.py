@@ -20,10 +20,10 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextModel
 
 from videograin.testing import clip_text_encoder, sd15_scheduler, word_tokenizer
+from videograin.toy import SD_MODEL
 
 from .world import SIZE, WORDS
 
-MODEL_DIR = Path(__file__).resolve().parent / "model"
 TEXT_WIDTH = 64
 
 
@@ -80,7 +80,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> Path:
     return Path(folder)
 
 
-def load_pipeline(folder: str | Path = MODEL_DIR):
+def load_pipeline(folder: str | Path = SD_MODEL):
     """The saved toy model as a VideoGrainPipeline (CPU, eval mode, progress bars off)."""
     from videograin.pipeline import VideoGrainPipeline
 

@@ -1,6 +1,6 @@
 """Prompt the toy model directly (plain text-to-image DDIM with classifier-free guidance) and score it.
 
-    nice -n 19 python -m toyworld.sample [--model toyworld/model] [--out toyworld/results]
+    nice -n 19 python -m toyworld.sample [--model src/videograin/toy/sd] [--out toyworld/results]
 
 Single-object prompts: every colour x shape x place x background ("a red circle on the left on a gray
 background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("a red circle on the left
@@ -24,7 +24,9 @@ from videograin import io, viz
 from videograin.method.sampling import DDIMSchedule, sample_latents
 
 from . import judge, world
-from .model import MODEL_DIR, load_pipeline, token_ids
+from videograin.toy import SD_MODEL
+
+from .model import load_pipeline, token_ids
 
 
 @torch.no_grad()
@@ -187,7 +189,7 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pair
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(MODEL_DIR))
+    p.add_argument("--model", default=str(SD_MODEL))
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)

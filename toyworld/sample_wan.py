@@ -1,7 +1,7 @@
 """Prompt the Wan toy model directly (text-to-video, Euler on the velocity with classifier-free guidance)
 and score it with the prompt sets of ``toyworld.sample``.
 
-    nice -n 19 python -m toyworld.sample_wan [--model toyworld/model_wan] [--out toyworld/results_wan]
+    nice -n 19 python -m toyworld.sample_wan [--model src/videograin/toy/wan] [--out toyworld/results_wan]
 
 Each prompt gives a 9-frame clip; the judge reads its first and its last frame. A clip is correct when
 both frames hold the requested background and exactly the requested shapes (colour, class, third).
@@ -27,14 +27,16 @@ from videograin.backbones.wan import WanBackbone
 from videograin.method.sampling import sample_latents
 
 from .sample import pair_prompts, score, single_prompts
-from .wan_model import FRAMES, WAN_MODEL_DIR
+from videograin.toy import WAN_MODEL
+
+from .wan_model import FRAMES
 
 #: Seeds of the two-shape prompt sets: the test set (``toyworld.sample.pair_prompts``' default) and
 #: the held-out set of ``--held-out``.
 TEST_PAIR_SEED, HELD_OUT_PAIR_SEED = 1, 2
 
 
-def load_pipeline(folder: str | Path = WAN_MODEL_DIR):
+def load_pipeline(folder: str | Path = WAN_MODEL):
     """The saved Wan toy model as a WanVideoGrainPipeline (CPU, eval mode, progress bars off)."""
     from videograin.pipeline import WanVideoGrainPipeline
 
@@ -180,7 +182,7 @@ def caption_sensitivity(pipe, n: int = 48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95), s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(WAN_MODEL_DIR))
+    p.add_argument("--model", default=str(WAN_MODEL))
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results_wan")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)

@@ -1,6 +1,6 @@
 """Train the toy world's text-to-image model on CPU and save it as a Stable Diffusion folder.
 
-    nice -n 19 python -m toyworld.train --out toyworld/model
+    nice -n 19 python -m toyworld.train --out NEW_FOLDER   (the shipped model: src/videograin/toy/sd)
 
 Two phases, deterministic given ``--seed`` (one thread, seeded torch and numpy generators, data order
 drawn from the seed):
@@ -33,7 +33,9 @@ import torch
 from videograin.testing import sd15_scheduler
 
 from . import world
-from .model import MODEL_DIR, make_text_encoder, make_tokenizer, make_unet, make_vae, save_pipeline, token_ids
+from videograin.toy import SD_MODEL
+
+from .model import make_text_encoder, make_tokenizer, make_unet, make_vae, save_pipeline, token_ids
 
 
 def _lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
@@ -169,7 +171,7 @@ def train_diffusion(latents, scenes, args, rng: np.random.Generator, snapshot=No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=MODEL_DIR)
+    p.add_argument("--out", type=Path, default=SD_MODEL)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=30000, help="training frames rendered once")
     p.add_argument("--vae-steps", type=int, default=800)

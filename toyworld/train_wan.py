@@ -1,6 +1,6 @@
 """Train the toy world's text-to-video model on the Wan 2.1 architecture (CPU) and save it as a Wan folder.
 
-    nice -n 19 python -m toyworld.train_wan --out toyworld/model_wan
+    nice -n 19 python -m toyworld.train_wan --out NEW_FOLDER   (see TRAINING.md for the stages of the shipped src/videograin/toy/wan)
 
 Two phases, deterministic given ``--seed`` (one thread, seeded generators, data drawn from the seed):
 
@@ -49,7 +49,7 @@ from videograin import io
 from . import judge, world
 from .train import _ema_update, _log, _lr
 from .wan_model import (
-    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, WAN_MODEL_DIR, encode_captions, fold_text_padding, make_text_encoder,
+    FLOW_SHIFT, FRAMES, LATENT_CHANNELS, encode_captions, fold_text_padding, make_text_encoder,
     make_tokenizer, make_transformer, make_vae, save_pipeline,
 )
 
@@ -280,7 +280,7 @@ def _counts(text: str) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=WAN_MODEL_DIR)
+    p.add_argument("--out", type=Path, required=True, help="a new folder (the shipped model took several stages)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips", type=int, default=4000, help="training clips rendered once")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default 1500; 0 with --resume)")

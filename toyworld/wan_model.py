@@ -26,10 +26,10 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from videograin.backbones.wan import TEXT_LENGTH
 from videograin.testing import t5_word_tokenizer
+from videograin.toy import WAN_MODEL
 
 from .world import WORDS
 
-WAN_MODEL_DIR = Path(__file__).resolve().parent / "model_wan"
 TEXT_WIDTH = 64
 FRAMES = 9  # 4·2 + 1: three latent frames
 FLOW_SHIFT = 3.0

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageSequence
 
-from . import io, viz
+from . import io, toy, viz
 from .config.parse import spec_from_dict
 from .config.preflight import model_recommended, preflight, read_model
 from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
@@ -38,15 +38,12 @@ logger = logging.getLogger("videograin")
 MAX_REGIONS = 6  # region slots in the form
 VIDEO_TYPES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_REPO = Path(__file__).resolve().parents[2]
-TOY_MODEL = _REPO / "toyworld" / "model"  # present in a checkout of the project (not in the wheel)
-TOY_EXAMPLE = _REPO / "toyworld" / "demo"
 CLICK_MODES = ("box corners", "positive click", "negative click")
 
 
 def default_model() -> str:
-    """The bundled toy-world model when this runs from a checkout (offline, CPU), else Stable Diffusion 1.5."""
-    return str(TOY_MODEL) if (TOY_MODEL / "model_index.json").is_file() else DEFAULT_MODEL
+    """The toy model the package ships (offline, CPU); Stable Diffusion 1.5 and others are a --model away."""
+    return str(toy.SD_MODEL)
 
 
 # --------------------------------------------------------------------------- the form, as plain values
@@ -374,7 +371,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                                 elem_id="upload")
                 with gr.Row():
                     load_example = gr.Button("Load the example", elem_id="load-example",
-                                             visible=(TOY_EXAMPLE / "frames").is_dir())
+                                             visible=(toy.DEMO / "frames").is_dir())
                     load = gr.Button("Load clip", elem_id="load-clip")
                 video_path = gr.Textbox(label="video path", interactive=False, elem_id="video-path")
                 with gr.Row():
@@ -492,8 +489,8 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 return show(_error_text(err), "video")
 
         def on_example():
-            config = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text(encoding="utf-8"))
-            path = str(TOY_EXAMPLE / config["video"]["path"])
+            config = yaml.safe_load((toy.DEMO / "config.yaml").read_text(encoding="utf-8"))
+            path = str(toy.DEMO / config["video"]["path"])
             state = read_clip(path, 0, config["video"]["frames"], 1)
             return {**loaded(state), frames: config["video"]["frames"], start: 0, stride: 1,
                     width: config["video"]["size"][0], height: config["video"]["size"][1],

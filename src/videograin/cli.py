@@ -296,10 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in [
         ("edit", "edit a video as the config describes"),
         ("reconstruct", "invert and re-sample with the source prompt, no edit (inversion fidelity)"),
+        ("demo", "a real edit offline, anywhere: the toy model and demo clip the package ships (two blue "
+                 "squares -> a yellow triangle and a purple circle)"),
     ]:
         sub = commands.add_parser(name, parents=[common], help=help_text)
-        sub.add_argument("config", help="edit config (YAML)")
-        sub.add_argument("--out", help="output folder (overrides `output:` in the config)")
+        if name == "demo":
+            sub.add_argument("--wan", action="store_true", help="on the Wan toy model (the first 9 frames)")
+            sub.add_argument("--out", default="out/toyworld_demo", help="output folder (default: %(default)s)")
+        else:
+            sub.add_argument("config", help="edit config (YAML)")
+            sub.add_argument("--out", help="output folder (overrides `output:` in the config)")
         sub.add_argument("--model", help="hub id or local diffusers folder (overrides `model:`)")
         sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         sub.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--prompt", help="overrides prompt (region prompts must still occur in it)")
         sub.add_argument("--guidance-scale", type=float, help="overrides edit.guidance_scale")
         sub.add_argument("--method", help="overrides edit.method: videograin, reatco or videograin+reatco")
-        if name == "edit":
+        if name != "reconstruct":
             sub.add_argument("--reconstruct", action="store_true", help="also write reconstruction.mp4")
             sub.add_argument("--eval", action="store_true", help="compute the metrics after the edit into run.json")
             sub.add_argument("--clip", help="CLIP model id or folder for --eval (default openai/clip-vit-large-patch14)")
@@ -440,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "app":
             _app(args)
         else:
+            if args.command == "demo":
+                from . import toy
+
+                args.command, args.config = "edit", str(toy.DEMO_WAN_CONFIG if args.wan else toy.DEMO_CONFIG)
             _edit(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
