@@ -36,7 +36,7 @@ from videograin.viz import region_colors
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# the toy demo's shapes on frame 0 (from toyworld/demo/masks/*/00000.png, grown by one pixel)
+# the toy demo's shapes on frame 0 (from src/videograin/toy/demo/masks/*/00000.png, grown by one pixel)
 LEFT_BOX, RIGHT_BOX = (0, 5, 14, 19), (18, 12, 32, 26)
 DEMO = yaml.safe_load((TOY_EXAMPLE / "config.yaml").read_text())
 
@@ -119,7 +119,7 @@ def test_zip_folder_holds_every_file(tmp_path):
 def server(tmp_path_factory):
     """`videograin app` on a free port with the toy model: (its URL, its output folder)."""
     if not (SD_MODEL / "model_index.json").is_file():
-        pytest.skip("needs the committed toy-world model (toyworld/model)")
+        pytest.skip("needs the shipped SD toy model (videograin.toy.SD_MODEL)")
     out = tmp_path_factory.mktemp("app") / "out"
     log = out.parent / "app.log"  # a file, not a pipe: a full pipe nobody reads would block the app
     with socket.socket() as s:

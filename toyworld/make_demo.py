@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from toyworld import world
-from toyworld.bench import CASES
+from toyworld.cases import CASES
 from videograin import io
 from videograin.toy import DEMO
 
@@ -81,8 +81,8 @@ video:
   seed: 0
   blend: true
   # steps, guidance and the modulation strengths: the model's recommended settings (../wan/
-  # videograin.json: 25 steps, guidance 5, modulation on 12 steps at self 0, cross 1.0, the benchmark's
-  # best on its 32 random instance cases)
+  # videograin.json: 25 steps, guidance 5, modulation on 12 steps at self 0, cross 1.0, the sweep's
+  # best on 12 held-out random instance cases)
 """
 
 

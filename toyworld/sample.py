@@ -1,6 +1,6 @@
 """Prompt the toy model directly (plain text-to-image DDIM with classifier-free guidance) and score it.
 
-    nice -n 19 python -m toyworld.sample [--model src/videograin/toy/sd] [--out toyworld/results]
+    nice -n 19 python -m toyworld.sample [--model src/videograin/toy/sd] [--out toyworld/results/sd]
 
 Single-object prompts: every colour x shape x place x background ("a red circle on the left on a gray
 background", 135 prompts). Two-object prompts: 135 drawn with a fixed seed ("a red circle on the left
@@ -22,10 +22,9 @@ import torch
 
 from videograin import io, viz
 from videograin.method.sampling import DDIMSchedule, sample_latents
-
-from . import judge, world
 from videograin.toy import SD_MODEL
 
+from . import judge, model_label, world
 from .model import load_pipeline, token_ids
 
 
@@ -190,7 +189,7 @@ def evaluate(pipe, seed: int = 0, steps: int = 25, guidance: float = 7.5, n_pair
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(SD_MODEL))
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "sd")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.model)
     summary, rows, frames = evaluate(pipe, args.seed, args.steps, args.guidance)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    settings = {"model": model_label(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
     io.write_json(args.out / "prompts.json", {"settings": settings, "summary": summary, "rows": rows})
     big = {k: np.repeat(np.repeat(v[:48], 2, 1), 2, 2) for k, v in frames.items()}  # 2x for viewing
     sheet = viz.grid([big[k][i : i + 16] for k in ("single", "two") for i in range(0, 48, 16)], max_columns=16)

@@ -1,7 +1,7 @@
 """Prompt the Wan toy model directly (text-to-video, Euler on the velocity with classifier-free guidance)
 and score it with the prompt sets of ``toyworld.sample``.
 
-    nice -n 19 python -m toyworld.sample_wan [--model src/videograin/toy/wan] [--out toyworld/results_wan]
+    nice -n 19 python -m toyworld.sample_wan [--model src/videograin/toy/wan] [--out toyworld/results/wan]
 
 Each prompt gives a 9-frame clip; the judge reads its first and its last frame. A clip is correct when
 both frames hold the requested background and exactly the requested shapes (colour, class, third).
@@ -25,10 +25,10 @@ import torch
 from videograin import io, viz
 from videograin.backbones.wan import WanBackbone
 from videograin.method.sampling import sample_latents
-
-from .sample import pair_prompts, score, single_prompts
 from videograin.toy import WAN_MODEL
 
+from . import model_label
+from .sample import pair_prompts, score, single_prompts
 from .wan_model import FRAMES
 
 #: Seeds of the two-shape prompt sets: the test set (``toyworld.sample.pair_prompts``' default) and
@@ -183,7 +183,7 @@ def caption_sensitivity(pipe, n: int = 48, sigmas=(0.3, 0.5, 0.7, 0.85, 0.95), s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(WAN_MODEL))
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results_wan")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "wan")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
@@ -202,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.model)
     if args.one_step or args.caption_sensitivity:
         name, measure = ("one_step", one_step) if args.one_step else ("caption_sensitivity", caption_sensitivity)
-        result = {"model": str(args.model), **measure(pipe)}
+        result = {"model": model_label(args.model), **measure(pipe)}
         args.out.mkdir(parents=True, exist_ok=True)
         io.write_json(args.out / f"{name}.json", result)
         print(json.dumps(result, indent=2))
         return 0
     summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs, args.held_out)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": str(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+    settings = {"model": model_label(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "pair_seed": HELD_OUT_PAIR_SEED if args.held_out else TEST_PAIR_SEED}
     name = "prompts_held_out" if args.held_out else "prompts"
     io.write_json(args.out / f"{name}.json", {"settings": settings, "summary": summary, "rows": rows})

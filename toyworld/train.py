@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 from videograin.testing import sd15_scheduler
-
-from . import world
 from videograin.toy import SD_MODEL
 
+from . import world
 from .model import make_text_encoder, make_tokenizer, make_unet, make_vae, save_pipeline, token_ids
 
 

@@ -26,7 +26,6 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from videograin.backbones.wan import TEXT_LENGTH
 from videograin.testing import t5_word_tokenizer
-from videograin.toy import WAN_MODEL
 
 from .world import WORDS
 
