@@ -29,6 +29,7 @@ from .config.parse import spec_from_dict
 from .config.preflight import model_recommended, preflight, read_model
 from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
 from .errors import EditCancelled, SpecError, first_line
+from .inversion_cache import INVERSIONS, InversionCache
 from .masks import make_masks, parse_region
 from .backbones.recommended import FAMILY_DEFAULTS, Recommended
 from .runner import edit
@@ -306,7 +307,8 @@ class App:
         running = self.running[session] = _Running()
         try:
             record = edit(spec, folder, device=self.device, progress=False, pipelines=self.pipelines,
-                          on_step=on_step, cancel=running.cancel, argv=["app"])
+                          on_step=on_step, cancel=running.cancel, argv=["app"],
+                          inversion_cache=InversionCache(self.out / INVERSIONS))
         except EditCancelled:
             running.cancelled = True
             raise

@@ -33,6 +33,7 @@ from .config.parse import UniqueKeyLoader, load_spec, spec_from_dict
 from .config.preflight import model_recommended, with_recommended
 from .config.spec import EditSpec, plain_name
 from .errors import SpecError, first_line
+from .inversion_cache import INVERSIONS, InversionCache
 
 logger = logging.getLogger("videograin")
 
@@ -148,7 +149,7 @@ def run_job(job: Job, out_root: Path, *, evaluate: bool, force: bool, retries: i
     for attempt in range(1, retries + 2):
         try:
             runner.edit(spec, overwrite=True, evaluate=evaluate, device=device, progress=False, pipelines=pipelines,
-                        argv=["videograin", "batch", job.name])
+                        argv=["videograin", "batch", job.name], inversion_cache=InversionCache(out_root / INVERSIONS))
             return {**row, "status": "done", "attempts": attempt, "seconds": round(time.perf_counter() - clock, 3)}
         except SpecError as err:
             return {**row, "status": "failed", "attempts": attempt, "error": str(err),

@@ -6,6 +6,7 @@ is ``StableDiffusionBackbone``. The method's math lives in method/, the backbone
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from diffusers import (
 from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, WanLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from . import formats, values
@@ -27,15 +29,22 @@ from .backbones.base import Backbone, Capabilities, check_settings
 from .backbones.recommended import Recommended, recommended_settings, resolve_modulation
 from .backbones.sd import StableDiffusionBackbone
 from .backbones.wan import WanBackbone
+from .inversion_cache import InversionCache, inversion_key, weights_fingerprint
 from .method.attention import KernelChoice
+from .method.inversion_free import inversion_free_latents, start_step
 from .method.layout import Layout, blend_mask, composite_weights
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
-    Callback, Guide, Schedule, invert_latents, sample_latents, latent_blend, temporal_windows, windowed_denoise_fn,
+    SOLVERS, Callback, Guide, Schedule, invert_latents, sample_latents, latent_blend, temporal_windows,
+    windowed_denoise_fn,
 )
-from .method.settings import MAX_REGIONS, Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from .method.settings import (
+    INVERSIONS, MAX_REGIONS, InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window,
+)
 from .method.tokens import region_token_spans, word_token_indices
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -157,10 +166,17 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         a = {"num_inference_steps": None, "guidance_scale": None, "guidance_scale_2": None, "modulation": None,
              "reatco": None, "window": None, "temporal_aids": None, "control_images": None, "record_attention": False,
              "words": None, "latents": None, "blend": True, "composite": True, "callback_on_step_end": None,
-             "callback_on_invert_step": None} | arguments
+             "callback_on_invert_step": None, "solver": None, "inversion": None, "inversion_free": None} | arguments
         for name, kind in (("modulation", Modulation), ("reatco", ReAtCoSettings), ("window", Window),
-                           ("temporal_aids", TemporalAidSettings), ("latents", torch.Tensor)):
+                           ("temporal_aids", TemporalAidSettings), ("latents", torch.Tensor),
+                           ("inversion_free", InversionFree)):
             values.of_type(a[name], name, kind)
+        for name, options in (("solver", tuple(SOLVERS)), ("inversion", INVERSIONS)):
+            if a[name] is not None:
+                values.choice(a[name], name, options)
+        if a["inversion"] == "none" and a["latents"] is not None:
+            raise ValueError("latents: inversion-free editing starts from the source itself, not from given latents; "
+                             "remove latents, or use inversion='ode'")
         if a["num_inference_steps"] is not None:
             values.whole(a["num_inference_steps"], "num_inference_steps", 1)
         for name in ("guidance_scale", "guidance_scale_2"):
@@ -209,7 +225,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         check_settings(self.capabilities, num_frames=num_frames, num_inference_steps=a["num_inference_steps"],
                        modulation=a["modulation"], reatco=a["reatco"],
                        temporal_aids=a["temporal_aids"], control=a["control_images"] is not None,
-                       guidance_scale_2=a["guidance_scale_2"],
+                       guidance_scale_2=a["guidance_scale_2"], solver=a["solver"], inversion=a["inversion"],
                        scheduler=type(self.scheduler).__name__ if hasattr(self, "scheduler") else None)
         return prompt
 
@@ -244,8 +260,9 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         control=None,
         schedule: Schedule | None = None,
         callback: Callable | None = None,
+        solver: str = "euler",
     ) -> list[torch.Tensor]:
-        """Invert latents (T, C, h, w) on the backbone's schedule (DDIM, or Euler on the flow) under
+        """Invert latents (T, C, h, w) on the backbone's schedule (DDIM, or ``solver`` on the flow) under
         ``source_prompt`` (guidance 1), with the same spatio-temporal self-attention the edit uses
         (and its temporal ``aids``: flow-guided attention on every step, PnP features recorded; its
         structure ``control``). ``schedule``: the edit's, when it has one (else built for ``steps``).
@@ -259,7 +276,29 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                                       control=control)
         with backbone.attention_processors(), self._progress(steps, "invert") as bar:
             return invert_latents(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
-                               on_step=None if callback is None else lambda step, t: callback(self, step, t))
+                                  on_step=None if callback is None else lambda step, t: callback(self, step, t),
+                                  solver=solver)
+
+    def _cached_inversion(self, cache: InversionCache | None, latents, source_prompt: str, steps: int, temporal, aids,
+                          control, schedule: Schedule, callback, solver: str, control_inputs: tuple,
+                          aid_settings: TemporalAidSettings | None) -> list[torch.Tensor]:
+        """``invert``, read from ``cache`` when it holds this inversion and stored there otherwise. Not
+        cached with PnP, whose features the inversion records."""
+        if cache is None or (aid_settings is not None and aid_settings.pnp is not None):
+            return self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
+        modules = {name: weights_fingerprint(module) for name, module in self.components.items()
+                   if isinstance(module, torch.nn.Module)}
+        key = inversion_key(weights=modules, latents=latents, source_prompt=source_prompt, solver=solver,
+                            temporal=temporal, control=control_inputs, flow=aid_settings, timesteps=schedule.timesteps,
+                            levels=[schedule.signal_noise(i) for i in range(len(schedule) + 1)])
+        trajectory = cache.load(key, tuple(latents.shape), len(schedule) + 1)
+        if trajectory is not None:
+            logger.info("inversion: read from the cache (%s)", cache.folder)
+            return [entry.to(latents) for entry in trajectory]
+        trajectory = self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
+        if len(trajectory) == len(schedule) + 1:  # not interrupted
+            cache.store(key, trajectory)
+        return trajectory
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
         """The runtime aids of an edit (see ``Backbone.temporal_aids``)."""
@@ -291,6 +330,10 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         temporal_aids: TemporalAidSettings | None = None,
         control_images=None,
         control_scale: float = 1.0,
+        solver: str | None = None,
+        inversion: str | None = None,
+        inversion_free: InversionFree | None = None,
+        inversion_cache: InversionCache | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -322,7 +365,14 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         wherever no edited region covers them. ``latents`` (T, C, h, w): the noisy latents the edit
         starts from (default: the video's inversion, which still runs for the latent blend).
         ``temporal_aids``: FLATTEN flow-guided attention (flow of the video) and PnP injection. ``control_images`` (same formats as ``video``):
-        ControlNet conditions (needs ``self.controlnet``). ``record_attention``: True records the
+        ControlNet conditions (needs ``self.controlnet``). ``solver``: the samplers' step rule ("euler";
+        "midpoint" on flow models: second order, two model evaluations per step), for the inversion and
+        the edit. ``inversion``: "ode" inverts the source and edits from its trajectory; "none" (flow
+        models) edits without inversion (FlowEdit, ``method.inversion_free``; its settings
+        ``inversion_free``, default ``InversionFree()``). Both None: the model's recommended.
+        ``inversion_cache``: an ``InversionCache`` the source's inversion is read from when an earlier
+        call stored it (same weights, frames, size, source prompt, steps, solver, control), and stored in.
+        ``record_attention``: True records the
         cross-attention maps; "compare" also without modulation.
         ``callback_on_step_end(pipe, step, t, callback_kwargs) -> dict`` runs after every edit step
         with the tensors named in ``callback_on_step_end_tensor_inputs`` (default ["latents"]); the
@@ -342,11 +392,14 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             control_images=control_images, record_attention=record_attention, words=words, latents=latents,
             blend=blend, composite=composite, callback_on_step_end=callback_on_step_end,
             callback_on_invert_step=callback_on_invert_step, source_prompt=source_prompt, negative_prompt=negative_prompt,
+            solver=solver, inversion=inversion, inversion_free=inversion_free,
         )
         recommended = self.recommended
         num_inference_steps = num_inference_steps if num_inference_steps is not None else recommended.steps
         guidance_scale = guidance_scale if guidance_scale is not None else recommended.guidance_scale
         modulation = resolve_modulation(modulation, recommended)
+        solver = solver if solver is not None else recommended.solver
+        inversion = inversion if inversion is not None else recommended.inversion
         masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
         frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)
@@ -368,10 +421,13 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         aids = self.temporal_aids(frames, latent_size, temporal_aids)
         schedule = backbone.schedule(num_inference_steps)  # shared by inversion and editing
         clock = time.perf_counter()
-        trajectory = self.invert(  # 4. invert
-            source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule,
-            callback_on_invert_step,
-        )
+        if inversion == "none":  # the blend keeps the clean source outside the regions (method.inversion_free)
+            trajectory = [source_latents] * (len(schedule) + 1)
+        else:
+            trajectory = self._cached_inversion(  # 4. invert
+                inversion_cache, source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule,
+                callback_on_invert_step, solver, (control_images, control_scale), temporal_aids,
+            )
         timings["invert"] = time.perf_counter() - clock
 
         clock = time.perf_counter()  # 5. edit
@@ -385,10 +441,15 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
                                       callback_on_step_end, tensor_inputs)
             guide = self._rad_guide(plan, prompt, modulation, temporal, reatco, token_indices, guidance)
-            start = trajectory[0] if latents is None else latents.to(trajectory[0])
-            with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
-                edited_latents = sample_latents(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
-                                             interrupt=lambda: self.interrupt)
+            if inversion == "none":
+                edited_latents = self._edit_inversion_free(
+                    plan, denoise, source_latents, source_prompt, negative_prompt, inversion_free or InversionFree(),
+                    (guidance_scale, guidance_scale_2), temporal, callback, generator)
+            else:
+                start = trajectory[0] if latents is None else latents.to(trajectory[0])
+                with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
+                    edited_latents = sample_latents(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
+                                                    interrupt=lambda: self.interrupt, solver=solver)
             if record_attention:
                 recorder = AttentionRecorder.merge(list(zip(plan.windows, plan.recorders)), layout.num_frames)
         timings["edit"] = time.perf_counter() - clock
@@ -448,6 +509,33 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             for w, lay, rec in zip(plan.windows, plan.layouts, plan.recorders)
         ])
 
+    def _edit_inversion_free(self, plan: _EditPlan, target_fn, source, source_prompt: str, negative_prompt: str,
+                             settings: InversionFree, guidance: tuple[float, float | None], temporal, callback,
+                             generator) -> torch.Tensor:
+        """The edited latents of inversion-free editing (``method.inversion_free``): ``target_fn`` the
+        edit's denoiser, the source's the same per window without layout, under the source prompt at
+        ``settings.source_guidance`` (None: the edit's); noise drawn from ``generator``."""
+        scale = settings.source_guidance if settings.source_guidance is not None else guidance[0]
+        uncond = plan.uncond
+        if uncond is None and scale > 1:
+            uncond = self.backbone.encode_prompt(negative_prompt)
+        second = {} if guidance[1] is None else {"guidance_scale_2": guidance[1]}
+        cond = self.backbone.encode_prompt(source_prompt)
+        source_fn = windowed_denoise_fn([
+            (w, self.backbone.denoise_fn(cond, uncond, scale, w.stop - w.start, plan.schedule, temporal=temporal,
+                                         kernels=plan.kernels, **second))
+            for w in plan.windows
+        ])
+
+        def noise() -> torch.Tensor:
+            return randn_tensor(source.shape, generator=generator, device=torch.device("cpu"),
+                                dtype=torch.float32).to(source)
+
+        steps = len(plan.schedule) - start_step(len(plan.schedule), settings.skip)
+        with self.backbone.attention_processors(), self._progress(steps, "edit") as bar:
+            return inversion_free_latents(source_fn, target_fn, source, plan.schedule, settings.skip, noise,
+                                          settings.draws, callback, progress=bar, interrupt=lambda: self.interrupt)
+
     def _edit_callback(self, plan: _EditPlan, latents, blend: bool, reatco, generator) -> Callback | None:
         """After each step: IRJS (ReAtCo) or the latent blend with the inversion trajectory, or nothing."""
         if reatco is not None and reatco.irjs:
@@ -499,27 +587,32 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         output_type: str = "pil",
+        solver: str | None = None,
     ):
         """Invert and re-sample under the source prompt with no edit: shows inversion fidelity. Takes
         ``video`` (and ``control_images``) as ``__call__`` does; returns the frames in ``output_type``
-        (a batch of one video, "latent" excepted). ``num_inference_steps`` None: the recommended."""
+        (a batch of one video, "latent" excepted). ``num_inference_steps`` and ``solver`` None: the
+        recommended."""
         if output_type not in formats.OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
+        if solver is not None:
+            values.choice(solver, "solver", tuple(SOLVERS))
         num_inference_steps = num_inference_steps if num_inference_steps is not None else self.recommended.steps
+        solver = solver if solver is not None else self.recommended.solver
         frames = self.prepare_video(video, height, width) * 2 - 1
         backbone = self.backbone
         check_settings(self.capabilities, num_frames=frames.shape[0], modulation=Modulation(temporal=temporal),
-                       control=control_images is not None)
+                       control=control_images is not None, solver=solver)
         backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         control = self._control(control_images, control_scale, (frames.shape[-1], frames.shape[-2]))
         latents = self.encode_frames(frames)
         schedule = backbone.schedule(num_inference_steps)
         trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control,
-                                 schedule=schedule)
+                                 schedule=schedule, solver=solver)
         cond = backbone.encode_prompt(source_prompt)
         denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
         with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
-            latents = sample_latents(denoise, trajectory[0], schedule, progress=bar)
+            latents = sample_latents(denoise, trajectory[0], schedule, progress=bar, solver=solver)
         self.maybe_free_model_hooks()
         if output_type == "latent":
             return latents.unsqueeze(0)

@@ -31,6 +31,7 @@ from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
 from .config.spec import DEFAULT_MODEL, EditSpec
 from .errors import EditCancelled, SpecError, WeightsUnavailable, first_line
+from .inversion_cache import InversionCache
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -277,6 +278,7 @@ def edit(
     pipelines: dict | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    inversion_cache: InversionCache | None = None,
     **overrides,
 ) -> dict:
     """Run the edit a config describes and write its output folder; returns the folder's run.json record.
@@ -290,7 +292,8 @@ def edit(
     a loaded pipeline is reused for the next edit of the same model and device. ``on_step(stage, done,
     total)`` follows the run step by step (stage "invert" or "edit"; a web app's progress bar).
     ``cancel``: once set (from another thread), the run stops at its next step and raises
-    EditCancelled, with nothing written. ``overrides``: OVERRIDES such as ``seed=3``.
+    EditCancelled, with nothing written. ``inversion_cache``: where the source's inversion is reused
+    from and kept (a batch's, the app's). ``overrides``: OVERRIDES such as ``seed=3``.
     """
     started = time.perf_counter()
     config = Path(spec) if isinstance(spec, (str, Path)) else None
@@ -307,7 +310,8 @@ def edit(
     device = resolve_device(device)
     if command not in ("edit", "reconstruct"):
         raise ValueError(f"command must be 'edit' or 'reconstruct', got {command!r}")
-    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv, pipelines, on_step, cancel)
+    run = _Run(spec, device, overwrite, command, reconstruct, evaluate, clip, progress, argv, pipelines, on_step, cancel,
+               inversion_cache)
     io.check_output_folder(spec.output, overwrite, inputs_of(spec, config))
     with io.output_lock(spec.output):
         record = run.execute(started)
@@ -331,6 +335,7 @@ class _Run:
     pipelines: dict | None = None
     on_step: Callable[[str, int, int], None] | None = None
     cancel: threading.Event | None = None
+    inversion_cache: InversionCache | None = None
 
     def execute(self, started: float) -> dict:
         spec, facts = preflight(self.spec)  # the model's recommended settings fill what the config leaves unset
@@ -397,6 +402,10 @@ class _Run:
             window=settings.window,
             generator=torch.Generator().manual_seed(settings.seed),
             temporal_aids=settings.temporal_aids,
+            solver=settings.solver,
+            inversion=settings.inversion,
+            inversion_free=settings.inversion_free,
+            inversion_cache=self.inversion_cache,
             width=inputs.size[0],
             height=inputs.size[1],
             output_type="np",
@@ -463,7 +472,7 @@ def _reconstruct(spec: EditSpec, pipe, inputs: io.VideoInputs, control: dict, fo
     settings, clock = spec.edit, time.perf_counter()
     recon = formats.to_uint8(pipe.reconstruct(inputs.frames_uint8, spec.source_prompt, settings.steps,
                                               settings.modulation.temporal, height=inputs.size[1], width=inputs.size[0],
-                                              output_type="np", **control)[0])
+                                              output_type="np", solver=settings.solver, **control)[0])
     timings["reconstruct"] = time.perf_counter() - clock
     io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
     record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]

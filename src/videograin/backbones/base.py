@@ -35,7 +35,8 @@ class Capabilities:
     ReAtCo's guidance reads when its ``level`` is None (they share one token grid); experts: the
     denoisers it switches between by noise level (Wan 2.2 A14B: 2); num_train_timesteps: its training
     schedule's length, the most sampling steps it can take; scheduler: the scheduler class its sampler
-    follows (None: any, only its config is read).
+    follows (None: any, only its config is read); solvers: the samplers' step rules it takes
+    (``method.sampling.SOLVERS``); inversions: where an edit may start (``method.settings.INVERSIONS``).
     """
 
     family: str
@@ -52,6 +53,8 @@ class Capabilities:
     experts: int = 1
     num_train_timesteps: int = 1000
     scheduler: str | None = None
+    solvers: tuple[str, ...] = ("euler",)
+    inversions: tuple[str, ...] = ("ode",)
 
     def latent_frame_of(self, num_frames: int) -> torch.Tensor:
         """(F,) int64: the latent frame each source frame is encoded into (frame 0 alone, then
@@ -81,6 +84,8 @@ def check_settings(
     control: bool = False,
     guidance_scale_2: float | None = None,
     scheduler: str | None = None,
+    solver: str | None = None,
+    inversion: str | None = None,
 ) -> None:
     """Raise SettingError (named as the pipeline's argument) for the first setting ``caps`` cannot
     honour. The one rule set of what a backbone supports: the config gate and ``check_inputs`` both
@@ -125,6 +130,17 @@ def check_settings(
     if scheduler is not None and caps.scheduler is not None and scheduler != caps.scheduler:
         raise SettingError("scheduler", f"{scheduler} is not what this pipeline samples with ({caps.scheduler}, the "
                            "paper's)", f"set pipe.scheduler = {caps.scheduler}.from_config(pipe.scheduler.config)")
+    if solver is not None and solver not in caps.solvers:
+        raise SettingError("solver", f"{solver!r} is not available on this model: its {caps.scheduler or 'schedule'} "
+                           "defines no noise level between its timesteps for a second-order step "
+                           f"(it takes {', '.join(caps.solvers)})", f"use {caps.solvers[0]!r}")
+    if inversion is not None and inversion not in caps.inversions:
+        raise SettingError("inversion", f"{inversion!r} is not available on this model: inversion-free editing "
+                           f"(FlowEdit) needs a flow-matching model such as Wan (it takes {', '.join(caps.inversions)})",
+                           f"use {caps.inversions[0]!r}")
+    if inversion == "none" and reatco is not None:
+        raise SettingError("reatco", "ReAtCo's guidance and IRJS follow the inversion trajectory, which inversion-free "
+                           "editing does not compute", "remove reatco, or use inversion 'ode'")
     if control and not caps.control:
         raise SettingError("control_images", "ControlNet conditions are not available on this model",
                            "remove them")

@@ -5,7 +5,8 @@ The config gate (``config/preflight.py``), the CLI and the app (through the runn
 (for a Python caller) all resolve what their caller left unset (None) with ``recommended_settings``.
 The file holds any of::
 
-    {"steps": 25, "guidance_scale": 7.5, "modulation": {"steps": 12, "self_strength": 0.3, "cross_strength": 4.0}}
+    {"steps": 25, "guidance_scale": 7.5, "modulation": {"steps": 12, "self_strength": 0.3, "cross_strength": 4.0},
+     "solver": "euler", "inversion": "ode"}
 
 and a key it leaves out takes the family's default.
 """
@@ -18,7 +19,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..method.settings import Modulation
+from ..method.sampling import SOLVERS
+from ..method.settings import INVERSIONS, Modulation
 
 #: The file of recommended settings in a model folder (beside model_index.json).
 FILE = "videograin.json"
@@ -26,13 +28,16 @@ FILE = "videograin.json"
 
 @dataclass(frozen=True)
 class Recommended:
-    """Edit settings a model is best used with: sampling ``steps``, ``guidance_scale`` and the
-    ST-Layout ``modulation`` (every field set); ``source`` says where they come from."""
+    """Edit settings a model is best used with: sampling ``steps``, ``guidance_scale``, the ST-Layout
+    ``modulation`` (every field set), the samplers' ``solver`` and where the edit starts
+    (``inversion``); ``source`` says where they come from."""
 
     steps: int
     guidance_scale: float
     modulation: Modulation
     source: str
+    solver: str = "euler"
+    inversion: str = "ode"
 
 
 #: Each family's defaults: SD, the paper's (50 DDIM steps, guidance 7.5, modulation on the first 15
@@ -84,10 +89,13 @@ def recommended_settings(model: str | Path, family: str) -> Recommended:
     modulation = data.get("modulation", {}) if isinstance(data, dict) else None
     if not isinstance(modulation, dict):
         raise ValueError(f"{path} must hold a mapping such as {{\"steps\": 25, \"modulation\": {{...}}}}")
-    unknown = (set(data) - {"steps", "guidance_scale", "modulation"}) | (set(modulation) - {"steps", "self_strength",
-                                                                                          "cross_strength"})
+    unknown = ((set(data) - {"steps", "guidance_scale", "modulation", "solver", "inversion"})
+               | (set(modulation) - {"steps", "self_strength", "cross_strength"}))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+    for key, options in (("solver", tuple(SOLVERS)), ("inversion", INVERSIONS)):
+        if key in data and data[key] not in options:
+            raise ValueError(f"{path}: {key} must be one of {', '.join(options)}, got {data[key]!r}")
     return Recommended(
         steps=_number(data, "steps", path, integer=True) if "steps" in data else default.steps,
         guidance_scale=(float(_number(data, "guidance_scale", path)) if "guidance_scale" in data
@@ -96,6 +104,8 @@ def recommended_settings(model: str | Path, family: str) -> Recommended:
             key: _number(modulation, key, path, integer=key == "steps") for key in modulation
         }),
         source=str(path),
+        solver=data.get("solver", default.solver),
+        inversion=data.get("inversion", default.inversion),
     )
 
 

@@ -21,8 +21,8 @@ from ..method.layout import (
 )
 from ..method.modulation import ModulationContext, step_context
 from ..method.recorder import AttentionRecorder
-from ..method.sampling import Denoiser, FlowSchedule
-from ..method.settings import Modulation, TemporalAidSettings
+from ..method.sampling import SOLVERS, Denoiser, FlowSchedule
+from ..method.settings import INVERSIONS, Modulation, TemporalAidSettings
 from ..method.tokens import regional_prompt_embeds
 from .base import Capabilities, check_settings
 from .wan_processors import layout_processors
@@ -67,7 +67,8 @@ def wan_capabilities(vae_config, transformer_config, scheduler_config, experts: 
                         temporal_factor=temporal,
                         size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
                         rad_levels=tuple(range(blocks)), experts=experts,
-                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000))
+                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000),
+                        solvers=tuple(SOLVERS), inversions=INVERSIONS)
 
 
 class WanBackbone:

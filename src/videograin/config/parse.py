@@ -15,7 +15,10 @@ import yaml
 
 from .. import values
 from ..errors import SettingError, SpecError
-from ..method.settings import MAX_REGIONS, FlowAid, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window
+from ..method.sampling import SOLVERS
+from ..method.settings import (
+    INVERSIONS, MAX_REGIONS, FlowAid, InversionFree, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window,
+)
 from .spec import (
     ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, LoraSpec, MaskPrompt, RegionSpec,
     VideoSpec, config_field, plain_name,
@@ -30,11 +33,12 @@ _VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
 _REGION_KEYS = ("name", "masks", "prompt", "word")
 _EDIT_KEYS = (
     "steps", "guidance_scale", "guidance_scale_2", "seed", "blend", "composite", "record_attention", "method",
-    "modulation", "reatco", "window", "temporal_aids",
+    "modulation", "reatco", "window", "temporal_aids", "solver", "inversion", "inversion_free",
 )
 _MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
 _REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
 _WINDOW_KEYS = ("size", "stride")
+_INVERSION_FREE_KEYS = ("skip", "draws", "source_guidance")
 _AIDS_KEYS = ("flow", "pnp")
 _FLOW_KEYS = ("levels", "steps")
 _PNP_KEYS = ("steps",)
@@ -254,8 +258,18 @@ def _edit(value: Any) -> EditSettings:
         reatco=_reatco(data.get("reatco")),
         window=_window(data.get("window")),
         temporal_aids=_temporal_aids(data.get("temporal_aids")),
+        solver=_unless_none(_choice, data.get("solver"), "edit.solver", tuple(SOLVERS)),
+        inversion=_unless_none(_choice, data.get("inversion"), "edit.inversion", INVERSIONS),
+        inversion_free=_inversion_free(data.get("inversion_free")),
     )
     return settings
+
+
+def _inversion_free(value: Any) -> InversionFree:
+    prefix = "edit.inversion_free"
+    data = _mapping(value, prefix, optional=True)
+    _check_keys(data, _INVERSION_FREE_KEYS, prefix)
+    return _settings(InversionFree, data)
 
 
 def _temporal_aids(value: Any) -> TemporalAidSettings:

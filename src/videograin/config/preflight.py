@@ -218,6 +218,8 @@ def with_recommended(spec: EditSpec, recommended: Recommended) -> EditSpec:
         steps=settings.steps if settings.steps is not None else recommended.steps,
         guidance_scale=settings.guidance_scale if settings.guidance_scale is not None else recommended.guidance_scale,
         modulation=resolve_modulation(settings.modulation, recommended),
+        solver=settings.solver if settings.solver is not None else recommended.solver,
+        inversion=settings.inversion if settings.inversion is not None else recommended.inversion,
     ))
 
 
@@ -230,7 +232,8 @@ def check_spec(spec: EditSpec, facts: ModelFacts) -> None:
                        modulation=settings.modulation,
                        reatco=settings.reatco if settings.uses_reatco else None,
                        temporal_aids=settings.temporal_aids, control=spec.control is not None,
-                       guidance_scale_2=settings.guidance_scale_2)
+                       guidance_scale_2=settings.guidance_scale_2, solver=settings.solver,
+                       inversion=settings.inversion)
     except SettingError as err:
         raise SpecError(config_field(err.name), err.problem, err.fix) from None
     flow = settings.temporal_aids.flow

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from ..method.settings import InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What a name that becomes a file or folder name inside an output may hold (region names, batch job names).
@@ -22,7 +22,8 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 CONFIG_FIELDS = {"video": "video.frames", "num_inference_steps": "edit.steps", "guidance_scale": "edit.guidance_scale",
                  "guidance_scale_2": "edit.guidance_scale_2", "modulation": "edit.modulation", "reatco": "edit.reatco",
                  "window": "edit.window", "temporal_aids": "edit.temporal_aids",
-                 "record_attention": "edit.record_attention", "control_images": "control"}
+                 "record_attention": "edit.record_attention", "control_images": "control", "solver": "edit.solver",
+                 "inversion": "edit.inversion", "inversion_free": "edit.inversion_free"}
 METHODS = ("videograin", "reatco", "videograin+reatco")
 ANNOTATORS = ("canny", "depth", "pose")
 MASK_ENGINES = ("auto", "flow", "sam2")  # how regions given by a box or clicks get their masks
@@ -98,6 +99,9 @@ class EditSettings:
     reatco: ReAtCoSettings = ReAtCoSettings()
     window: Window | None = None
     temporal_aids: TemporalAidSettings = TemporalAidSettings()
+    solver: str | None = None  # the samplers' step rule (None: the model's recommended)
+    inversion: str | None = None  # "ode" or "none" (inversion-free, flow models; None: recommended)
+    inversion_free: InversionFree = InversionFree()
 
     @property
     def uses_videograin(self) -> bool:

@@ -11,6 +11,13 @@ says what level i is (``signal_noise``), re-noises a clean sample to level i (``
 ξ for the modulation (``time_factor``). Samplers call the denoiser any number of times per step.
 A ``guide(step, t, latents) -> latents`` moves the latents before they are denoised (ReAtCo's RAD); a
 ``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
+
+Solvers (``SOLVERS``; the model evaluations per step in brackets): ``euler`` (1) is one step along the
+prediction at the step's start (DDIM on ε; Euler on the velocity), first order; ``midpoint`` (2), on
+schedules with ``midpoint`` (flow matching), is the explicit midpoint method: a half step along the
+start's velocity, then the whole step along the velocity there, second order. It is RF-Solver's
+second-order Taylor step (Wang et al., ICML 2025: x + h·v + h²/2·dv/dσ with the derivative from the half
+step is x + h·v_mid) and the step FireFlow (Deng et al., 2024) makes cheaper by reusing the midpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ class Denoiser(Protocol):
 
 Callback = Callable[[int, int, torch.Tensor], torch.Tensor]
 Guide = Callback
+#: the samplers' step rules (module docstring), with the model evaluations each makes per step
+SOLVERS = {"euler": 1, "midpoint": 2}
 
 
 class Schedule(Protocol):
@@ -148,6 +157,18 @@ class FlowSchedule:
     def invert_step(self, latents: torch.Tensor, velocity: torch.Tensor, i: int) -> torch.Tensor:
         return latents + (self.sigmas[i] - self.sigmas[i + 1]) * velocity
 
+    def level_time(self, level: int) -> float:
+        """The model's time input at ``level`` (σ·T; 0 at the clean end)."""
+        return self.sigmas[level] * self.num_train_timesteps
+
+    def midpoint(self, latents: torch.Tensor, velocity: torch.Tensor, i: int,
+                 inverting: bool = False) -> tuple[torch.Tensor, float]:
+        """Half of step i along ``velocity``, from level i (from level i + 1 when ``inverting``): the
+        latents at σ = (σ_i + σ_{i+1}) / 2 and the model's time input there."""
+        sigma = (self.sigmas[i] + self.sigmas[i + 1]) / 2
+        start = self.sigmas[i + 1] if inverting else self.sigmas[i]
+        return latents + (sigma - start) * velocity, sigma * self.num_train_timesteps
+
 
 def ddim_step(latents: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
     """Move latents from noise level ᾱ=alpha_from to ᾱ=alpha_to along the DDIM (η=0) direction eps."""
@@ -164,9 +185,10 @@ def sample_latents(
     progress=None,
     guide: Guide | None = None,
     interrupt: Callable[[], bool] | None = None,
+    solver: str = "euler",
 ) -> torch.Tensor:
-    """Deterministic sampling (DDIM, or Euler on the velocity) from the noise level of the schedule's
-    first timestep to clean latents.
+    """Deterministic sampling (DDIM, or Euler or the midpoint method on the velocity: ``solver``) from
+    the noise level of the schedule's first timestep to clean latents.
 
     latents: (F, C, h, w); progress: an optional tqdm-like bar (``update()``); ``interrupt()`` true
     before a step: stop there and return the latents reached.
@@ -176,7 +198,11 @@ def sample_latents(
             break
         if guide is not None:
             latents = guide(step, t, latents)
-        latents = schedule.step(latents, denoise_fn(latents, t, step), step)
+        prediction = denoise_fn(latents, t, step)
+        if solver == "midpoint":
+            half, t_half = schedule.midpoint(latents, prediction, step)
+            prediction = denoise_fn(half, t_half, step)
+        latents = schedule.step(latents, prediction, step)
         if callback is not None:
             latents = callback(step, t, latents)
         if progress is not None:
@@ -187,11 +213,13 @@ def sample_latents(
 @torch.no_grad()
 def invert_latents(denoise_fn: Denoiser, latents: torch.Tensor, schedule: Schedule, progress=None,
                 interrupt: Callable[[], bool] | None = None,
-                on_step: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+                on_step: Callable[[int, int], None] | None = None, solver: str = "euler") -> list[torch.Tensor]:
     """Run the sampler backwards from clean latents (F, C, h, w) to the level of the first timestep.
 
-    Inversion walks the (descending) schedule in reverse, predicting ε (or v) at the next, noisier
-    timestep from the current latents (the usual approximation). Returns the trajectory: entry i holds the
+    Inversion walks the (descending) schedule in reverse. ``euler``: each step predicts ε (or v) at the
+    next, noisier timestep from the current latents (the usual approximation); ``midpoint``: the
+    midpoint method backwards in time (the velocity at the current level, then at the half step).
+    Returns the trajectory: entry i holds the
     latents at the noise level of ``schedule.timesteps[i]`` and the last entry the clean input, so
     ``sample_latents`` from entry 0 retraces it. ``interrupt()`` true before a step: stop there (the
     trajectory is then shorter than ``len(schedule) + 1``). ``on_step(i, t)`` runs after the i-th
@@ -202,7 +230,13 @@ def invert_latents(denoise_fn: Denoiser, latents: torch.Tensor, schedule: Schedu
         if interrupt is not None and interrupt():
             break
         t = schedule.timesteps[step].item()
-        latents = schedule.invert_step(latents, denoise_fn(latents, t, step), step)
+        if solver == "midpoint":
+            half, t_half = schedule.midpoint(latents, denoise_fn(latents, schedule.level_time(step + 1), step), step,
+                                             inverting=True)
+            prediction = denoise_fn(half, t_half, step)
+        else:
+            prediction = denoise_fn(latents, t, step)
+        latents = schedule.invert_step(latents, prediction, step)
         trajectory.append(latents)
         if on_step is not None:
             on_step(len(trajectory) - 2, t)

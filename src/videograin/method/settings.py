@@ -15,6 +15,11 @@ from ..errors import SettingError
 
 #: Self-attention key frames: all frames, the first and the previous frame, or the frame itself.
 TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
+#: Where an edit starts: the source's inversion (an ODE solved backwards), or none (FlowEdit,
+#: ``method.inversion_free``).
+INVERSIONS = ("ode", "none")
+#: Noise draws per step of inversion-free editing past this only multiply the work (FlowEdit takes 1).
+MAX_DRAWS = 16
 #: Regions a layout can hold: bits of a signed int64, keeping the sign bit clear.
 MAX_REGIONS = 62
 #: Modulation strengths past this swamp the attention scores (the paper's are 0.3 and 1.0).
@@ -94,6 +99,24 @@ class Window:
         if self.stride > self.size:
             raise SettingError("window.stride", f"{self.stride} is larger than the window size {self.size}, so frames "
                                "would be skipped", f"use a stride <= {self.size} (e.g. half the size, so windows overlap)")
+
+
+@dataclass(frozen=True)
+class InversionFree:
+    """Inversion-free editing (``inversion="none"``, flow models; ``method.inversion_free``): the
+    noisiest ``skip`` share of the steps skipped (FlowEdit's n_max), ``draws`` noise draws averaged per
+    step, the source velocity's guidance ``source_guidance`` (None: the edit's guidance scale)."""
+
+    skip: float = 0.2
+    draws: int = 1
+    source_guidance: float | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "skip", values.number(self.skip, "inversion_free.skip", 0.95, " (a share of the steps; FlowEdit "
+                                                                               "skips about a third)"))
+        values.whole(self.draws, "inversion_free.draws", 1, MAX_DRAWS)
+        if self.source_guidance is not None:
+            _set(self, "source_guidance", values.guidance(self.source_guidance, "inversion_free.source_guidance"))
 
 
 @dataclass(frozen=True)
