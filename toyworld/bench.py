@@ -42,6 +42,7 @@ else (the README quotes the tables by hand).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -52,6 +53,8 @@ import numpy as np
 import torch
 
 from videograin import formats, io, viz
+from videograin.method.sampling import SOLVERS
+from videograin.method.settings import INVERSIONS, InversionFree
 from videograin.toy import PARTS_MODEL, SD_MODEL, WAN_MODEL
 
 from . import model_label, world
@@ -98,13 +101,16 @@ ALL: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 logger = logging.getLogger("toyworld.bench")
 
 
-def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES):
+def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES,
+             options: dict | None = None):
+    """One edit of ``case``, scored; ``options``: more pipeline arguments (solver, inversion, ...)."""
     source, masks, shape_masks = case_inputs(case, frames)
     clock = time.perf_counter()
     out = pipe(source, masks, case.prompt, [r.prompt for r in case.regions],
                source_prompt=source_prompt(case), negative_prompt="", num_inference_steps=steps,
                guidance_scale=guidance, modulation=method.modulation(steps), blend=blend,
-               reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0), output_type="np")
+               reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0), output_type="np",
+               **(options or {}))
     seconds = time.perf_counter() - clock
     output = formats.to_uint8(out.frames[0])
     result = score(case, source, output, masks, shape_masks)
@@ -121,8 +127,9 @@ def variant_name(method: Method, blend: bool) -> str:
 
 
 def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), steps: int = 25,
-        guidance: float = 7.5, frames: int = FRAMES, log=print):
-    """Returns (results dict, outputs {variant: {case: uint8 frames}}, sources {case: uint8 frames})."""
+        guidance: float = 7.5, frames: int = FRAMES, log=print, options: dict | None = None):
+    """Returns (results dict, outputs {variant: {case: uint8 frames}}, sources {case: uint8 frames}).
+    ``options``: more pipeline arguments for every edit (``run_case``)."""
     per_variant, outputs = {}, {}
     sources = {c.name: case_inputs(c, frames)[0] for c in cases}
     for method in methods:
@@ -130,7 +137,7 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
             name = variant_name(method, blend)
             per_variant[name], outputs[name] = {}, {}
             for case in cases:
-                out, res = run_case(pipe, case, method, blend, steps, guidance, frames)
+                out, res = run_case(pipe, case, method, blend, steps, guidance, frames, options)
                 per_variant[name][case.name] = res
                 outputs[name][case.name] = out
                 log(f"{name:>20} {case.name:>16}: acc {res['instance_accuracy']} leak {res['leakage']} "
@@ -139,6 +146,7 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
     summary = {name: summarise(per_variant[name], cases) for name in per_variant}
     settings = {"steps": steps, "guidance_scale": guidance, "frames": frames, "size": world.SIZE,
                 "change_threshold": CHANGE_THRESHOLD, "torch_threads": torch.get_num_threads(),
+                **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (options or {}).items()},
                 "methods": {m.name: {"self_strength": m.self_strength, "cross_strength": m.cross_strength,
                                      "modulated_steps": None if m.self_strength is None else m.modulation(steps).steps,
                                      "rad_steps": m.reatco_spec(steps, True).steps if m.reatco else None}
@@ -151,7 +159,8 @@ def run(pipe, cases: list[Case], methods: list[Method], blends=(True, False), st
 
 
 def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: float = 7.5, log=print,
-          keys: tuple[str, str] = ("instance_accuracy", "leakage"), frames: int = FRAMES) -> list[dict]:
+          keys: tuple[str, str] = ("instance_accuracy", "leakage"), frames: int = FRAMES,
+          options: dict | None = None) -> list[dict]:
     """Score every (self, cross, fraction) of ``grid`` on ``cases`` with blend on: one row each, with
     the accuracy and leakage scores named by ``keys`` averaged over the cases, best first
     (ties: the earlier grid entry, i.e. the weaker modulation). The baseline (no modulation) is a row
@@ -159,7 +168,8 @@ def sweep(pipe, cases: list[Case], grid=SWEEP_GRID, steps: int = 25, guidance: f
     rows = []
     for self_strength, cross_strength, fraction in ((None, None, None), *grid):
         method = Method(f"s{self_strength}_c{cross_strength}_f{fraction}", self_strength, cross_strength, fraction)
-        results, _, _ = run(pipe, cases, [method], (True,), steps, guidance, frames, log=lambda *_: None)
+        results, _, _ = run(pipe, cases, [method], (True,), steps, guidance, frames, log=lambda *_: None,
+                            options=options)
         row = {"self_strength": self_strength, "cross_strength": cross_strength, "fraction": fraction,
                **{k: results["summary"][variant_name(method, True)][k] for k in keys}}
         log(row)
@@ -250,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --parts: each part prompt's attention mass inside its region per UNet level, with and "
                         "without modulation (the first --extra method, else videograin_tuned); writes "
                         "parts_attention.json/.md")
+    p.add_argument("--solver", choices=tuple(SOLVERS), default=None, help="the samplers' step rule (default: the model's)")
+    p.add_argument("--inversion", choices=INVERSIONS, default=None,
+                   help="ode: invert, then edit; none: inversion-free (flow models; default: the model's)")
+    p.add_argument("--skip", type=float, default=None, help="with --inversion none: the share of the steps skipped")
+    p.add_argument("--source-guidance", type=float, default=None,
+                   help="with --inversion none: the source velocity's guidance (default: the edit's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.all:
@@ -281,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         from videograin.config.preflight import model_recommended
 
         args.guidance = model_recommended(args.model).guidance_scale
+    options = {"solver": args.solver, "inversion": args.inversion}
+    if args.skip is not None or args.source_guidance is not None:
+        options["inversion_free"] = InversionFree(**({} if args.skip is None else {"skip": args.skip}),
+                                                  source_guidance=args.source_guidance)
+    options = {name: value for name, value in options.items() if value is not None}
     args.out = args.out or RESULTS / ("parts" if args.parts else args.backbone)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -292,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         grid = WAN_SWEEP_GRID if wan and not args.parts else SWEEP_GRID
         if args.grid:
             grid = tuple(tuple(float(x) for x in spec.split(":")) for spec in args.grid)
-        rows = sweep(load(args.model), held_out, grid, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames)
+        rows = sweep(load(args.model), held_out, grid, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames,
+                     options=options)
         table = sweep_markdown(rows, held_out, keys)
         io.write_json(args.out / f"{prefix}sweep.json", {"model": model_label(args.model), "steps": args.steps,
                                                           "guidance_scale": args.guidance, "rows": rows})
@@ -328,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         blends = (True,)
 
     pipe = load(args.model)
-    results, outputs, sources = run(pipe, cases, methods, blends, args.steps, args.guidance, frames)
+    results, outputs, sources = run(pipe, cases, methods, blends, args.steps, args.guidance, frames, options=options)
     results["settings"].update(model=model_label(args.model), backbone=args.backbone)
     settings = results["settings"]
     table = (f"Editing benchmark ({settings['steps']} steps, guidance {settings['guidance_scale']}, {frames} frames "

@@ -282,8 +282,9 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
     def _cached_inversion(self, cache: InversionCache | None, latents, source_prompt: str, steps: int, temporal, aids,
                           control, schedule: Schedule, callback, solver: str, control_inputs: tuple,
                           aid_settings: TemporalAidSettings | None) -> list[torch.Tensor]:
-        """``invert``, read from ``cache`` when it holds this inversion and stored there otherwise. Not
-        cached with PnP, whose features the inversion records."""
+        """``invert``, read from ``cache`` when it holds this inversion and stored there otherwise
+        (``control_inputs``: the condition images as [0, 1] floats and their scale). Not cached with PnP,
+        whose features the inversion records."""
         if cache is None or (aid_settings is not None and aid_settings.pnp is not None):
             return self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
         modules = {name: weights_fingerprint(module) for name, module in self.components.items()
@@ -426,7 +427,9 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         else:
             trajectory = self._cached_inversion(  # 4. invert
                 inversion_cache, source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule,
-                callback_on_invert_step, solver, (control_images, control_scale), temporal_aids,
+                callback_on_invert_step, solver, (formats.video_01(control_images, "control_images")
+                                                  if control_images is not None else None, control_scale),
+                temporal_aids,
             )
         timings["invert"] = time.perf_counter() - clock
 
