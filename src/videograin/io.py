@@ -382,10 +382,12 @@ class VideoInputs:
     frames:        float32 ``(F, 3, H, W)`` in [-1, 1]
     masks:         bool ``(R, F, H, W)``, regions in config order
     frames_uint8:  uint8 ``(F, H, W, 3)`` RGB (the resized frames, for outputs and overlays)
-    fps:           source frame rate
+    fps:           frame rate of the selected frames: the source's divided by the stride
     source_size:   ``(w, h)`` of the source frames
     size:          ``(w, h)`` working size (== W, H)
     notes:         human-readable remarks (resizing, aspect change, frames where a region is empty)
+    source_uint8:  the selected frames at the source size when they were resized (else None)
+    span:          (start, end) in seconds of the selected frames in the source (its audio's cut)
     """
 
     frames: torch.Tensor
@@ -395,6 +397,8 @@ class VideoInputs:
     source_size: tuple[int, int]
     size: tuple[int, int]
     notes: list[str] = field(default_factory=list)
+    source_uint8: np.ndarray | None = None
+    span: tuple[float, float] = (0.0, 0.0)
 
 
 def fit_size(source: tuple[int, int], requested: tuple[int, int] | None, multiple: int, long_side: int = 512) -> tuple[int, int]:
@@ -469,10 +473,12 @@ def load_inputs(spec: "EditSpec", multiple: int,
         frames=from_uint8(resized),
         masks=torch.from_numpy(np.ascontiguousarray(masks)),
         frames_uint8=resized,
-        fps=fps,
+        fps=fps / video.stride,
         source_size=(src_w, src_h),
         size=(w, h),
         notes=notes,
+        source_uint8=None if (w, h) == (src_w, src_h) else frames_u8,
+        span=(video.start / fps, (video.start + (n - 1) * video.stride + 1) / fps),
     )
 
 
@@ -553,6 +559,46 @@ def write_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> No
             container.mux(packet)
     finally:
         container.close()
+
+
+def add_audio(video: Path, source: Path, span: tuple[float, float]) -> bool:
+    """Mux the audio of ``source`` between ``span`` (start, end) seconds into the mp4 ``video`` (its video
+    stream copied, the audio encoded as AAC from the span's start), replacing it atomically. Returns
+    False, leaving ``video`` as it was, when the source is a folder or has no audio track."""
+    if Path(source).is_dir():
+        return False
+    with av.open(str(source)) as src:
+        if not src.streams.audio:
+            return False
+        temporary = video.with_name(f".{video.name}.{secrets.token_hex(4)}.mp4")
+        try:
+            with av.open(str(video)) as original, av.open(str(temporary), mode="w") as out:
+                video_in = original.streams.video[0]
+                video_out = out.add_stream_from_template(video_in)
+                audio_in = src.streams.audio[0]
+                audio_out = out.add_stream("aac", rate=audio_in.rate, layout=audio_in.layout.name)
+                for packet in original.demux(video_in):
+                    if packet.dts is not None:
+                        packet.stream = video_out
+                        out.mux(packet)
+                resampler = av.AudioResampler(format="fltp", layout=audio_in.layout.name, rate=audio_in.rate)
+                start, end, written = span[0], span[1], 0
+                for frame in src.decode(audio_in):
+                    if frame.time is None or frame.time + frame.samples / frame.rate <= start:
+                        continue
+                    if frame.time >= end:
+                        break
+                    for part in resampler.resample(frame):
+                        part.pts, part.time_base = written, Fraction(1, audio_in.rate)
+                        written += part.samples
+                        for packet in audio_out.encode(part):
+                            out.mux(packet)
+                for packet in audio_out.encode():
+                    out.mux(packet)
+            os.replace(temporary, video)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return True
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:

@@ -32,6 +32,7 @@ from .config.preflight import preflight
 from .config.spec import DEFAULT_MODEL, EditSpec
 from .errors import EditCancelled, SpecError, WeightsUnavailable, first_line
 from .inversion_cache import InversionCache
+from .method.layout import composite_weights
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -420,6 +421,15 @@ class _Run:
         edited = formats.to_uint8(result.frames[0])
         clock = time.perf_counter()
         io.write_video(folder / "edited.mp4", edited, inputs.fps)
+        videos = [folder / "edited.mp4"]
+        if inputs.source_uint8 is not None:  # resized for the edit: also the edit at the source's size
+            composite = settings.composite and (settings.blend or (settings.uses_reatco and settings.reatco.irjs))
+            full = full_resolution(edited, inputs, [r.edited for r in spec.regions], pipe.capabilities.vae_factor,
+                                   composite)
+            io.write_video(folder / "edited_full.mp4", full, inputs.fps)
+            videos.append(folder / "edited_full.mp4")
+        if any([io.add_audio(video, spec.video.path, inputs.span) for video in videos]):
+            record["audio"] = f"the source's audio from {inputs.span[0]:.2f} s to {inputs.span[1]:.2f} s"
         io.write_frames(folder / "frames", edited)
         io.write_gif(folder / "comparison.gif", viz.side_by_side(inputs.frames_uint8, edited), inputs.fps)
         legend = viz.region_legend([r.name for r in spec.regions], [r.prompt for r in spec.regions])
@@ -476,6 +486,21 @@ def _reconstruct(spec: EditSpec, pipe, inputs: io.VideoInputs, control: dict, fo
     timings["reconstruct"] = time.perf_counter() - clock
     io.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
     record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]
+
+
+def full_resolution(edited: np.ndarray, inputs: io.VideoInputs, edited_regions: list[bool], margin: int,
+                    composite: bool) -> np.ndarray:
+    """The edit at the source's size, uint8 (F, H, W, 3): the edited frames (F, h, w, 3) upsampled and,
+    with the ``composite``, laid into the source frames through the composite's weights (upsampled
+    bilinearly), so every pixel away from the edited regions is the source's own."""
+    width, height = inputs.source_size
+    upsampled = io.resize_frames(edited, (width, height))
+    if not composite:
+        return upsampled
+    weights = composite_weights(inputs.masks, edited_regions, margin)
+    weights = torch.nn.functional.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
+    weights = weights[:, 0, :, :, None].numpy()
+    return np.round(weights * upsampled + (1 - weights) * inputs.source_uint8).astype(np.uint8)
 
 
 def run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoInputs,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .. import values
+from .. import io, values
 from ..errors import SettingError, SpecError
 from ..method.sampling import SOLVERS
 from ..method.settings import (
@@ -131,11 +131,23 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
     if not (path.is_file() or path.is_dir()):  # a FIFO, device or socket would block the read
         raise SpecError("video.path", f"{path} is not a regular file or folder", "give a video file or a folder of frames")
     size = data.get("size")
+    start = _int(data.get("start", VideoSpec.start), "video.start", 0)
+    stride = _int(data.get("stride", VideoSpec.stride), "video.stride", 1)
+    frames = data.get("frames", VideoSpec.frames)
+    if isinstance(frames, str) and frames != "all":
+        raise SpecError("video.frames", f"must be a whole number or 'all', got {frames!r}",
+                        "give a number of frames, e.g. 16, or `all` (every frame from `start`, every `stride`-th)")
+    if frames == "all":  # every frame from start, every stride-th
+        total = io.count_frames(path)
+        if start >= total:
+            raise SpecError("video.start", f"{start} is past the last frame of {path.name} ({total} frames)",
+                            f"use a start below {total}")
+        frames = (total - start - 1) // stride + 1
     return VideoSpec(
         path=path,
-        frames=_int(data.get("frames", VideoSpec.frames), "video.frames", 1),
-        start=_int(data.get("start", VideoSpec.start), "video.start", 0),
-        stride=_int(data.get("stride", VideoSpec.stride), "video.stride", 1),
+        frames=_int(frames, "video.frames", 1),
+        start=start,
+        stride=stride,
         size=None if size is None else _size(size),
     )
 
