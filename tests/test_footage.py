@@ -124,3 +124,17 @@ def test_without_audio_the_edit_has_none_and_the_full_size_edit_keeps_the_source
     assert np.array_equal(full_resolution(edited, inputs, [True, False], 2, composite=False),
                           np.full((4, 48, 64, 3), 255, np.uint8))
     del frames
+
+
+def test_the_comparison_gif_of_a_long_small_clip_is_sampled_and_enlarged_crisply():
+    from videograin import viz
+
+    clip = np.zeros((300, 32, 66, 3), np.uint8)
+    clip[:, :, :, 0] = (np.arange(300) % 256).astype(np.uint8)[:, None, None]  # frame number in red
+    clip[:, 5, 7] = 255
+    frames, kept = viz.preview(clip)
+    assert frames.shape == (120, 256, 528, 3) and kept == 120 / 300
+    assert frames[0, 0, 0, 0] == 0 and frames[-1, 0, 0, 0] == 299 % 256  # first and last frame kept
+    assert (frames[:, 40:48, 56:64] == 255).all()  # one pixel is an 8x8 block: nearest neighbour
+    short, kept = viz.preview(clip[:12, :, :, :])
+    assert len(short) == 12 and kept == 1.0

@@ -152,6 +152,16 @@ def region_legend(names: list[str], prompts: list[str]) -> list[tuple[str, np.nd
     return [(f"{name}: {prompt or '(kept)'}", colour) for name, prompt, colour in zip(names, prompts, colours)]
 
 
+def preview(frames: np.ndarray, max_frames: int = 120, min_side: int = 256) -> tuple[np.ndarray, float]:
+    """A clip uint8 ``(F, H, W, 3)`` made for viewing as a GIF: at most ``max_frames`` evenly spaced frames
+    (every frame of a short clip), enlarged by a whole factor with nearest neighbour until the short side
+    is at least ``min_side`` (small clips stay crisp). Returns (frames, kept frames / F: scale the fps by it)."""
+    frames = np.asarray(frames)
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int))
+    scale = max(1, -(-min_side // min(frames.shape[1:3])))
+    return frames[picks].repeat(scale, 1).repeat(scale, 2), len(picks) / len(frames)
+
+
 def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 2) -> np.ndarray:
     """Clips ``a`` and ``b`` uint8 ``(F, H, W, 3)`` next to each other with a white gap: ``(F, H, 2W + gap, 3)``."""
     a, b = np.asarray(a), np.asarray(b)
