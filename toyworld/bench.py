@@ -46,6 +46,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -225,7 +226,8 @@ def run_all(jobs: list[str], threads: int, results: Path = RESULTS) -> dict[str,
         clock = time.perf_counter()
         importlib.import_module(module).main([*argv, "--out", str(results / folder), "--threads", str(threads)])
         times[name] = {"seconds": round(time.perf_counter() - clock), "threads": threads,
-                       "command": " ".join(["python -m", module, *argv, "--out", f"toyworld/results/{folder}"])}
+                       "command": " ".join(["python -m", module, *(os.path.relpath(a) if os.path.isabs(a) else a
+                                                                    for a in argv), "--out", f"toyworld/results/{folder}"])}
         io.write_json(times_file, times)
     return times
 

@@ -19,6 +19,7 @@ from .world import Motion, Scene, Shape
 
 FRAMES = 8
 
+
 @dataclass(frozen=True)
 class Region:
     """A region: a shape of the scene (``shape`` index), a half of it, or the background (``shape`` None)."""
