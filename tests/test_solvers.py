@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from videograin.method.sampling import SOLVERS, FlowSchedule, invert_latents, sample_latents
+from videograin.method.sampling import SOLVERS, DDIMSchedule, FlowSchedule, invert_latents, sample_latents
+from videograin.testing import sd15_scheduler
 
 T = 1000
 
@@ -59,3 +60,33 @@ def test_the_solvers_name_their_model_evaluations_per_step():
         calls.clear()
         sample_latents(counting, x, FlowSchedule.build(5), solver=solver)
         assert calls == [s for s in range(5) for _ in range(per_step)]  # each call names the step it serves
+
+
+def test_ddim_solvers_converge_at_their_order_in_sigma():
+    """DDIM's ODE dx̄/dσ = ε (x̄ = x/√ᾱ, σ = √((1 − ᾱ)/ᾱ)) with ε = k·x̄ has x̄(σ) = x̄(σ₀)·exp(k(σ − σ₀)):
+    the denoiser reads ᾱ at its (possibly fractional) timestep off SD's training schedule, as the
+    midpoint's half steps ask it to."""
+    import numpy as np
+
+    scheduler = sd15_scheduler()
+    table = scheduler.alphas_cumprod.double().numpy()
+    k = 0.02
+
+    def field(latents, t, step):
+        alpha = float(np.interp(t, np.arange(len(table)), table))
+        return k * latents / alpha**0.5
+
+    x0 = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(2, 1, 2, 2)
+    found = {}
+    for solver, order in (("euler", 1), ("midpoint", 2)):
+        errs = found[solver] = []
+        for steps in (50, 100, 200):  # SD's σ grid is far from even at the noisy end: the rate settles late
+            schedule = DDIMSchedule.from_scheduler(scheduler, steps)
+            sigma = [((1 - a) / a) ** 0.5 for a in schedule.alphas]
+            start = x0 * schedule.alphas[0] ** 0.5
+            out = sample_latents(field, start, schedule, solver=solver)
+            want = x0 * math.exp(k * (sigma[-1] - sigma[0])) * schedule.alphas[-1] ** 0.5
+            errs.append((out - want).abs().max().item())
+        rates = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+        assert all(abs(rate - order) < 0.3 for rate in rates), (solver, errs, rates)
+    assert all(m < e / 100 for m, e in zip(found["midpoint"], found["euler"]))

@@ -131,9 +131,8 @@ def check_settings(
         raise SettingError("scheduler", f"{scheduler} is not what this pipeline samples with ({caps.scheduler}, the "
                            "paper's)", f"set pipe.scheduler = {caps.scheduler}.from_config(pipe.scheduler.config)")
     if solver is not None and solver not in caps.solvers:
-        raise SettingError("solver", f"{solver!r} is not available on this model: its {caps.scheduler or 'schedule'} "
-                           "defines no noise level between its timesteps for a second-order step "
-                           f"(it takes {', '.join(caps.solvers)})", f"use {caps.solvers[0]!r}")
+        raise SettingError("solver", f"{solver!r} is not available on this model (its sampler takes "
+                           f"{', '.join(caps.solvers)})", f"use {caps.solvers[0]!r}")
     if inversion is not None and inversion not in caps.inversions:
         raise SettingError("inversion", f"{inversion!r} is not available on this model: inversion-free editing "
                            f"(FlowEdit) needs a flow-matching model such as Wan (it takes {', '.join(caps.inversions)})",

@@ -18,7 +18,7 @@ from ..method.layout import Layout, build_layout, token_grid
 from ..method.recorder import AttentionRecorder
 from ..method.modulation import step_context
 from ..method.reatco import CLIP_WORDS, rad_level
-from ..method.sampling import DDIMSchedule, Denoiser
+from ..method.sampling import SOLVERS, DDIMSchedule, Denoiser
 from ..method.settings import TEMPORAL_MODES, Modulation, TemporalAidSettings
 from ..method.tokens import encode_prompt, regional_prompt_embeds
 from ..method.trajectories import Trajectories, trajectories_for_levels
@@ -36,7 +36,8 @@ def sd_capabilities(vae_config, unet_config, scheduler_config) -> Capabilities:
                         temporal_aids=True, control=True, frame_chunk=1, temporal_factor=1,
                         size_multiple=vae_factor * 2 ** (num_levels - 1), vae_factor=vae_factor,
                         rad_levels=(rad_level(vae_factor, num_levels),),
-                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000), scheduler="DDIMScheduler")
+                        num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000), scheduler="DDIMScheduler",
+                        solvers=tuple(SOLVERS))
 
 
 @dataclass(frozen=True)

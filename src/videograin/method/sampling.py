@@ -13,9 +13,9 @@ A ``guide(step, t, latents) -> latents`` moves the latents before they are denoi
 ``callback(step, t, latents) -> latents`` runs after every step (latent blend, IRJS, ...).
 
 Solvers (``SOLVERS``; the model evaluations per step in brackets): ``euler`` (1) is one step along the
-prediction at the step's start (DDIM on ε; Euler on the velocity), first order; ``midpoint`` (2), on
-schedules with ``midpoint`` (flow matching), is the explicit midpoint method: a half step along the
-start's velocity, then the whole step along the velocity there, second order. It is RF-Solver's
+prediction at the step's start (DDIM on ε; Euler on the velocity), first order; ``midpoint`` (2) is the
+explicit midpoint method: a half step along the start's prediction, then the whole step along the
+prediction there, second order (DDIM's in σ = √((1 − ᾱ)/ᾱ), see ``DDIMSchedule``). It is RF-Solver's
 second-order Taylor step (Wang et al., ICML 2025: x + h·v + h²/2·dv/dσ with the derivative from the half
 step is x + h·v_mid) and the step FireFlow (Deng et al., 2024) makes cheaper by reusing the midpoint.
 """
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 
@@ -79,12 +80,18 @@ class DDIMSchedule:
     """One DDIM schedule, built once per edit and shared by inversion and sampling.
 
     timesteps: (S,) int64, descending; alphas: ᾱ at each timestep, then the clean end level (S + 1
-    floats); num_train_timesteps: T of the model's training schedule (for ξ(t)).
+    floats); num_train_timesteps: T of the model's training schedule (for ξ(t)); alphas_cumprod: ᾱ of
+    every training timestep (the midpoint's level between two timesteps is read off it).
+
+    DDIM is Euler's method in x̄ = x / √ᾱ against σ = √((1 − ᾱ) / ᾱ): dx̄/dσ = ε. The midpoint solver
+    takes its half step there, at σ_mid = (σ_i + σ_{i+1}) / 2, and calls the model at the fractional
+    timestep whose ᾱ is 1 / (1 + σ_mid²).
     """
 
     timesteps: torch.Tensor
     alphas: list[float]
     num_train_timesteps: int
+    alphas_cumprod: tuple[float, ...] = ()
     prediction = "epsilon"
 
     @classmethod
@@ -93,7 +100,7 @@ class DDIMSchedule:
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps.clone()
         alphas = [float(scheduler.alphas_cumprod[int(t)]) for t in timesteps] + [float(scheduler.final_alpha_cumprod)]
-        return cls(timesteps, alphas, scheduler.config.num_train_timesteps)
+        return cls(timesteps, alphas, scheduler.config.num_train_timesteps, tuple(scheduler.alphas_cumprod.tolist()))
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -114,6 +121,20 @@ class DDIMSchedule:
 
     def invert_step(self, latents: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
         return ddim_step(latents, eps, self.alphas[i + 1], self.alphas[i])
+
+    def level_time(self, level: int) -> float:
+        """The model's time input at ``level`` (the clean end: 0)."""
+        return float(self.timesteps[level]) if level < len(self) else 0.0
+
+    def midpoint(self, latents: torch.Tensor, eps: torch.Tensor, i: int,
+                 inverting: bool = False) -> tuple[torch.Tensor, float]:
+        """Half of step i along ``eps`` in σ (class docstring), from level i (from level i + 1 when
+        ``inverting``): the latents there and the fractional timestep of their ᾱ."""
+        sigma = sum(((1 - a) / a) ** 0.5 for a in self.alphas[i : i + 2]) / 2
+        alpha = 1 / (1 + sigma**2)
+        table = np.asarray(self.alphas_cumprod)  # descending in t
+        t = float(np.interp(alpha, table[::-1], np.arange(len(table))[::-1]))
+        return ddim_step(latents, eps, self.alphas[i + 1] if inverting else self.alphas[i], alpha), t
 
 
 @dataclass(frozen=True)
