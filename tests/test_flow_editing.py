@@ -211,3 +211,15 @@ def test_a_batch_sweep_over_strengths_inverts_its_clip_once(tiny_wan_dir, tmp_pa
     rows = run_batch(load_jobs([tmp_path / "jobs.yaml"]), tmp_path / "out", progress=False)
     assert [r["status"] for r in rows] == ["done"] * 3
     assert len(list((tmp_path / "out" / ".inversions").glob("*.safetensors"))) == 1
+
+
+def test_a_cached_inversion_on_sd_gives_the_same_edit_bit_for_bit(tiny_pipe, tmp_path):
+    """SD's latents come out of the VAE channels-last; the cached trajectory is read back in that layout,
+    so the UNet computes exactly as on a fresh inversion."""
+    video, masks = _clip(2)
+    options = dict(height=32, width=32, num_inference_steps=2, output_type="latent", source_prompt="two balls")
+    cache = InversionCache(tmp_path / "cache")
+    fresh = tiny_pipe(video, masks, PROMPT, REGIONS, **options)
+    stored = tiny_pipe(video, masks, PROMPT, REGIONS, inversion_cache=cache, **options)
+    read = tiny_pipe(video, masks, PROMPT, REGIONS, inversion_cache=cache, **options)
+    assert torch.equal(fresh.latents, stored.latents) and torch.equal(fresh.latents, read.latents)

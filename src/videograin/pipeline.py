@@ -295,7 +295,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         trajectory = cache.load(key, tuple(latents.shape), len(schedule) + 1)
         if trajectory is not None:
             logger.info("inversion: read from the cache (%s)", cache.folder)
-            return [entry.to(latents) for entry in trajectory]
+            # in the source latents' memory layout (the VAE's may be channels-last), so the edit runs as on a fresh one
+            return [torch.empty_like(latents).copy_(entry) for entry in trajectory]
         trajectory = self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
         if len(trajectory) == len(schedule) + 1:  # not interrupted
             cache.store(key, trajectory)
