@@ -564,9 +564,18 @@ def write_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> No
 def add_audio(video: Path, source: Path, span: tuple[float, float]) -> bool:
     """Mux the audio of ``source`` between ``span`` (start, end) seconds into the mp4 ``video`` (its video
     stream copied, the audio encoded as AAC from the span's start), replacing it atomically. Returns
-    False, leaving ``video`` as it was, when the source is a folder or has no audio track."""
+    False, leaving ``video`` as it was, when the source is a folder, has no audio track or its audio
+    cannot be decoded (logged: the edit stands without sound)."""
     if Path(source).is_dir():
         return False
+    try:
+        return _add_audio(video, source, span)
+    except av.FFmpegError as err:
+        logger.warning("the source's audio was not carried into %s (%s)", video.name, err)
+        return False
+
+
+def _add_audio(video: Path, source: Path, span: tuple[float, float]) -> bool:
     with av.open(str(source)) as src:
         if not src.streams.audio:
             return False

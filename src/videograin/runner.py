@@ -499,9 +499,11 @@ def full_resolution(edited: np.ndarray, inputs: io.VideoInputs, edited_regions: 
     if not composite:
         return upsampled
     weights = composite_weights(inputs.masks, edited_regions, margin)
-    weights = torch.nn.functional.interpolate(weights, size=(height, width), mode="bilinear", align_corners=False)
-    weights = weights[:, 0, :, :, None].numpy()
-    return np.round(weights * upsampled + (1 - weights) * inputs.source_uint8).astype(np.uint8)
+    for f in range(len(upsampled)):  # frame by frame: a long clip's float copies would not fit
+        weight = torch.nn.functional.interpolate(weights[f : f + 1], size=(height, width), mode="bilinear",
+                                                 align_corners=False)[0, 0, :, :, None].numpy()
+        upsampled[f] = np.round(weight * upsampled[f] + (1 - weight) * inputs.source_uint8[f])
+    return upsampled
 
 
 def run_record(config: dict, command: str, pipe, device: str, inputs: io.VideoInputs,
