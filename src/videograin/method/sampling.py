@@ -67,6 +67,15 @@ class Schedule(Protocol):
     def invert_step(self, latents: torch.Tensor, prediction: torch.Tensor, i: int) -> torch.Tensor:
         """Level i + 1 -> level i."""
 
+    def level_time(self, level: int) -> float:
+        """The model's time input at ``level`` (the clean end's too): where the midpoint solver's
+        inversion evaluates first."""
+
+    def midpoint(self, latents: torch.Tensor, prediction: torch.Tensor, i: int,
+                 inverting: bool = False) -> tuple[torch.Tensor, float]:
+        """Half of step i along ``prediction`` from level i (i + 1 when ``inverting``): the latents and
+        the model's time input there (the midpoint solver)."""
+
 
 def _noised(schedule: Schedule, clean: torch.Tensor, noise: torch.Tensor, level: int) -> torch.Tensor:
     if level == len(schedule):
