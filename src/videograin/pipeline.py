@@ -32,7 +32,7 @@ from .backbones.wan import WanBackbone
 from .inversion_cache import InversionCache, inversion_key, weights_fingerprint
 from .method.attention import KernelChoice
 from .method.inversion_free import inversion_free_latents, start_step
-from .method.layout import Layout, blend_mask, composite_weights
+from .method.layout import Layout, blend_mask, composite_applies, composite_weights
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
@@ -463,7 +463,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             video_out = edited_latents.unsqueeze(0)
         else:
             out = self.decode_latents(edited_latents)
-            if composite and (blend or (reatco is not None and reatco.irjs)):
+            if composite_applies(composite, blend, reatco):
                 edited = [bool(p.strip()) for p in region_prompts]
                 weights = composite_weights(masks.cpu(), edited, self.capabilities.vae_factor)
                 out = weights * out + (1 - weights) * frames

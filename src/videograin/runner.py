@@ -32,7 +32,7 @@ from .config.preflight import preflight
 from .config.spec import DEFAULT_MODEL, EditSpec
 from .errors import EditCancelled, SpecError, WeightsUnavailable, first_line
 from .inversion_cache import InversionCache
-from .method.layout import composite_weights
+from .method.layout import composite_applies, composite_weights
 from .method.tokens import region_token_spans
 
 logger = logging.getLogger("videograin")
@@ -423,7 +423,8 @@ class _Run:
         io.write_video(folder / "edited.mp4", edited, inputs.fps)
         videos = [folder / "edited.mp4"]
         if inputs.source_uint8 is not None:  # resized for the edit: also the edit at the source's size
-            composite = settings.composite and (settings.blend or (settings.uses_reatco and settings.reatco.irjs))
+            composite = composite_applies(settings.composite, settings.blend,
+                                          settings.reatco if settings.uses_reatco else None)
             full = full_resolution(edited, inputs, [r.edited for r in spec.regions], pipe.capabilities.vae_factor,
                                    composite)
             io.write_video(folder / "edited_full.mp4", full, inputs.fps)

@@ -199,6 +199,12 @@ def blend_mask(masks: torch.Tensor, edited: list[bool], latent_size: tuple[int, 
     return pooled
 
 
+def composite_applies(composite: bool, blend: bool, reatco) -> bool:
+    """Whether an edit's decoded frames are composited over the source: asked for (``composite``), and the
+    unedited latents were kept on the source (the latent blend, or ReAtCo's IRJS)."""
+    return composite and (blend or (reatco is not None and reatco.irjs))
+
+
 def composite_weights(masks: torch.Tensor, edited: list[bool], margin: int) -> torch.Tensor:
     """Pixel weights of the edit for compositing the decoded frames over the source: (F, 1, H, W)
     float in [0, 1]. masks: (R, F, H, W) bool; edited[r]: region r has a prompt. The union of the
