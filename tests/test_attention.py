@@ -26,7 +26,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 import videograin.method.attention as vga
 from videograin.backbones.sd_processors import LayoutAttnProcessor, StepContext, layout_processors
 from videograin.method.attention import layout_attention
-from videograin.method.layout import build_layout
+from videograin.method.layout import TemporalKeys, build_layout
 from videograin.method.modulation import ModulationContext
 
 ATOL = 1e-5
@@ -390,7 +390,7 @@ def test_processor_without_context_reproduces_stock_unet(unet, unet_inputs):
     with layout_processors(unet):
         assert all(isinstance(p, LayoutAttnProcessor) for p in unet.attn_processors.values())
         ours = unet(latents, t, encoder_hidden_states=text).sample
-        ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal="per_frame")
+        ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal=TemporalKeys("per_frame"))
         per_frame = unet(latents, t, encoder_hidden_states=text, cross_attention_kwargs={"videograin": ctx}).sample
     torch.testing.assert_close(ours, stock, atol=ATOL, rtol=0)
     torch.testing.assert_close(per_frame, stock, atol=ATOL, rtol=0)
@@ -436,7 +436,7 @@ def test_full_frame_self_attention_module(unet):
     g = torch.Generator().manual_seed(12)
     hidden = torch.randn(FRAMES, 64, attn.to_q.in_features, generator=g)
     with layout_processors(unet):
-        got = attn(hidden, videograin=StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal="full"))
+        got = attn(hidden, videograin=StepContext(num_frames=FRAMES, modulation=ModulationContext(0), temporal=TemporalKeys("full")))
         per_frame = attn(hidden)
     want = full_frame_reference(attn, hidden, FRAMES)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
@@ -476,7 +476,7 @@ def test_modulated_self_attention_module(unet, layout):
     assert len(torch.unique(bits)) >= 4  # none, instance, part, separate region all present
     g = torch.Generator().manual_seed(14)
     hidden = torch.randn(2 * FRAMES, n, attn.to_q.in_features, generator=g)
-    ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0, layout, self_scale=0.4), temporal="full",
+    ctx = StepContext(num_frames=FRAMES, modulation=ModulationContext(0, layout, self_scale=0.4), temporal=TemporalKeys("full"),
                       cond_branch=1)
     with layout_processors(unet):
         got = attn(hidden, videograin=ctx)
@@ -495,11 +495,11 @@ def test_modulated_self_attention_module_sparse_causal(unet):
     """Sparse-causal keys: frame f attends to frames {0, f−1}; S_x is the share of those keys."""
     frames, n = 4, 256
     masks = random_masks(frames, 128, torch.Generator().manual_seed(15))
-    layout = build_layout(masks, [None, None, None], (16, 16), 2, temporal="sparse_causal")
+    layout = build_layout(masks, [None, None, None], (16, 16), 2, temporal=TemporalKeys("sparse_causal"))
     attn = self_module(unet)
     bits = layout.at(n).bits
     hidden = torch.randn(2 * frames, n, attn.to_q.in_features, generator=torch.Generator().manual_seed(16))
-    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=0.3), temporal="sparse_causal",
+    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=0.3), temporal=TemporalKeys("sparse_causal"),
                       cond_branch=0)
     with layout_processors(unet):
         got = attn(hidden, videograin=ctx)

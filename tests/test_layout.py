@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from videograin.method.layout import (
-    blend_mask, build_layout, composite_weights, downsample_masks, key_frames, latent_frame_masks, region_share,
-    text_token_bits, token_bits,
+    TemporalKeys, blend_mask, build_layout, composite_weights, downsample_masks, latent_frame_masks, region_share,
+    temporal_keys, text_token_bits, token_bits,
 )
+from videograin.method.settings import AUTO_ANCHORED_ABOVE, Modulation
 
 
 def test_downsample_left_half_maps_to_left_half_of_tokens():
@@ -93,12 +94,48 @@ def test_token_bits_stay_on_the_masks_device():
     assert bits.device.type == "meta" and bits.shape == (2, 20) and bits.dtype == torch.int64
 
 
+def _keys_by_frame(temporal: TemporalKeys, num_frames: int) -> dict[int, list[int]]:
+    groups = temporal.groups(num_frames)
+    by_frame = {f: keys.tolist() for frames, rows in groups for f, keys in zip(frames.tolist(), rows)}
+    assert sorted(by_frame) == list(range(num_frames))  # every frame in exactly one group
+    assert sum(len(frames) for frames, _ in groups) == num_frames
+    return by_frame
+
+
 def test_key_frames_known_answers():
-    assert key_frames(4, "full").tolist() == [[0, 1, 2, 3]] * 4
-    assert key_frames(4, "sparse_causal").tolist() == [[0, 0], [0, 0], [0, 1], [0, 2]]
-    assert key_frames(4, "per_frame").tolist() == [[0], [1], [2], [3]]
-    with pytest.raises(ValueError):
-        key_frames(4, "causal")
+    assert _keys_by_frame(TemporalKeys("full"), 4) == {f: [0, 1, 2, 3] for f in range(4)}
+    assert _keys_by_frame(TemporalKeys("sparse_causal"), 4) == {0: [0, 0], 1: [0, 0], 2: [0, 1], 3: [0, 2]}
+    assert _keys_by_frame(TemporalKeys("per_frame"), 4) == {f: [f] for f in range(4)}
+    for mode in ("causal", "auto"):  # auto is resolved before keys are made (temporal_keys)
+        with pytest.raises(ValueError):
+            TemporalKeys(mode)
+
+
+def test_anchored_key_frames_and_chunks_known_answers():
+    """21 frames, anchors at 0, 10, 20, groups of 4: 0-3, 4-7, 8-11, 12-15, 16-19, 20."""
+    keys = TemporalKeys("anchored", anchors=3, group=4, chunk=8)
+    assert keys.anchor_frames(21).tolist() == [0, 10, 20]
+    by_frame = _keys_by_frame(keys, 21)
+    assert by_frame[0] == [0, 1, 2, 3, 10, 20]
+    assert by_frame[5] == [0, 4, 5, 6, 7, 10, 20]
+    assert by_frame[10] == [0, 8, 9, 10, 11, 20]
+    assert by_frame[20] == [0, 10, 20]
+    assert [c.tolist() for c in keys.chunks(21)] == [
+        [0, 1, 2, 3, 8, 9, 10, 11, 20], [4, 5, 6, 7, 12, 13, 14, 15], [16, 17, 18, 19]]
+    assert [c.tolist() for c in TemporalKeys("anchored", 3, 4, chunk=4).chunks(21)][1:] == [
+        [4, 5, 6, 7], [12, 13, 14, 15], [16, 17, 18, 19]]
+    assert [c.tolist() for c in keys.chunks(8)] == [list(range(8))]  # not longer than a chunk: one call
+    assert [c.tolist() for c in TemporalKeys("full", chunk=2).chunks(6)] == [list(range(6))]  # full never chunks
+    assert _keys_by_frame(TemporalKeys("anchored", anchors=5), 5) == {f: list(range(5)) for f in range(5)}
+
+
+def test_auto_temporal_resolution():
+    sd_modes = ("auto", "full", "sparse_causal", "per_frame", "anchored")
+    assert temporal_keys(None, AUTO_ANCHORED_ABOVE, sd_modes).mode == "full"
+    assert temporal_keys(None, AUTO_ANCHORED_ABOVE + 1, sd_modes).mode == "anchored"
+    assert temporal_keys(None, 1000, ("auto", "full")).mode == "full"  # a backbone without anchored
+    chosen = temporal_keys(Modulation(temporal="sparse_causal", anchors=3), 1000, sd_modes)
+    assert (chosen.mode, chosen.anchors) == ("sparse_causal", 3)
 
 
 # hand-written key frame sets (distinct frames; duplicates do not change a share)
@@ -106,16 +143,20 @@ KEY_FRAME_SETS = {
     "full": lambda f, n_frames: list(range(n_frames)),
     "sparse_causal": lambda f, n_frames: sorted({0, max(f - 1, 0)}),
     "per_frame": lambda f, n_frames: [f],
+    "anchored": lambda f, n_frames: sorted({0, 4, 9} | set(range(f // 3 * 3, min(f // 3 * 3 + 3, n_frames)))),
 }
 
 
-@pytest.mark.parametrize("temporal", ["full", "sparse_causal", "per_frame"])
+@pytest.mark.parametrize("temporal", ["full", "sparse_causal", "per_frame", "anchored"])
 def test_region_share_brute_force(temporal):
     g = torch.Generator().manual_seed(1)
-    n_frames, n = 4, 12
+    n_frames, n = 10, 12
     values = torch.tensor([0, 0b001, 0b011, 0b100, 0b110, 1 << 40])
     bits = values[torch.randint(len(values), (n_frames, n), generator=g)]
-    share = region_share(bits, key_frames(n_frames, temporal))
+    keys = TemporalKeys(temporal, anchors=3, group=3)
+    if temporal == "anchored":
+        assert keys.anchor_frames(n_frames).tolist() == [0, 4, 9]  # 4.5 rounds to even
+    share = region_share(bits, keys.groups(n_frames))
     assert share.shape == (n_frames, n) and share.dtype == torch.float32
     flat = bits.flatten()
     r = (flat[:, None] & flat[None, :]) != 0  # explicit (N, N) relation, frame-major
@@ -138,12 +179,12 @@ def test_build_layout_levels_and_tables():
     masks = torch.zeros(2, n_frames, 96, 128, dtype=torch.bool)  # pixels = 8× latent (12, 16)
     masks[0, :, 0:32, 0:64] = True  # aligned to 16-pixel cells (the 6×8 grid)
     masks[1, 0, 16:32, 32:64] = True  # a part inside region 0 in frame 0 only
-    layout = build_layout(masks, [(1, 3), None], latent_size=(12, 16), num_levels=2, temporal="full")
+    layout = build_layout(masks, [(1, 3), None], latent_size=(12, 16), num_levels=2, temporal=TemporalKeys())
     assert sorted(layout.levels) == [48, 192]
     fine, coarse = layout.at(192), layout.at(48)
     assert (fine.index, fine.height, fine.width) == (0, 12, 16)
     assert (coarse.index, coarse.height, coarse.width) == (1, 6, 8)
-    assert layout.num_frames == n_frames and layout.temporal == "full"
+    assert layout.num_frames == n_frames and layout.temporal.mode == "full"
     assert layout.text_bits.tolist() == [0, 1, 1] + [0] * 74
 
     expected = torch.zeros(n_frames, 6, 8, dtype=torch.int64)

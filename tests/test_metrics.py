@@ -14,7 +14,7 @@ import torch
 from videograin.eval import evaluate as E
 from videograin.eval import metrics as M
 from videograin.method.recorder import AttentionRecorder
-from videograin.method.layout import Layout, LevelLayout
+from videograin.method.layout import Layout, LevelLayout, TemporalKeys
 
 from conftest import EXAMPLE, copy_example
 
@@ -300,7 +300,7 @@ def _synthetic_attention():
     grid in both regions; text tokens: 1 = region 0's prompt, 2 = region 1's."""
     level0 = LevelLayout(0, 2, 2, torch.tensor([[1, 1, 2, 0]]), torch.zeros(1, 4), torch.zeros(1, 4))
     level1 = LevelLayout(1, 1, 1, torch.tensor([[3]]), torch.zeros(1, 1), torch.zeros(1, 1))
-    layout = Layout({4: level0, 1: level1}, torch.tensor([0, 1, 2, 0]), 1, "full")
+    layout = Layout({4: level0, 1: level1}, torch.tensor([0, 1, 2, 0]), 1, TemporalKeys())
     step0 = torch.tensor([[0.1, 0.6, 0.2, 0.1],
                           [0.1, 0.4, 0.3, 0.2],
                           [0.1, 0.2, 0.6, 0.1],

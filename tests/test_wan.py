@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from videograin.cli import main
+from videograin.method.layout import TemporalKeys
 from videograin.testing import WORDS, t5_word_tokenizer
 
 
@@ -71,7 +72,7 @@ def _context(strength: float, blocks=None, seed: int = 0):
     bits = torch.tensor([1, 1, 2, 0, 1, 2, 2, 0, 3, 1, 2, 0]).view(3, 4)  # 12 tokens: regions 1, 2, both (3), none
     text_bits = torch.tensor([0, 1, 1, 0, 2, 0])
     share = torch.rand(3, 4, generator=g)
-    layout = Layout({4: LevelLayout(0, 2, 2, bits, share, share.flip(0))}, text_bits, 3, "full", one_grid=True)
+    layout = Layout({4: LevelLayout(0, 2, 2, bits, share, share.flip(0))}, text_bits, 3, TemporalKeys(), one_grid=True)
     return ModulationContext(0, layout, strength, strength, blocks)
 
 
@@ -165,7 +166,7 @@ def test_the_layout_puts_a_token_in_a_region_when_half_its_patch_is_covered_in_a
     from videograin.backbones.wan import WanBackbone
 
     backbone = WanBackbone(wan_pipe)
-    layout = backbone.layout(_moving_square(), [(1, 3)], (4, 4), "full")
+    layout = backbone.layout(_moving_square(), [(1, 3)], (4, 4), TemporalKeys())
     (level,) = layout.levels.values()
     assert (level.height, level.width, layout.num_frames) == (2, 2, 3)
     assert level.bits.tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]

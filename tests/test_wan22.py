@@ -14,6 +14,7 @@ from videograin import WanVideoGrainPipeline
 from videograin.config.parse import spec_from_dict
 from videograin.config.preflight import preflight, read_model
 from videograin.errors import SpecError
+from videograin.method.layout import TemporalKeys
 from videograin.testing import make_tiny_wan_model
 
 PROMPT = "a red circle and a blue square on a black background"
@@ -128,7 +129,7 @@ def test_ti2v_tokens_cover_32_pixels_and_sizes_are_multiples_of_32(ti2v_dir, tmp
     masks = torch.zeros(1, 9, 64, 96, dtype=torch.bool)
     masks[0, :, 0:32, 32:64] = True  # exactly token (0, 1) in every frame
     masks[0, 5:, 32:48, 64:96] = True  # half of token (1, 2), from frame 5 (latent frame 2) on
-    layout = pipe.backbone.layout(masks, [(1, 3)], (4, 6), "full")
+    layout = pipe.backbone.layout(masks, [(1, 3)], (4, 6), TemporalKeys())
     (grid,) = layout.levels.values()
     assert (grid.height, grid.width) == (2, 3)
     want = torch.zeros(3, 2, 3, dtype=torch.long)

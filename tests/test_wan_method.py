@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from videograin.method.layout import Layout
+from videograin.method.layout import Layout, TemporalKeys
 from videograin.method.reatco import invariant_region_sampling
 from videograin.method.sampling import FlowSchedule, windowed_denoise_fn
 from videograin.method.settings import Modulation, ReAtCoSettings, Window
@@ -114,7 +114,7 @@ def test_windows_of_latent_frames_average_exactly_on_overlaps(wan_pipe):
     masks[0, 12:, :, :] = False  # the left region leaves: the windows' shares differ
     backbone = wan_pipe.backbone
     latents = wan_pipe.encode_frames(video * 2 - 1)
-    layout = backbone.layout(masks, [(1, 3), (4, 6)], tuple(latents.shape[-2:]), "full")
+    layout = backbone.layout(masks, [(1, 3), (4, 6)], tuple(latents.shape[-2:]), TemporalKeys())
     windows = [slice(0, 5), slice(2, 7)]
     parts = [layout.frames(w) for w in windows]
     for w, part in zip(windows, parts):
@@ -174,8 +174,8 @@ def test_layout_frames_cuts_an_sd_layout_as_building_it_from_the_window_does(tin
     masks[0, :3, :, :10] = True
     masks[1, :, 20:, :] = True
     backbone = tiny_pipe.backbone
-    whole = backbone.layout(masks, [(1, 2), None], (4, 4), "sparse_causal")
-    cut, built = whole.frames(slice(2, 6)), backbone.layout(masks[:, 2:6], [(1, 2), None], (4, 4), "sparse_causal")
+    whole = backbone.layout(masks, [(1, 2), None], (4, 4), TemporalKeys("sparse_causal"))
+    cut, built = whole.frames(slice(2, 6)), backbone.layout(masks[:, 2:6], [(1, 2), None], (4, 4), TemporalKeys("sparse_causal"))
     assert isinstance(cut, Layout) and cut.num_frames == built.num_frames == 4
     for n, level in built.levels.items():
         for name in ("bits", "self_share", "cross_share"):

@@ -32,7 +32,7 @@ from .backbones.wan import WanBackbone
 from .inversion_cache import InversionCache, inversion_key, weights_fingerprint
 from .method.attention import KernelChoice
 from .method.inversion_free import inversion_free_latents, start_step
-from .method.layout import Layout, blend_mask, composite_applies, composite_weights
+from .method.layout import Layout, TemporalKeys, blend_mask, composite_applies, composite_weights, temporal_keys
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
@@ -255,7 +255,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         latents: torch.Tensor,
         source_prompt: str,
         steps: int,
-        temporal: str = "full",
+        temporal: TemporalKeys = TemporalKeys(),
         aids=None,
         control=None,
         schedule: Schedule | None = None,
@@ -408,7 +408,6 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         backbone = self.backbone
         control = self._control(control_images, control_scale, size)
         token_indices = word_token_indices(backbone.tokenizer, prompt, spans, words or [None] * len(spans))
-        temporal = modulation.temporal if modulation is not None else "full"
         timings: dict[str, float] = {}
 
         clock = time.perf_counter()
@@ -417,6 +416,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         if latents is not None and tuple(latents.shape) != tuple(source_latents.shape):
             raise ValueError(f"latents must be {tuple(source_latents.shape)} (the video's), got {tuple(latents.shape)}")
         latent_size = tuple(source_latents.shape[-2:])
+        attended = min(window.size, len(source_latents)) if window else len(source_latents)  # frames per attention
+        temporal = temporal_keys(modulation, attended, self.capabilities.temporal_modes)
         masks = masks.to(self._execution_device)
         layout = backbone.layout(masks, spans, latent_size, temporal)  # 3. layout
 
@@ -585,7 +586,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         video,
         source_prompt: str = "",
         num_inference_steps: int | None = None,
-        temporal: str = "full",
+        temporal: str = "auto",
         control_images=None,
         control_scale: float = 1.0,
         height: int | None = None,
@@ -605,16 +606,18 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         solver = solver if solver is not None else self.recommended.solver
         frames = self.prepare_video(video, height, width) * 2 - 1
         backbone = self.backbone
-        check_settings(self.capabilities, num_frames=frames.shape[0], modulation=Modulation(temporal=temporal),
+        settings = Modulation(temporal=temporal)
+        check_settings(self.capabilities, num_frames=frames.shape[0], modulation=settings,
                        control=control_images is not None, solver=solver)
         backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         control = self._control(control_images, control_scale, (frames.shape[-1], frames.shape[-2]))
         latents = self.encode_frames(frames)
+        temporal = temporal_keys(settings, len(latents), self.capabilities.temporal_modes)
         schedule = backbone.schedule(num_inference_steps)
         trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control,
                                  schedule=schedule, solver=solver)
         cond = backbone.encode_prompt(source_prompt)
-        denoise = backbone.denoise_fn(cond, None, 1.0, frames.shape[0], schedule, temporal=temporal, control=control)
+        denoise = backbone.denoise_fn(cond, None, 1.0, len(latents), schedule, temporal=temporal, control=control)
         with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
             latents = sample_latents(denoise, trajectory[0], schedule, progress=bar, solver=solver)
         self.maybe_free_model_hooks()

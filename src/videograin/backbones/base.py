@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import SettingError
-from ..method.layout import Layout
+from ..method.layout import Layout, TemporalKeys
 from ..method.sampling import Denoiser, Schedule
 from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings
 
@@ -181,7 +181,7 @@ class Backbone(Protocol):
     def latent_frames(self, masks: torch.Tensor) -> torch.Tensor:
         """Masks per source frame (R, F, H, W) -> per latent frame (R, T, H, W) (T = F for an image model)."""
 
-    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
+    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: TemporalKeys) -> Layout:
         """Region bitmasks and size terms on the backbone's tokens; masks (R, F, H, W) bool."""
 
     def schedule(self, steps: int) -> Schedule:

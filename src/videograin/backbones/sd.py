@@ -8,13 +8,14 @@ this module says how to call the UNet with guidance, ControlNet and the temporal
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..method.attention import KernelChoice
-from ..method.layout import Layout, build_layout, token_grid
+from ..method.layout import Layout, TemporalKeys, build_layout, token_grid
 from ..method.recorder import AttentionRecorder
 from ..method.modulation import step_context
 from ..method.reatco import CLIP_WORDS, rad_level
@@ -24,6 +25,8 @@ from ..method.tokens import encode_prompt, regional_prompt_embeds
 from ..method.trajectories import Trajectories, trajectories_for_levels
 from .base import Capabilities
 from .sd_processors import FeatureStore, PnPMode, StepContext, layout_processors, residual_injection
+
+logger = logging.getLogger(__name__)
 
 
 def sd_capabilities(vae_config, unet_config, scheduler_config) -> Capabilities:
@@ -81,7 +84,7 @@ class Control:
     images: torch.Tensor
     scale: float = 1.0
 
-    def frames(self, window: slice) -> Control:
+    def frames(self, window: slice | torch.Tensor) -> Control:
         return Control(self.model, self.images[window], self.scale)
 
     def residuals(self, sample: torch.Tensor, t: int, encoder_states: torch.Tensor):
@@ -144,7 +147,7 @@ class StableDiffusionBackbone:
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [token_grid(latent_size, level) for level in range(self.capabilities.num_levels)]
 
-    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
+    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: TemporalKeys) -> Layout:
         return build_layout(masks, spans, latent_size, self.capabilities.num_levels, temporal,
                             self.tokenizer.model_max_length)
 
@@ -185,7 +188,7 @@ class StableDiffusionBackbone:
         num_frames: int,
         schedule: DDIMSchedule,
         *,
-        temporal: str = "full",
+        temporal: TemporalKeys = TemporalKeys(),
         layout: Layout | None = None,
         modulation: Modulation | None = None,
         recorder: AttentionRecorder | None = None,
@@ -197,11 +200,32 @@ class StableDiffusionBackbone:
 
         cond, uncond: (1, L, D) text embeddings shared by all frames (uncond None: no guidance).
         Modulation is on for the first ``modulation.steps`` steps when a layout and modulation are given.
-        ``control``: ControlNet residuals added to the UNet on every step and branch.
+        ``control``: ControlNet residuals added to the UNet on every step and branch. An anchored clip
+        longer than its chunk runs the UNet over ``temporal.chunks`` (the same result, bounded memory),
+        except where the attention maps are recorded or a temporal aid runs: those need every frame.
         """
         unet, aids, kernels = self.pipe.unet, aids or TemporalAids(), kernels or KernelChoice()
         texts = [cond] if uncond is None else [uncond, cond]
-        encoder_states = torch.cat([x.expand(num_frames, -1, -1) for x in texts])
+        chunks = temporal.chunks(num_frames)
+        if len(chunks) > 1 and (recorder is not None or aids.trajectories is not None or aids.features is not None):
+            logger.info("the UNet takes all %d frames at once: recording attention maps and the temporal aids "
+                        "need every frame in one call", num_frames)
+            chunks = [torch.arange(num_frames)]
+
+        def guided(latents: torch.Tensor, t: int, ctx: StepContext, frames) -> torch.Tensor:
+            model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
+            states = torch.cat([x.expand(len(latents), -1, -1) for x in texts]).to(unet.dtype)
+            part = control if control is None or frames is None else control.frames(frames)
+            down, mid = part.residuals(model_in, t, states) if part is not None else (None, None)
+            with residual_injection(unet, ctx):
+                eps = unet(
+                    model_in, t, encoder_hidden_states=states, cross_attention_kwargs={"videograin": ctx},
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                ).sample.to(latents.dtype)
+            if uncond is None:
+                return eps
+            eps_uncond, eps_cond = eps.chunk(2)
+            return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
         def denoise(latents: torch.Tensor, t: int, step: int) -> torch.Tensor:
             ctx = StepContext(
@@ -213,18 +237,14 @@ class StableDiffusionBackbone:
                 features=aids.features if step < aids.pnp_steps else None,
                 features_mode=aids.features_mode,
             )
-            model_in = torch.cat([latents] * len(texts)).to(unet.dtype)
-            states = encoder_states.to(unet.dtype)
-            down, mid = control.residuals(model_in, t, states) if control is not None else (None, None)
-            with residual_injection(unet, ctx):
-                eps = unet(
-                    model_in, t, encoder_hidden_states=states, cross_attention_kwargs={"videograin": ctx},
-                    down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                ).sample.to(latents.dtype)
-            if uncond is None:
-                return eps
-            eps_uncond, eps_cond = eps.chunk(2)
-            return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            if len(chunks) == 1:
+                return guided(latents, t, ctx, None)
+            eps, anchor_keys = torch.empty_like(latents), {}  # the anchors' keys live for this call only
+            for frames in chunks:  # the anchors' chunk first
+                part = dataclasses.replace(ctx, num_frames=len(frames), frames=frames, clip_length=num_frames,
+                                           anchor_keys=anchor_keys)
+                eps[frames] = guided(latents[frames], t, part, frames)
+            return eps
 
         return denoise
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..method.attention import layout_attention, modulated_scores
-from ..method.layout import key_frames
+from ..method.layout import TemporalKeys
 from ..method.modulation import ModulationContext
 from ..method.trajectories import Trajectories, combine
 
@@ -56,6 +56,10 @@ class StepContext:
     ``modulation``: the step's ModulationContext (layout, step, c·ξ(t), modulated levels, recorder,
     kernels), built by ``method.modulation.step_context``; ``cond_branch`` is the branch it modulates
     and records. Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
+    ``frames``: which frames of the clip (of ``clip_length`` frames) the batch holds, for a call over
+    a chunk of an anchored clip (``TemporalKeys.chunks``; None: all of them); ``anchor_keys``: the anchors' self-attention keys
+    and values by layer, (branches, A, H, n, D) each, recorded by the chunk that holds the anchors and
+    read by the others of the same step.
     ``trajectories``: FLATTEN trajectories by tokens per frame for the levels where flow-guided
     attention runs at this step. ``features`` with ``features_mode``: PnP's store, filled or read
     (a sink: a frozen context still carries mutable stores).
@@ -63,7 +67,10 @@ class StepContext:
 
     num_frames: int
     modulation: ModulationContext
-    temporal: str = "full"
+    temporal: TemporalKeys = TemporalKeys()
+    frames: torch.Tensor | None = None
+    clip_length: int | None = None
+    anchor_keys: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     cond_branch: int = 0
     trajectories: dict[int, Trajectories] | None = None
     features: FeatureStore | None = None
@@ -150,7 +157,7 @@ class LayoutAttnProcessor:
             return None
         pnp = ctx.features is not None and FeatureStore.takes(self.layer)
         flow = bool(ctx.trajectories) and n in ctx.trajectories
-        if ctx.temporal != "full" or pnp or flow or self._level(ctx, n, cross=False) is not None:
+        if ctx.temporal.mode != "full" or pnp or flow or self._level(ctx, n, cross=False) is not None:
             return None
         video = hidden_states.unflatten(0, (-1, ctx.num_frames)).flatten(1, 2)  # (branches, F·n, C)
         return self.fallback(attn, video).unflatten(1, (ctx.num_frames, n)).flatten(0, 1)
@@ -190,47 +197,74 @@ class LayoutAttnProcessor:
         """Spatio-temporal self-attention (then FLATTEN's trajectory attention where it runs).
         q, k, v: (branches·F, H, n, D) -> same shape."""
         frames, n = ctx.num_frames, q.shape[2]
-        frames_of_keys = key_frames(frames, ctx.temporal).to(q.device)  # (F, K)
         fold = lambda x: x.unflatten(0, (-1, frames)).permute(0, 2, 1, 3, 4).flatten(2, 3)  # -> (branches, H, F·n, D)
         unfold = lambda x: x.unflatten(2, (frames, n)).permute(0, 2, 1, 3, 4).flatten(0, 1)
-        out = self._spatio_temporal(q, k, v, scale, ctx, frames_of_keys, fold, unfold)
+        if ctx.temporal.mode == "full":
+            cond = slice(ctx.cond_branch, ctx.cond_branch + 1)
+            out = unfold(self._attend(fold(q), fold(k), fold(v), scale, ctx, n, cond))
+        else:
+            out = self._key_frames(q, k, v, scale, ctx)
         trajectories = ctx.trajectories.get(n) if ctx.trajectories else None
         if trajectories is None:
             return out
         return unfold(combine(fold(out), trajectories))
 
-    def _spatio_temporal(self, q, k, v, scale, ctx: StepContext, frames_of_keys, fold, unfold) -> torch.Tensor:
-        frames, n = ctx.num_frames, q.shape[2]
-
-        def gather_keys(x):  # (branches·F, H, n, D) -> (branches·F, H, K·n, D)
-            x = x.unflatten(0, (-1, frames))[:, frames_of_keys]  # (branches, F, K, H, n, D)
-            return x.permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(0, 1)
-
-        if ctx.temporal == "full":  # one attention over all tokens of the video per branch
-            qs, ks, vs = fold(q), fold(k), fold(v)  # (branches, H, F·n, D)
-        else:
-            unfold = lambda x: x
-            qs, ks, vs = q, gather_keys(k), gather_keys(v)
-
+    def _attend(self, qs, ks, vs, scale, ctx: StepContext, n: int, rows: slice, q_frames=None, k_frames=None):
+        """Attention of queries qs (B, H, Nq, D) to keys ks, vs (B, H, Nk, D), laid out as the rows
+        ``rows`` of B of the conditional branch and the same for the others, with
+        ST-Layout modulation on the conditional rows where this level is modulated. ``q_frames``
+        (G,): the clip frame of each row's queries, ``k_frames`` (G, K): each row's key frames (both
+        None: one row per branch holding every frame, full attention)."""
         level = self._level(ctx, n, cross=False)
         if level is None:
-            return unfold(F.scaled_dot_product_attention(qs, ks, vs, scale=scale))
-        lam = ctx.modulation.strength(level, cross=False, device=q.device)  # (F, n)
-        if ctx.temporal == "full":
-            rows = slice(ctx.cond_branch, ctx.cond_branch + 1)
-            q_bits, k_bits, lam = level.bits.flatten(), level.bits.flatten(), lam.flatten()
+            return F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+        lam = ctx.modulation.strength(level, cross=False, device=qs.device)  # (F, n)
+        bits = level.bits.to(qs.device)
+        if q_frames is None:
+            q_bits, k_bits, lam = bits.flatten(), bits.flatten(), lam.flatten()
         else:
-            rows = slice(ctx.cond_branch * frames, (ctx.cond_branch + 1) * frames)
-            q_bits, k_bits = level.bits, level.bits[frames_of_keys.to(level.bits.device)].flatten(1)
+            q_bits, k_bits, lam = bits[q_frames], bits[k_frames].flatten(1), lam[q_frames]
         out = torch.empty_like(qs)
-        out[rows] = layout_attention(
-            qs[rows], ks[rows], vs[rows], q_bits.to(q.device), k_bits.to(q.device), lam, scale,
-            kernels=ctx.modulation.kernels,
-        )
+        out[rows] = layout_attention(qs[rows], ks[rows], vs[rows], q_bits, k_bits, lam, scale,
+                                     kernels=ctx.modulation.kernels)
         for plain in (slice(0, rows.start), slice(rows.stop, None)):  # the other branches: unmodulated
             if len(qs[plain]):
                 out[plain] = F.scaled_dot_product_attention(qs[plain], ks[plain], vs[plain], scale=scale)
-        return unfold(out)
+        return out
+
+    def _key_frames(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
+        """Self-attention of each frame to its key frames (``TemporalKeys.groups``), one attention
+        per group of frames with as many key frames; in a chunk of an anchored clip the anchors' keys
+        and values come from (or go to) ``ctx.anchor_keys``. q, k, v: (branches·F, H, n, D)."""
+        frames, device = ctx.num_frames, q.device
+        clip = ctx.clip_length or frames
+        here = ctx.frames.to(device) if ctx.frames is not None else torch.arange(frames, device=device)
+        q5, k5, v5 = (x.unflatten(0, (-1, frames)) for x in (q, k, v))  # (branches, F, H, n, D)
+        row_of = torch.full((clip,), -1, dtype=torch.long, device=device)  # clip frame -> row of the key source
+        if ctx.anchor_keys is not None:
+            anchors = ctx.temporal.anchor_frames(clip).to(device)
+            if self.layer in ctx.anchor_keys:  # a later chunk: the anchors' keys of this step
+                k_anchor, v_anchor = ctx.anchor_keys[self.layer]
+                k5, v5 = torch.cat([k5, k_anchor], 1), torch.cat([v5, v_anchor], 1)
+                row_of[anchors] = torch.arange(frames, frames + len(anchors), device=device)
+            else:  # the anchors' chunk comes first
+                local = torch.searchsorted(here, anchors)
+                ctx.anchor_keys[self.layer] = (k5[:, local], v5[:, local])
+        row_of[here] = torch.arange(frames, device=device)
+        out = torch.empty_like(q5)
+        for clip_frames, keys in ctx.temporal.groups(clip):
+            clip_frames, keys = clip_frames.to(device), keys.to(device)
+            mine = torch.isin(clip_frames, here)
+            if not mine.any():
+                continue
+            clip_frames, keys = clip_frames[mine], keys[mine]
+            count = len(clip_frames)
+            gather = lambda x: x[:, row_of[keys]].permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(0, 1)  # noqa: E731
+            qs = q5[:, row_of[clip_frames]].flatten(0, 1)  # (branches·G, H, n, D)
+            cond = slice(ctx.cond_branch * count, (ctx.cond_branch + 1) * count)
+            attended = self._attend(qs, gather(k5), gather(v5), scale, ctx, q.shape[2], cond, clip_frames, keys)
+            out[:, row_of[clip_frames]] = attended.unflatten(0, (-1, count))
+        return out.flatten(0, 1)
 
     def _cross(self, q, k, v, scale, ctx: StepContext) -> torch.Tensor:
         """Cross-attention per frame. q: (branches·F, H, n, D); k, v: (branches·F, H, L, D)."""
@@ -245,9 +279,10 @@ class LayoutAttnProcessor:
         if level is None:  # recording only: plain probabilities of the conditional branch
             probs = plain()
         else:
-            q_bits = level.bits.to(q.device)
+            here = slice(None) if ctx.frames is None else ctx.frames.to(q.device)
+            q_bits = level.bits.to(q.device)[here]
             k_bits = ctx.modulation.layout.text_bits.to(q.device)
-            lam = ctx.modulation.strength(level, cross=True, device=q.device)  # (F, n)
+            lam = ctx.modulation.strength(level, cross=True, device=q.device)[here]  # (F, n)
             probs = modulated_scores(q[rows], k[rows], q_bits, k_bits, lam, scale).softmax(-1)
             modulated = torch.matmul(probs, v[rows].float()).to(out.dtype)
             out = torch.cat([out[: rows.start], modulated, out[rows.stop :]])  # not in place: autograd

@@ -17,7 +17,7 @@ import torch
 
 from ..method.attention import KernelChoice
 from ..method.layout import (
-    Layout, LevelLayout, downsample_masks, key_frames, latent_frame_masks, region_share, text_token_bits, token_bits,
+    Layout, LevelLayout, TemporalKeys, downsample_masks, latent_frame_masks, region_share, text_token_bits, token_bits,
 )
 from ..method.modulation import ModulationContext, step_context
 from ..method.recorder import AttentionRecorder
@@ -58,11 +58,11 @@ FRAME_CHUNK = 4
 def wan_capabilities(vae_config, transformer_config, scheduler_config, experts: int = 1) -> Capabilities:
     """What a Wan text-to-video model supports, from its VAE's and transformer's configs: a level is a
     transformer block (of either expert: Wan 2.2 A14B's two share the architecture); self-attention is
-    always over the whole clip; no temporal aids, no ControlNet; ReAtCo's guidance reads every block
+    always over the whole clip (``auto`` is full); no temporal aids, no ControlNet; ReAtCo's guidance reads every block
     (they share one token grid)."""
     spatial, temporal = vae_factors(vae_config)
     blocks = transformer_config["num_layers"]
-    return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("full",),
+    return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("auto", "full"),
                         temporal_aids=False, control=False, frame_chunk=FRAME_CHUNK,
                         temporal_factor=temporal,
                         size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
@@ -151,7 +151,7 @@ class WanBackbone:
     def token_grids(self, latent_size: tuple[int, int]) -> list[tuple[int, int]]:
         return [(latent_size[0] // self.patch[1], latent_size[1] // self.patch[2])]
 
-    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: str) -> Layout:
+    def layout(self, masks: torch.Tensor, spans: list, latent_size: tuple[int, int], temporal: TemporalKeys) -> Layout:
         """Bitmasks on the transformer's tokens (T latent frames of h×w patches): a token is in a region
         when the region covers at least half of its patch in any of the latent frame's source frames.
         Size terms: self, the share of all tokens of the clip; cross, of the token's latent frame.
@@ -159,9 +159,10 @@ class WanBackbone:
         (h, w), = self.token_grids(latent_size)
         bits = token_bits(self.latent_frames(downsample_masks(masks, h, w)))  # (T, h·w)
         frames = bits.shape[0]
-        level = LevelLayout(0, h, w, bits, region_share(bits, key_frames(frames, "full")),
-                            region_share(bits, key_frames(frames, "per_frame")))
-        return Layout({h * w: level}, text_token_bits(spans, TEXT_LENGTH), frames, "full", one_grid=True)
+        full = TemporalKeys("full")
+        level = LevelLayout(0, h, w, bits, region_share(bits, full.groups(frames)),
+                            region_share(bits, TemporalKeys("per_frame").groups(frames)))
+        return Layout({h * w: level}, text_token_bits(spans, TEXT_LENGTH), frames, full, one_grid=True)
 
     def schedule(self, steps: int) -> FlowSchedule:
         config = self.pipe.scheduler.config
@@ -183,7 +184,7 @@ class WanBackbone:
         schedule: FlowSchedule,
         *,
         guidance_scale_2: float | None = None,
-        temporal: str = "full",
+        temporal: TemporalKeys = TemporalKeys(),
         layout: Layout | None = None,
         modulation: Modulation | None = None,
         recorder: AttentionRecorder | None = None,

@@ -7,6 +7,7 @@ header or the model's config files are in config/preflight.py, also before any w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ _EDIT_KEYS = (
     "steps", "guidance_scale", "guidance_scale_2", "seed", "blend", "composite", "record_attention", "method",
     "modulation", "reatco", "window", "temporal_aids", "solver", "inversion", "inversion_free",
 )
-_MODULATION_KEYS = ("steps", "self_strength", "cross_strength", "levels", "temporal")
+_MODULATION_KEYS = tuple(f.name for f in dataclasses.fields(Modulation))
 _REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
 _WINDOW_KEYS = ("size", "stride")
 _INVERSION_FREE_KEYS = ("skip", "draws", "source_guidance")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 
-from .settings import MAX_REGIONS, TEMPORAL_MODES
+from .settings import AUTO_ANCHORED_ABOVE, MAX_REGIONS, TEMPORAL_MODES, Modulation
 
 
 
@@ -45,7 +46,7 @@ class Layout:
     levels: dict[int, LevelLayout]
     text_bits: torch.Tensor
     num_frames: int
-    temporal: str
+    temporal: TemporalKeys
     one_grid: bool = False
 
     def at(self, tokens_per_frame: int) -> LevelLayout:
@@ -69,7 +70,7 @@ class Layout:
         levels = {}
         for n, grid in self.levels.items():
             bits = grid.bits[window]
-            share = region_share(bits, key_frames(bits.shape[0], self.temporal))
+            share = region_share(bits, self.temporal.groups(bits.shape[0]))
             levels[n] = dataclasses.replace(grid, bits=bits, self_share=share, cross_share=grid.cross_share[window])
         return dataclasses.replace(self, levels=levels, num_frames=len(range(self.num_frames)[window]))
 
@@ -83,34 +84,101 @@ def token_grid(latent_size: tuple[int, int], level: int) -> tuple[int, int]:
     return h, w
 
 
-def region_share(bits: torch.Tensor, frames_of_keys: torch.Tensor) -> torch.Tensor:
+def region_share(bits: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Share of each token's keys that share a region with it (the size term S).
 
-    bits: (F, n) int64 bitmasks; frames_of_keys: (F, K) frames whose tokens frame f's queries attend
-    to. Returns (F, n) float32. Works on the few distinct bitmask values, never an N × N map.
+    bits: (F, n) int64 bitmasks; groups: ``TemporalKeys.groups``, (frames (G,), their key frames
+    (G, K)) pairs covering every frame once. Returns (F, n) float32. Works on the few distinct bitmask
+    values, never an N × N map.
     """
-    values = torch.unique(bits)  # (G,)
-    counts = (bits.unsqueeze(-1) == values).sum(1).float()  # (F, G) tokens per value and frame
-    key_counts = counts[frames_of_keys].sum(1)  # (F, G)
-    shares = ((values[:, None] & values[None, :]) != 0).float()  # (G, G)
-    share_per_value = key_counts @ shares.T / (frames_of_keys.shape[1] * bits.shape[1])  # (F, G)
+    values = torch.unique(bits)  # (V,)
+    counts = (bits.unsqueeze(-1) == values).sum(1).float()  # (F, V) tokens per value and frame
+    shares = ((values[:, None] & values[None, :]) != 0).float()  # (V, V)
+    share_per_value = torch.empty_like(counts)
+    for frames, keys in groups:
+        key_counts = counts[keys.to(bits.device)].sum(1)  # (G, V)
+        share_per_value[frames.to(bits.device)] = key_counts @ shares.T / (keys.shape[1] * bits.shape[1])
     return torch.gather(share_per_value, 1, torch.searchsorted(values, bits))
 
 
-def key_frames(num_frames: int, temporal: str) -> torch.Tensor:
-    """Frames whose tokens each frame's self-attention queries attend to: (F, K) int64.
+@dataclass(frozen=True)
+class TemporalKeys:
+    """Which frames each frame's self-attention queries see (``Modulation.temporal`` resolved for a
+    clip, ``temporal_keys``).
 
     full: every frame; sparse_causal: the first and the previous frame (frame 0 sees itself twice,
-    which leaves softmax unchanged); per_frame: the frame itself.
+    which leaves softmax unchanged); per_frame: the frame itself; anchored: ``anchors`` frames spread
+    evenly over the clip (first and last included) plus the frame's group (frames split into runs of
+    ``group``). Anchored frames see only anchors and their own groups, so the groups that hold an
+    anchor form a closed set, and every other group needs the anchors' keys and itself: the model can
+    run over ``chunks`` of whole groups, the anchors' chunk first, and give the result of one call.
     """
+
+    mode: str = "full"
+    anchors: int = 8
+    group: int = 4
+    chunk: int = 16
+
+    def __post_init__(self) -> None:
+        if self.mode not in TEMPORAL_MODES or self.mode == "auto":
+            raise ValueError(f"temporal must be one of {TEMPORAL_MODES[1:]}, got {self.mode!r}")
+
+    def anchor_frames(self, num_frames: int) -> torch.Tensor:
+        """(A,) int64, ascending: the anchor frames of a clip (every frame when anchors >= frames)."""
+        return torch.linspace(0, num_frames - 1, min(self.anchors, num_frames)).round().long().unique()
+
+    def groups(self, num_frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Frames with the same number of key frames, with those: [(frames (G,), keys (G, K)), ...],
+        every frame in exactly one entry, keys ascending without repeats (except sparse_causal's)."""
+        return _groups(self, num_frames)
+
+    def chunks(self, num_frames: int) -> list[torch.Tensor]:
+        """The frames of each model call (int64 tensors): one call of every frame, except anchored clips
+        longer than ``chunk``: the groups holding anchors first, then the other groups in order, whole
+        groups of up to ``chunk`` frames (at least one group) per call."""
+        if self.mode != "anchored" or num_frames <= self.chunk:
+            return [torch.arange(num_frames)]
+        group_of = torch.arange(num_frames) // self.group
+        anchored = torch.isin(group_of, group_of[self.anchor_frames(num_frames)])
+        chunks, current = [torch.arange(num_frames)[anchored]], []
+        for g in group_of[~anchored].unique().tolist():
+            frames = list(range(g * self.group, min((g + 1) * self.group, num_frames)))
+            if current and len(current) + len(frames) > self.chunk:
+                chunks.append(torch.tensor(current))
+                current = []
+            current += frames
+        return chunks + ([torch.tensor(current)] if current else [])
+
+
+@cache
+def _groups(keys: TemporalKeys, num_frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     f = torch.arange(num_frames)
-    if temporal == "full":
-        return f.expand(num_frames, num_frames)
-    if temporal == "sparse_causal":
-        return torch.stack([torch.zeros_like(f), (f - 1).clamp(min=0)], dim=1)
-    if temporal == "per_frame":
-        return f[:, None]
-    raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
+    if keys.mode == "full":
+        return [(f, f.expand(num_frames, num_frames))]
+    if keys.mode == "sparse_causal":
+        return [(f, torch.stack([torch.zeros_like(f), (f - 1).clamp(min=0)], dim=1))]
+    if keys.mode == "per_frame":
+        return [(f, f[:, None])]
+    anchors = keys.anchor_frames(num_frames)
+    by_size: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+    for frame in range(num_frames):
+        start = frame // keys.group * keys.group
+        seen = torch.cat([anchors, torch.arange(start, min(start + keys.group, num_frames))]).unique()
+        frames, key_rows = by_size.setdefault(len(seen), ([], []))
+        frames.append(frame)
+        key_rows.append(seen)
+    return [(torch.tensor(frames), torch.stack(rows)) for frames, rows in by_size.values()]
+
+
+def temporal_keys(modulation: Modulation | None, num_frames: int, modes: tuple[str, ...]) -> TemporalKeys:
+    """The key frames of an edit of ``num_frames`` (latent) frames on a backbone that takes ``modes``:
+    ``modulation.temporal`` (no modulation: its default) with ``auto`` resolved, anchored above
+    AUTO_ANCHORED_ABOVE frames where the backbone takes it, full otherwise."""
+    modulation = modulation or Modulation()
+    mode = modulation.temporal
+    if mode == "auto":
+        mode = "anchored" if num_frames > AUTO_ANCHORED_ABOVE and "anchored" in modes else "full"
+    return TemporalKeys(mode, modulation.anchors, modulation.group, modulation.chunk)
 
 
 def downsample_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -160,7 +228,7 @@ def build_layout(
     spans: list[tuple[int, int] | None],
     latent_size: tuple[int, int],
     num_levels: int,
-    temporal: str = "full",
+    temporal: TemporalKeys = TemporalKeys(),
     text_length: int = 77,
 ) -> Layout:
     """Precompute the ST-Layout lookup tables.
@@ -171,7 +239,7 @@ def build_layout(
     num_regions, num_frames = masks.shape[:2]
     if num_regions > MAX_REGIONS:
         raise ValueError(f"at most {MAX_REGIONS} regions are supported, got {num_regions}")
-    frames_of_keys = key_frames(num_frames, temporal)
+    self_keys, own_frame = temporal.groups(num_frames), TemporalKeys("per_frame").groups(num_frames)
     levels = {}
     for index in range(num_levels):
         h, w = token_grid(latent_size, index)
@@ -181,8 +249,8 @@ def build_layout(
             height=h,
             width=w,
             bits=bits,
-            self_share=region_share(bits, frames_of_keys),
-            cross_share=region_share(bits, key_frames(num_frames, "per_frame")),
+            self_share=region_share(bits, self_keys),
+            cross_share=region_share(bits, own_frame),
         )
     return Layout(levels, text_token_bits(spans, text_length), num_frames, temporal)
 

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from .. import values
 from ..errors import SettingError
 
-#: Self-attention key frames: all frames, the first and the previous frame, or the frame itself.
-TEMPORAL_MODES = ("full", "sparse_causal", "per_frame")
+#: Self-attention key frames (``method.layout.TemporalKeys``): all frames, the first and the previous
+#: frame, the frame itself, anchor frames spread over the clip plus the frame's group of neighbours,
+#: or ``auto``: full up to AUTO_ANCHORED_ABOVE frames, anchored above (where the backbone takes it).
+TEMPORAL_MODES = ("auto", "full", "sparse_causal", "per_frame", "anchored")
+#: ``temporal: auto`` attends over every frame up to this many (latent) frames, the paper's setting,
+#: and is anchored above it, where full attention's cost grows with the square of the frames
+#: (measured on the tiny model, benchmarks/README.md "Long clips").
+AUTO_ANCHORED_ABOVE = 32
 #: Where an edit starts: the source's inversion (an ODE solved backwards), or none (FlowEdit,
 #: ``method.inversion_free``).
 INVERSIONS = ("ode", "none")
@@ -36,15 +42,21 @@ def _set(obj, name: str, value) -> None:
 class Modulation:
     """ST-Layout attention: active for the first ``steps`` denoising steps at the backbone's ``levels``
     ("all" or level indices: UNet resolutions from the highest, or transformer blocks), with strengths
-    c of self- and cross-attention; ``temporal`` picks the self-attention key frames (full,
-    sparse_causal, per_frame). A field left None takes the model's recommended value
-    (``backbones.recommended``: its folder's videograin.json, else the paper's 15 steps, 0.3 and 1.0)."""
+    c of self- and cross-attention. ``temporal`` picks the self-attention key frames (TEMPORAL_MODES;
+    ``method.layout.TemporalKeys``): ``anchored`` gives each frame ``anchors`` frames spread over the
+    clip plus its ``group`` of consecutive frames as keys, and runs the model over ``chunk`` frames at
+    a time (the same result for any chunk; it bounds memory). A field left None takes the model's
+    recommended value (``backbones.recommended``: its folder's videograin.json, else the paper's 15
+    steps, 0.3 and 1.0)."""
 
     steps: int | None = None
     self_strength: float | None = None
     cross_strength: float | None = None
     levels: str | tuple[int, ...] = "all"
-    temporal: str = "full"
+    temporal: str = "auto"
+    anchors: int = 8
+    group: int = 4
+    chunk: int = 16
 
     def __post_init__(self) -> None:
         why = " (the paper uses 0.3 for self- and 1.0 for cross-attention)"
@@ -55,6 +67,8 @@ class Modulation:
                 _set(self, name, values.number(getattr(self, name), f"modulation.{name}", MAX_STRENGTH, why))
         _set(self, "levels", values.levels(self.levels, "modulation.levels"))
         values.choice(self.temporal, "modulation.temporal", TEMPORAL_MODES)
+        for name in ("anchors", "group", "chunk"):
+            values.whole(getattr(self, name), f"modulation.{name}", 1)
 
 
 @dataclass(frozen=True)
