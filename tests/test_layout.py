@@ -130,10 +130,10 @@ def test_anchored_key_frames_and_chunks_known_answers():
 
 
 def test_auto_temporal_resolution():
-    sd_modes = ("auto", "full", "sparse_causal", "per_frame", "anchored")
+    sd_modes = ("full", "sparse_causal", "per_frame", "anchored")
     assert temporal_keys(None, AUTO_ANCHORED_ABOVE, sd_modes).mode == "full"
     assert temporal_keys(None, AUTO_ANCHORED_ABOVE + 1, sd_modes).mode == "anchored"
-    assert temporal_keys(None, 1000, ("auto", "full")).mode == "full"  # a backbone without anchored
+    assert temporal_keys(None, 1000, ("full",)).mode == "full"  # a backbone without anchored
     chosen = temporal_keys(Modulation(temporal="sparse_causal", anchors=3), 1000, sd_modes)
     assert (chosen.mode, chosen.anchors) == ("sparse_causal", 3)
 

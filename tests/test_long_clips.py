@@ -19,7 +19,7 @@ from test_attention import (
 from videograin.backbones.sd_processors import StepContext, layout_processors
 from videograin.method.layout import TemporalKeys, build_layout
 from videograin.method.modulation import ModulationContext
-from videograin.method.settings import Modulation
+from videograin.method.settings import Modulation, Window
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,22 @@ def test_a_static_clip_edits_smoothly_across_chunk_boundaries(tiny_pipe):
     starts = [int(c[0]) for c in keys.chunks(24)[1:]] + [4 * g for g in range(1, 6)]  # chunk and group starts
     boundaries = sorted({s - 1 for s in starts if s > 0})
     assert max(change[boundaries]) <= 1.5 * change.median()
+
+
+def test_a_wan_clip_past_its_trained_length_runs_in_windows_of_that_length(wan_pipe, caplog):
+    """Wan was trained on 81 frames (21 latent frames): 85 frames (22 latent frames) are edited, inversion
+    included, in windows of 21 latent frames 16 apart, as with that window named; a window as long as
+    the clip is one pass over it, which differs."""
+    from test_wan_method import _edit as wan_edit
+
+    caps = wan_pipe.capabilities
+    assert caps.trained_frames == 81 and caps.default_window(81) is None
+    assert caps.default_window(85) == Window(21, 16)
+    seeded = dict(frames=85, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("INFO", logger="videograin.pipeline"):
+        default = wan_edit(wan_pipe, **seeded).latents
+    assert "edited in windows of 21 latent frames, 16 apart" in caplog.text
+    named = wan_edit(wan_pipe, window=Window(21, 16), **seeded).latents
+    whole = wan_edit(wan_pipe, window=Window(22, 22), **seeded).latents
+    assert default.shape[0] == 22 and torch.equal(default, named)
+    assert (whole - default).abs().max() > 1e-4

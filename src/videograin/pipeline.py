@@ -261,19 +261,27 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         schedule: Schedule | None = None,
         callback: Callable | None = None,
         solver: str = "euler",
+        windows: list[slice] | None = None,
     ) -> list[torch.Tensor]:
         """Invert latents (T, C, h, w) on the backbone's schedule (DDIM, or ``solver`` on the flow) under
         ``source_prompt`` (guidance 1), with the same spatio-temporal self-attention the edit uses
         (and its temporal ``aids``: flow-guided attention on every step, PnP features recorded; its
-        structure ``control``). ``schedule``: the edit's, when it has one (else built for ``steps``).
-        ``callback(pipe, step, t)`` runs after every step; ``pipe._interrupt = True`` stops the
-        inversion early. Returns the trajectory (see ``invert_latents``)."""
+        structure ``control``) and its temporal ``windows`` (None: one; with PnP always one, its
+        features are recorded for the whole clip). ``schedule``: the edit's, when it has one (else
+        built for ``steps``). ``callback(pipe, step, t)`` runs after every step; ``pipe._interrupt =
+        True`` stops the inversion early. Returns the trajectory (see ``invert_latents``)."""
         backbone = self.backbone
         schedule = schedule if schedule is not None else backbone.schedule(steps)
         cond = backbone.encode_prompt(source_prompt)
         aids = aids.for_inversion() if aids is not None else None
-        denoise = backbone.denoise_fn(cond, None, 1.0, latents.shape[0], schedule, temporal=temporal, aids=aids,
-                                      control=control)
+        if windows is None or (aids is not None and aids.features is not None):
+            windows = [slice(0, latents.shape[0])]
+        denoise = windowed_denoise_fn([
+            (w, backbone.denoise_fn(cond, None, 1.0, w.stop - w.start, schedule, temporal=temporal,
+                                    aids=aids.frames(w) if aids is not None and len(windows) > 1 else aids,
+                                    control=control.frames(w) if control is not None else None))
+            for w in windows
+        ])
         with backbone.attention_processors(), self._progress(steps, "invert") as bar:
             return invert_latents(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
                                   on_step=None if callback is None else lambda step, t: callback(self, step, t),
@@ -281,23 +289,25 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
 
     def _cached_inversion(self, cache: InversionCache | None, latents, source_prompt: str, steps: int, temporal, aids,
                           control, schedule: Schedule, callback, solver: str, control_inputs: tuple,
-                          aid_settings: TemporalAidSettings | None) -> list[torch.Tensor]:
+                          aid_settings: TemporalAidSettings | None, windows: list[slice]) -> list[torch.Tensor]:
         """``invert``, read from ``cache`` when it holds this inversion and stored there otherwise
         (``control_inputs``: the condition images as [0, 1] floats and their scale). Not cached with PnP,
         whose features the inversion records."""
         if cache is None or (aid_settings is not None and aid_settings.pnp is not None):
-            return self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
+            return self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver, windows)
         modules = {name: weights_fingerprint(module) for name, module in self.components.items()
                    if isinstance(module, torch.nn.Module)}
         key = inversion_key(weights=modules, latents=latents, source_prompt=source_prompt, solver=solver,
-                            temporal=temporal, control=control_inputs, flow=aid_settings, timesteps=schedule.timesteps,
+                            temporal=temporal, windows=windows, control=control_inputs, flow=aid_settings,
+                            timesteps=schedule.timesteps,
                             levels=[schedule.signal_noise(i) for i in range(len(schedule) + 1)])
         trajectory = cache.load(key, tuple(latents.shape), len(schedule) + 1)
         if trajectory is not None:
             logger.info("inversion: read from the cache (%s)", cache.folder)
             # in the source latents' memory layout (the VAE's may be channels-last), so the edit runs as on a fresh one
             return [torch.empty_like(latents).copy_(entry) for entry in trajectory]
-        trajectory = self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver)
+        trajectory = self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver,
+                                 windows)
         if len(trajectory) == len(schedule) + 1:  # not interrupted
             cache.store(key, trajectory)
         return trajectory
@@ -416,8 +426,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         if latents is not None and tuple(latents.shape) != tuple(source_latents.shape):
             raise ValueError(f"latents must be {tuple(source_latents.shape)} (the video's), got {tuple(latents.shape)}")
         latent_size = tuple(source_latents.shape[-2:])
-        attended = min(window.size, len(source_latents)) if window else len(source_latents)  # frames per attention
-        temporal = temporal_keys(modulation, attended, self.capabilities.temporal_modes)
+        windows = self._windows(window, num_frames, len(source_latents))
+        temporal = temporal_keys(modulation, windows[0].stop - windows[0].start, self.capabilities.temporal_modes)
         masks = masks.to(self._execution_device)
         layout = backbone.layout(masks, spans, latent_size, temporal)  # 3. layout
 
@@ -431,7 +441,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                 inversion_cache, source_latents, source_prompt, num_inference_steps, temporal, aids, control, schedule,
                 callback_on_invert_step, solver, (formats.video_01(control_images, "control_images")
                                                   if control_images is not None else None, control_scale),
-                temporal_aids,
+                temporal_aids, windows,
             )
         timings["invert"] = time.perf_counter() - clock
 
@@ -440,7 +450,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         edited_latents, recorder = trajectory[0], None  # an interrupted inversion: nothing to edit
         if not self.interrupt:
             plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt,
-                              (guidance_scale, guidance_scale_2 or 0.0), schedule, window,
+                              (guidance_scale, guidance_scale_2 or 0.0), schedule, windows,
                               layout, latent_size, record_attention, trajectory, aids, control)
             denoise = self._edit_denoise_fn(plan, (guidance_scale, guidance_scale_2), modulation, temporal)
             callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
@@ -477,15 +487,24 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
 
     # -- 5. edit: its parts -----------------------------------------------------------------------
 
+    def _windows(self, window: Window | None, num_frames: int, latent_frames: int) -> list[slice]:
+        """The temporal windows (of latent frames) of an edit of ``num_frames`` frames: ``window``'s, or
+        the model's trained length when it names none (``Capabilities.default_window``)."""
+        if window is None:
+            window = self.capabilities.default_window(num_frames)
+            if window is not None:
+                logger.info("%d frames are more than the %d the model was trained on: edited in windows of %d latent "
+                            "frames, %d apart (set window to change this)", num_frames,
+                            self.capabilities.trained_frames, window.size, window.stride)
+        return temporal_windows(latent_frames, window.size, window.stride) if window else [slice(0, latent_frames)]
+
     def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance: tuple[float, float], schedule,
-              window, layout, latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
+              windows, layout, latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
         """Text embeddings (the unconditional one when any ``guidance`` scale is above 1), temporal windows
         of latent frames (one layout and recorder each), schedule and blend mask."""
         backbone = self.backbone
         cond = backbone.regional_prompt_embeds(prompt, region_prompts, spans)
         uncond = backbone.encode_prompt(negative_prompt) if max(guidance) > 1 else None
-        num_frames = layout.num_frames  # latent frames
-        windows = temporal_windows(num_frames, window.size, window.stride) if window else [slice(0, num_frames)]
         layouts = [layout] if len(windows) == 1 else [layout.frames(w) for w in windows]
         compare = record_attention == "compare"  # also the maps without modulation
         recorders = [

@@ -19,7 +19,7 @@ import torch
 from ..errors import SettingError
 from ..method.layout import Layout, TemporalKeys
 from ..method.sampling import Denoiser, Schedule
-from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings
+from ..method.settings import Modulation, ReAtCoSettings, TemporalAidSettings, Window
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Capabilities:
 
     family: "sd" or "wan"; level: what a level index names ("UNet resolution", "transformer block");
     num_levels: how many there are (0 = highest resolution or first block); temporal_modes: the
-    self-attention key frames it can take (``method.settings.TEMPORAL_MODES``); temporal_aids: FLATTEN
+    self-attention key frames it can take (of ``method.settings.TEMPORAL_MODES``; ``auto`` resolves to
+    one of them); temporal_aids: FLATTEN
     and PnP; control: ControlNet conditions; frame_chunk: frame counts must be frame_chunk·k + 1 (1:
     any count); temporal_factor: source frames per latent frame after the first; size_multiple: frame
     sides must be multiples of it; vae_factor: pixels per latent pixel; rad_levels: the levels
@@ -36,7 +37,9 @@ class Capabilities:
     denoisers it switches between by noise level (Wan 2.2 A14B: 2); num_train_timesteps: its training
     schedule's length, the most sampling steps it can take; scheduler: the scheduler class its sampler
     follows (None: any, only its config is read); solvers: the samplers' step rules it takes
-    (``method.sampling.SOLVERS``); inversions: where an edit may start (``method.settings.INVERSIONS``).
+    (``method.sampling.SOLVERS``); inversions: where an edit may start (``method.settings.INVERSIONS``);
+    trained_frames: the clip length (source frames) the model was trained on, past which an edit runs
+    in windows of that length (``default_window``; None: any length).
     """
 
     family: str
@@ -55,6 +58,16 @@ class Capabilities:
     scheduler: str | None = None
     solvers: tuple[str, ...] = ("euler",)
     inversions: tuple[str, ...] = ("ode",)
+    trained_frames: int | None = None
+
+    def default_window(self, num_frames: int) -> Window | None:
+        """The temporal windows of an edit of ``num_frames`` source frames that names none: windows of
+        the trained length (in latent frames), overlapping by a quarter, when the clip is longer;
+        else None (one pass over the clip)."""
+        if self.trained_frames is None or num_frames <= self.trained_frames:
+            return None
+        size = self.latent_frames(self.trained_frames)
+        return Window(size, size - size // 4)
 
     def latent_frame_of(self, num_frames: int) -> torch.Tensor:
         """(F,) int64: the latent frame each source frame is encoded into (frame 0 alone, then
@@ -109,7 +122,7 @@ def check_settings(
             raise SettingError("modulation.levels",
                                f"level(s) {missing(modulation.levels)} do not exist: {levels}",
                                "pick levels among those, or 'all'")
-        if modulation.temporal not in caps.temporal_modes:
+        if modulation.temporal != "auto" and modulation.temporal not in caps.temporal_modes:  # auto: any backbone
             raise SettingError("modulation.temporal",
                                f"{modulation.temporal!r} is not available on this model (it takes "
                                f"{', '.join(caps.temporal_modes)})", f"use {caps.temporal_modes[0]!r}")

@@ -35,7 +35,7 @@ def sd_capabilities(vae_config, unet_config, scheduler_config) -> Capabilities:
     multiple of the total downsampling (VAE factor · 2^(levels − 1)); ReAtCo reads the H/32 level."""
     vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     num_levels = len(unet_config["block_out_channels"])
-    return Capabilities(family="sd", level="UNet resolution", num_levels=num_levels, temporal_modes=TEMPORAL_MODES,
+    return Capabilities(family="sd", level="UNet resolution", num_levels=num_levels, temporal_modes=TEMPORAL_MODES[1:],
                         temporal_aids=True, control=True, frame_chunk=1, temporal_factor=1,
                         size_multiple=vae_factor * 2 ** (num_levels - 1), vae_factor=vae_factor,
                         rad_levels=(rad_level(vae_factor, num_levels),),

@@ -53,22 +53,26 @@ def boundary_timestep(pipe_config, scheduler_config) -> float | None:
 #: AutoencoderKLWan encodes frame 0 alone, then chunks of this many frames (``_encode``; frames past the
 #: last whole chunk are dropped), so a clip has 4k + 1 frames whatever the VAE's compression of time
 FRAME_CHUNK = 4
+#: The clip length Wan was trained on, by its VAE's spatial factor: 81 frames (Wan 2.1, Wan 2.2 A14B,
+#: 16 fps), 121 (Wan 2.2 TI2V-5B, whose VAE compresses 16x, 24 fps).
+TRAINED_FRAMES = {8: 81, 16: 121}
 
 
 def wan_capabilities(vae_config, transformer_config, scheduler_config, experts: int = 1) -> Capabilities:
     """What a Wan text-to-video model supports, from its VAE's and transformer's configs: a level is a
     transformer block (of either expert: Wan 2.2 A14B's two share the architecture); self-attention is
     always over the whole clip (``auto`` is full); no temporal aids, no ControlNet; ReAtCo's guidance reads every block
-    (they share one token grid)."""
+    (they share one token grid); clips past the trained length run in windows of it."""
     spatial, temporal = vae_factors(vae_config)
     blocks = transformer_config["num_layers"]
-    return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("auto", "full"),
+    return Capabilities(family="wan", level="transformer block", num_levels=blocks, temporal_modes=("full",),
                         temporal_aids=False, control=False, frame_chunk=FRAME_CHUNK,
                         temporal_factor=temporal,
                         size_multiple=spatial * transformer_config["patch_size"][1], vae_factor=spatial,
                         rad_levels=tuple(range(blocks)), experts=experts,
                         num_train_timesteps=scheduler_config.get("num_train_timesteps", 1000),
-                        solvers=tuple(SOLVERS), inversions=INVERSIONS)
+                        solvers=tuple(SOLVERS), inversions=INVERSIONS,
+                        trained_frames=TRAINED_FRAMES.get(spatial, TRAINED_FRAMES[8]))
 
 
 class WanBackbone:

@@ -15,7 +15,7 @@ from ..errors import SettingError
 
 #: Self-attention key frames (``method.layout.TemporalKeys``): all frames, the first and the previous
 #: frame, the frame itself, anchor frames spread over the clip plus the frame's group of neighbours,
-#: or ``auto``: full up to AUTO_ANCHORED_ABOVE frames, anchored above (where the backbone takes it).
+#: or ``auto`` (first): full up to AUTO_ANCHORED_ABOVE frames, anchored above (where the backbone takes it).
 TEMPORAL_MODES = ("auto", "full", "sparse_causal", "per_frame", "anchored")
 #: ``temporal: auto`` attends over every frame up to this many (latent) frames, the paper's setting,
 #: and is anchored above it, where full attention's cost grows with the square of the frames
