@@ -1,14 +1,16 @@
 """Long clips: seconds per frame and peak memory of an edit as the clip grows, anchored vs full attention.
 
-    OMP_NUM_THREADS=1 python benchmarks/long_clip.py --frames 16 64 256 1024 --full 16 64
+    OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/long_clip.py --frames 16 32 64 256 1024 --full 16 32 64
 
 Each run is a whole edit (inversion, modulated sampling with the latent blend, decode) of the
 synthetic two-object clip of benchmarks/edit.py on the tiny model, in its own process. ``anchored``
 is the long-clip default (``modulation.temporal: auto`` above 32 frames: 8 anchors, groups of 4, the
 UNet over chunks of 16 frames); ``--full`` runs full-frame attention at the given lengths to show where
 the two cross. Memory is reported as peak RSS and as the part of it that is not accounted for by
-the weights and what is kept per frame (the frame in float32, its latent, the inversion trajectory):
-that rest must not grow with the clip.
+the weights and what is kept per frame (the frame in float32 twice: the caller's input and the
+returned video, which the call cannot avoid; its latent; the inversion trajectory): that rest must
+not grow with the clip. Run with ``MALLOC_MMAP_THRESHOLD_=65536`` so RSS follows live memory (glibc
+otherwise keeps freed blocks, and peak RSS varies by tens of MB between identical runs).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def run(temporal: str, frames: int, size: tuple[int, int], steps: int) -> dict:
                modulation=Modulation(steps=round(0.3 * steps), temporal=temporal))
     seconds = time.perf_counter() - start
     latent = out.latents[0].numel() * out.latents.element_size()
-    per_frame = {"frame": 3 * size[0] * size[1] * 4, "latent": latent, "trajectory": (steps + 1) * latent}
+    per_frame = {"frames": 2 * 3 * size[0] * size[1] * 4, "latent": latent, "trajectory": (steps + 1) * latent}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": seconds, "seconds_per_frame": seconds / frames, "peak_mb": peak / 2**20,
             "before_mb": before / 2**20, "weights_mb": weights / 2**20,
@@ -71,7 +73,7 @@ def main() -> None:
         print(f"  {temporal} {frames}: {results[-1][2]}", file=sys.stderr, flush=True)
     print(f"tiny model, {size[0]}x{size[1]}, {args.steps} steps, {platform.machine()} CPU, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| attention | frames | seconds | s / frame | vs anchored@64 | peak RSS MB | weights MB | frames MB "
+    print("| attention | frames | seconds | s / frame | vs anchored@64 | peak RSS MB | weights MB | input + output MB "
           "| latents MB | trajectory MB | rest MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     base = next((r["seconds_per_frame"] for t, f, r in results if (t, f) == ("anchored", 64)), None)
@@ -79,7 +81,7 @@ def main() -> None:
         ratio = f"{r['seconds_per_frame'] / base:.2f}" if base else "–"
         terms = r["per_frame_mb"]
         print(f"| {temporal} | {frames} | {r['seconds']:.1f} | {r['seconds_per_frame']:.3f} | {ratio} | "
-              f"{r['peak_mb']:.0f} | {r['weights_mb']:.0f} | {terms['frame']:.1f} | {terms['latent']:.1f} | "
+              f"{r['peak_mb']:.0f} | {r['weights_mb']:.0f} | {terms['frames']:.1f} | {terms['latent']:.1f} | "
               f"{terms['trajectory']:.1f} | {r['rest_mb']:.0f} |")
 
 

@@ -98,14 +98,16 @@ ALL: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("wan_random_sweep", "wan", "toyworld.bench", ("--backbone", "wan", "--sweep", "--random-cases", "12", "--grid",
                                                    "0:1:0.5", "0:1:0.3", "0.1:1:0.3", "0:2:0.3", "0.3:2:0.3", "0.3:1:0.3")),
     ("wan_random", "wan", "toyworld.bench", ("--backbone", "wan", "--random-cases", "32", *_PUBLISHED_METHODS)),
+    ("long_clip", "long_clip", "toyworld.long_clip", ()),
 )
 logger = logging.getLogger("toyworld.bench")
 
 
 def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance: float, frames: int = FRAMES,
-             options: dict | None = None):
-    """One edit of ``case``, scored; ``options``: more pipeline arguments (solver, inversion, ...)."""
-    source, masks, shape_masks = case_inputs(case, frames)
+             options: dict | None = None, inputs: tuple | None = None):
+    """One edit of ``case``, scored; ``options``: more pipeline arguments (solver, inversion, ...);
+    ``inputs``: its clip, region and shape masks (default ``case_inputs(case, frames)``)."""
+    source, masks, shape_masks = inputs if inputs is not None else case_inputs(case, frames)
     clock = time.perf_counter()
     out = pipe(source, masks, case.prompt, [r.prompt for r in case.regions],
                source_prompt=source_prompt(case), negative_prompt="", num_inference_steps=steps,

@@ -152,18 +152,33 @@ def region_masks(masks: Any, num_regions: int, num_frames: int, size: tuple[int,
     return torch.from_numpy(np.stack(out))
 
 
-def postprocess(frames: torch.Tensor, output_type: str):
+#: Frames converted at a time where a whole clip would take several float copies (outputs, composite).
+CHUNK_FRAMES = 16
+
+
+def frame_chunks(num_frames: int) -> list[slice]:
+    """Consecutive runs of CHUNK_FRAMES frames covering ``num_frames``."""
+    return [slice(start, start + CHUNK_FRAMES) for start in range(0, num_frames, CHUNK_FRAMES)]
+
+
+def postprocess(frames: torch.Tensor, output_type: str, in_place: bool = False):
     """Decoded frames (F, 3, H, W) in [-1, 1] -> a batch of one video: "pt" (1, F, 3, H, W) and "np"
-    (1, F, H, W, 3) float32 in [0, 1], "pil" [[PIL.Image] * F]."""
-    video = (frames.float().clamp(-1, 1) + 1) * 0.5
+    (1, F, H, W, 3) float32 in [0, 1], "pil" [[PIL.Image] * F]. ``in_place`` (a float32 CPU tensor the
+    caller gives up): "pt" and "np" are views of ``frames`` itself, so a long clip is not copied;
+    otherwise new memory. PIL images are made CHUNK_FRAMES at a time."""
+    if output_type not in OUTPUT_TYPES or output_type == "latent":
+        raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+    if output_type == "pil":
+        images = []
+        for chunk in frame_chunks(len(frames)):
+            array = postprocess(frames[chunk], "np")[0]
+            images += [PIL.Image.fromarray(f) for f in (array * 255).round().astype(np.uint8)]
+        return [images]
+    in_place = in_place and frames.dtype == torch.float32 and frames.device.type == "cpu"
+    video = frames.clamp_(-1, 1).add_(1).mul_(0.5) if in_place else (frames.float().clamp(-1, 1) + 1) * 0.5
     if output_type == "pt":
         return video.unsqueeze(0)
-    array = video.permute(0, 2, 3, 1).cpu().numpy()
-    if output_type == "np":
-        return array[None]
-    if output_type == "pil":
-        return [[PIL.Image.fromarray(f) for f in (array * 255).round().astype(np.uint8)]]
-    raise ValueError(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+    return video.cpu().numpy().transpose(0, 2, 3, 1)[None]  # a view: (F, 3, H, W) memory, (F, H, W, 3) axes
 
 
 def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -395,8 +395,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         """
         self._interrupt = False
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        frames01 = self.prepare_video(video, height, width)  # 1. check
-        num_frames, size = frames01.shape[0], (frames01.shape[-1], frames01.shape[-2])
+        frames = self.prepare_video(video, height, width).mul(2).sub_(1)  # 1. check; in [-1, 1]
+        num_frames, size = frames.shape[0], (frames.shape[-1], frames.shape[-2])
         prompt = self.check_inputs(
             prompt, region_prompts, output_type, generator, num_frames, tensor_inputs,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
@@ -413,7 +413,6 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         solver = solver if solver is not None else recommended.solver
         inversion = inversion if inversion is not None else recommended.inversion
         masks = formats.region_masks(masks, len(region_prompts), num_frames, size)
-        frames = frames01 * 2 - 1
         spans = self._check_spans(frames, prompt, region_prompts)
         backbone = self.backbone
         control = self._control(control_images, control_scale, size)
@@ -476,9 +475,10 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             out = self.decode_latents(edited_latents)
             if composite_applies(composite, blend, reatco):
                 edited = [bool(p.strip()) for p in region_prompts]
-                weights = composite_weights(masks.cpu(), edited, self.capabilities.vae_factor)
-                out = weights * out + (1 - weights) * frames
-            video_out = formats.postprocess(out, output_type)
+                for chunk in formats.frame_chunks(len(out)):  # in place: a long clip holds one decoded copy
+                    weights = composite_weights(masks[:, chunk].cpu(), edited, self.capabilities.vae_factor)
+                    out[chunk] = weights * out[chunk] + (1 - weights) * frames[chunk]
+            video_out = formats.postprocess(out, output_type, in_place=True)  # the decoded copy is ours
         timings["decode"] = time.perf_counter() - clock
         self.maybe_free_model_hooks()
         if not return_dict:

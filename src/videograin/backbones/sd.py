@@ -125,12 +125,16 @@ class StableDiffusionBackbone:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
-        """Latents (F, 4, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU."""
-        vae, out = self.pipe.vae, []
-        for chunk in latents.split(batch):
+        """Latents (F, 4, h, w) -> frames (F, 3, H, W) float32 in [-1, 1] on the CPU, ``batch`` frames
+        per VAE call written into one buffer."""
+        vae, out = self.pipe.vae, None
+        for start in range(0, len(latents), batch):
+            chunk = latents[start : start + batch]
             image = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor).sample
-            out.append(image.float().clamp(-1, 1).cpu())
-        return torch.cat(out)
+            if out is None:
+                out = torch.empty(len(latents), *image.shape[1:])
+            out[start : start + batch] = image.float().clamp(-1, 1).cpu()
+        return out
 
     def encode_prompt(self, text: str) -> torch.Tensor:
         return encode_prompt(self.pipe.text_encoder, self.tokenizer, text)
