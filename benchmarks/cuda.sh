@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Everything this project checks and measures on a CUDA machine, in one go (a lent GPU is scarce):
 # the CUDA tests, the attention and whole-edit benchmarks and a real toy-world edit on the GPU.
-#   bash benchmarks/cuda.sh OUTDIR [STAGE ...]     stages: env tests demo attention edit (default: all)
+#   bash benchmarks/cuda.sh OUTDIR [STAGE ...]     stages: env tests demo attention edit long (default: all)
 # Logs and JSON go to OUTDIR. Python packages missing there can be put in ./.whl as wheels first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash benchmarks/cuda.sh OUTDIR [STAGE ...]}
 shift
-stages=${*:-env tests demo attention edit}
+stages=${*:-env tests demo attention edit long}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/vg-site .whl/*.whl
@@ -40,6 +40,8 @@ for stage in $stages; do
             --frames 21 9 --grids 30x52 --heads 12 --dims 128 --json "$out/attention_wan.json" ;;
         edit) step edit 150 python3 benchmarks/edit.py --device cuda --model sd15-shaped --frames 16 \
             --size 512 512 --steps 20 --variants stock fullframe videograin ;;
+        long) step long_clip 240 python3 benchmarks/long_clip.py --device cuda --model sd15-shaped --size 512 512 \
+            --steps 10 --frames 128 512 --full ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
 done

@@ -138,3 +138,6 @@ def test_the_comparison_gif_of_a_long_small_clip_is_sampled_and_enlarged_crisply
     assert (frames[:, 40:48, 56:64] == 255).all()  # one pixel is an 8x8 block: nearest neighbour
     short, kept = viz.preview(clip[:12, :, :, :])
     assert len(short) == 12 and kept == 1.0
+    pair, kept = viz.preview(clip, clip[::-1])  # source | edit: the same frames of both, side by side
+    assert pair.shape == (120, 256, (66 + 2 + 66) * 8, 3) and kept == 120 / 300
+    assert pair[-1, 0, 0, 0] == 299 % 256 and pair[-1, 0, 68 * 8, 0] == 0  # last frame | the reversed clip's first

@@ -182,3 +182,20 @@ def test_a_wan_clip_past_its_trained_length_runs_in_windows_of_that_length(wan_p
     whole = wan_edit(wan_pipe, window=Window(22, 22), **seeded).latents
     assert default.shape[0] == 22 and torch.equal(default, named)
     assert (whole - default).abs().max() > 1e-4
+
+
+def test_each_stage_shows_a_progress_bar_with_frames_per_second(tiny_model_dir):
+    import io
+
+    from videograin import VideoGrainPipeline
+
+    pipe = VideoGrainPipeline.from_pretrained(tiny_model_dir)
+    shown = io.StringIO()
+    pipe.set_progress_bar_config(file=shown, mininterval=0)
+    video, masks = _clip(6, seed=5)
+    pipe(video, masks, "a red ball over green grass", ["red ball", "green grass"], num_inference_steps=2,
+         output_type="latent")
+    lines = shown.getvalue().replace("\r", "\n")
+    for stage in ("invert", "edit"):
+        assert any(line.startswith(f"{stage}: 100%") and "2/2" in line and "frames/s" in line
+                   for line in lines.splitlines()), lines

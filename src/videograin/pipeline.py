@@ -134,12 +134,24 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         self.vae.disable_tiling()
 
     @contextmanager
-    def _progress(self, total: int, desc: str):
-        """The diffusers progress bar, labelled, keeping the user's other settings (e.g. disable)."""
+    def _progress(self, total: int, desc: str, latent_frames: int):
+        """The diffusers progress bar of ``total`` steps over ``latent_frames`` latent frames, labelled,
+        with the video frames denoised per second after each step; the user's other settings kept
+        (e.g. disable)."""
         saved = getattr(self, "_progress_bar_config", None)
-        self._progress_bar_config = {**(saved or {}), "desc": desc}
+        self._progress_bar_config = {**(saved or {}), "desc": desc, "unit": "step"}
+        frames = (latent_frames - 1) * self.capabilities.temporal_factor + 1
         try:
             with self.progress_bar(total=total) as bar:
+                update = bar.update
+
+                def update_with_rate(n: int = 1) -> None:
+                    update(n)
+                    elapsed = bar.format_dict["elapsed"]
+                    if elapsed > 0:
+                        bar.set_postfix_str(f"{bar.n * frames / elapsed:.1f} frames/s", refresh=False)
+
+                bar.update = update_with_rate
                 yield bar
         finally:
             if saved is None:
@@ -282,7 +294,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                                     control=control.frames(w) if control is not None else None))
             for w in windows
         ])
-        with backbone.attention_processors(), self._progress(steps, "invert") as bar:
+        with backbone.attention_processors(), self._progress(steps, "invert", len(latents)) as bar:
             return invert_latents(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
                                   on_step=None if callback is None else lambda step, t: callback(self, step, t),
                                   solver=solver)
@@ -461,7 +473,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                     (guidance_scale, guidance_scale_2), temporal, callback, generator)
             else:
                 start = trajectory[0] if latents is None else latents.to(trajectory[0])
-                with backbone.attention_processors(), self._progress(num_inference_steps, "edit") as bar:
+                with backbone.attention_processors(), self._progress(num_inference_steps, "edit", len(start)) as bar:
                     edited_latents = sample_latents(denoise, start, plan.schedule, callback, progress=bar, guide=guide,
                                                     interrupt=lambda: self.interrupt, solver=solver)
             if record_attention:
@@ -556,7 +568,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                                 dtype=torch.float32).to(source)
 
         steps = len(plan.schedule) - start_step(len(plan.schedule), settings.skip)
-        with self.backbone.attention_processors(), self._progress(steps, "edit") as bar:
+        with self.backbone.attention_processors(), self._progress(steps, "edit", len(source)) as bar:
             return inversion_free_latents(source_fn, target_fn, source, plan.schedule, settings.skip, noise,
                                           settings.draws, callback, progress=bar, interrupt=lambda: self.interrupt)
 
@@ -637,7 +649,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                                  schedule=schedule, solver=solver)
         cond = backbone.encode_prompt(source_prompt)
         denoise = backbone.denoise_fn(cond, None, 1.0, len(latents), schedule, temporal=temporal, control=control)
-        with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct") as bar:
+        with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct", len(latents)) as bar:
             latents = sample_latents(denoise, trajectory[0], schedule, progress=bar, solver=solver)
         self.maybe_free_model_hooks()
         if output_type == "latent":

@@ -432,7 +432,7 @@ class _Run:
         if any([io.add_audio(video, spec.video.path, inputs.span) for video in videos]):
             record["audio"] = f"the source's audio from {inputs.span[0]:.2f} s to {inputs.span[1]:.2f} s"
         io.write_frames(folder / "frames", edited)
-        gif, kept = viz.preview(viz.side_by_side(inputs.frames_uint8, edited))
+        gif, kept = viz.preview(inputs.frames_uint8, edited)
         io.write_gif(folder / "comparison.gif", gif, inputs.fps * kept)
         legend = viz.region_legend([r.name for r in spec.regions], [r.prompt for r in spec.regions])
         io.write_png(folder / "comparison.png",

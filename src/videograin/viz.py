@@ -125,7 +125,7 @@ def labelled_grid(rows: list[np.ndarray], labels: list[str], legend: list[tuple[
     if len(labels) != len(rows):
         raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
     scale = min(8, max(1, -(-min_tile // rows[0].shape[1])))
-    big = [np.asarray(r).repeat(scale, 1).repeat(scale, 2) for r in rows]
+    big = [np.asarray(r)[_pick(len(r), max_columns)].repeat(scale, 1).repeat(scale, 2) for r in rows]  # shown frames only
     body = grid(big, max_columns, gap)
     tile_h, tile_w = big[0].shape[1:3]
     line = 18  # pixels per line of text
@@ -152,14 +152,19 @@ def region_legend(names: list[str], prompts: list[str]) -> list[tuple[str, np.nd
     return [(f"{name}: {prompt or '(kept)'}", colour) for name, prompt, colour in zip(names, prompts, colours)]
 
 
-def preview(frames: np.ndarray, max_frames: int = 120, min_side: int = 256) -> tuple[np.ndarray, float]:
-    """A clip uint8 ``(F, H, W, 3)`` made for viewing as a GIF: at most ``max_frames`` evenly spaced frames
-    (every frame of a short clip), enlarged by a whole factor with nearest neighbour until the short side
-    is at least ``min_side`` (small clips stay crisp). Returns (frames, kept frames / F: scale the fps by it)."""
-    frames = np.asarray(frames)
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round().astype(int))
+def preview(*clips: np.ndarray, max_frames: int = 120, min_side: int = 256) -> tuple[np.ndarray, float]:
+    """Clips uint8 ``(F, H, W, 3)`` of one shape, side by side, made for viewing as a GIF: at most
+    ``max_frames`` evenly spaced frames (every frame of a short clip, picked before anything is copied,
+    so a long clip costs what the GIF holds), enlarged by a whole factor with nearest neighbour until
+    the short side is at least ``min_side`` (small clips stay crisp). Returns (frames, kept frames / F:
+    scale the fps by it)."""
+    count = len(clips[0])
+    picks = np.unique(np.linspace(0, count - 1, min(count, max_frames)).round().astype(int))
+    frames = np.asarray(clips[0])[picks]
+    for clip in clips[1:]:
+        frames = side_by_side(frames, np.asarray(clip)[picks])
     scale = max(1, -(-min_side // min(frames.shape[1:3])))
-    return frames[picks].repeat(scale, 1).repeat(scale, 2), len(picks) / len(frames)
+    return frames.repeat(scale, 1).repeat(scale, 2), len(picks) / count
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray, gap: int = 2) -> np.ndarray:
