@@ -57,9 +57,9 @@ class StepContext:
     kernels), built by ``method.modulation.step_context``; ``cond_branch`` is the branch it modulates
     and records. Self-attention is spatio-temporal over the ``temporal`` key frames in every case.
     ``frames``: which frames of the clip (of ``clip_length`` frames) the batch holds, for a call over
-    a chunk of an anchored clip (``TemporalKeys.chunks``; None: all of them); ``anchor_keys``: the anchors' self-attention keys
-    and values by layer, (branches, A, H, n, D) each, recorded by the chunk that holds the anchors and
-    read by the others of the same step.
+    a chunk of an anchored clip (``TemporalKeys.chunks``; None: all of them); ``anchor_keys``: the
+    anchors' self-attention keys and values by layer, (branches, A, H, n, D) each, recorded by the
+    chunk that holds the anchors and read by the others of the same model call.
     ``trajectories``: FLATTEN trajectories by tokens per frame for the levels where flow-guided
     attention runs at this step. ``features`` with ``features_mode``: PnP's store, filled or read
     (a sink: a frozen context still carries mutable stores).
