@@ -198,19 +198,25 @@ def _example_with_two_regions(page, steps: int) -> None:
     _fill(page, "region-0-where", "box={},{},{},{}".format(*LEFT_BOX))
     _fill(page, "region-1-name", "right")
     _fill(page, "region-1-prompt", DEMO["regions"][1]["prompt"])
-    page.locator("input[aria-label='clicks mark region']").click()
-    page.locator("ul[role='listbox'] li", has_text="2").first.click()
-    frame = page.locator("#frame img")
-    scale = frame.bounding_box()["width"] / 32  # the 32x32 frame, as shown
-    x0, y0, x1, y1 = RIGHT_BOX
-    frame.click(position={"x": (x0 + 0.5) * scale, "y": (y0 + 0.5) * scale})
-    time.sleep(0.5)
-    frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
-    page.wait_for_function("document.querySelector('#region-1-where textarea').value.startsWith('box=')")
+    _click_box(page, RIGHT_BOX, 1)  # the last region added is the active one
     _fill(page, "prompt", DEMO["prompt"])
     recommended = model_recommended(str(SD_MODEL)).steps  # what the example sets (the model's videograin.json)
     page.wait_for_function(f"document.querySelector('#steps input')?.value === '{recommended}'")
     _fill(page, "steps", steps)
+
+
+def _click_box(page, box: tuple[int, int, int, int], region: int) -> None:
+    """Two clicks on the shown frame at the corners of ``box`` (frame pixels); wait for region
+    ``region``'s (0-based) where field to hold a box."""
+    frame = page.locator("#frame img")
+    scale = frame.bounding_box()["width"] / 32  # the 32x32 frame, as shown
+    x0, y0, x1, y1 = box
+    before = frame.get_attribute("src")
+    frame.click(position={"x": (x0 + 0.5) * scale, "y": (y0 + 0.5) * scale})
+    page.wait_for_function(f"document.querySelector('#frame img').src !== {before!r}")  # the first corner, drawn
+    page.wait_for_timeout(300)  # the new frame shown, so the next click lands on it
+    frame.click(position={"x": (x1 - 0.5) * scale, "y": (y1 - 0.5) * scale})
+    page.wait_for_function(f"document.querySelector('#region-{region}-where textarea').value.startsWith('box=')")
 
 
 def _wait_status(page, text: str, out: Path, timeout: float = 120_000) -> None:
@@ -328,3 +334,72 @@ def test_an_unknown_event_on_the_queue_is_a_client_error_not_a_crash(server):
     assert answer.value.code == 400 and "999" in answer.value.read().decode()
     with urllib.request.urlopen(url, timeout=10) as page:  # and the app still serves
         assert page.status == 200
+
+
+def _frame_src(page) -> str:
+    return page.locator("#frame img").get_attribute("src")
+
+
+def test_a_new_users_path_marks_regions_where_they_are_and_shows_errors_where_the_eye_is(page, server, tmp_path):
+    """Load the example; region 1 by two clicks (its first corner drawn at once); Add region makes region 2
+    the one clicks mark, while region 1 keeps its box; the menu lists only existing regions; a bad prompt's
+    error shows beside Edit without scrolling; a new clip resets frames, size and regions. Screenshots
+    of each stage in the test's tmp folder."""
+    shots = iter(range(100))
+    shot = lambda name: page.screenshot(path=str(tmp_path / f"{next(shots):02d}-{name}.png"))  # noqa: E731
+    page.click("#load-example")
+    page.wait_for_selector("#frame img")
+    page.wait_for_function("document.querySelector('#clip-help').innerText.includes('loaded the example')")
+    shot("example")
+    page.click("#add-region")
+    page.wait_for_selector("#region-0-name textarea", state="visible")
+    page.wait_for_function("document.querySelector('#region-0-swatch').innerText.includes('clicks mark this region')")
+    frame = page.locator("#frame img")
+    scale = frame.bounding_box()["width"] / 32
+    before = _frame_src(page)
+    frame.click(position={"x": (LEFT_BOX[0] + 0.5) * scale, "y": (LEFT_BOX[1] + 0.5) * scale})
+    page.wait_for_function(f"document.querySelector('#frame img').src !== {before!r}")  # the first corner, drawn
+    page.wait_for_timeout(300)
+    shown = np.asarray(PIL.Image.open(_io.BytesIO(frame.screenshot())).convert("RGB").resize((320, 320)), np.int16)
+    cx, cy = (int((v + 0.5) * 10) for v in LEFT_BOX[:2])  # the first corner, at 10 px per frame pixel
+    near = shown[cy - 3 : cy + 4, max(0, cx - 3) : cx + 4].reshape(-1, 3)
+    assert (np.abs(near - region_colors(1)[0]).max(-1) <= 12).any()  # a cross in region 1's colour
+    shot("first-corner")
+    frame.click(position={"x": (LEFT_BOX[2] - 0.5) * scale, "y": (LEFT_BOX[3] - 0.5) * scale})
+    page.wait_for_function("document.querySelector('#region-0-where textarea').value.startsWith('box=')")
+    first = _field(page, "region-0-where").input_value()
+    assert first == "box={},{},{},{}@0".format(*LEFT_BOX)
+    page.click("#add-region")
+    page.wait_for_selector("#region-1-name textarea", state="visible")
+    page.wait_for_function("document.querySelector('#region-1-swatch').innerText.includes('clicks mark this region')")
+    assert "clicks mark" not in page.locator("#region-0-swatch").inner_text()
+    _click_box(page, RIGHT_BOX, 1)
+    assert _field(page, "region-0-where").input_value() == first  # region 1 keeps its box
+    assert _field(page, "region-1-where").input_value() == "box={},{},{},{}@0".format(*RIGHT_BOX)
+    page.locator("#target input").click()
+    options = page.locator("ul[role='listbox'] li").all_inner_texts()
+    assert [o.replace("✓", "").strip() for o in options] == ["region 1", "region 2"]  # only the regions that exist
+    assert "✓" in options[1]  # region 2, the one added last, is chosen
+    page.keyboard.press("Escape")
+    shot("two-regions")
+
+    _fill(page, "region-0-prompt", DEMO["regions"][0]["prompt"])
+    _fill(page, "region-1-prompt", DEMO["regions"][1]["prompt"])
+    _fill(page, "prompt", "a green circle on a black background")  # holds neither region prompt
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('does not occur')")
+    status, run = page.locator("#status").bounding_box(), page.locator("#run").bounding_box()
+    height = page.evaluate("window.innerHeight")
+    assert 0 <= status["y"] and status["y"] + status["height"] <= height  # in view where Edit was clicked
+    assert abs(status["y"] - (run["y"] + run["height"])) <= 200
+    assert "region 1.prompt" in page.locator("#status").inner_text()  # numbered as on the page, not regions[0]
+    shot("error-beside-edit")
+
+    page.locator("#upload input[type=file]").set_input_files(
+        [str(p) for p in sorted((TOY_EXAMPLE / "frames").glob("*.png"))[:10]])
+    page.wait_for_function("document.querySelector('#status').innerText.includes('new clip')")
+    assert _field(page, "frames").input_value() == "10"
+    assert not page.locator("#region-0-name textarea").is_visible()  # the regions were cleared
+    assert page.locator("#status").inner_text().count("regions were cleared") == 1
+    assert [_field(page, f).input_value() for f in ("width", "height")] == ["32", "32"]
+    shot("new-clip")

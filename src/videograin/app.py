@@ -14,6 +14,7 @@ folder (default ``out/app``): ``uploads/``, ``previews/``, ``runs/<time>/`` and 
 import dataclasses
 import datetime
 import logging
+import re
 import shutil
 import threading
 import zipfile
@@ -183,12 +184,21 @@ def add_click(where: str, mode: str, x: int, y: int, frame: int, corner: tuple[i
     return "; ".join(others + [f"{listed}{sign}{x},{y}@{frame}"]), None
 
 
-def draw_prompts(frame: np.ndarray, wheres: list[str], scale: int) -> np.ndarray:
+def draw_prompts(frame: np.ndarray, wheres: list[str], scale: int,
+                 corner: tuple[tuple[int, int], int] | None = None) -> np.ndarray:
     """uint8 (H, W, 3) frame enlarged ``scale`` times (nearest) with each region's box and clicks drawn
-    in its colour (positive clicks filled, negative ones hollow); unreadable ``where`` texts skipped."""
+    in its colour (positive clicks filled, negative ones hollow); unreadable ``where`` texts skipped.
+    ``corner``: ((x, y), region index) of a box's first corner, drawn as a cross until the second."""
     image = Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    for where, colour in zip(wheres, viz.region_colors(len(wheres))):
+    colours = viz.region_colors(MAX_REGIONS)
+    if corner is not None:
+        (x, y), region = corner
+        colour, arm = tuple(int(c) for c in colours[region]), max(3, 2 * scale)
+        cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
+        draw.line((cx - arm, cy, cx + arm, cy), fill=colour, width=max(1, scale // 2))
+        draw.line((cx, cy - arm, cx, cy + arm), fill=colour, width=max(1, scale // 2))
+    for where, colour in zip(wheres, colours):
         try:
             prompt = parse_region(f"r:{where}") if where and where.strip() else None
         except SpecError:
@@ -205,6 +215,15 @@ def draw_prompts(frame: np.ndarray, wheres: list[str], scale: int) -> np.ndarray
                 cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
                 draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=colour, width=max(1, scale // 3))
     return np.asarray(image)
+
+
+def _swatch(region: int, active: bool) -> str:
+    """A region row's colour swatch (its outline's colour on the frame), marked when clicks go to it."""
+    r, g, b = (int(c) for c in viz.region_colors(MAX_REGIONS)[region])
+    mark = "<b>clicks mark this region</b>" if active else ""
+    return (f"<div style='display:flex;align-items:center;gap:6px'><span style='display:inline-block;width:18px;"
+            f"height:18px;background:rgb({r},{g},{b});border:{'3px solid black' if active else '1px solid gray'}'>"
+            f"</span>{mark}</div>")
 
 
 def display_scale(frame: np.ndarray, target: int = 384) -> int:
@@ -272,6 +291,14 @@ class App:
         except (SpecError, OSError):
             return FAMILY_DEFAULTS["sd"]
 
+    def default_size(self, source: tuple[int, int]) -> tuple[int, int]:
+        """The size a clip of ``source`` (w, h) is edited at by default: its aspect, the long side at most
+        512, the model's multiple; (0, 0) (the runner decides) when the model's config is unreadable."""
+        try:
+            return io.fit_size(source, None, read_model(self.model).size_multiple)
+        except (SpecError, OSError):
+            return 0, 0
+
     def size_help(self, source: tuple[int, int] | None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
         try:
@@ -333,7 +360,9 @@ class App:
 
 
 def _error_text(err: Exception) -> str:
-    return f"**error** — {err}"
+    """An error as the page shows it: regions numbered as their rows are (``regions[0]`` is region 1)."""
+    text = re.sub(r"regions\[(\d+)\]", lambda m: f"region {int(m[1]) + 1}", str(err))
+    return f"**error** — {text}"
 
 
 def _unknown_event(request, err: KeyError):
@@ -375,10 +404,11 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                     load_example = gr.Button("Load the example", elem_id="load-example",
                                              visible=(toy.DEMO / "frames").is_dir())
                     load = gr.Button("Load clip", elem_id="load-clip")
+                preview_help = gr.Markdown(elem_id="clip-help")
                 video_path = gr.Textbox(label="video path", interactive=False, elem_id="video-path")
                 with gr.Row():
                     start = gr.Number(0, label="start frame", precision=0, minimum=0)
-                    frames = gr.Number(16, label="frames", precision=0, minimum=1)
+                    frames = gr.Number(16, label="frames", precision=0, minimum=1, elem_id="frames")
                     stride = gr.Number(1, label="stride", precision=0, minimum=1)
                 with gr.Row():
                     width = gr.Number(0, label="width", precision=0, minimum=0, elem_id="width")
@@ -390,24 +420,27 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 frame_index = gr.Slider(0, 15, 0, step=1, label="frame shown (clicks land on it)")
                 preview = gr.Image(label="frame: click to mark regions", interactive=False, elem_id="frame")
                 with gr.Row():
-                    target = gr.Dropdown([str(i + 1) for i in range(MAX_REGIONS)], value="1", label="clicks mark region")
+                    target = gr.Dropdown([], value=None, label="clicks mark region", elem_id="target",
+                                         info="the regions that exist; Add region makes the new one active")
                     mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="click mode")
                 masks_preview = gr.Video(label="masks over the clip", elem_id="masks-preview")
                 preview_masks = gr.Button("Preview masks", elem_id="preview-masks")
 
-        slots = []
+        slots, swatches = [], []
         with gr.Column():
             with gr.Row():
                 add_region = gr.Button("Add region", elem_id="add-region")
                 remove_region = gr.Button("Remove last region", elem_id="remove-region")
             for i in range(MAX_REGIONS):
                 with gr.Group(visible=False) as group, gr.Row():
+                    swatch = gr.HTML(_swatch(i, False), elem_id=f"region-{i}-swatch", min_height=0)
                     name = gr.Textbox(f"region{i + 1}", label=f"region {i + 1}: name", elem_id=f"region-{i}-name")
                     prompt = gr.Textbox(label="becomes (empty: kept)", elem_id=f"region-{i}-prompt")
                     where = gr.Textbox(label="where: box=x0,y0,x1,y1 / points=x,y,-x,y (@frame)",
                                        elem_id=f"region-{i}-where")
                     upload = gr.File(label="or its masks (PNGs or a zip)", file_count="multiple", height=80)
                 slots.append((group, name, prompt, where, upload))
+                swatches.append(swatch)
             region_error = gr.Markdown(elem_id="region-error")
 
         gr.Markdown("### 3. Prompt")
@@ -455,8 +488,9 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         errors = {"video": video_error, "regions": region_error, "prompt": prompt_error, "": status}
 
         def show(message: str = "", where: str = "") -> dict:
-            """One error text in its box, the other boxes cleared."""
-            return {box: (message if key == where else "") for key, box in errors.items()}
+            """A message in the status beside Edit (where the eye is) and, for a field's error, in that
+            field's box too; the other boxes cleared."""
+            return {box: (message if key in (where, "") else "") for key, box in errors.items()}
 
         def error_box(err: SpecError) -> str:
             """Where an error shows: prompts (a region prompt missing from the prompt too) by the
@@ -469,41 +503,55 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             pixels, fps = io.read_video(Path(path), int(start_value), int(frames_value), int(stride_value))
             return {"path": path, "fps": fps, "pixels": pixels}
 
-        def frame_image(state, index, *texts):
+        def frame_image(state, index, pending, active, *texts):
             if state is None:
                 return None
             frame = state["pixels"][min(int(index), len(state["pixels"]) - 1)]
-            return draw_prompts(frame, list(texts), display_scale(frame))
+            marked = None if pending is None or not active else (tuple(pending), int(active) - 1)
+            return draw_prompts(frame, list(texts), display_scale(frame), marked)
 
         def loaded(state):
             pixels = state["pixels"]
             source = (pixels.shape[2], pixels.shape[1])
             return {clip: state, video_path: state["path"], size_info: app.size_help(source),
-                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1),
+                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1), corner: None,
                     preview: draw_prompts(pixels[0], [""], display_scale(pixels[0])),
                     **show(f"loaded {len(pixels)} frames of {source[0]}x{source[1]}")}
 
-        def on_load(uploaded, start_value, frames_value, stride_value, request: gr.Request):
+        def cleared_regions() -> dict:
+            """No regions: rows hidden and emptied (a new clip's regions are drawn anew)."""
+            rows = {c: v for slot in slots for c, v in zip(slot[1:4], (f"region{slots.index(slot) + 1}", "", ""))}
+            return {**rows, **set_count(0)}
+
+        def on_load(uploaded, request: gr.Request):
+            """A new clip: its first frames (up to 16) from frame 0, every frame, the model's default size
+            for its aspect, no regions; the status says what was reset."""
             try:
                 path = app.upload(uploaded, request.session_hash)
-                return loaded(read_clip(path, start_value, frames_value, stride_value))
+                count_of = min(Form.frames, io.count_frames(Path(path)))
+                state = read_clip(path, 0, count_of, 1)
             except SpecError as err:
                 return show(_error_text(err), "video")
+            size = app.default_size((state["pixels"].shape[2], state["pixels"].shape[1]))
+            return {**loaded(state), **cleared_regions(), start: 0, frames: count_of, stride: 1, width: size[0],
+                    height: size[1], status: f"new clip: {count_of} frames from frame 0, stride 1, edited at "
+                                             f"{size[0]}x{size[1]}; the regions were cleared: add one per object"}
 
         def on_example():
             config = yaml.safe_load((toy.DEMO / "config.yaml").read_text(encoding="utf-8"))
             path = str(toy.DEMO / config["video"]["path"])
             state = read_clip(path, 0, config["video"]["frames"], 1)
-            return {**loaded(state), frames: config["video"]["frames"], start: 0, stride: 1,
+            return {**loaded(state), **cleared_regions(), frames: config["video"]["frames"], start: 0, stride: 1,
                     width: config["video"]["size"][0], height: config["video"]["size"][1],
                     source_prompt: config["source_prompt"], steps: recommended.steps,
                     guidance: recommended.guidance_scale, mod_steps: recommended.modulation.steps,
                     self_strength: recommended.modulation.self_strength,
                     cross_strength: recommended.modulation.cross_strength,
-                    status: "loaded the example: {}. Add a region per shape (two clicks for a box around each), "
-                            "write what each becomes (e.g. `{}` on the left, `{}` on the right), the prompt "
-                            "(`{}`), press Edit.".format(config["source_prompt"], *(r["prompt"] for r in config["regions"][:2]),
-                                                         config["prompt"])}
+                    preview_help: "**loaded the example**: {}. Add a region per shape (two clicks on the frame for "
+                                  "a box around each), write what each becomes (e.g. `{}` on the left, `{}` on the "
+                                  "right), the prompt (`{}`), press Edit.".format(
+                                      config["source_prompt"], *(r["prompt"] for r in config["regions"][:2]),
+                                      config["prompt"])}
 
         def on_reselect(state, start_value, frames_value, stride_value):
             if state is None:
@@ -514,19 +562,33 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 return show(_error_text(err), "video")
 
         def on_click(data, evt: gr.SelectData):
-            """A click on the frame: added to the chosen region's ``where`` (see ``add_click``)."""
-            state, index, slot = data[clip], int(data[frame_index]), int(data[target]) - 1
+            """A click on the frame: added to the active region's ``where`` (see ``add_click``); the frame is
+            redrawn when it or the pending corner changes (a box's first corner shows as a cross)."""
+            state, index = data[clip], int(data[frame_index])
             if state is None:
                 return {}
+            if not data[target] or int(data[target]) > data[count]:
+                return show(_error_text(SpecError("regions", "no region to mark",
+                                                  "press 'Add region' first; clicks mark the active region")),
+                            "regions")
+            slot = int(data[target]) - 1
             frame = state["pixels"][index]
             scale = display_scale(frame)
             x = min(frame.shape[1] - 1, int(evt.index[0]) // scale)
             y = min(frame.shape[0] - 1, int(evt.index[1]) // scale)
             text, pending = add_click(data[wheres[slot]] or "", data[mode], x, y, index, data[corner])
-            return {corner: pending, wheres[slot]: text}
+            return {corner: pending, wheres[slot]: text, **show()}
 
-        def set_count(n):
-            return [n] + [gr.Group(visible=i < n) for i in range(MAX_REGIONS)]
+        def set_count(n, active: int | None = None) -> dict:
+            """``n`` regions shown; the clicks target menu lists them, ``active`` (default the last) chosen."""
+            active = n if active is None else min(active, n)
+            return {count: n, target: gr.Dropdown([(f"region {i + 1}", str(i + 1)) for i in range(n)],
+                                                  value=str(active) if n else None),
+                    **{slot[0]: gr.Group(visible=i < n) for i, slot in enumerate(slots)},
+                    **{swatch: _swatch(i, i + 1 == active) for i, swatch in enumerate(swatches)}}
+
+        def on_target(active):
+            return {swatch: _swatch(i, str(i + 1) == active) for i, swatch in enumerate(swatches)}
 
         def form_of(data) -> Form:
             n = data[count]
@@ -570,11 +632,10 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             steps_total = max(1, int(data[steps] or 1))
 
             def on_step(stage: str, done: int, total: int) -> None:
-                progress((done + (total if stage == "edit" else 0), 2 * total),
-                         desc=f"{'inverting' if stage == 'invert' else 'editing'}: step {done}/{total}")
+                progress((done, total), desc="inverting" if stage == "invert" else "editing", unit="steps")
 
             try:
-                progress((0, 2 * steps_total), desc="checking, making masks, loading the model")
+                progress((0, steps_total), desc="checking, making masks, loading the model")
                 folder, record = app.run(form_of(data), request.session_hash, on_step)
             except SpecError as err:
                 return {**cleared, **show(_error_text(err), error_box(err))}
@@ -611,20 +672,26 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             return gr.skip()  # it ended on its own first: its status says so
 
         select_inputs = [start, frames, stride]
-        files.upload(on_load, [files, *select_inputs], [clip, video_path, size_info, frame_index, preview,
+        region_fields = [c for slot in slots for c in slot[:4]]
+        region_outputs = [count, target, *swatches, *region_fields]
+        files.upload(on_load, files, [clip, video_path, size_info, frame_index, preview, corner, start, frames, stride,
+                                      width, height, *region_outputs, *errors.values()])
+        load.click(on_reselect, [clip, *select_inputs], [clip, video_path, size_info, frame_index, preview, corner,
                                                        *errors.values()])
-        load.click(on_reselect, [clip, *select_inputs], [clip, video_path, size_info, frame_index, preview,
-                                                       *errors.values()])
-        load_example.click(on_example, None, [clip, video_path, size_info, frame_index, preview, frames, start,
+        load_example.click(on_example, None, [clip, video_path, size_info, frame_index, preview, corner, frames, start,
                                               stride, width, height, source_prompt, steps, guidance, mod_steps,
-                                              self_strength, cross_strength, *errors.values()])
-        redraw = dict(fn=frame_image, inputs=[clip, frame_index, *wheres], outputs=preview)
-        frame_index.change(**redraw)
-        for text in wheres:
-            text.change(**redraw)
-        preview.select(on_click, {clip, frame_index, mode, target, corner, *wheres}, [corner, *wheres])
-        add_region.click(lambda n: set_count(min(MAX_REGIONS, n + 1)), count, [count, *[s[0] for s in slots]])
-        remove_region.click(lambda n: set_count(max(0, n - 1)), count, [count, *[s[0] for s in slots]])
+                                              self_strength, cross_strength, preview_help, *region_outputs,
+                                              *errors.values()])
+        redraw = dict(fn=frame_image, inputs=[clip, frame_index, corner, target, *wheres], outputs=preview)
+        for changed in (frame_index, corner, *wheres):
+            changed.change(**redraw)
+        target.change(on_target, target, swatches)
+        preview.select(on_click, {clip, frame_index, mode, target, count, corner, *wheres},
+                       [corner, *wheres, *errors.values()])
+        add_region.click(lambda n: {**set_count(min(MAX_REGIONS, n + 1)), corner: None}, count,
+                         [count, target, corner, *swatches, *[s[0] for s in slots]])
+        remove_region.click(lambda n, active: {**set_count(max(0, n - 1), int(active or 0)), corner: None},
+                            [count, target], [count, target, corner, *swatches, *[s[0] for s in slots]])
         compose.click(lambda n, *texts: compose_prompt(list(texts[:n])), [count, *[s[2] for s in slots]], prompt)
         form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
@@ -632,6 +699,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         preview_masks.click(on_preview_masks, form_inputs, [masks_preview, *errors.values()])
         run.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
         run.click(on_run, form_inputs, [source_video, edited_video, comparison, grid, downloads, attention_maps,
-                                        *errors.values()], concurrency_limit=1, concurrency_id="edit")
+                                        *errors.values()], concurrency_limit=1, concurrency_id="edit",
+                  show_progress_on=[status])  # one progress bar, beside Edit
         cancel.click(on_cancel, None, status, concurrency_limit=None, concurrency_id="cancel")
     return blocks
