@@ -403,3 +403,41 @@ def test_a_new_users_path_marks_regions_where_they_are_and_shows_errors_where_th
     assert page.locator("#status").inner_text().count("regions were cleared") == 1
     assert [_field(page, f).input_value() for f in ("width", "height")] == ["32", "32"]
     shot("new-clip")
+
+
+def test_the_quick_preview_is_the_form_made_small_and_says_so():
+    from videograin.app import quick_preview
+
+    quick, note = quick_preview(_form(frames=12, steps=25), (64, 48), 8)
+    assert (quick.frames, quick.steps, quick.width, quick.height) == (8, 10, 32, 24)
+    assert quick.regions == _form().regions and note.startswith("quick preview: 8 frames of 32x24, 10 steps")
+    small, _ = quick_preview(_form(frames=3, steps=None), (8, 8), 8)
+    assert (small.frames, small.steps, small.width, small.height) == (3, 10, 8, 8)  # never below one multiple
+
+
+def test_the_result_view_shows_source_and_edit_of_one_frame_with_the_regions_under_the_source():
+    from videograin.app import compare_frame
+
+    frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((5, 4, 6, 3), np.uint8)
+    clips = {"source": frames, "edited": 100 + frames, "regions": 200 + frames}
+    view = compare_frame(clips, 3, width=28)
+    assert view.shape == ((4 + 2 + 4) * 2, (6 + 2 + 6) * 2, 3)  # enlarged 2x to about 28 px
+    assert (view[:8, :12] == 3).all() and (view[:8, 16:] == 103).all()  # frame 3 of both, side by side
+    assert (view[12:, :12] == 203).all() and (view[12:, 12:] == 255).all()  # its regions under the source
+    assert (compare_frame(clips, 99, width=14)[:4, :6] == 4).all()  # past the end: the last frame
+
+
+def test_the_quick_preview_returns_a_result_whose_frame_slider_shows_one_frame_of_both(page, server, tmp_path):
+    _, out = server
+    _example_with_two_regions(page, steps=3)
+    page.click("#quick")
+    _wait_status(page, "done in", out)
+    assert "quick preview: 8 frames of 16x16, 3 steps" in page.locator("#status").inner_text()
+    page.wait_for_selector("#result-view img")
+    first = page.locator("#result-view img").get_attribute("src")
+    slider = page.locator("#result-frame input[type=number]")
+    slider.fill("5")
+    slider.press("Enter")
+    page.wait_for_function(f"document.querySelector('#result-view img').src !== {first!r}")
+    page.locator("#result-view").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "quick-preview.png"))

@@ -241,6 +241,41 @@ def enlarged_gif(source: Path, target: Path, fps: float, long_side: int = 512) -
     return target
 
 
+#: What a quick preview keeps of an edit: at most this many frames and steps, at half the size.
+PREVIEW_FRAMES, PREVIEW_STEPS = 8, 10
+
+
+def quick_preview(form: Form, size: tuple[int, int], multiple: int) -> tuple[Form, str]:
+    """``form`` made quick to run: at most PREVIEW_FRAMES frames and PREVIEW_STEPS steps, each side of
+    ``size`` (the edit's size) halved to the model's ``multiple`` (at least one multiple); and the
+    sentence that says so on the result."""
+    w, h = (max(multiple, side // 2 // multiple * multiple) for side in size)
+    steps = min(PREVIEW_STEPS, form.steps) if form.steps else PREVIEW_STEPS
+    quick = dataclasses.replace(form, frames=min(PREVIEW_FRAMES, int(form.frames)), steps=steps, width=w, height=h)
+    return quick, f"quick preview: {quick.frames} frames of {w}x{h}, {steps} steps (Edit runs the full settings)"
+
+
+def result_frames(folder: Path) -> dict[str, np.ndarray]:
+    """A finished run's clips for the frame-by-frame view, uint8 (F, H, W, 3) each: its source and
+    regions overlay (source.mp4, masks_overlay.mp4) and its edit (the lossless frames/)."""
+    count = len(io.list_images(folder / "frames"))
+    return {name: io.read_video(path, 0, count, 1)[0] for name, path in
+            (("source", folder / "source.mp4"), ("regions", folder / "masks_overlay.mp4"),
+             ("edited", folder / "frames"))}
+
+
+def compare_frame(clips: dict[str, np.ndarray], index: int, width: int = 768) -> np.ndarray:
+    """Frame ``index`` of source | edited side by side, the regions overlay under the source, enlarged
+    (nearest) by a whole factor to about ``width`` pixels: uint8 (H', W', 3)."""
+    i = min(max(0, int(index)), len(clips["edited"]) - 1)
+    top = viz.side_by_side(clips["source"][i : i + 1], clips["edited"][i : i + 1])[0]
+    below = np.full_like(top, 255)
+    below[:, : clips["regions"].shape[2]] = clips["regions"][i]
+    both = np.concatenate([top, np.full((2, top.shape[1], 3), 255, np.uint8), below])
+    scale = max(1, width // both.shape[1])
+    return both.repeat(scale, 0).repeat(scale, 1)
+
+
 def zip_folder(folder: Path, archive: Path) -> Path:
     """``archive`` holding ``folder``'s files under ``folder.name/``, written through a temporary file."""
     partial = archive.with_name(f".{archive.name}.partial")
@@ -298,6 +333,13 @@ class App:
             return io.fit_size(source, None, read_model(self.model).size_multiple)
         except (SpecError, OSError):
             return 0, 0
+
+    def size_multiple(self) -> int:
+        """What the model's frame sides must be multiples of (8 when its config is unreadable)."""
+        try:
+            return read_model(self.model).size_multiple
+        except (SpecError, OSError):
+            return 8
 
     def size_help(self, source: tuple[int, int] | None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
@@ -472,8 +514,16 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
 
         with gr.Row():
             run = gr.Button("Edit", variant="primary", elem_id="run")
+            quick = gr.Button(f"Quick preview (≤{PREVIEW_FRAMES} frames, ≤{PREVIEW_STEPS} steps, half size)",
+                              elem_id="quick")
             cancel = gr.Button("Cancel", elem_id="cancel")
         status = gr.Markdown(elem_id="status")
+        result = gr.State(None)  # the last result's clips (``result_frames``)
+        with gr.Group():
+            result_frame = gr.Slider(0, 1, 0, step=1, label="result frame: source | edited, regions below",
+                                     elem_id="result-frame", interactive=True)
+            result_view = gr.Image(label="source | edited (the same frame)", elem_id="result-view",
+                                   interactive=False)
         with gr.Row():
             source_video = gr.Video(label="source", elem_id="source-video")
             edited_video = gr.Video(label="edited", elem_id="edited-video")
@@ -626,9 +676,10 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             io.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
             return {masks_preview: str(path), **show()}
 
-        def on_run(data, request: gr.Request, progress=gr.Progress()):
+        def edit_of(data, request: gr.Request, progress, quick_run: bool) -> dict:
+            """Edit (or, with ``quick_run``, the quick preview of) the form; the outputs to show."""
             cleared = {source_video: None, edited_video: None, comparison: None, grid: None, downloads: None,
-                       attention_maps: gr.Gallery(visible=False)}
+                       attention_maps: gr.Gallery(visible=False), result: None, result_view: None}
             steps_total = max(1, int(data[steps] or 1))
 
             def on_step(stage: str, done: int, total: int) -> None:
@@ -636,7 +687,13 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
 
             try:
                 progress((0, steps_total), desc="checking, making masks, loading the model")
-                folder, record = app.run(form_of(data), request.session_hash, on_step)
+                form, note = form_of(data), ""
+                if quick_run:
+                    pixels = data[clip]["pixels"] if data[clip] is not None else None
+                    size = ((form.width, form.height) if form.width else
+                            app.default_size((pixels.shape[2], pixels.shape[1])) if pixels is not None else (0, 0))
+                    form, note = quick_preview(form, size, app.size_multiple())
+                folder, record = app.run(form, request.session_hash, on_step)
             except SpecError as err:
                 return {**cleared, **show(_error_text(err), error_box(err))}
             except EditCancelled:  # the Cancel event, waiting for this end, says so in the status
@@ -647,13 +704,22 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             maps = sorted((folder / "attention").glob("*.png")) if (folder / "attention").is_dir() else []
             seconds = record["timings"]["total"]
             gif = enlarged_gif(folder / "comparison.gif", app.out / "previews" / f"{folder.name}.gif", record["fps"])
-            return {source_video: str(folder / "source.mp4"), edited_video: str(folder / "edited.mp4"),
+            clips = result_frames(folder)
+            return {result: clips, result_frame: gr.Slider(0, len(clips["edited"]) - 1, 0, step=1),
+                    result_view: compare_frame(clips, 0),
+                    source_video: str(folder / "source.mp4"), edited_video: str(folder / "edited.mp4"),
                     comparison: str(gif), grid: str(folder / "comparison.png"),
                     downloads: [str(folder.with_suffix(".zip")), str(folder / "config.yaml")],
                     attention_maps: gr.Gallery([str(p) for p in maps], visible=bool(maps)),
-                    **show(f"done in {seconds:.1f} s: {record['frames']} frames of {record['size'][0]}x"
-                           f"{record['size'][1]}, written to `{folder}`. `videograin edit config.yaml --out DIR` "
-                           "(the config in the downloads) runs it again.")}
+                    **show(f"{note + '. ' if note else ''}done in {seconds:.1f} s: {record['frames']} frames of "
+                           f"{record['size'][0]}x{record['size'][1]}, written to `{folder}`. `videograin edit "
+                           "config.yaml --out DIR` (the config in the downloads) runs it again.")}
+
+        def on_run(data, request: gr.Request, progress=gr.Progress()):
+            return edit_of(data, request, progress, False)
+
+        def on_quick(data, request: gr.Request, progress=gr.Progress()):
+            return edit_of(data, request, progress, True)
 
         def busy_note(request: gr.Request):
             """At once on Edit (outside the queue): say so when another session's edit holds the model."""
@@ -697,9 +763,13 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
                        composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
         preview_masks.click(on_preview_masks, form_inputs, [masks_preview, *errors.values()])
-        run.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
-        run.click(on_run, form_inputs, [source_video, edited_video, comparison, grid, downloads, attention_maps,
-                                        *errors.values()], concurrency_limit=1, concurrency_id="edit",
-                  show_progress_on=[status])  # one progress bar, beside Edit
+        results = [source_video, edited_video, comparison, grid, downloads, attention_maps, result, result_frame,
+                   result_view, *errors.values()]
+        for button, handler in ((run, on_run), (quick, on_quick)):
+            button.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
+            button.click(handler, form_inputs, results, concurrency_limit=1, concurrency_id="edit",
+                         show_progress_on=[status])  # one progress bar, beside Edit
+        result_frame.change(lambda clips, i: None if clips is None else compare_frame(clips, i),
+                            [result, result_frame], result_view, show_progress="hidden")
         cancel.click(on_cancel, None, status, concurrency_limit=None, concurrency_id="cancel")
     return blocks
