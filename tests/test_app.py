@@ -441,3 +441,16 @@ def test_the_quick_preview_returns_a_result_whose_frame_slider_shows_one_frame_o
     page.wait_for_function(f"document.querySelector('#result-view img').src !== {first!r}")
     page.locator("#result-view").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "quick-preview.png"))
+
+
+def test_the_settings_start_from_the_models_recommended_values_and_reset_to_them(page):
+    """The toy model's videograin.json (not the paper's SD defaults) fills the settings; a changed
+    value goes back with "Reset to recommended"."""
+    recommended = model_recommended(str(SD_MODEL))
+    assert recommended.source.endswith("videograin.json")
+    assert recommended.modulation.cross_strength != 1.0  # the toy's own, so the test can tell them apart
+    assert _field(page, "steps").input_value() == str(recommended.steps)
+    assert recommended.source in page.locator("#settings-source").inner_text()
+    _fill(page, "steps", 3)
+    page.click("#reset-settings")
+    page.wait_for_function(f"document.querySelector('#steps input').value === '{recommended.steps}'")

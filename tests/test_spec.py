@@ -120,6 +120,13 @@ def test_every_key_set_is_parsed(project: Path) -> None:
     )
     assert isinstance(spec.edit.guidance_scale, float)
     assert spec_from_dict(json.loads(json.dumps(spec.to_dict())), spec.base_dir) == spec
+    assert spec_from_dict(yaml.safe_load(spec.to_yaml()), spec.base_dir) == spec  # the file the app offers
+    portable = yaml.safe_load(spec.to_yaml(output=False))
+    assert "output" not in portable and spec_from_dict(portable, spec.base_dir) == dataclasses.replace(spec, output=None)
+    long = dict(config, edit={"modulation": {"temporal": "anchored", "anchors": 4, "group": 2, "chunk": 8}})
+    anchored = load_spec(write_config(project, long))
+    assert anchored.edit.modulation == Modulation(temporal="anchored", anchors=4, group=2, chunk=8)
+    assert spec_from_dict(yaml.safe_load(anchored.to_yaml()), anchored.base_dir) == anchored
 
 
 def test_paths_resolve_against_config_folder_not_cwd(project: Path, tmp_path_factory, monkeypatch) -> None:

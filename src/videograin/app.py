@@ -384,9 +384,7 @@ class App:
         finally:
             del self.running[session]
             running.ended.set()
-        config = spec.to_dict()
-        del config["output"]
-        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        io.write_text(folder / "config.yaml", spec.to_yaml(output=False))
         zip_folder(folder, folder.with_suffix(".zip"))
         return folder, record
 
@@ -496,6 +494,10 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
 
         with gr.Accordion("4. Settings", open=True):
             with gr.Row():
+                gr.Markdown(f"Steps, guidance and the modulation start from the model's recommended settings "
+                            f"({recommended.source}).", elem_id="settings-source")
+                reset = gr.Button("Reset to recommended", elem_id="reset-settings", scale=0)
+            with gr.Row():
                 method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
                                      info="VideoGrain's layout attention, ReAtCo's guidance, or both")
                 steps = gr.Number(recommended.steps, label="steps", precision=0, minimum=1, elem_id="steps")
@@ -534,6 +536,10 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         downloads = gr.File(label="downloads: the output folder (zip) and config.yaml", elem_id="downloads")
 
         # -- handlers --------------------------------------------------------------------------
+        recommended_fields = {steps: recommended.steps, guidance: recommended.guidance_scale,
+                              mod_steps: recommended.modulation.steps,
+                              self_strength: recommended.modulation.self_strength,
+                              cross_strength: recommended.modulation.cross_strength}
         wheres = [slot[3] for slot in slots]
         errors = {"video": video_error, "regions": region_error, "prompt": prompt_error, "": status}
 
@@ -593,10 +599,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             state = read_clip(path, 0, config["video"]["frames"], 1)
             return {**loaded(state), **cleared_regions(), frames: config["video"]["frames"], start: 0, stride: 1,
                     width: config["video"]["size"][0], height: config["video"]["size"][1],
-                    source_prompt: config["source_prompt"], steps: recommended.steps,
-                    guidance: recommended.guidance_scale, mod_steps: recommended.modulation.steps,
-                    self_strength: recommended.modulation.self_strength,
-                    cross_strength: recommended.modulation.cross_strength,
+                    source_prompt: config["source_prompt"], **recommended_fields,
                     preview_help: "**loaded the example**: {}. Add a region per shape (two clicks on the frame for "
                                   "a box around each), write what each becomes (e.g. `{}` on the left, `{}` on the "
                                   "right), the prompt (`{}`), press Edit.".format(
@@ -758,6 +761,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                          [count, target, corner, *swatches, *[s[0] for s in slots]])
         remove_region.click(lambda n, active: {**set_count(max(0, n - 1), int(active or 0)), corner: None},
                             [count, target], [count, target, corner, *swatches, *[s[0] for s in slots]])
+        reset.click(lambda: recommended_fields, None, list(recommended_fields))
         compose.click(lambda n, *texts: compose_prompt(list(texts[:n])), [count, *[s[2] for s in slots]], prompt)
         form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import SpecError
 from ..method.settings import InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window
 
@@ -164,6 +166,15 @@ class EditSpec:
             for region in self.regions
         ]
         return data
+
+    def to_yaml(self, output: bool = True) -> str:
+        """``to_dict`` as a config file's text (``output: False`` leaves the output folder out, so the
+        file runs anywhere with ``--out``); ``spec_from_dict(yaml.safe_load(text), base_dir)`` reads it
+        back as this spec."""
+        data = self.to_dict()
+        if not output:
+            del data["output"]
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _masks_value(region: RegionSpec) -> Path | tuple | dict:
