@@ -199,6 +199,8 @@ def _example_with_two_regions(page, steps: int) -> None:
     _fill(page, "region-1-name", "right")
     _fill(page, "region-1-prompt", DEMO["regions"][1]["prompt"])
     _click_box(page, RIGHT_BOX, 1)  # the last region added is the active one
+    composed = " and ".join(r["prompt"] for r in DEMO["regions"][:2])
+    page.wait_for_function(f"document.querySelector('#prompt textarea').value === {composed!r}")
     _fill(page, "prompt", DEMO["prompt"])
     recommended = model_recommended(str(SD_MODEL)).steps  # what the example sets (the model's videograin.json)
     page.wait_for_function(f"document.querySelector('#steps input')?.value === '{recommended}'")
@@ -385,7 +387,12 @@ def test_a_new_users_path_marks_regions_where_they_are_and_shows_errors_where_th
 
     _fill(page, "region-0-prompt", DEMO["regions"][0]["prompt"])
     _fill(page, "region-1-prompt", DEMO["regions"][1]["prompt"])
+    composed = " and ".join(r["prompt"] for r in DEMO["regions"][:2])  # the prompt follows the regions, live
+    page.wait_for_function(f"document.querySelector('#prompt textarea').value === {composed!r}")
+    page.wait_for_function("document.querySelector('#region-1-check').innerText.includes('in the prompt')")
+    assert "✓" in page.locator("#region-0-check").inner_text()
     _fill(page, "prompt", "a green circle on a black background")  # holds neither region prompt
+    page.wait_for_function("document.querySelector('#region-0-check').innerText.includes('not in the prompt')")
     page.click("#run")
     page.wait_for_function("document.querySelector('#status').innerText.includes('does not occur')")
     status, run = page.locator("#status").bounding_box(), page.locator("#run").bounding_box()

@@ -32,6 +32,7 @@ from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
 from .errors import EditCancelled, SpecError, first_line
 from .inversion_cache import INVERSIONS, InversionCache
 from .masks import make_masks, parse_region
+from .method.tokens import PromptError, region_token_spans
 from .backbones.recommended import FAMILY_DEFAULTS, Recommended
 from .runner import edit
 
@@ -165,6 +166,22 @@ def config_from_form(form: Form, uploads: Path) -> dict:
 def compose_prompt(region_prompts: list[str]) -> str:
     """A global prompt holding each region prompt word for word (the user may edit it)."""
     return " and ".join(p.strip() for p in region_prompts if p.strip())
+
+
+def prompt_checks(tokenizer, prompt: str, region_prompts: list[str]) -> list[str]:
+    """What each region row says of its prompt before *Edit*: in the prompt (as the edit's token check
+    finds it), not in it, or kept (empty)."""
+    checks = []
+    for region_prompt in region_prompts:
+        if not region_prompt.strip():
+            checks.append("kept (no prompt)")
+            continue
+        try:
+            region_token_spans(tokenizer, prompt or "", [region_prompt])
+            checks.append("✓ in the prompt")
+        except PromptError:
+            checks.append("✗ not in the prompt: write it there word for word")
+    return checks
 
 
 def add_click(where: str, mode: str, x: int, y: int, frame: int, corner: tuple[int, int] | None):
@@ -308,6 +325,7 @@ class App:
         self.model = model or default_model()
         self.device = device
         self.pipelines: dict = {}
+        self._facts = None  # ``facts()``
         self.running: dict[str, _Running] = {}  # per browser session, while it runs an edit
 
     def session_folder(self, kind: str, session: str, make: bool = True) -> Path:
@@ -326,27 +344,37 @@ class App:
         except (SpecError, OSError):
             return FAMILY_DEFAULTS["sd"]
 
+    def facts(self):
+        """The model's config facts (``read_model``: size rules, tokenizer), read once; the SpecError or
+        OSError that reading it gave, when it cannot be read (the edit then says why)."""
+        if self._facts is None:
+            try:
+                self._facts = read_model(self.model)
+            except (SpecError, OSError) as err:
+                self._facts = err
+        return self._facts
+
     def default_size(self, source: tuple[int, int]) -> tuple[int, int]:
         """The size a clip of ``source`` (w, h) is edited at by default: its aspect, the long side at most
         512, the model's multiple; (0, 0) (the runner decides) when the model's config is unreadable."""
-        try:
-            return io.fit_size(source, None, read_model(self.model).size_multiple)
-        except (SpecError, OSError):
-            return 0, 0
+        facts = self.facts()
+        return (0, 0) if isinstance(facts, Exception) else io.fit_size(source, None, facts.size_multiple)
+
+    def tokenizer(self):
+        """The model's tokenizer (for the prompt checks), or None when its config is unreadable."""
+        facts = self.facts()
+        return None if isinstance(facts, Exception) else facts.tokenizer
 
     def size_multiple(self) -> int:
         """What the model's frame sides must be multiples of (8 when its config is unreadable)."""
-        try:
-            return read_model(self.model).size_multiple
-        except (SpecError, OSError):
-            return 8
+        facts = self.facts()
+        return 8 if isinstance(facts, Exception) else facts.size_multiple
 
     def size_help(self, source: tuple[int, int] | None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
-        try:
-            facts = read_model(self.model)
-        except (SpecError, OSError) as err:
-            return f"width and height: multiples of the model's size multiple (its config is not readable: {err})"
+        facts = self.facts()
+        if isinstance(facts, Exception):
+            return f"width and height: multiples of the model's size multiple (its config is not readable: {facts})"
         text = f"width and height: multiples of {facts.size_multiple} (0 and 0: the default"
         if source is not None:
             text += f", {'x'.join(map(str, io.fit_size(source, None, facts.size_multiple)))} for this clip"
@@ -466,7 +494,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                 masks_preview = gr.Video(label="masks over the clip", elem_id="masks-preview")
                 preview_masks = gr.Button("Preview masks", elem_id="preview-masks")
 
-        slots, swatches = [], []
+        slots, swatches, checks = [], [], []
         with gr.Column():
             with gr.Row():
                 add_region = gr.Button("Add region", elem_id="add-region")
@@ -479,10 +507,12 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
                     where = gr.Textbox(label="where: box=x0,y0,x1,y1 / points=x,y,-x,y (@frame)",
                                        elem_id=f"region-{i}-where")
                     upload = gr.File(label="or its masks (PNGs or a zip)", file_count="multiple", height=80)
+                    checks.append(gr.Markdown(elem_id=f"region-{i}-check"))
                 slots.append((group, name, prompt, where, upload))
                 swatches.append(swatch)
             region_error = gr.Markdown(elem_id="region-error")
 
+        composed = gr.State("")  # the prompt as last composed from the regions (kept in step until edited)
         gr.Markdown("### 3. Prompt")
         with gr.Row():
             source_prompt = gr.Textbox(label="source prompt (the clip as it is)", elem_id="source-prompt")
@@ -762,7 +792,29 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         remove_region.click(lambda n, active: {**set_count(max(0, n - 1), int(active or 0)), corner: None},
                             [count, target], [count, target, corner, *swatches, *[s[0] for s in slots]])
         reset.click(lambda: recommended_fields, None, list(recommended_fields))
-        compose.click(lambda n, *texts: compose_prompt(list(texts[:n])), [count, *[s[2] for s in slots]], prompt)
+        compose.click(lambda n, *texts: [compose_prompt(list(texts[:n]))] * 2, [count, *[s[2] for s in slots]],
+                      [prompt, composed])
+        region_prompts = [s[2] for s in slots]
+
+        def rows_of(n: int, prompt_text: str, texts: list[str]) -> list[str]:
+            """Each row's check of its prompt against ``prompt_text`` (hidden rows: empty)."""
+            tokenizer = app.tokenizer()
+            rows = prompt_checks(tokenizer, prompt_text, texts) if tokenizer is not None else [""] * n
+            return rows + [""] * (MAX_REGIONS - n)
+
+        def on_region_prompt(n, current, last, *texts):
+            """A region prompt changed: the prompt follows the regions while it is their composition (or
+            empty); every row says whether its prompt occurs in it."""
+            texts = list(texts[:n])
+            follows = not current or current == last
+            now = compose_prompt(texts) if follows else current
+            return [now, now if follows else last, *rows_of(n, now, texts)]
+
+        for changed in (*region_prompts, count):
+            changed.change(on_region_prompt, [count, prompt, composed, *region_prompts], [prompt, composed, *checks],
+                           show_progress="hidden")
+        prompt.blur(lambda n, current, *texts: rows_of(n, current, list(texts[:n])), [count, prompt, *region_prompts],
+                    checks, show_progress="hidden")
         form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
                        composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
