@@ -241,8 +241,19 @@ def test_the_app_edits_the_example_and_its_zip_holds_the_frames(page, server, tm
     url, out = server
     _example_with_two_regions(page, steps=3)
     assert _field(page, "region-1-where").input_value() == "box={},{},{},{}@0".format(*RIGHT_BOX)
+    before = page.locator("#frame img").get_attribute("src")
     page.click("#preview-masks")
     page.wait_for_selector("#masks-preview video")
+    page.wait_for_function(f"document.querySelector('#frame img').src !== {before!r}")  # the masks over the frame
+    page.wait_for_timeout(300)
+    tinted = np.asarray(PIL.Image.open(_io.BytesIO(page.locator("#frame img").screenshot())).convert("RGB")
+                        .resize((32, 32), PIL.Image.NEAREST), np.int16)
+    source = np.asarray(PIL.Image.open(TOY_EXAMPLE / "frames" / "00000.png").convert("RGB"), np.int16)
+    for region, (x0, y0, x1, y1) in enumerate((LEFT_BOX, RIGHT_BOX)):
+        inside = (slice(y0 + 4, y1 - 4), slice(x0 + 4, x1 - 4))  # the square, away from the outlines
+        tint = region_colors(2)[region].astype(np.int16)
+        assert np.abs(tinted[inside] - (0.55 * source[inside] + 0.45 * tint)).max() < 10  # its colour over it
+    assert np.abs(tinted[inside] - source[inside]).max() > 60  # (blue under orange: the tint is plain to see)
     page.click("#run")
     page.wait_for_selector("#edited-video video", timeout=300_000)
     assert "done in" in page.locator("#status").inner_text()

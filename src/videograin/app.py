@@ -459,6 +459,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
     with gr.Blocks(title="videograin", analytics_enabled=False) as blocks:
         clip = gr.State(None)  # the loaded clip: {"path", "fps", "pixels": (F, H, W, 3) uint8}
         corner = gr.State(None)
+        region_masks = gr.State(None)  # the previewed masks and the regions they were made from (frame_image)
         count = gr.State(0)
         gr.Markdown(f"# videograin\nEdit each region of a clip with its own prompt, in one pass "
                     f"(VideoGrain's ST-Layout attention). Model: `{app.model}`.")
@@ -589,10 +590,15 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             pixels, fps = io.read_video(Path(path), int(start_value), int(frames_value), int(stride_value))
             return {"path": path, "fps": fps, "pixels": pixels}
 
-        def frame_image(state, index, pending, active, *texts):
+        def frame_image(state, index, pending, active, drawn, *texts):
+            """The frame shown for marking: the previewed masks tinted over it while the regions are as
+            they were previewed (``drawn``), each region's box and clicks, a box's pending corner."""
             if state is None:
                 return None
-            frame = state["pixels"][min(int(index), len(state["pixels"]) - 1)]
+            index = min(int(index), len(state["pixels"]) - 1)
+            frame = state["pixels"][index]
+            if drawn is not None and drawn["wheres"] == [t or "" for t in texts]:
+                frame = viz.mask_overlay(frame[None], drawn["masks"][:, index : index + 1])[0]
             marked = None if pending is None or not active else (tuple(pending), int(active) - 1)
             return draw_prompts(frame, list(texts), display_scale(frame), marked)
 
@@ -600,7 +606,7 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
             pixels = state["pixels"]
             source = (pixels.shape[2], pixels.shape[1])
             return {clip: state, video_path: state["path"], size_info: app.size_help(source),
-                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1), corner: None,
+                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1), corner: None, region_masks: None,
                     preview: draw_prompts(pixels[0], [""], display_scale(pixels[0])),
                     **show(f"loaded {len(pixels)} frames of {source[0]}x{source[1]}")}
 
@@ -688,26 +694,30 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         def on_preview_masks(data, request: gr.Request):
             state = data[clip]
             if state is None:
-                return {masks_preview: None, **show(_error_text(SpecError("video.path", "no clip loaded",
+                return {masks_preview: None, region_masks: None, **show(_error_text(SpecError("video.path", "no clip loaded",
                                                                           "load a video first")), "video")}
             try:
                 form = form_of(data)
-                marked = [r for r in form.regions if r.where.strip()]
+                marked = [i for i, r in enumerate(form.regions) if r.where.strip()]
                 if not marked:
                     raise SpecError("regions", "no region is marked by a box or clicks",
                                     "click on the frame for a region first")
                 prompts = []
-                for i, r in enumerate(marked):
+                for i in marked:
+                    r = form.regions[i]
                     mask_prompt(r.where, f"regions[{i}].masks")  # the app's error text for a bad one
                     prompts.append(parse_region(f"{r.name}:{r.where}"))
                     prompts[-1].check(len(state["pixels"]), state["pixels"].shape[2], state["pixels"].shape[1],
                                       f"regions[{i}].masks")
-                masks, _ = make_masks(state["pixels"], prompts, progress=False)
+                made, _ = make_masks(state["pixels"], prompts, progress=False)
             except SpecError as err:
-                return {masks_preview: None, **show(_error_text(err), error_box(err))}
+                return {masks_preview: None, region_masks: None, **show(_error_text(err), error_box(err))}
+            masks = np.zeros((len(form.regions), *made.shape[1:]), dtype=bool)  # each region at its own index
+            masks[marked] = made
             path = app.session_folder("previews", request.session_hash) / "masks_overlay.mp4"
             io.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
-            return {masks_preview: str(path), **show()}
+            drawn = {"masks": masks, "wheres": [data[w] or "" for w in wheres]}
+            return {masks_preview: str(path), region_masks: drawn, **show()}
 
         def edit_of(data, request: gr.Request, progress, quick_run: bool) -> dict:
             """Edit (or, with ``quick_run``, the quick preview of) the form; the outputs to show."""
@@ -773,16 +783,15 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         select_inputs = [start, frames, stride]
         region_fields = [c for slot in slots for c in slot[:4]]
         region_outputs = [count, target, *swatches, *region_fields]
-        files.upload(on_load, files, [clip, video_path, size_info, frame_index, preview, corner, start, frames, stride,
-                                      width, height, *region_outputs, *errors.values()])
-        load.click(on_reselect, [clip, *select_inputs], [clip, video_path, size_info, frame_index, preview, corner,
-                                                       *errors.values()])
-        load_example.click(on_example, None, [clip, video_path, size_info, frame_index, preview, corner, frames, start,
-                                              stride, width, height, source_prompt, steps, guidance, mod_steps,
-                                              self_strength, cross_strength, preview_help, *region_outputs,
-                                              *errors.values()])
-        redraw = dict(fn=frame_image, inputs=[clip, frame_index, corner, target, *wheres], outputs=preview)
-        for changed in (frame_index, corner, *wheres):
+        shown = [clip, video_path, size_info, frame_index, preview, corner, region_masks]  # a clip (re)loaded
+        files.upload(on_load, files, [*shown, start, frames, stride, width, height, *region_outputs, *errors.values()])
+        load.click(on_reselect, [clip, *select_inputs], [*shown, *errors.values()])
+        load_example.click(on_example, None, [*shown, frames, start, stride, width, height, source_prompt, steps,
+                                              guidance, mod_steps, self_strength, cross_strength, preview_help,
+                                              *region_outputs, *errors.values()])
+        redraw = dict(fn=frame_image, inputs=[clip, frame_index, corner, target, region_masks, *wheres],
+                      outputs=preview)
+        for changed in (frame_index, corner, region_masks, *wheres):
             changed.change(**redraw)
         target.change(on_target, target, swatches)
         preview.select(on_click, {clip, frame_index, mode, target, count, corner, *wheres},
@@ -818,7 +827,8 @@ def build_app(model: str | None = None, out: str | Path = "out/app", device: str
         form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
                        height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
                        composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
-        preview_masks.click(on_preview_masks, form_inputs, [masks_preview, *errors.values()])
+        preview_masks.click(on_preview_masks, form_inputs | {region_masks}, [masks_preview, region_masks,
+                                                                               *errors.values()])
         results = [source_video, edited_video, comparison, grid, downloads, attention_maps, result, result_frame,
                    result_view, *errors.values()]
         for button, handler in ((run, on_run), (quick, on_quick)):
