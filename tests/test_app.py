@@ -472,3 +472,20 @@ def test_the_settings_start_from_the_models_recommended_values_and_reset_to_them
     _fill(page, "steps", 3)
     page.click("#reset-settings")
     page.wait_for_function(f"document.querySelector('#steps input').value === '{recommended.steps}'")
+
+
+def test_the_app_is_made_of_small_functions():
+    """The page is built from one small function per panel and per handler: ``build_app`` and every
+    function of the app's two modules (its logic, app.py, and its Gradio page, app_ui.py) at most 60 lines."""
+    import ast
+
+    import videograin.app
+
+    folder = Path(videograin.app.__file__).parent
+    lengths = {}
+    for module in ("app.py", "app_ui.py"):
+        for node in ast.walk(ast.parse((folder / module).read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{module}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert "app_ui.py:build_app" in lengths and "app_ui.py:on_click" in lengths
+    assert {name: n for name, n in lengths.items() if n > 60} == {}

@@ -1,4 +1,5 @@
-"""The web app: ``videograin app`` (Gradio, the ``[app]`` extra), or ``videograin.app:build_app()`` for a Space.
+"""The web app's logic: ``videograin app`` (Gradio, the ``[app]`` extra), or ``videograin.app_ui:build_app()``
+for a Space.
 
 A person uploads a clip (or loads the bundled example), marks each region on a frame with a box or
 clicks (or uploads its masks), writes what each region becomes, and presses Edit. The progress bar
@@ -9,11 +10,13 @@ with the CLI. Input errors are the CLI's one-line errors, shown next to their fi
 The form's values become a config (``config_from_form``) that ``videograin.edit`` runs, so the app
 checks and edits exactly as ``videograin edit`` does. Everything it writes lies under its output
 folder (default ``out/app``): ``uploads/``, ``previews/``, ``runs/<time>/`` and ``runs/<time>.zip``.
+This module holds the app's logic and pictures without Gradio (the form, its config, ``App``: the
+state across sessions); the page itself, one method per panel and per handler, is ``app_ui.Page``,
+and ``app_ui.build_app`` builds it.
 """
 
 import dataclasses
 import datetime
-import logging
 import re
 import shutil
 import threading
@@ -22,21 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw, ImageSequence
 
 from . import io, toy, viz
 from .config.parse import spec_from_dict
 from .config.preflight import model_recommended, preflight, read_model
-from .config.spec import DEFAULT_MODEL, METHODS, EditSettings
-from .errors import EditCancelled, SpecError, first_line
+from .config.spec import DEFAULT_MODEL, EditSettings
+from .errors import EditCancelled, SpecError
 from .inversion_cache import INVERSIONS, InversionCache
-from .masks import make_masks, parse_region
+from .masks import parse_region
 from .method.tokens import PromptError, region_token_spans
 from .backbones.recommended import FAMILY_DEFAULTS, Recommended
 from .runner import edit
 
-logger = logging.getLogger("videograin")
 
 MAX_REGIONS = 6  # region slots in the form
 VIDEO_TYPES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
@@ -234,7 +235,7 @@ def draw_prompts(frame: np.ndarray, wheres: list[str], scale: int,
     return np.asarray(image)
 
 
-def _swatch(region: int, active: bool) -> str:
+def swatch(region: int, active: bool) -> str:
     """A region row's colour swatch (its outline's colour on the frame), marked when clicks go to it."""
     r, g, b = (int(c) for c in viz.region_colors(MAX_REGIONS)[region])
     mark = "<b>clicks mark this region</b>" if active else ""
@@ -427,415 +428,9 @@ class App:
         return running.cancelled
 
 
-def _error_text(err: Exception) -> str:
+def error_text(err: Exception) -> str:
     """An error as the page shows it: regions numbered as their rows are (``regions[0]`` is region 1)."""
     text = re.sub(r"regions\[(\d+)\]", lambda m: f"region {int(m[1]) + 1}", str(err))
     return f"**error** — {text}"
 
 
-def _unknown_event(request, err: KeyError):
-    """Gradio's queue looks an event's fn_index up unchecked: an unknown one is the client's mistake (400),
-    not a server error with a traceback. Any other KeyError stays a 500, logged."""
-    from fastapi.responses import JSONResponse
-
-    if request.url.path.endswith("/queue/join"):
-        return JSONResponse({"detail": f"unknown event {err}: no such fn_index in this app"}, status_code=400)
-    logger.error("error serving %s", request.url.path, exc_info=err)
-    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
-
-
-#: ``Blocks.launch(app_kwargs=...)`` of the app: its HTTP error handling
-LAUNCH_APP_KWARGS = {"exception_handlers": {KeyError: _unknown_event}}
-
-
-def build_app(model: str | None = None, out: str | Path = "out/app", device: str | None = None):
-    """The Gradio Blocks of the app (``.launch()`` it; ``allowed_paths=[out]`` when ``out`` lies outside
-    the working directory). ``model``: hub id or folder (default: ``default_model()``)."""
-    import gradio as gr
-
-    app = App(Path(out), model, device)
-    defaults = EditSettings()
-    recommended = app.recommended()
-    with gr.Blocks(title="videograin", analytics_enabled=False) as blocks:
-        clip = gr.State(None)  # the loaded clip: {"path", "fps", "pixels": (F, H, W, 3) uint8}
-        corner = gr.State(None)
-        region_masks = gr.State(None)  # the previewed masks and the regions they were made from (frame_image)
-        count = gr.State(0)
-        gr.Markdown(f"# videograin\nEdit each region of a clip with its own prompt, in one pass "
-                    f"(VideoGrain's ST-Layout attention). Model: `{app.model}`.")
-
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("### 1. Video")
-                files = gr.File(label="video (mp4/webm/gif/mov) or frame images", file_count="multiple",
-                                elem_id="upload")
-                with gr.Row():
-                    load_example = gr.Button("Load the example", elem_id="load-example",
-                                             visible=(toy.DEMO / "frames").is_dir())
-                    load = gr.Button("Load clip", elem_id="load-clip")
-                preview_help = gr.Markdown(elem_id="clip-help")
-                video_path = gr.Textbox(label="video path", interactive=False, elem_id="video-path")
-                with gr.Row():
-                    start = gr.Number(0, label="start frame", precision=0, minimum=0)
-                    frames = gr.Number(16, label="frames", precision=0, minimum=1, elem_id="frames")
-                    stride = gr.Number(1, label="stride", precision=0, minimum=1)
-                with gr.Row():
-                    width = gr.Number(0, label="width", precision=0, minimum=0, elem_id="width")
-                    height = gr.Number(0, label="height", precision=0, minimum=0, elem_id="height")
-                size_info = gr.Markdown(app.size_help(None))
-                video_error = gr.Markdown(elem_id="video-error")
-            with gr.Column():
-                gr.Markdown("### 2. Regions\nPick a region and a click mode, then click on the frame.")
-                frame_index = gr.Slider(0, 15, 0, step=1, label="frame shown (clicks land on it)")
-                preview = gr.Image(label="frame: click to mark regions", interactive=False, elem_id="frame")
-                with gr.Row():
-                    target = gr.Dropdown([], value=None, label="clicks mark region", elem_id="target",
-                                         info="the regions that exist; Add region makes the new one active")
-                    mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="click mode")
-                masks_preview = gr.Video(label="masks over the clip", elem_id="masks-preview")
-                preview_masks = gr.Button("Preview masks", elem_id="preview-masks")
-
-        slots, swatches, checks = [], [], []
-        with gr.Column():
-            with gr.Row():
-                add_region = gr.Button("Add region", elem_id="add-region")
-                remove_region = gr.Button("Remove last region", elem_id="remove-region")
-            for i in range(MAX_REGIONS):
-                with gr.Group(visible=False) as group, gr.Row():
-                    swatch = gr.HTML(_swatch(i, False), elem_id=f"region-{i}-swatch", min_height=0)
-                    name = gr.Textbox(f"region{i + 1}", label=f"region {i + 1}: name", elem_id=f"region-{i}-name")
-                    prompt = gr.Textbox(label="becomes (empty: kept)", elem_id=f"region-{i}-prompt")
-                    where = gr.Textbox(label="where: box=x0,y0,x1,y1 / points=x,y,-x,y (@frame)",
-                                       elem_id=f"region-{i}-where")
-                    upload = gr.File(label="or its masks (PNGs or a zip)", file_count="multiple", height=80)
-                    checks.append(gr.Markdown(elem_id=f"region-{i}-check"))
-                slots.append((group, name, prompt, where, upload))
-                swatches.append(swatch)
-            region_error = gr.Markdown(elem_id="region-error")
-
-        composed = gr.State("")  # the prompt as last composed from the regions (kept in step until edited)
-        gr.Markdown("### 3. Prompt")
-        with gr.Row():
-            source_prompt = gr.Textbox(label="source prompt (the clip as it is)", elem_id="source-prompt")
-            prompt = gr.Textbox(label="prompt (the edited clip; holds each region prompt word for word)",
-                                elem_id="prompt")
-            compose = gr.Button("Compose from regions", elem_id="compose", scale=0)
-        negative_prompt = gr.Textbox(label="negative prompt")
-        prompt_error = gr.Markdown(elem_id="prompt-error")
-
-        with gr.Accordion("4. Settings", open=True):
-            with gr.Row():
-                gr.Markdown(f"Steps, guidance and the modulation start from the model's recommended settings "
-                            f"({recommended.source}).", elem_id="settings-source")
-                reset = gr.Button("Reset to recommended", elem_id="reset-settings", scale=0)
-            with gr.Row():
-                method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
-                                     info="VideoGrain's layout attention, ReAtCo's guidance, or both")
-                steps = gr.Number(recommended.steps, label="steps", precision=0, minimum=1, elem_id="steps")
-                guidance = gr.Number(recommended.guidance_scale, label="guidance scale")
-                seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0)
-            with gr.Row():
-                mod_steps = gr.Number(recommended.modulation.steps, label="modulated steps", precision=0, minimum=0,
-                                      info="the first N edit steps modulate attention")
-                self_strength = gr.Number(recommended.modulation.self_strength, label="self-attention strength")
-                cross_strength = gr.Number(recommended.modulation.cross_strength, label="cross-attention strength")
-            with gr.Row():
-                blend = gr.Checkbox(defaults.blend, label="latent blend (keep what no region edits)")
-                composite = gr.Checkbox(defaults.composite, label="composite the source's pixels outside edits")
-                flow = gr.Checkbox(False, label="flow-guided attention (temporal aid)")
-                attention = gr.Checkbox(False, label="record attention maps")
-
-        with gr.Row():
-            run = gr.Button("Edit", variant="primary", elem_id="run")
-            quick = gr.Button(f"Quick preview (≤{PREVIEW_FRAMES} frames, ≤{PREVIEW_STEPS} steps, half size)",
-                              elem_id="quick")
-            cancel = gr.Button("Cancel", elem_id="cancel")
-        status = gr.Markdown(elem_id="status")
-        result = gr.State(None)  # the last result's clips (``result_frames``)
-        with gr.Group():
-            result_frame = gr.Slider(0, 1, 0, step=1, label="result frame: source | edited, regions below",
-                                     elem_id="result-frame", interactive=True)
-            result_view = gr.Image(label="source | edited (the same frame)", elem_id="result-view",
-                                   interactive=False)
-        with gr.Row():
-            source_video = gr.Video(label="source", elem_id="source-video")
-            edited_video = gr.Video(label="edited", elem_id="edited-video")
-        with gr.Row():
-            comparison = gr.Image(label="source | edited", type="filepath", elem_id="comparison")
-            grid = gr.Image(label="source, regions, edited", type="filepath", elem_id="grid")
-        attention_maps = gr.Gallery(label="attention maps", visible=False)
-        downloads = gr.File(label="downloads: the output folder (zip) and config.yaml", elem_id="downloads")
-
-        # -- handlers --------------------------------------------------------------------------
-        recommended_fields = {steps: recommended.steps, guidance: recommended.guidance_scale,
-                              mod_steps: recommended.modulation.steps,
-                              self_strength: recommended.modulation.self_strength,
-                              cross_strength: recommended.modulation.cross_strength}
-        wheres = [slot[3] for slot in slots]
-        errors = {"video": video_error, "regions": region_error, "prompt": prompt_error, "": status}
-
-        def show(message: str = "", where: str = "") -> dict:
-            """A message in the status beside Edit (where the eye is) and, for a field's error, in that
-            field's box too; the other boxes cleared."""
-            return {box: (message if key in (where, "") else "") for key, box in errors.items()}
-
-        def error_box(err: SpecError) -> str:
-            """Where an error shows: prompts (a region prompt missing from the prompt too) by the
-            prompt, video and region fields by theirs, the rest by the Edit button."""
-            if err.field.endswith("prompt"):
-                return "prompt"
-            return next((key for key in ("video", "regions") if err.field.startswith(key)), "")
-
-        def read_clip(path, start_value, frames_value, stride_value):
-            pixels, fps = io.read_video(Path(path), int(start_value), int(frames_value), int(stride_value))
-            return {"path": path, "fps": fps, "pixels": pixels}
-
-        def frame_image(state, index, pending, active, drawn, *texts):
-            """The frame shown for marking: the previewed masks tinted over it while the regions are as
-            they were previewed (``drawn``), each region's box and clicks, a box's pending corner."""
-            if state is None:
-                return None
-            index = min(int(index), len(state["pixels"]) - 1)
-            frame = state["pixels"][index]
-            if drawn is not None and drawn["wheres"] == [t or "" for t in texts]:
-                frame = viz.mask_overlay(frame[None], drawn["masks"][:, index : index + 1])[0]
-            marked = None if pending is None or not active else (tuple(pending), int(active) - 1)
-            return draw_prompts(frame, list(texts), display_scale(frame), marked)
-
-        def loaded(state):
-            pixels = state["pixels"]
-            source = (pixels.shape[2], pixels.shape[1])
-            return {clip: state, video_path: state["path"], size_info: app.size_help(source),
-                    frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1), corner: None, region_masks: None,
-                    preview: draw_prompts(pixels[0], [""], display_scale(pixels[0])),
-                    **show(f"loaded {len(pixels)} frames of {source[0]}x{source[1]}")}
-
-        def cleared_regions() -> dict:
-            """No regions: rows hidden and emptied (a new clip's regions are drawn anew)."""
-            rows = {c: v for slot in slots for c, v in zip(slot[1:4], (f"region{slots.index(slot) + 1}", "", ""))}
-            return {**rows, **set_count(0)}
-
-        def on_load(uploaded, request: gr.Request):
-            """A new clip: its first frames (up to 16) from frame 0, every frame, the model's default size
-            for its aspect, no regions; the status says what was reset."""
-            try:
-                path = app.upload(uploaded, request.session_hash)
-                count_of = min(Form.frames, io.count_frames(Path(path)))
-                state = read_clip(path, 0, count_of, 1)
-            except SpecError as err:
-                return show(_error_text(err), "video")
-            size = app.default_size((state["pixels"].shape[2], state["pixels"].shape[1]))
-            return {**loaded(state), **cleared_regions(), start: 0, frames: count_of, stride: 1, width: size[0],
-                    height: size[1], status: f"new clip: {count_of} frames from frame 0, stride 1, edited at "
-                                             f"{size[0]}x{size[1]}; the regions were cleared: add one per object"}
-
-        def on_example():
-            config = yaml.safe_load((toy.DEMO / "config.yaml").read_text(encoding="utf-8"))
-            path = str(toy.DEMO / config["video"]["path"])
-            state = read_clip(path, 0, config["video"]["frames"], 1)
-            return {**loaded(state), **cleared_regions(), frames: config["video"]["frames"], start: 0, stride: 1,
-                    width: config["video"]["size"][0], height: config["video"]["size"][1],
-                    source_prompt: config["source_prompt"], **recommended_fields,
-                    preview_help: "**loaded the example**: {}. Add a region per shape (two clicks on the frame for "
-                                  "a box around each), write what each becomes (e.g. `{}` on the left, `{}` on the "
-                                  "right), the prompt (`{}`), press Edit.".format(
-                                      config["source_prompt"], *(r["prompt"] for r in config["regions"][:2]),
-                                      config["prompt"])}
-
-        def on_reselect(state, start_value, frames_value, stride_value):
-            if state is None:
-                return show()
-            try:
-                return loaded(read_clip(state["path"], start_value, frames_value, stride_value))
-            except SpecError as err:
-                return show(_error_text(err), "video")
-
-        def on_click(data, evt: gr.SelectData):
-            """A click on the frame: added to the active region's ``where`` (see ``add_click``); the frame is
-            redrawn when it or the pending corner changes (a box's first corner shows as a cross)."""
-            state, index = data[clip], int(data[frame_index])
-            if state is None:
-                return {}
-            if not data[target] or int(data[target]) > data[count]:
-                return show(_error_text(SpecError("regions", "no region to mark",
-                                                  "press 'Add region' first; clicks mark the active region")),
-                            "regions")
-            slot = int(data[target]) - 1
-            frame = state["pixels"][index]
-            scale = display_scale(frame)
-            x = min(frame.shape[1] - 1, int(evt.index[0]) // scale)
-            y = min(frame.shape[0] - 1, int(evt.index[1]) // scale)
-            text, pending = add_click(data[wheres[slot]] or "", data[mode], x, y, index, data[corner])
-            return {corner: pending, wheres[slot]: text, **show()}
-
-        def set_count(n, active: int | None = None) -> dict:
-            """``n`` regions shown; the clicks target menu lists them, ``active`` (default the last) chosen."""
-            active = n if active is None else min(active, n)
-            return {count: n, target: gr.Dropdown([(f"region {i + 1}", str(i + 1)) for i in range(n)],
-                                                  value=str(active) if n else None),
-                    **{slot[0]: gr.Group(visible=i < n) for i, slot in enumerate(slots)},
-                    **{swatch: _swatch(i, i + 1 == active) for i, swatch in enumerate(swatches)}}
-
-        def on_target(active):
-            return {swatch: _swatch(i, str(i + 1) == active) for i, swatch in enumerate(swatches)}
-
-        def form_of(data) -> Form:
-            n = data[count]
-            regions = [RegionForm((data[s[1]] or "").strip(), data[s[2]] or "", data[s[3]] or "", list(data[s[4]] or []))
-                       for s in slots[:n]]
-            return Form(video=data[video_path] or None, regions=regions, prompt=data[prompt],
-                        source_prompt=data[source_prompt], negative_prompt=data[negative_prompt],
-                        start=data[start], frames=data[frames], stride=data[stride], width=data[width] or None,
-                        height=data[height] or None, model=app.model, method=data[method], steps=data[steps],
-                        guidance_scale=data[guidance], seed=data[seed], modulation_steps=data[mod_steps],
-                        self_strength=data[self_strength], cross_strength=data[cross_strength], blend=data[blend],
-                        composite=data[composite], flow=data[flow], record_attention=data[attention])
-
-        def on_preview_masks(data, request: gr.Request):
-            state = data[clip]
-            if state is None:
-                return {masks_preview: None, region_masks: None, **show(_error_text(SpecError("video.path", "no clip loaded",
-                                                                          "load a video first")), "video")}
-            try:
-                form = form_of(data)
-                marked = [i for i, r in enumerate(form.regions) if r.where.strip()]
-                if not marked:
-                    raise SpecError("regions", "no region is marked by a box or clicks",
-                                    "click on the frame for a region first")
-                prompts = []
-                for i in marked:
-                    r = form.regions[i]
-                    mask_prompt(r.where, f"regions[{i}].masks")  # the app's error text for a bad one
-                    prompts.append(parse_region(f"{r.name}:{r.where}"))
-                    prompts[-1].check(len(state["pixels"]), state["pixels"].shape[2], state["pixels"].shape[1],
-                                      f"regions[{i}].masks")
-                made, _ = make_masks(state["pixels"], prompts, progress=False)
-            except SpecError as err:
-                return {masks_preview: None, region_masks: None, **show(_error_text(err), error_box(err))}
-            masks = np.zeros((len(form.regions), *made.shape[1:]), dtype=bool)  # each region at its own index
-            masks[marked] = made
-            path = app.session_folder("previews", request.session_hash) / "masks_overlay.mp4"
-            io.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
-            drawn = {"masks": masks, "wheres": [data[w] or "" for w in wheres]}
-            return {masks_preview: str(path), region_masks: drawn, **show()}
-
-        def edit_of(data, request: gr.Request, progress, quick_run: bool) -> dict:
-            """Edit (or, with ``quick_run``, the quick preview of) the form; the outputs to show."""
-            cleared = {source_video: None, edited_video: None, comparison: None, grid: None, downloads: None,
-                       attention_maps: gr.Gallery(visible=False), result: None, result_view: None}
-            steps_total = max(1, int(data[steps] or 1))
-
-            def on_step(stage: str, done: int, total: int) -> None:
-                progress((done, total), desc="inverting" if stage == "invert" else "editing", unit="steps")
-
-            try:
-                progress((0, steps_total), desc="checking, making masks, loading the model")
-                form, note = form_of(data), ""
-                if quick_run:
-                    pixels = data[clip]["pixels"] if data[clip] is not None else None
-                    size = ((form.width, form.height) if form.width else
-                            app.default_size((pixels.shape[2], pixels.shape[1])) if pixels is not None else (0, 0))
-                    form, note = quick_preview(form, size, app.size_multiple())
-                folder, record = app.run(form, request.session_hash, on_step)
-            except SpecError as err:
-                return {**cleared, **show(_error_text(err), error_box(err))}
-            except EditCancelled:  # the Cancel event, waiting for this end, says so in the status
-                return {**cleared, **show(), status: gr.skip()}
-            except Exception as err:  # a failure inside the edit: shown, logged, the app stays up
-                logger.exception("the edit failed")
-                return {**cleared, **show(f"**failed** — {first_line(err)} (the app's log has the traceback)")}
-            maps = sorted((folder / "attention").glob("*.png")) if (folder / "attention").is_dir() else []
-            seconds = record["timings"]["total"]
-            gif = enlarged_gif(folder / "comparison.gif", app.out / "previews" / f"{folder.name}.gif", record["fps"])
-            clips = result_frames(folder)
-            return {result: clips, result_frame: gr.Slider(0, len(clips["edited"]) - 1, 0, step=1),
-                    result_view: compare_frame(clips, 0),
-                    source_video: str(folder / "source.mp4"), edited_video: str(folder / "edited.mp4"),
-                    comparison: str(gif), grid: str(folder / "comparison.png"),
-                    downloads: [str(folder.with_suffix(".zip")), str(folder / "config.yaml")],
-                    attention_maps: gr.Gallery([str(p) for p in maps], visible=bool(maps)),
-                    **show(f"{note + '. ' if note else ''}done in {seconds:.1f} s: {record['frames']} frames of "
-                           f"{record['size'][0]}x{record['size'][1]}, written to `{folder}`. `videograin edit "
-                           "config.yaml --out DIR` (the config in the downloads) runs it again.")}
-
-        def on_run(data, request: gr.Request, progress=gr.Progress()):
-            return edit_of(data, request, progress, False)
-
-        def on_quick(data, request: gr.Request, progress=gr.Progress()):
-            return edit_of(data, request, progress, True)
-
-        def busy_note(request: gr.Request):
-            """At once on Edit (outside the queue): say so when another session's edit holds the model."""
-            if set(app.running) - {request.session_hash}:
-                return "another edit is running (one at a time); yours starts when it ends"
-            return gr.skip()
-
-        def on_cancel(request: gr.Request, progress=gr.Progress()):
-            """Queued beside the edit (so its status message comes after the edit's last one), it
-            waits until the edit has stopped and is the one that writes the status."""
-            if request.session_hash not in app.running:
-                return "no edit of yours is running"
-            progress(None, desc="cancelling: the edit stops at its next step")
-            if app.cancel(request.session_hash):
-                return "cancelled — the edit stopped at the end of a step; nothing was written"
-            return gr.skip()  # it ended on its own first: its status says so
-
-        select_inputs = [start, frames, stride]
-        region_fields = [c for slot in slots for c in slot[:4]]
-        region_outputs = [count, target, *swatches, *region_fields]
-        shown = [clip, video_path, size_info, frame_index, preview, corner, region_masks]  # a clip (re)loaded
-        files.upload(on_load, files, [*shown, start, frames, stride, width, height, *region_outputs, *errors.values()])
-        load.click(on_reselect, [clip, *select_inputs], [*shown, *errors.values()])
-        load_example.click(on_example, None, [*shown, frames, start, stride, width, height, source_prompt, steps,
-                                              guidance, mod_steps, self_strength, cross_strength, preview_help,
-                                              *region_outputs, *errors.values()])
-        redraw = dict(fn=frame_image, inputs=[clip, frame_index, corner, target, region_masks, *wheres],
-                      outputs=preview)
-        for changed in (frame_index, corner, region_masks, *wheres):
-            changed.change(**redraw)
-        target.change(on_target, target, swatches)
-        preview.select(on_click, {clip, frame_index, mode, target, count, corner, *wheres},
-                       [corner, *wheres, *errors.values()])
-        add_region.click(lambda n: {**set_count(min(MAX_REGIONS, n + 1)), corner: None}, count,
-                         [count, target, corner, *swatches, *[s[0] for s in slots]])
-        remove_region.click(lambda n, active: {**set_count(max(0, n - 1), int(active or 0)), corner: None},
-                            [count, target], [count, target, corner, *swatches, *[s[0] for s in slots]])
-        reset.click(lambda: recommended_fields, None, list(recommended_fields))
-        compose.click(lambda n, *texts: [compose_prompt(list(texts[:n]))] * 2, [count, *[s[2] for s in slots]],
-                      [prompt, composed])
-        region_prompts = [s[2] for s in slots]
-
-        def rows_of(n: int, prompt_text: str, texts: list[str]) -> list[str]:
-            """Each row's check of its prompt against ``prompt_text`` (hidden rows: empty)."""
-            tokenizer = app.tokenizer()
-            rows = prompt_checks(tokenizer, prompt_text, texts) if tokenizer is not None else [""] * n
-            return rows + [""] * (MAX_REGIONS - n)
-
-        def on_region_prompt(n, current, last, *texts):
-            """A region prompt changed: the prompt follows the regions while it is their composition (or
-            empty); every row says whether its prompt occurs in it."""
-            texts = list(texts[:n])
-            follows = not current or current == last
-            now = compose_prompt(texts) if follows else current
-            return [now, now if follows else last, *rows_of(n, now, texts)]
-
-        for changed in (*region_prompts, count):
-            changed.change(on_region_prompt, [count, prompt, composed, *region_prompts], [prompt, composed, *checks],
-                           show_progress="hidden")
-        prompt.blur(lambda n, current, *texts: rows_of(n, current, list(texts[:n])), [count, prompt, *region_prompts],
-                    checks, show_progress="hidden")
-        form_inputs = {clip, count, video_path, prompt, source_prompt, negative_prompt, start, frames, stride, width,
-                       height, method, steps, guidance, seed, mod_steps, self_strength, cross_strength, blend,
-                       composite, flow, attention, *[c for slot in slots for c in slot[1:]]}
-        preview_masks.click(on_preview_masks, form_inputs | {region_masks}, [masks_preview, region_masks,
-                                                                               *errors.values()])
-        results = [source_video, edited_video, comparison, grid, downloads, attention_maps, result, result_frame,
-                   result_view, *errors.values()]
-        for button, handler in ((run, on_run), (quick, on_quick)):
-            button.click(busy_note, None, status, queue=False)  # first: the run's handler starts after it
-            button.click(handler, form_inputs, results, concurrency_limit=1, concurrency_id="edit",
-                         show_progress_on=[status])  # one progress bar, beside Edit
-        result_frame.change(lambda clips, i: None if clips is None else compare_frame(clips, i),
-                            [result, result_frame], result_view, show_progress="hidden")
-        cancel.click(on_cancel, None, status, concurrency_limit=None, concurrency_id="cancel")
-    return blocks

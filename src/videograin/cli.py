@@ -112,7 +112,7 @@ def _app(args) -> None:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(out / ".gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        from .app import LAUNCH_APP_KWARGS, build_app
+        from .app_ui import LAUNCH_APP_KWARGS, build_app
     except ImportError as err:
         raise SpecError("app", f"Gradio is not installed ({err})", "pip install 'videograin[app]'") from None
     out.mkdir(parents=True, exist_ok=True)
