@@ -489,3 +489,30 @@ def test_the_app_is_made_of_small_functions():
                 lengths[f"{module}:{node.name}"] = node.end_lineno - node.lineno + 1
     assert "app_ui.py:build_app" in lengths and "app_ui.py:on_click" in lengths
     assert {name: n for name, n in lengths.items() if n > 60} == {}
+
+
+def test_the_models_on_offer_and_what_each_asks_of_a_clip(tmp_path):
+    from videograin.app import App
+    from videograin.toy import PARTS_MODEL, WAN_MODEL
+
+    app = App(tmp_path / "out")
+    offered = dict((path, label) for label, path in app.models())
+    assert {str(SD_MODEL), str(PARTS_MODEL), str(WAN_MODEL)} <= set(offered)
+    wan = app.model_help(str(WAN_MODEL))
+    wan_recommended = model_recommended(str(WAN_MODEL))
+    assert wan.startswith("WAN model: frames: 4k + 1 (e.g. 9, 17); sides multiples of ")
+    assert f"recommended {wan_recommended.steps} steps, guidance {wan_recommended.guidance_scale}" in wan
+    assert app.model_help(str(SD_MODEL)).startswith("SD model: sides multiples of 8")
+    assert App(tmp_path / "out", model="org/missing").models()[3] == ("org/missing", "org/missing")
+
+
+def test_choosing_a_model_brings_its_rules_and_recommended_settings(page):
+    from videograin.toy import WAN_MODEL
+
+    wan = model_recommended(str(WAN_MODEL))
+    page.locator("#model input").click()
+    page.locator("ul[role='listbox'] li", has_text="toy Wan").first.click()
+    page.wait_for_function("document.querySelector('#model-help').innerText.includes('4k + 1')")
+    page.wait_for_function(f"document.querySelector('#steps input').value === '{wan.steps}'")
+    assert float(_field(page, "guidance").input_value()) == wan.guidance_scale
+    assert "videograin.json" in page.locator("#settings-source").inner_text()

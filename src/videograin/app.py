@@ -45,6 +45,19 @@ IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLICK_MODES = ("box corners", "positive click", "negative click")
 
 
+def cached_pipelines() -> list[str]:
+    """Hub ids of the diffusers pipelines (a model_index.json) in the local Hugging Face cache; none when
+    the cache cannot be read. Reads the cache's listing only."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = scan_cache_dir().repos
+    except Exception:  # noqa: BLE001 - no cache, or one it cannot read: nothing to offer
+        return []
+    return sorted(repo.repo_id for repo in repos if repo.repo_type == "model" and any(
+        file.file_name == "model_index.json" for revision in repo.revisions for file in revision.files))
+
+
 def default_model() -> str:
     """The toy model the package ships (offline, CPU); Stable Diffusion 1.5 and others are a --model away."""
     return str(toy.SD_MODEL)
@@ -326,7 +339,7 @@ class App:
         self.model = model or default_model()
         self.device = device
         self.pipelines: dict = {}
-        self._facts = None  # ``facts()``
+        self._facts: dict = {}  # ``facts()`` by model
         self.running: dict[str, _Running] = {}  # per browser session, while it runs an edit
 
     def session_folder(self, kind: str, session: str, make: bool = True) -> Path:
@@ -337,43 +350,63 @@ class App:
             folder.mkdir(parents=True)
         return folder
 
-    def recommended(self) -> Recommended:
-        """The model's recommended settings (what the form starts from); the family's defaults when its
-        config cannot be read (the edit then says why)."""
+    def models(self) -> list[tuple[str, str]]:
+        """The models to choose from, (label, folder or hub id): the bundled toy models, ``--model``, and
+        the diffusers pipelines in the Hugging Face cache (nothing is downloaded)."""
+        found = [("toy SD (bundled)", str(toy.SD_MODEL)), ("toy SD with parts (bundled)", str(toy.PARTS_MODEL)),
+                 ("toy Wan (bundled)", str(toy.WAN_MODEL))]
+        found += [(model, model) for model in [self.model, *cached_pipelines()] if model not in dict(found).values()]
+        return list(dict.fromkeys(found))
+
+    def recommended(self, model: str | None = None) -> Recommended:
+        """A model's recommended settings (default: the app's; what the form starts from); the family's
+        defaults when its config cannot be read (the edit then says why)."""
         try:
-            return model_recommended(self.model)
+            return model_recommended(model or self.model)
         except (SpecError, OSError):
             return FAMILY_DEFAULTS["sd"]
 
-    def facts(self):
-        """The model's config facts (``read_model``: size rules, tokenizer), read once; the SpecError or
-        OSError that reading it gave, when it cannot be read (the edit then says why)."""
-        if self._facts is None:
+    def facts(self, model: str | None = None):
+        """A model's config facts (default: the app's; ``read_model``: size rules, tokenizer), read once;
+        the SpecError or OSError that reading it gave, when it cannot be read (the edit then says why)."""
+        model = model or self.model
+        if model not in self._facts:
             try:
-                self._facts = read_model(self.model)
+                self._facts[model] = read_model(model)
             except (SpecError, OSError) as err:
-                self._facts = err
-        return self._facts
+                self._facts[model] = err
+        return self._facts[model]
 
-    def default_size(self, source: tuple[int, int]) -> tuple[int, int]:
+    def model_help(self, model: str) -> str:
+        """What a model asks of a clip, for the form: its frame-count and size rules, its recommended steps."""
+        facts = self.facts(model)
+        if isinstance(facts, Exception):
+            return f"the model cannot be read: {facts}"
+        caps, recommended = facts.capabilities, self.recommended(model)
+        frames = (f"frames: {caps.frame_chunk}k + 1 (e.g. {caps.frame_chunk * 2 + 1}, {caps.frame_chunk * 4 + 1}); "
+                  if caps.frame_chunk > 1 else "")
+        return (f"{caps.family.upper()} model: {frames}sides multiples of {caps.size_multiple}; recommended "
+                f"{recommended.steps} steps, guidance {recommended.guidance_scale} ({recommended.source})")
+
+    def default_size(self, source: tuple[int, int], model: str | None = None) -> tuple[int, int]:
         """The size a clip of ``source`` (w, h) is edited at by default: its aspect, the long side at most
         512, the model's multiple; (0, 0) (the runner decides) when the model's config is unreadable."""
-        facts = self.facts()
+        facts = self.facts(model)
         return (0, 0) if isinstance(facts, Exception) else io.fit_size(source, None, facts.size_multiple)
 
-    def tokenizer(self):
+    def tokenizer(self, model: str | None = None):
         """The model's tokenizer (for the prompt checks), or None when its config is unreadable."""
-        facts = self.facts()
+        facts = self.facts(model)
         return None if isinstance(facts, Exception) else facts.tokenizer
 
-    def size_multiple(self) -> int:
+    def size_multiple(self, model: str | None = None) -> int:
         """What the model's frame sides must be multiples of (8 when its config is unreadable)."""
-        facts = self.facts()
+        facts = self.facts(model)
         return 8 if isinstance(facts, Exception) else facts.size_multiple
 
-    def size_help(self, source: tuple[int, int] | None) -> str:
+    def size_help(self, source: tuple[int, int] | None, model: str | None = None) -> str:
         """The edit size the model takes: its multiple and, for a loaded clip, the default size."""
-        facts = self.facts()
+        facts = self.facts(model)
         if isinstance(facts, Exception):
             return f"width and height: multiples of the model's size multiple (its config is not readable: {facts})"
         text = f"width and height: multiples of {facts.size_multiple} (0 and 0: the default"

@@ -122,14 +122,18 @@ class Page:
         recommended, defaults = self.recommended, EditSettings()
         with gr.Accordion("4. Settings", open=True):
             with gr.Row():
-                gr.Markdown(f"Steps, guidance and the modulation start from the model's recommended settings "
-                            f"({recommended.source}).", elem_id="settings-source")
+                self.model = gr.Dropdown(self.app.models(), value=self.app.model, label="model", elem_id="model",
+                                         info="the bundled toy models, --model and the pipelines in the "
+                                              "Hugging Face cache")
+                self.model_help = gr.Markdown(self.app.model_help(self.app.model), elem_id="model-help")
+            with gr.Row():
+                self.settings_source = gr.Markdown(_source_note(recommended), elem_id="settings-source")
                 self.reset = gr.Button("Reset to recommended", elem_id="reset-settings", scale=0)
             with gr.Row():
                 self.method = gr.Dropdown(list(METHODS), value=defaults.method, label="method",
                                           info="VideoGrain's layout attention, ReAtCo's guidance, or both")
                 self.steps = gr.Number(recommended.steps, label="steps", precision=0, minimum=1, elem_id="steps")
-                self.guidance = gr.Number(recommended.guidance_scale, label="guidance scale")
+                self.guidance = gr.Number(recommended.guidance_scale, label="guidance scale", elem_id="guidance")
                 self.seed = gr.Number(defaults.seed, label="seed", precision=0, minimum=0)
             with gr.Row():
                 self.mod_steps = gr.Number(recommended.modulation.steps, label="modulated steps", precision=0,
@@ -173,7 +177,10 @@ class Page:
 
     @property
     def recommended_fields(self) -> dict:
-        recommended = self.recommended
+        return self.fields_of(self.recommended)
+
+    def fields_of(self, recommended) -> dict:
+        """The settings fields at ``recommended``'s values."""
         return {self.steps: recommended.steps, self.guidance: recommended.guidance_scale,
                 self.mod_steps: recommended.modulation.steps, self.self_strength: recommended.modulation.self_strength,
                 self.cross_strength: recommended.modulation.cross_strength}
@@ -202,11 +209,11 @@ class Page:
         marked = None if pending is None or not active else (tuple(pending), int(active) - 1)
         return draw_prompts(frame, list(texts), display_scale(frame), marked)
 
-    def loaded(self, state) -> dict:
-        """What a (re)loaded clip shows: its first frame, its size help, no pending marks."""
+    def loaded(self, state, model: str | None = None) -> dict:
+        """What a (re)loaded clip shows: its first frame, its size help (for ``model``), no pending marks."""
         pixels = state["pixels"]
         source = (pixels.shape[2], pixels.shape[1])
-        return {self.clip: state, self.video_path: state["path"], self.size_info: self.app.size_help(source),
+        return {self.clip: state, self.video_path: state["path"], self.size_info: self.app.size_help(source, model),
                 self.frame_index: gr.Slider(0, len(pixels) - 1, 0, step=1), self.corner: None,
                 self.region_masks: None, self.preview: draw_prompts(pixels[0], [""], display_scale(pixels[0])),
                 **self.show(f"loaded {len(pixels)} frames of {source[0]}x{source[1]}")}
@@ -232,22 +239,22 @@ class Page:
         return Form(video=data[self.video_path] or None, regions=regions, prompt=data[self.prompt],
                     source_prompt=data[self.source_prompt], negative_prompt=data[self.negative_prompt],
                     start=data[self.start], frames=data[self.frames], stride=data[self.stride],
-                    width=data[self.width] or None, height=data[self.height] or None, model=self.app.model,
+                    width=data[self.width] or None, height=data[self.height] or None, model=data[self.model],
                     method=data[self.method], steps=data[self.steps], guidance_scale=data[self.guidance],
                     seed=data[self.seed], modulation_steps=data[self.mod_steps],
                     self_strength=data[self.self_strength], cross_strength=data[self.cross_strength],
                     blend=data[self.blend], composite=data[self.composite], flow=data[self.flow],
                     record_attention=data[self.attention])
 
-    def rows_of(self, n: int, prompt: str, texts: list[str]) -> list[str]:
-        """Each row's check of its prompt against ``prompt`` (hidden rows: empty)."""
-        tokenizer = self.app.tokenizer()
+    def rows_of(self, n: int, model: str, prompt: str, texts: list[str]) -> list[str]:
+        """Each row's check of its prompt against ``prompt`` with ``model``'s tokens (hidden rows: empty)."""
+        tokenizer = self.app.tokenizer(model)
         rows = prompt_checks(tokenizer, prompt, texts) if tokenizer is not None else [""] * n
         return rows + [""] * (MAX_REGIONS - n)
 
     # -- handlers: the clip ----------------------------------------------------------------------------
 
-    def on_load(self, uploaded, request: gr.Request) -> dict:
+    def on_load(self, uploaded, model, request: gr.Request) -> dict:
         """A new clip: its first frames (up to 16) from frame 0, every frame, the model's default size
         for its aspect, no regions; the status says what was reset."""
         try:
@@ -256,8 +263,8 @@ class Page:
             state = read_clip(path, 0, count, 1)
         except SpecError as err:
             return self.show(error_text(err), "video")
-        size = self.app.default_size((state["pixels"].shape[2], state["pixels"].shape[1]))
-        return {**self.loaded(state), **self.cleared_regions(), self.start: 0, self.frames: count, self.stride: 1,
+        size = self.app.default_size((state["pixels"].shape[2], state["pixels"].shape[1]), model)
+        return {**self.loaded(state, model), **self.cleared_regions(), self.start: 0, self.frames: count, self.stride: 1,
                 self.width: size[0], self.height: size[1],
                 self.status: f"new clip: {count} frames from frame 0, stride 1, edited at {size[0]}x{size[1]}; "
                              "the regions were cleared: add one per object"}
@@ -269,7 +276,8 @@ class Page:
         video = config["video"]
         state = read_clip(str(toy.DEMO / video["path"]), 0, video["frames"], 1)
         regions = [r["prompt"] for r in config["regions"][:2]]
-        return {**self.loaded(state), **self.cleared_regions(), **self.recommended_fields, self.frames: video["frames"],
+        return {**self.loaded(state), **self.cleared_regions(), **self.recommended_fields, self.model: self.app.model,
+                self.model_help: self.app.model_help(self.app.model), self.frames: video["frames"],
                 self.start: 0, self.stride: 1, self.width: video["size"][0], self.height: video["size"][1],
                 self.source_prompt: config["source_prompt"],
                 self.clip_help: f"**loaded the example**: {config['source_prompt']}. Add a region per shape (two "
@@ -277,11 +285,11 @@ class Page:
                                 f"`{regions[0]}` on the left, `{regions[1]}` on the right), the prompt "
                                 f"(`{config['prompt']}`), press Edit."}
 
-    def on_reselect(self, state, start, frames, stride) -> dict:
+    def on_reselect(self, state, start, frames, stride, model) -> dict:
         if state is None:
             return self.show()
         try:
-            return self.loaded(read_clip(state["path"], start, frames, stride))
+            return self.loaded(read_clip(state["path"], start, frames, stride), model)
         except SpecError as err:
             return self.show(error_text(err), "video")
 
@@ -328,16 +336,23 @@ class Page:
         drawn = {"masks": masks, "wheres": [data[w] or "" for w in self.wheres]}
         return {self.masks_preview: str(path), self.region_masks: drawn, **self.show()}
 
-    def on_region_prompt(self, n, current, last, *texts) -> list:
+    def on_region_prompt(self, n, model, current, last, *texts) -> list:
         """A region prompt changed: the prompt follows the regions while it is their composition (or
         empty); every row says whether its prompt occurs in it."""
         texts = list(texts[:n])
         follows = not current or current == last
         now = compose_prompt(texts) if follows else current
-        return [now, now if follows else last, *self.rows_of(n, now, texts)]
+        return [now, now if follows else last, *self.rows_of(n, model, now, texts)]
 
-    def on_prompt(self, n, current, *texts) -> list[str]:
-        return self.rows_of(n, current, list(texts[:n]))
+    def on_prompt(self, n, model, current, *texts) -> list[str]:
+        return self.rows_of(n, model, current, list(texts[:n]))
+
+    def on_model(self, model, state) -> dict:
+        """Another model: its rules in the hints, the settings at its recommended values."""
+        source = None if state is None else (state["pixels"].shape[2], state["pixels"].shape[1])
+        recommended = self.app.recommended(model)
+        return {**self.fields_of(recommended), self.model_help: self.app.model_help(model),
+                self.settings_source: _source_note(recommended), self.size_info: self.app.size_help(source, model)}
 
     # -- handlers: the edit ------------------------------------------------------------------------------
 
@@ -354,7 +369,8 @@ class Page:
             progress((0, max(1, int(data[self.steps] or 1))), desc="checking, making masks, loading the model")
             form, note = self.form_of(data), ""
             if quick_run:
-                form, note = quick_preview(form, self.edit_size(form, data[self.clip]), self.app.size_multiple())
+                form, note = quick_preview(form, self.edit_size(form, data[self.clip]),
+                                           self.app.size_multiple(form.model))
             folder, record = self.app.run(form, request.session_hash, on_step)
         except SpecError as err:
             return {**cleared, **self.show(error_text(err), self.error_box(err))}
@@ -370,7 +386,7 @@ class Page:
         if form.width:
             return form.width, form.height
         pixels = state["pixels"] if state is not None else None
-        return self.app.default_size((pixels.shape[2], pixels.shape[1])) if pixels is not None else (0, 0)
+        return self.app.default_size((pixels.shape[2], pixels.shape[1]), form.model) if pixels is not None else (0, 0)
 
     def results(self, folder: Path, record: dict, note: str) -> dict:
         """What a finished run shows: the frame view, videos, pictures, downloads and the status."""
@@ -423,10 +439,11 @@ class Page:
         shown = [self.clip, self.video_path, self.size_info, self.frame_index, self.preview, self.corner,
                  self.region_masks]  # what a (re)loaded clip changes
         errors = list(self.errors.values())
-        self.files.upload(self.on_load, self.files, [*shown, self.start, self.frames, self.stride, self.width,
+        self.files.upload(self.on_load, [self.files, self.model], [*shown, self.start, self.frames, self.stride, self.width,
                                                      self.height, *region_outputs, *errors])
-        self.load.click(self.on_reselect, [self.clip, self.start, self.frames, self.stride], [*shown, *errors])
-        self.load_example.click(self.on_example, None, [*shown, self.frames, self.start, self.stride, self.width,
+        self.load.click(self.on_reselect, [self.clip, self.start, self.frames, self.stride, self.model],
+                        [*shown, *errors])
+        self.load_example.click(self.on_example, None, [*shown, self.model, self.model_help, self.frames, self.start, self.stride, self.width,
                                                         self.height, self.source_prompt, *self.recommended_fields,
                                                         self.clip_help, *region_outputs, *errors])
 
@@ -445,15 +462,19 @@ class Page:
         self.compose.click(lambda n, *texts: [compose_prompt(list(texts[:n]))] * 2,
                            [self.count, *self.region_prompts], [self.prompt, self.composed])
         for changed in (*self.region_prompts, self.count):
-            changed.change(self.on_region_prompt, [self.count, self.prompt, self.composed, *self.region_prompts],
+            changed.change(self.on_region_prompt, [self.count, self.model, self.prompt, self.composed,
+                                                   *self.region_prompts],
                            [self.prompt, self.composed, *self.checks], show_progress="hidden")
-        self.prompt.blur(self.on_prompt, [self.count, self.prompt, *self.region_prompts], self.checks,
+        self.prompt.blur(self.on_prompt, [self.count, self.model, self.prompt, *self.region_prompts], self.checks,
                          show_progress="hidden")
         self.preview_masks.click(self.on_preview_masks, self.form_inputs | {self.region_masks},
                                  [self.masks_preview, self.region_masks, *self.errors.values()])
 
     def wire_edit(self) -> None:
-        self.reset.click(lambda: self.recommended_fields, None, list(self.recommended_fields))
+        self.reset.click(lambda model: self.fields_of(self.app.recommended(model)), self.model,
+                         list(self.recommended_fields))
+        self.model.change(self.on_model, [self.model, self.clip], [*self.recommended_fields, self.model_help,
+                                                                     self.settings_source, self.size_info])
         results = [self.source_video, self.edited_video, self.comparison, self.grid, self.downloads,
                    self.attention_maps, self.result, self.result_frame, self.result_view, *self.errors.values()]
         for button, handler in ((self.run, self.on_run), (self.quick, self.on_quick)):
@@ -470,7 +491,11 @@ class Page:
         return {self.clip, self.count, self.video_path, self.prompt, self.source_prompt, self.negative_prompt,
                 self.start, self.frames, self.stride, self.width, self.height, self.method, self.steps, self.guidance,
                 self.seed, self.mod_steps, self.self_strength, self.cross_strength, self.blend, self.composite,
-                self.flow, self.attention, *(c for slot in self.slots for c in slot[1:])}
+                self.flow, self.attention, self.model, *(c for slot in self.slots for c in slot[1:])}
+
+
+def _source_note(recommended) -> str:
+    return f"Steps, guidance and the modulation start from the model's recommended settings ({recommended.source})."
 
 
 def read_clip(path, start, frames, stride) -> dict:
