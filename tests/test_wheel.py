@@ -6,6 +6,7 @@ and its masks), found without a checkout. Builds the wheel (about 25 MB) and a v
 
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -65,6 +66,16 @@ def test_the_wheel_ships_the_toy_models_and_the_demo_runs_from_anywhere(installe
         assert found.count(tuple(region["prompt"].split())) >= 10, (region, found)
     background = config["source_prompt"].split(" on a ")[1].split()[0]
     assert all(judge.detect(f)[0] == background for f in frames)
+    fps = json.loads((work / "demo" / "run.json").read_text())["fps"]
+    shown = []  # the GIF as played: each stored frame for its delay (Pillow stores a repeated frame as a longer one)
+    with Image.open(work / "demo" / "comparison.gif") as gif:
+        assert min(gif.size) >= 256, gif.size  # crisp: 32 px enlarged 8x
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            shown += [np.asarray(gif.convert("RGB"))] * round(gif.info["duration"] * fps / 1000)
+    assert len(shown) == 12  # one GIF frame per edited frame
+    edit_half = np.stack([f[::8, (32 + 2) * 8 :: 8] for f in shown])  # source | edit, 8x nearest: the edit
+    assert np.abs(edit_half.astype(int) - frames).mean() < 6  # the edited frames, in order (GIF palette aside)
 
 
 def test_the_readme_python_example_runs_as_written(tmp_path):
