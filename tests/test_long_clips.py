@@ -49,20 +49,27 @@ def _anchored_reference(attn, hidden, frames, keys: TemporalKeys, bits, scale, c
     return _linear64(attn.to_out[0], _merge_heads(torch.cat(outs)))
 
 
+def _attend(unet, keys: TemporalKeys, frames: int, scale: float, seed: int):
+    """The level-0 self-attention module of the tiny UNet on random hidden states of ``frames`` frames
+    (two branches), modulated at ``scale`` on branch 1 over random masks with ``keys``' key frames:
+    (module, hidden states, layout, output)."""
+    layout = build_layout(random_masks(frames, 128, torch.Generator().manual_seed(seed)), [None] * 3, (16, 16), 2,
+                          temporal=keys)
+    attn = self_module(unet)
+    hidden = torch.randn(2 * frames, 256, attn.to_q.in_features, generator=torch.Generator().manual_seed(seed + 1))
+    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=scale), temporal=keys,
+                      cond_branch=1)
+    with layout_processors(unet):
+        return attn, hidden, layout, attn(hidden, videograin=ctx)
+
+
 @torch.no_grad()
 def test_anchored_self_attention_matches_a_float64_brute_force(unet):
     """7 frames, anchors 0 and 6, groups of 3 (0-2, 3-5, 6): key sets of 4, 5 and 2 frames."""
     frames, n = 7, 256
     keys = TemporalKeys("anchored", anchors=2, group=3)
     assert sorted({rows.shape[1] for _, rows in keys.groups(frames)}) == [2, 4, 5]
-    layout = build_layout(random_masks(frames, 128, torch.Generator().manual_seed(21)), [None] * 3, (16, 16), 2,
-                          temporal=keys)
-    attn = self_module(unet)
-    hidden = torch.randn(2 * frames, n, attn.to_q.in_features, generator=torch.Generator().manual_seed(22))
-    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=0.3), temporal=keys,
-                      cond_branch=1)
-    with layout_processors(unet):
-        got = attn(hidden, videograin=ctx)
+    attn, hidden, layout, got = _attend(unet, keys, frames, 0.3, seed=21)
     want = _anchored_reference(attn, hidden, frames, keys, layout.at(n).bits, 0.3, cond_branch=1)
     torch.testing.assert_close(got.double(), want, atol=ATOL, rtol=0)
     full = full_frame_reference(attn, hidden, frames)
@@ -76,16 +83,9 @@ def test_anchored_equals_full_when_anchors_or_groups_cover_the_clip(unet, anchor
     modulated output is the full-frame float64 reference (size terms over the whole clip included)."""
     frames, n = 6, 256
     keys = TemporalKeys("anchored", anchors=anchors, group=group)
-    layout = build_layout(random_masks(frames, 128, torch.Generator().manual_seed(23)), [None] * 3, (16, 16), 2,
-                          temporal=keys)
+    attn, hidden, layout, got = _attend(unet, keys, frames, 0.4, seed=23)
     full_layout = build_layout(random_masks(frames, 128, torch.Generator().manual_seed(23)), [None] * 3, (16, 16), 2)
     torch.testing.assert_close(layout.at(n).self_share, full_layout.at(n).self_share, atol=0, rtol=0)
-    attn = self_module(unet)
-    hidden = torch.randn(2 * frames, n, attn.to_q.in_features, generator=torch.Generator().manual_seed(24))
-    ctx = StepContext(num_frames=frames, modulation=ModulationContext(0, layout, self_scale=0.4), temporal=keys,
-                      cond_branch=1)
-    with layout_processors(unet):
-        got = attn(hidden, videograin=ctx)
     flat = layout.at(n).bits.flatten()
     share = ((flat[:, None] & flat[None, :]) != 0).double().mean(1)
     want = full_frame_reference(attn, hidden, frames, modulate=lambda b: (flat, 0.4 * (1 - share)) if b == 1 else None)

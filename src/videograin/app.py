@@ -280,7 +280,7 @@ def quick_preview(form: Form, size: tuple[int, int], multiple: int) -> tuple[For
     """``form`` made quick to run: at most PREVIEW_FRAMES frames and PREVIEW_STEPS steps, each side of
     ``size`` (the edit's size) halved to the model's ``multiple`` (at least one multiple); and the
     sentence that says so on the result."""
-    w, h = (max(multiple, side // 2 // multiple * multiple) for side in size)
+    w, h = io.fit_size(size, None, multiple, long_side=max(size) // 2)  # the one size rule, at half the long side
     steps = min(PREVIEW_STEPS, form.steps) if form.steps else PREVIEW_STEPS
     quick = dataclasses.replace(form, frames=min(PREVIEW_FRAMES, int(form.frames)), steps=steps, width=w, height=h)
     return quick, f"quick preview: {quick.frames} frames of {w}x{h}, {steps} steps (Edit runs the full settings)"
