@@ -207,13 +207,25 @@ def _example_with_two_regions(page, steps: int) -> None:
     _fill(page, "steps", steps)
 
 
+def _settled_frame(page) -> str:
+    """Wait until the shown frame has not been redrawn for a second (the events a button started have
+    run, so a click lands on the frame that stays); its src."""
+    src, quiet_since = _frame_src(page), time.time()
+    while time.time() - quiet_since < 1.0:
+        page.wait_for_timeout(200)
+        now = _frame_src(page)
+        if now != src:
+            src, quiet_since = now, time.time()
+    return src
+
+
 def _click_box(page, box: tuple[int, int, int, int], region: int) -> None:
     """Two clicks on the shown frame at the corners of ``box`` (frame pixels); wait for region
     ``region``'s (0-based) where field to hold a box."""
     frame = page.locator("#frame img")
     scale = frame.bounding_box()["width"] / 32  # the 32x32 frame, as shown
     x0, y0, x1, y1 = box
-    before = frame.get_attribute("src")
+    before = _settled_frame(page)
     frame.click(position={"x": (x0 + 0.5) * scale, "y": (y0 + 0.5) * scale})
     page.wait_for_function(f"document.querySelector('#frame img').src !== {before!r}")  # the first corner, drawn
     page.wait_for_timeout(300)  # the new frame shown, so the next click lands on it
@@ -369,7 +381,7 @@ def test_a_new_users_path_marks_regions_where_they_are_and_shows_errors_where_th
     page.wait_for_function("document.querySelector('#region-0-swatch').innerText.includes('clicks mark this region')")
     frame = page.locator("#frame img")
     scale = frame.bounding_box()["width"] / 32
-    before = _frame_src(page)
+    before = _settled_frame(page)
     frame.click(position={"x": (LEFT_BOX[0] + 0.5) * scale, "y": (LEFT_BOX[1] + 0.5) * scale})
     page.wait_for_function(f"document.querySelector('#frame img').src !== {before!r}")  # the first corner, drawn
     page.wait_for_timeout(300)
