@@ -39,13 +39,13 @@ def variants() -> dict[str, dict]:
 
 
 def edited_latents() -> dict[str, torch.Tensor]:
-    from videograin import io
+    from videograin import mask_files, media
     from videograin.pipeline import VideoGrainPipeline
     from videograin.testing import make_tiny_model
 
     example = ROOT / "examples/two_balls"
-    frames = io.read_video(example / "video.mp4", 0, 8, 1)[0]
-    masks = torch.stack([torch.from_numpy(io.read_mask_folder(example / "masks" / name, 0, 8, 1, 16, "masks"))
+    frames = media.read_video(example / "video.mp4", 0, 8, 1)[0]
+    masks = torch.stack([torch.from_numpy(mask_files.read_mask_folder(example / "masks" / name, 0, 8, 1, 16, "masks"))
                          for name in ("left_ball", "right_ball", "ground")])
     with tempfile.TemporaryDirectory() as folder:
         pipe = VideoGrainPipeline.from_pretrained(make_tiny_model(Path(folder) / "tiny"))

@@ -1,4 +1,4 @@
-"""ControlNet conditioning (issue 7): annotators, condition images, the edit with a tiny ControlNet."""
+"""ControlNet conditioning: annotators, condition images, the edit with a tiny ControlNet."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import yaml
 from diffusers import ControlNetModel
 
-from videograin import io
+from videograin import media
+from videograin.inputs import load_inputs
 from videograin.cli import main
 from videograin.control import annotate
 from videograin.pipeline import VideoGrainPipeline
@@ -29,7 +30,7 @@ def control_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip():
     spec = load_spec(EXAMPLE / "config.yaml")
-    inputs = io.load_inputs(spec, 16)
+    inputs = load_inputs(spec, 16)
     return spec.prompt, [r.prompt for r in spec.regions], inputs
 
 
@@ -86,7 +87,7 @@ def test_cli_edit_with_a_controlnet_writes_its_conditions(tmp_path, control_mode
     config_path.write_text(yaml.safe_dump(config))
     assert main(["edit", str(config_path)]) == 0
     out = tmp_path / "out"
-    control, _ = io.read_video(out / "control.mp4", 0, 3, 1)
+    control, _ = media.read_video(out / "control.mp4", 0, 3, 1)
     assert control.shape == (3, 128, 192, 3) and control.max() > 100  # edges drawn
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["control"]["condition"] == "canny" and run["config"]["control"]["scale"] == 0.5

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from videograin import formats, io
+from videograin import formats, media
+from videograin.inputs import load_inputs
 from videograin.cli import main
 from videograin.eval.metrics import psnr_masked
-from videograin.io import to_uint8
+from videograin.media import to_uint8
 from videograin.method.settings import Modulation
 from videograin.method.tokens import region_token_spans
 from videograin.config.parse import load_spec
@@ -25,13 +26,13 @@ from conftest import EXAMPLE
 @pytest.fixture(scope="module")
 def example_inputs(tmp_path_factory):
     spec = load_spec(EXAMPLE / "config.yaml")
-    return spec, io.load_inputs(spec, 16)
+    return spec, load_inputs(spec, 16)
 
 
 def test_cli_edit_writes_the_output_folder(example_config, tmp_path):
     assert main(["edit", str(example_config), "--steps", "3", "--reconstruct"]) == 0
     out = tmp_path / "out"
-    edited, _ = io.read_video(out / "edited.mp4", 0, 16, 1)
+    edited, _ = media.read_video(out / "edited.mp4", 0, 16, 1)
     assert edited.shape == (16, 128, 192, 3)
     assert len(list((out / "frames").glob("*.png"))) == 16
     for name in ["source.mp4", "masks_overlay.mp4", "reconstruction.mp4", "comparison.gif", "comparison.png"]:
@@ -148,7 +149,7 @@ def test_record_attention_writes_heat_maps_of_edited_regions(example_config, tmp
     assert main(["edit", str(example_config), "--steps", "2"]) == 0
     attention = tmp_path / "out" / "attention"
     assert sorted(p.name for p in attention.iterdir()) == ["grid.png", "left_ball.mp4", "right_ball.mp4"]
-    heat, _ = io.read_video(attention / "left_ball.mp4", 0, 4, 1)
+    heat, _ = media.read_video(attention / "left_ball.mp4", 0, 4, 1)
     assert heat.shape == (4, 128, 192, 3)
 
     config["edit"]["record_attention"] = "compare"

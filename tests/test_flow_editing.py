@@ -193,12 +193,12 @@ def test_a_batch_sweep_over_strengths_inverts_its_clip_once(tiny_wan_dir, tmp_pa
     from videograin.batch import load_jobs, run_batch
 
     video, masks = _clip()
-    from videograin import io
+    from videograin import media
 
-    io.write_frames(tmp_path / "frames", (video.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8"))
+    media.write_frames(tmp_path / "frames", (video.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8"))
     (tmp_path / "masks").mkdir()
     for r, name in enumerate(("left", "right")):
-        io.write_frames(tmp_path / "masks" / name, masks[r].numpy().astype("uint8")[..., None].repeat(3, -1) * 255)
+        media.write_frames(tmp_path / "masks" / name, masks[r].numpy().astype("uint8")[..., None].repeat(3, -1) * 255)
     config = {"model": str(tiny_wan_dir), "video": {"path": "frames", "frames": 9, "size": [32, 32]},
               "source_prompt": "two gray squares", "prompt": PROMPT,
               "regions": [{"name": "left", "masks": "masks/left", "prompt": "red circle"},

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from videograin import io
+from videograin import media
+from videograin.inputs import load_inputs
 from videograin.cli import main
 from videograin.config.parse import load_spec
 
@@ -105,15 +106,15 @@ def test_without_audio_the_edit_has_none_and_the_full_size_edit_keeps_the_source
     config = _config(tmp_path, tiny_model_dir, {"frames": 4, "size": [32, 32]})
     assert main(["edit", str(config), "--out", str(tmp_path / "out")]) == 0
     assert _audio(tmp_path / "out" / "edited.mp4") is None
-    full, _ = io.read_video(tmp_path / "out" / "edited_full.mp4", 0, 4, 1)
+    full, _ = media.read_video(tmp_path / "out" / "edited_full.mp4", 0, 4, 1)
     assert full.shape == (4, 48, 64, 3)
 
     # the composite at the source size, against the source frames as decoded
     spec = load_spec(config)
-    inputs = io.load_inputs(spec, 8)
+    inputs = load_inputs(spec, 8)
     edited = np.full((4, 32, 32, 3), 255, np.uint8)  # an edit that changes every pixel
     out = full_resolution(edited, inputs, [True, False], margin=2, composite=True)
-    source, _ = io.read_video(tmp_path / "clip.mp4", 0, 4, 1)
+    source, _ = media.read_video(tmp_path / "clip.mp4", 0, 4, 1)
     np.testing.assert_array_equal(source, inputs.source_uint8)
     # the edited box [2, 12, 48, 36] in source pixels; at the edit size (x 1/2, 1/1.5) grown by 2 margins
     # of 2 edit pixels (8 source px across, 6 down, with the bilinear upsampling's pixel): the band

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videograin import io, viz
+from videograin import mask_files, media, outputs, viz
+from videograin.inputs import load_inputs
 from videograin.errors import SpecError
 
 
@@ -62,8 +63,8 @@ def make_spec(video: Path, regions, frames: int, start: int = 0, stride: int = 1
 def test_mp4_round_trip(tmp_path):
     clip = smooth_clip(6, 48, 64)
     path = tmp_path / "clip.mp4"
-    io.write_video(path, clip, fps=12.5)
-    frames, fps = io.read_video(path, start=0, frames=6, stride=1)
+    media.write_video(path, clip, fps=12.5)
+    frames, fps = media.read_video(path, start=0, frames=6, stride=1)
     assert frames.shape == clip.shape and frames.dtype == np.uint8
     assert fps == pytest.approx(12.5)
     err = np.abs(frames.astype(int) - clip.astype(int))
@@ -73,14 +74,14 @@ def test_mp4_round_trip(tmp_path):
         own = np.abs(frames[f].astype(int) - clip[f]).mean()
         other = np.abs(frames[f].astype(int) - clip[f + 1]).mean()
         assert own < other
-    assert io.count_frames(path) == 6
+    assert media.count_frames(path) == 6
 
 
 def test_mp4_odd_size_padded_and_ntsc_rate(tmp_path):
     clip = smooth_clip(3, 31, 45)
     path = tmp_path / "odd.mp4"
-    io.write_video(path, clip, fps=30000 / 1001)
-    frames, fps = io.read_video(path, 0, 3, 1)
+    media.write_video(path, clip, fps=30000 / 1001)
+    frames, fps = media.read_video(path, 0, 3, 1)
     assert frames.shape == (3, 32, 46, 3)
     assert fps == pytest.approx(29.97, abs=1e-3)
     assert np.abs(frames[:, :31, :45].astype(int) - clip).mean() < 3
@@ -90,8 +91,8 @@ def test_mp4_stride_selection(tmp_path):
     clip = np.zeros((9, 16, 16, 3), np.uint8)
     clip[:] = (np.arange(9) * 25)[:, None, None, None]  # frame i has grey level 25 i
     path = tmp_path / "levels.mp4"
-    io.write_video(path, clip, fps=8, crf=0)
-    frames, _ = io.read_video(path, start=1, frames=3, stride=3)
+    media.write_video(path, clip, fps=8, crf=0)
+    frames, _ = media.read_video(path, start=1, frames=3, stride=3)
     levels = frames.reshape(3, -1).mean(1)
     np.testing.assert_allclose(levels, [25, 100, 175], atol=3)
 
@@ -102,10 +103,10 @@ def test_gif_write_read(tmp_path):
     for f, c in enumerate(colours):
         clip[f] = c
     path = tmp_path / "a.gif"
-    io.write_gif(path, clip, fps=10)
+    media.write_gif(path, clip, fps=10)
     with Image.open(path) as im:
         assert im.info.get("loop") == 0 and im.n_frames == 4
-    frames, fps = io.read_video(path, 0, 4, 1)
+    frames, fps = media.read_video(path, 0, 4, 1)
     assert frames.shape == (4, 10, 14, 3)
     assert np.abs(frames.astype(int) - clip).max() <= 8
     assert fps == pytest.approx(10, rel=0.05)
@@ -113,8 +114,8 @@ def test_gif_write_read(tmp_path):
 
 def test_image_folder_natural_sort_and_selection(tmp_path):
     folder = index_folder(tmp_path / "frames", 12)
-    frames, fps = io.read_video(folder, start=2, frames=4, stride=3)
-    assert fps == io.FOLDER_FPS
+    frames, fps = media.read_video(folder, start=2, frames=4, stride=3)
+    assert fps == media.FOLDER_FPS
     assert frames.shape == (4, 12, 20, 3)
     # red channel encodes the frame index: 2, 5, 8, 11 (lexicographic sort would give frame10 after frame1)
     assert frames[:, 0, 0, 0].tolist() == [2, 5, 8, 11]
@@ -124,17 +125,17 @@ def test_image_folder_natural_sort_and_selection(tmp_path):
 def test_too_few_frames(tmp_path):
     folder = index_folder(tmp_path / "frames", 10)
     with pytest.raises(SpecError) as exc:
-        io.read_video(folder, start=2, frames=5, stride=2)  # needs 11
+        media.read_video(folder, start=2, frames=5, stride=2)  # needs 11
     assert exc.value.field == "video.frames"
     assert "only 10 frames" in str(exc.value)
     assert "frames: 4" in exc.value.fix  # (10 - 1 - 2) // 2 + 1
     # the suggested frame count really fits
-    assert io.read_video(folder, start=2, frames=4, stride=2)[0].shape[0] == 4
+    assert media.read_video(folder, start=2, frames=4, stride=2)[0].shape[0] == 4
 
     clip = smooth_clip(4, 16, 16)
-    io.write_video(tmp_path / "short.mp4", clip, fps=8)
+    media.write_video(tmp_path / "short.mp4", clip, fps=8)
     with pytest.raises(SpecError) as exc:
-        io.read_video(tmp_path / "short.mp4", 0, 5, 1)
+        media.read_video(tmp_path / "short.mp4", 0, 5, 1)
     assert exc.value.field == "video.frames" and "only 4 frames" in str(exc.value)
 
 
@@ -142,10 +143,10 @@ def test_unreadable_video(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is not a video" * 10)
     with pytest.raises(SpecError) as exc:
-        io.read_video(bad, 0, 1, 1)
+        media.read_video(bad, 0, 1, 1)
     assert exc.value.field == "video.path"
     with pytest.raises(SpecError) as exc:
-        io.read_video(tmp_path / "missing.mp4", 0, 1, 1)
+        media.read_video(tmp_path / "missing.mp4", 0, 1, 1)
     assert exc.value.field == "video.path"
 
 
@@ -156,7 +157,7 @@ def test_mask_folder_count_mismatch(tmp_path):
     masks = np.zeros((5, 8, 8), bool)
     folder = mask_folder(tmp_path / "m", masks)
     with pytest.raises(SpecError) as exc:
-        io.read_mask_folder(folder, start=0, frames=4, stride=1, total_source_frames=10, field="regions[1].masks")
+        mask_files.read_mask_folder(folder, start=0, frames=4, stride=1, total_source_frames=10, field="regions[1].masks")
     assert exc.value.field == "regions[1].masks"
     assert "5" in exc.value.problem and "4" in exc.value.problem and "10" in exc.value.fix
 
@@ -167,23 +168,23 @@ def test_mask_folder_full_length_subselected(tmp_path):
     for i in range(10):
         masks[i, 1, i] = True
     folder = mask_folder(tmp_path / "m", masks, mode="RGB")
-    got = io.read_mask_folder(folder, start=1, frames=3, stride=4, total_source_frames=10, field="f")
+    got = mask_files.read_mask_folder(folder, start=1, frames=3, stride=4, total_source_frames=10, field="f")
     assert got.dtype == bool and got.shape == (3, 4, 12)
     np.testing.assert_array_equal(got, masks[[1, 5, 9]])
     # exactly `frames` images: taken in order, no selection
-    got = io.read_mask_folder(folder, start=1, frames=10, stride=4, total_source_frames=40, field="f")
+    got = mask_files.read_mask_folder(folder, start=1, frames=10, stride=4, total_source_frames=40, field="f")
     np.testing.assert_array_equal(got, masks)
 
 
 def test_boxes_to_masks_static_per_frame_and_clipping():
-    static = io.boxes_to_masks([(1, 2, 4, 3)], frames=2, height=4, width=5)
+    static = mask_files.boxes_to_masks([(1, 2, 4, 3)], frames=2, height=4, width=5)
     expected = np.zeros((4, 5), bool)
     expected[2, 1:4] = True  # x1, y1 exclusive
     assert static.shape == (2, 4, 5)
     np.testing.assert_array_equal(static[0], expected)
     np.testing.assert_array_equal(static[1], expected)
 
-    per_frame = io.boxes_to_masks([(-3, -3, 2, 1), (3, 2, 99, 99), (2, 2, 2, 4)], frames=3, height=4, width=5)
+    per_frame = mask_files.boxes_to_masks([(-3, -3, 2, 1), (3, 2, 99, 99), (2, 2, 2, 4)], frames=3, height=4, width=5)
     e0 = np.zeros((4, 5), bool)
     e0[0, 0:2] = True
     e1 = np.zeros((4, 5), bool)
@@ -192,7 +193,7 @@ def test_boxes_to_masks_static_per_frame_and_clipping():
     np.testing.assert_array_equal(per_frame[1], e1)
     assert not per_frame[2].any()  # zero width
     with pytest.raises(ValueError):
-        io.boxes_to_masks([(0, 0, 1, 1)] * 2, frames=3, height=4, width=5)
+        mask_files.boxes_to_masks([(0, 0, 1, 1)] * 2, frames=3, height=4, width=5)
 
 
 # ------------------------------------------------------------------------------------------ resizing + load_inputs
@@ -213,7 +214,7 @@ def test_resize_keeps_masks_aligned_non_square(tmp_path):
     mfolder = mask_folder(tmp_path / "mask", masks)
     spec = make_spec(folder, [(mfolder, None), (None, ((40, 20, 60, 40),))], frames=3, size=(40, 40))
 
-    inputs = io.load_inputs(spec, 8)
+    inputs = load_inputs(spec, 8)
     assert inputs.frames.shape == (3, 3, 40, 40) and inputs.masks.shape == (2, 3, 40, 40)
     assert inputs.masks.dtype.is_floating_point is False
     assert float(inputs.frames.min()) >= -1 and float(inputs.frames.max()) <= 1
@@ -239,11 +240,11 @@ def test_resize_keeps_masks_aligned_non_square(tmp_path):
 
 def test_resize_frames_and_masks_shapes():
     frames = np.random.default_rng(0).integers(0, 256, (2, 10, 30, 3), dtype=np.uint8)
-    assert io.resize_frames(frames, (15, 5)).shape == (2, 5, 15, 3)  # shrink
-    assert io.resize_frames(frames, (60, 8)).shape == (2, 8, 60, 3)  # mixed
+    assert media.resize_frames(frames, (15, 5)).shape == (2, 5, 15, 3)  # shrink
+    assert media.resize_frames(frames, (60, 8)).shape == (2, 8, 60, 3)  # mixed
     m = np.zeros((4, 2, 6), bool)
     m[:, :, 3:] = True
-    out = io.resize_masks(m, (12, 4))
+    out = mask_files.resize_masks(m, (12, 4))
     assert out.shape == (4, 4, 12) and out.dtype == bool
     assert (out[..., 6:]).all() and not out[..., :6].any()  # right half stays the right half
 
@@ -253,11 +254,11 @@ def test_empty_mask_error(tmp_path):
     full = mask_folder(tmp_path / "full", np.ones((2, 32, 32), bool))
     empty = mask_folder(tmp_path / "empty", np.zeros((2, 32, 32), bool))
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(full, None), (empty, None)], frames=2, size=(32, 32)), 8)
+        load_inputs(make_spec(folder, [(full, None), (empty, None)], frames=2, size=(32, 32)), 8)
     assert exc.value.field == "regions[1].masks"
     # a box entirely outside the frame is empty too
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(None, ((40, 40, 50, 50),))], frames=2, size=(32, 32)), 8)
+        load_inputs(make_spec(folder, [(None, ((40, 40, 50, 50),))], frames=2, size=(32, 32)), 8)
     assert exc.value.field == "regions[0].masks"  # the key a box is written under
 
 
@@ -265,7 +266,7 @@ def test_mask_size_mismatch(tmp_path):
     folder = index_folder(tmp_path / "frames", 2, size=(32, 24))
     wrong = mask_folder(tmp_path / "m", np.ones((2, 24, 30), bool))
     with pytest.raises(SpecError) as exc:
-        io.load_inputs(make_spec(folder, [(wrong, None)], frames=2, size=(32, 24)), 8)
+        load_inputs(make_spec(folder, [(wrong, None)], frames=2, size=(32, 24)), 8)
     assert exc.value.field == "regions[0].masks"
     assert "30x24" in str(exc.value) and "32x24" in str(exc.value)
 
@@ -275,10 +276,10 @@ def test_mask_size_mismatch(tmp_path):
 
 def test_write_frames_png_json(tmp_path):
     clip = smooth_clip(3, 8, 10)
-    paths = io.write_frames(tmp_path / "frames", clip)
+    paths = media.write_frames(tmp_path / "frames", clip)
     assert [p.name for p in paths] == ["00000.png", "00001.png", "00002.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(paths[2])), clip[2])
-    io.write_json(tmp_path / "run.json", {"b": 1, "a": Path("x/y"), "n": np.float32(0.5)})
+    media.write_json(tmp_path / "run.json", {"b": 1, "a": Path("x/y"), "n": np.float32(0.5)})
     text = (tmp_path / "run.json").read_text()
     assert text.index('"b"') < text.index('"a"') and '\n  "a": "x/y"' in text and "0.5" in text
 
@@ -291,7 +292,7 @@ def test_output_folder_refuses_non_empty(tmp_path):
     final.mkdir()
     (final / "old.txt").write_text("keep")
     with pytest.raises(SpecError) as exc:
-        with io.output_folder(final, overwrite=False):
+        with outputs.output_folder(final, overwrite=False):
             pass
     assert exc.value.field == "output"
     assert (final / "old.txt").read_text() == "keep"
@@ -301,7 +302,7 @@ def test_output_folder_refuses_non_empty(tmp_path):
 def test_output_folder_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        with io.output_folder(final, overwrite=False) as tmp:
+        with outputs.output_folder(final, overwrite=False) as tmp:
             assert tmp.parent == tmp_path and tmp.name.startswith(".out")
             (tmp / "half.txt").write_text("half")
             raise RuntimeError("boom")
@@ -311,7 +312,7 @@ def test_output_folder_leaves_nothing_on_error(tmp_path):
     (final / "old.txt").write_text("keep")
     (final / "run.json").write_text('{"command": "edit"}')  # a previous output: --overwrite may replace it
     with pytest.raises(RuntimeError):
-        with io.output_folder(final, overwrite=True) as tmp:
+        with outputs.output_folder(final, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -320,24 +321,25 @@ def test_output_folder_leaves_nothing_on_error(tmp_path):
 
 def test_output_folder_replaces_on_success(tmp_path):
     final = tmp_path / "sub" / "out"
-    with io.output_folder(final, overwrite=False) as tmp:
+    with outputs.output_folder(final, overwrite=False) as tmp:
         (tmp / "a.txt").write_text("1")
         (tmp / "run.json").write_text('{"command": "edit"}')
     assert (final / "a.txt").read_text() == "1"
-    with io.output_folder(final, overwrite=True) as tmp:
+    with outputs.output_folder(final, overwrite=True) as tmp:
         assert not (tmp / "a.txt").exists()
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in final.parent.iterdir()) == ["out"]  # no temp/old leftovers
     final_empty = tmp_path / "empty"
     final_empty.mkdir()
-    with io.output_folder(final_empty, overwrite=False) as tmp:  # empty folder is fine without overwrite
+    with outputs.output_folder(final_empty, overwrite=False) as tmp:  # empty folder is fine without overwrite
         (tmp / "c.txt").write_text("3")
     assert (final_empty / "c.txt").exists()
 
 
 def test_overwrite_replaces_only_our_outputs_and_never_an_input(tmp_path):
-    """Issue 17, cause 1: --overwrite replaced the config's folder, a video file or a folder of notes."""
+    """--overwrite replaces only a videograin output: never a foreign folder, a file, or a folder that is or
+    holds an input (the config's folder, the video)."""
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("mine")
@@ -348,17 +350,18 @@ def test_overwrite_replaces_only_our_outputs_and_never_an_input(tmp_path):
                                  (tmp_path / "clip", [video], "input"), (tmp_path, [video], "input"),
                                  (tmp_path / "clip" / "out", [video.parent], "input")]:
         with pytest.raises(SpecError, match=words) as exc:
-            io.check_output_folder(final, overwrite=True, inputs=inputs)
+            outputs.check_output_folder(final, overwrite=True, inputs=inputs)
         assert exc.value.field == "output"
     assert (notes / "todo.txt").read_text() == "mine" and video.read_bytes() == b"not really"
 
 
 def test_output_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
-    """Issue 17, cause 2: two runs into one folder both said "wrote"; 17: killed runs left temp folders."""
+    """A second run into a locked output folder is refused; the lock goes with the run; a lock of a process
+    that has exited is taken over and that run's temporary folder removed, and nothing else."""
     final = tmp_path / "out"
-    with io.output_lock(final):
+    with outputs.output_lock(final):
         with pytest.raises(SpecError, match="another videograin run") as exc:
-            with io.output_lock(final):
+            with outputs.output_lock(final):
                 pass
         assert exc.value.field == "output"
     assert list(tmp_path.iterdir()) == []  # the lock is gone with the run
@@ -367,7 +370,7 @@ def test_output_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
     (tmp_path / ".out.0123abcd").mkdir()  # what a killed run leaves
     (tmp_path / ".out.0123abcd" / "half.png").write_bytes(b"")
     (tmp_path / ".outside").mkdir()  # not ours
-    with io.output_lock(final):
+    with outputs.output_lock(final):
         assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".outside"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".outside"]
 
@@ -402,14 +405,21 @@ def test_grid_and_side_by_side():
     assert s.shape == (10, 4, 12, 3) and (s[:, :, 5:7] == 255).all() and (s[3, :, 7:] == 4).all()
 
 
-def test_fit_size_checks_requested_size_and_fits_default():
-    assert io.fit_size((1920, 1080), (512, 256), 64) == (512, 256)
+def test_the_size_rule_checks_a_requested_size_and_fits_the_default():
+    """One rule for every entrance (sizes.py): the config's video.size, the pipeline's width/height."""
+    from videograin import sizes
+    from videograin.inputs import _edit_size
+
+    assert _edit_size((1920, 1080), (512, 256), 64) == (512, 256)
     with pytest.raises(SpecError) as exc:
-        io.fit_size((1920, 1080), (500, 288), 64)
+        _edit_size((1920, 1080), (500, 288), 64)
     assert exc.value.field == "video.size" and "448 or 512" in str(exc.value) and "256 or 320" in str(exc.value)
-    assert io.fit_size((1920, 1080), None, 64) == (512, 320)  # 288 rounds to the nearest multiple, 320
-    assert io.fit_size((192, 128), None, 16) == (192, 128)  # small sources keep their size
-    assert io.fit_size((100, 10), None, 64) == (128, 64)  # never below one multiple
+    assert sizes.default_size((1920, 1080), 64) == (512, 320)  # 288 rounds to the nearest multiple, 320
+    assert sizes.default_size((192, 128), 16) == (192, 128)  # small sources keep their size
+    assert sizes.default_size((100, 10), 64) == (128, 64)  # never below one multiple
+    assert sizes.edit_size((1920, 1080), None, 256, 64) == (448, 256)  # a side left out keeps the aspect (455 -> 448)
+    with pytest.raises(ValueError, match="above 8192"):
+        sizes.check_frame_size(8256, 64, 64)
 
 
 def test_labelled_grid_keeps_the_tiles_and_adds_names_numbers_and_legend():

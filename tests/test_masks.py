@@ -78,7 +78,8 @@ def test_no_drift_when_the_shape_stops_and_turns_and_prompts_on_a_later_frame_go
 
 
 def test_masks_command_writes_folders_a_config_reads(tmp_path, capsys):
-    from videograin import io
+    from videograin import mask_files
+    from videograin.inputs import load_inputs
     from videograin.cli import main
     from videograin.config.parse import spec_from_dict
 
@@ -89,12 +90,12 @@ def test_masks_command_writes_folders_a_config_reads(tmp_path, capsys):
     assert names == ["left", "masks.json", "masks.png", "masks_overlay.mp4", "right"]
     record = json.loads((out / "masks.json").read_text())
     assert record["engine"] == "flow" and record["prompts"][1]["negative"] == [[100, 30]]
-    truth = {name: io.read_mask_folder(EXAMPLE / "masks" / name, 0, 4, 1, 16, "masks")
+    truth = {name: mask_files.read_mask_folder(EXAMPLE / "masks" / name, 0, 4, 1, 16, "masks")
              for name in ("left_ball", "right_ball")}
     spec = spec_from_dict({"prompt": "a red apple and an orange ball on the grass", "video": {"path": str(EXAMPLE / "video.mp4"), "frames": 4},
                            "regions": [{"name": "left", "masks": str(out / "left"), "prompt": "red apple"},
                                        {"name": "right", "masks": str(out / "right"), "prompt": "orange ball"}]}, tmp_path)
-    masks = io.load_inputs(spec, 16).masks.numpy()
+    masks = load_inputs(spec, 16).masks.numpy()
     assert _iou(masks[0], truth["left_ball"]) > 0.85 and _iou(masks[1], truth["right_ball"]) > 0.85
     assert main(["masks", str(EXAMPLE / "video.mp4"), "--frames", "4", "--out", str(out), "--overwrite",
                  "--region", "left:box=10,60,70,120"]) == 0  # a previous masks folder may be replaced
@@ -128,7 +129,7 @@ def _prompted_config(tmp_path, tiny_model_dir, **top):
 def test_a_config_with_a_box_and_clicks_edits_end_to_end_and_reuses_its_masks(tmp_path, tiny_model_dir, caplog):
     import logging
 
-    from videograin import io
+    from videograin import mask_files, media
     from videograin.cli import main
 
     config = _prompted_config(tmp_path, tiny_model_dir, masks_engine="flow")
@@ -136,10 +137,10 @@ def test_a_config_with_a_box_and_clicks_edits_end_to_end_and_reuses_its_masks(tm
     out = tmp_path / "out"
     run = json.loads((out / "run.json").read_text())
     assert run["masks"]["engine"] == "flow" and run["config"]["regions"][1]["masks"]["frame"] == 1
-    truth = io.read_mask_folder(EXAMPLE / "masks" / "left_ball", 0, 4, 1, 16, "masks")
-    made = io.read_mask_folder(out / "masks" / "left_ball", 0, 4, 1, 4, "masks")
+    truth = mask_files.read_mask_folder(EXAMPLE / "masks" / "left_ball", 0, 4, 1, 16, "masks")
+    made = mask_files.read_mask_folder(out / "masks" / "left_ball", 0, 4, 1, 4, "masks")
     assert _iou(made, truth) > 0.85 and (out / "masks" / "masks_overlay.mp4").is_file()
-    overlay, _ = io.read_video(out / "masks_overlay.mp4", 0, 4, 1)
+    overlay, _ = media.read_video(out / "masks_overlay.mp4", 0, 4, 1)
     assert overlay.shape[0] == 4
     with caplog.at_level(logging.INFO, logger="videograin"):
         assert main(["edit", str(config), "--steps", "2", "--overwrite"]) == 0

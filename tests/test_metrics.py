@@ -428,15 +428,15 @@ def test_cli_eval_input_errors(tmp_path, capsys):
     from videograin.cli import main
 
     video = tmp_path / "clip.mp4"
-    from videograin import io
+    from videograin import media
 
-    io.write_video(video, np.zeros((2, 16, 16, 3), np.uint8), 8)
+    media.write_video(video, np.zeros((2, 16, 16, 3), np.uint8), 8)
     assert main(["eval", "--edited", str(video)]) == 2
     assert "--config" in capsys.readouterr().err
     assert main(["eval", "--edited", str(tmp_path / "missing")]) == 2
     assert "--edited" in capsys.readouterr().err
     masks = tmp_path / "masks"
-    io.write_frames(masks, np.full((2, 16, 16, 3), 255, np.uint8))
+    media.write_frames(masks, np.full((2, 16, 16, 3), 255, np.uint8))
     assert main(["eval", "--edited", str(video), "--source", str(video), "--regions", f"a={masks}:x",
                  f"a={masks}:y"]) == 2
     assert "--regions: region name(s) ['a'] given more than once" in capsys.readouterr().err
@@ -451,15 +451,15 @@ def test_eval_of_any_video_without_a_config(tmp_path, offline):
     frames are shuffled; regions give the masked metrics; differing counts and sizes are one line."""
     from PIL import Image
 
-    from videograin import io
+    from videograin import media
     from videograin.cli import main
 
     source = _moving_window()  # (8, 48, 64, 3): a texture moving under the window
     follows = 255 - source  # recoloured, same motion
     frames_dir = tmp_path / "theirs"
-    io.write_frames(frames_dir, follows)
-    io.write_video(tmp_path / "source.mp4", source, 8)
-    io.write_video(tmp_path / "shuffled.mp4", follows[[5, 0, 3, 1, 7, 2, 6, 4]], 8)
+    media.write_frames(frames_dir, follows)
+    media.write_video(tmp_path / "source.mp4", source, 8)
+    media.write_video(tmp_path / "shuffled.mp4", follows[[5, 0, 3, 1, 7, 2, 6, 4]], 8)
     left = tmp_path / "masks" / "left"
     left.mkdir(parents=True)
     for i in range(len(source)):
@@ -480,13 +480,13 @@ def test_eval_of_any_video_without_a_config(tmp_path, offline):
 
 
 def test_eval_of_mismatched_videos_is_one_line_and_resize_compares_at_the_source_size(tmp_path, offline, capsys):
-    from videograin import io
+    from videograin import media
     from videograin.cli import main
 
     source = _moving_window()
-    io.write_video(tmp_path / "source.mp4", source, 8)
-    io.write_video(tmp_path / "short.mp4", source[:5], 8)
-    io.write_video(tmp_path / "big.mp4", io.resize_frames(source, (256, 192)), 8)
+    media.write_video(tmp_path / "source.mp4", source, 8)
+    media.write_video(tmp_path / "short.mp4", source[:5], 8)
+    media.write_video(tmp_path / "big.mp4", media.resize_frames(source, (256, 192)), 8)
     assert main(["eval", "--edited", str(tmp_path / "short.mp4"), "--source", str(tmp_path / "source.mp4")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--source" in err[0] and "gives 8 frames, the edit has 5" in err[0]

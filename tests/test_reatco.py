@@ -1,4 +1,5 @@
-"""ReAtCo (papers/003): RAD losses and guidance, IRJS, temporal windows, spec and CLI (tiny model, CPU)."""
+"""ReAtCo (Re-Attentional Controllable Video Diffusion Editing, arXiv:2412.11710): RAD losses and
+guidance, IRJS, temporal windows, spec and CLI (tiny model, CPU)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from videograin import formats, io
+from videograin import formats
+from videograin.inputs import load_inputs
 from videograin.method.attention import layout_attention
 from videograin.cli import main
 from videograin.eval.metrics import psnr_masked
-from videograin.io import to_uint8
+from videograin.media import to_uint8
 from videograin.method.sampling import DDIMSchedule
 from videograin.method.reatco import invariant_region_sampling, rad_level, rad_losses
 from videograin.method.sampling import temporal_windows
@@ -30,7 +32,7 @@ from conftest import EXAMPLE
 @pytest.fixture(scope="module")
 def example_inputs():
     spec = load_spec(EXAMPLE / "config.yaml")
-    return spec, io.load_inputs(spec, 16)
+    return spec, load_inputs(spec, 16)
 
 
 def _reference_losses(maps, token_indices, masks, top_k):

@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from videograin import io
+from videograin import mask_files, media
+from videograin.inputs import load_inputs
 from videograin.cli import main
 from videograin.config.preflight import read_model
 from videograin.segment import kmeans, label_masks, order_by_size, upsample_labels
@@ -48,7 +49,7 @@ def _toy_config(folder: Path, scene: world.Scene, source_prompt: str, **extra) -
     """A 32x32 toy clip as PNG frames and a config reading it at 64x64; returns (config, true masks (S, F, H, W))."""
     clip, masks = world.video(scene, list(APPROACH), FRAMES)
     folder.mkdir(parents=True)
-    io.write_frames(folder / "frames", clip)
+    media.write_frames(folder / "frames", clip)
     config = {"model": str(MODEL), "video": {"path": "frames", "frames": FRAMES, "size": [64, 64]},
               "source_prompt": source_prompt, **extra}
     (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -153,8 +154,8 @@ def test_segment_cli_separates_toy_objects(tmp_path, scene, prompt, k):
     coarsest = 64 // read_model(str(MODEL)).size_multiple  # the coarsest decoder self-attention level at 64x64
     assert record["features"]["grid"] == [coarsest, coarsest]
     assert record["size"] == [64, 64] and record["source_size"] == [32, 32]
-    assert io.count_frames(out / "segments_overlay.mp4") == FRAMES
-    segments = np.stack([io.read_mask_folder(out / f"segment_{i}", 0, FRAMES, 1, FRAMES, "m") for i in range(k)])
+    assert media.count_frames(out / "segments_overlay.mp4") == FRAMES
+    segments = np.stack([mask_files.read_mask_folder(out / f"segment_{i}", 0, FRAMES, 1, FRAMES, "m") for i in range(k)])
     assert segments.shape == (k, FRAMES, 32, 32) and (segments.sum(0) == 1).all()  # a partition at source size
     background = ~true.any(0)
     targets = [*true, background] if k == 3 else [true.any(0), background]
@@ -167,7 +168,7 @@ def test_segment_cli_separates_toy_objects(tmp_path, scene, prompt, k):
     edit = {**yaml.safe_load(config.read_text()), "prompt": "a red square on a gray background",
             "regions": [{"name": "object", "masks": str(out / "segment_1"), "prompt": "red square"}]}
     config.write_text(yaml.safe_dump(edit))
-    inputs = io.load_inputs(load_spec(config), 4)
+    inputs = load_inputs(load_spec(config), 4)
     assert inputs.masks.shape == (1, FRAMES, 64, 64)
     # the folder exists now: a second run needs --overwrite
     assert main(["segment", str(config), "--k", str(k), "--out", str(out)]) == 2

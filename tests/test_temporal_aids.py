@@ -1,4 +1,4 @@
-"""Temporal aids in the edit (issue 7): FLATTEN flow-guided attention and PnP injection, tiny model, CPU."""
+"""Temporal aids in the edit: FLATTEN flow-guided attention and PnP injection, tiny model, CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from videograin import io
+from videograin.inputs import load_inputs
 from videograin.backbones.sd_processors import FeatureStore
 from videograin.cli import main
 from videograin.method.trajectories import Trajectories
@@ -23,7 +23,7 @@ from conftest import EXAMPLE, copy_example
 @pytest.fixture(scope="module")
 def clip():
     spec = load_spec(EXAMPLE / "config.yaml")
-    inputs = io.load_inputs(spec, 16)
+    inputs = load_inputs(spec, 16)
     return spec.prompt, [r.prompt for r in spec.regions], inputs.frames[:4], inputs.masks[:, :4]
 
 

@@ -63,7 +63,7 @@ def test_latents_only_accuracy_scores_the_decoded_latents_and_not_the_composite(
     composite shows the source but whose latents decode to the target edit scores 0 and 1."""
     import torch
 
-    from videograin import io
+    from videograin import media
 
     case = next(c for c in CASES if c.name == "instance_shapes")
     source, masks, shape_masks = case_inputs(case)
@@ -75,7 +75,7 @@ def test_latents_only_accuracy_scores_the_decoded_latents_and_not_the_composite(
             return type("Out", (), {"frames": frames, "latents": torch.zeros(1)})()
 
         def decode_latents(self, latents):
-            return io.from_uint8(target)
+            return media.from_uint8(target)
 
     _, blended = bench.run_case(Pipe(), case, METHODS[0], True, 2, 5.0)
     assert blended["instance_accuracy"] == 0.0 and blended["instance_accuracy_latents"] == 1.0

@@ -65,13 +65,13 @@ def test_committed_model_draws_the_requested_colour_on_the_requested_background(
 
 @needs_model
 def test_demo_config_is_valid_and_its_inputs_load():
-    from videograin import io
+    from videograin.inputs import load_inputs
     from videograin.config.preflight import read_model
     from videograin.config.parse import load_spec
 
     spec = load_spec(DEMO / "config.yaml")
     assert Path(spec.model) == SD_MODEL
-    inputs = io.load_inputs(spec, read_model(spec.model).size_multiple)
+    inputs = load_inputs(spec, read_model(spec.model).size_multiple)
     assert tuple(inputs.frames.shape) == (12, 3, 32, 32) and tuple(inputs.masks.shape) == (3, 12, 32, 32)
     assert not (inputs.masks[0] & inputs.masks[1]).any() and (inputs.masks.any(0)).all()
 

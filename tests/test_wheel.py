@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from toyworld import judge
-from videograin import io
+from videograin import mask_files, media
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +57,11 @@ def test_the_wheel_ships_the_toy_models_and_the_demo_runs_from_anywhere(installe
     subprocess.run([str(installed / "videograin"), "demo", "--out", "demo", "--quiet"], cwd=work, env=env, check=True)
 
     demo = Path(where).parent / "demo"
-    frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in io.list_images(work / "demo" / "frames")])
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in media.list_images(work / "demo" / "frames")])
     assert len(frames) == 12
     config = yaml.safe_load((demo / "config.yaml").read_text())
     for region in config["regions"][:2]:  # left, right: "<colour> <class>"
-        mask = io.read_mask_folder(demo / region["masks"], 0, 12, 1, 12, "masks")
+        mask = mask_files.read_mask_folder(demo / region["masks"], 0, 12, 1, 12, "masks")
         found = [getattr(judge.in_region(judge.detect(f)[1], mask[i]), "identity", None) for i, f in enumerate(frames)]
         assert found.count(tuple(region["prompt"].split())) >= 10, (region, found)
     background = config["source_prompt"].split(" on a ")[1].split()[0]
@@ -87,5 +87,5 @@ def test_the_readme_python_example_runs_as_written(tmp_path):
     (tmp_path / "example.py").write_text(example)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, check=True, timeout=300)
-    edited = io.read_video(tmp_path / "edited.mp4", 0, io.count_frames(tmp_path / "edited.mp4"), 1)[0]
+    edited = media.read_video(tmp_path / "edited.mp4", 0, media.count_frames(tmp_path / "edited.mp4"), 1)[0]
     assert edited.shape[:3] == (12, 32, 32), edited.shape

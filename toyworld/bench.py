@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import formats, io, viz
+from videograin import formats, media, viz
 from videograin.method.sampling import SOLVERS
 from videograin.method.settings import INVERSIONS, InversionFree
 from videograin.toy import PARTS_MODEL, SD_MODEL, WAN_MODEL
@@ -119,7 +119,7 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
     result = score(case, source, output, masks, shape_masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite
-    plain = io.to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
+    plain = media.to_uint8(pipe.decode_latents(out.latents)) if blend else output  # no composite without blend
     result["background_change_latents"] = unedited_change(case, source, plain, masks)
     result["instance_accuracy_latents"] = score(case, source, plain, masks, shape_masks)["instance_accuracy"]
     return output, result
@@ -230,7 +230,7 @@ def run_all(jobs: list[str], threads: int, results: Path = RESULTS) -> dict[str,
         times[name] = {"seconds": round(time.perf_counter() - clock), "threads": threads,
                        "command": " ".join(["python -m", module, *(os.path.relpath(a) if os.path.isabs(a) else a
                                                                     for a in argv), "--out", f"toyworld/results/{folder}"])}
-        io.write_json(times_file, times)
+        media.write_json(times_file, times)
     return times
 
 
@@ -320,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep(load(args.model), held_out, grid, steps=args.steps, guidance=args.guidance, keys=keys, frames=frames,
                      options=options)
         table = sweep_markdown(rows, held_out, keys)
-        io.write_json(args.out / f"{prefix}sweep.json", {"model": model_label(args.model), "steps": args.steps,
+        media.write_json(args.out / f"{prefix}sweep.json", {"model": model_label(args.model), "steps": args.steps,
                                                           "guidance_scale": args.guidance, "rows": rows})
-        io.write_text(args.out / f"{prefix}sweep.md", table)
+        media.write_text(args.out / f"{prefix}sweep.md", table)
         print(table)
         return 0
 
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         method = extra[0] if extra else tuned_method
         rows = part_attention(load(args.model), list(PART_CASES), method, args.steps, args.guidance, frames)
         table = part_attention_markdown(rows, method, args.steps)
-        io.write_json(args.out / "parts_attention.json", {"model": model_label(args.model), "steps": args.steps,
+        media.write_json(args.out / "parts_attention.json", {"model": model_label(args.model), "steps": args.steps,
                                                            "guidance_scale": args.guidance, "rows": rows})
-        io.write_text(args.out / "parts_attention.md", table)
+        media.write_text(args.out / "parts_attention.md", table)
         print(table)
         return 0
     all_cases = list(PART_CASES if args.parts else (
@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     table = (f"Editing benchmark ({settings['steps']} steps, guidance {settings['guidance_scale']}, {frames} frames "
              f"of {world.SIZE}x{world.SIZE}; `{prefix}contact_sheet.png`):\n\n" + markdown(results))
     masks = {c.name: viz.mask_overlay(sources[c.name], case_inputs(c, frames)[1]) for c in cases}
-    io.write_png(args.out / f"{prefix}contact_sheet.png", contact_sheet(outputs, sources, masks))
-    io.write_json(args.out / f"{prefix}results.json", results)
-    io.write_text(args.out / f"{prefix}results.md", table)
+    media.write_png(args.out / f"{prefix}contact_sheet.png", contact_sheet(outputs, sources, masks))
+    media.write_json(args.out / f"{prefix}results.json", results)
+    media.write_text(args.out / f"{prefix}results.md", table)
     print(table)
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import io
+from videograin import media
 from videograin.toy import SD_MODEL
 
 from .bench import run_case
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                         for key in ("instance_accuracy", "first_16", "last_16", "background_change")}
                for frames in (LEG, args.frames)}
     args.out.mkdir(parents=True, exist_ok=True)
-    io.write_json(args.out / "results.json", {"settings": {"steps": args.steps, "guidance_scale": guidance,
+    media.write_json(args.out / "results.json", {"settings": {"steps": args.steps, "guidance_scale": guidance,
                                                            "method": method.name, "threads": args.threads},
                                               "summary": summary, "per_case": rows})
-    io.write_text(args.out / "results.md", _markdown(summary, rows, args.frames))
+    media.write_text(args.out / "results.md", _markdown(summary, rows, args.frames))
     _plot(curves, cases, args.frames, args.out / "accuracy.png")
     return 0
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageSequence
 
 from toyworld import world
 from toyworld.cases import CASES
-from videograin import io
+from videograin import media
 from videograin.toy import DEMO
 
 FRAMES = 12
@@ -92,9 +92,9 @@ def enlarge_pictures(folder: Path) -> None:
     with Image.open(folder / "comparison.gif") as gif:
         fps = 1000 / gif.info.get("duration", 125)
         frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
-    io.write_gif(RESULTS / "demo_comparison.gif", frames.repeat(4, 1).repeat(4, 2), fps)
+    media.write_gif(RESULTS / "demo_comparison.gif", frames.repeat(4, 1).repeat(4, 2), fps)
     with Image.open(folder / "comparison.png") as png:
-        io.write_png(RESULTS / "demo_comparison.png", np.asarray(png.convert("RGB")).repeat(3, 0).repeat(3, 1))
+        media.write_png(RESULTS / "demo_comparison.png", np.asarray(png.convert("RGB")).repeat(3, 0).repeat(3, 1))
     print(f"wrote {RESULTS}/demo_comparison.gif, .png")
 
 
@@ -108,10 +108,10 @@ def main() -> None:
     clip, shape_masks = world.video(CASE.scene, list(CASE.motions), FRAMES)
     boxes = world.box_masks(shape_masks, margin=1)
     masks = {"left": boxes[0], "right": boxes[1], "background": ~(boxes[0] | boxes[1])}
-    io.write_frames(DEMO / "frames", clip)
+    media.write_frames(DEMO / "frames", clip)
     (DEMO / "masks").mkdir(exist_ok=True)
     for name, m in masks.items():
-        io.write_frames(DEMO / "masks" / name, np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1))
+        media.write_frames(DEMO / "masks" / name, np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1))
     (DEMO / "config.yaml").write_text(CONFIG, encoding="utf-8")
     (DEMO / "config_wan.yaml").write_text(CONFIG_WAN, encoding="utf-8")
     print(f"wrote {DEMO}")

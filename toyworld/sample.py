@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import io, viz
+from videograin import media, viz
 from videograin.method.sampling import DDIMSchedule, sample_latents
 from videograin.toy import SD_MODEL
 
@@ -51,7 +51,7 @@ def text_to_image(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
 
         z0 = sample_latents(denoise, z, schedule)
         out.append(pipe.decode_latents(z0))
-    return io.to_uint8(torch.cat(out))
+    return media.to_uint8(torch.cat(out))
 
 
 PLACES_MIRRORED = {"left": "right", "middle": "middle", "right": "left"}
@@ -140,7 +140,7 @@ def place_sensitivity(pipe, n: int = 96, timesteps=(200, 500, 800, 950), seed: i
     rng = np.random.default_rng(seed)
     other = {"left": "right", "middle": "left", "right": "left"}
     scenes = [world.random_scene(rng, count=1) for _ in range(n)]
-    x = io.from_uint8(np.stack([world.render(sc)[0] for sc in scenes]))
+    x = media.from_uint8(np.stack([world.render(sc)[0] for sc in scenes]))
     captions = {"true": [], "swapped": [], "empty": [""] * n}
     for sc in scenes:
         s = sc.shapes[0]
@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     summary, rows, frames = evaluate(pipe, args.seed, args.steps, args.guidance)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"model": model_label(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
-    io.write_json(args.out / "prompts.json", {"settings": settings, "summary": summary, "rows": rows})
+    media.write_json(args.out / "prompts.json", {"settings": settings, "summary": summary, "rows": rows})
     big = {k: np.repeat(np.repeat(v[:48], 2, 1), 2, 2) for k, v in frames.items()}  # 2x for viewing
     sheet = viz.grid([big[k][i : i + 16] for k in ("single", "two") for i in range(0, 48, 16)], max_columns=16)
-    io.write_png(args.out / "prompts.png", sheet)
+    media.write_png(args.out / "prompts.png", sheet)
     print(json.dumps(summary, indent=2))
     return 0
 

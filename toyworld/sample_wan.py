@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import io, viz
+from videograin import media, viz
 from videograin.backbones.wan import WanBackbone
 from videograin.method.sampling import sample_latents
 from videograin.toy import WAN_MODEL
@@ -61,7 +61,7 @@ def text_to_video(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guid
         denoise = backbone.denoise_fn(backbone.encode_prompt(prompt), uncond, guidance, frames, schedule)
         noise = torch.randn((frames, pipe.transformer.config.in_channels, latent, latent),
                             generator=torch.Generator().manual_seed(seed + i))
-        out.append(io.to_uint8(backbone.decode(sample_latents(denoise, noise, schedule))))
+        out.append(media.to_uint8(backbone.decode(sample_latents(denoise, noise, schedule))))
     return np.stack(out)
 
 
@@ -116,7 +116,7 @@ def one_step(pipe, n: int = 48, sigmas=(0.1, 0.3, 0.5, 0.7, 0.85, 0.95), seed: i
     sources = [read(clip[0]) for clip, _ in cases]
 
     def as_source(latents: torch.Tensor, i: int) -> bool:
-        return read(io.to_uint8(backbone.decode(latents))[0]) == sources[i]
+        return read(media.to_uint8(backbone.decode(latents))[0]) == sources[i]
 
     out = {"clips": n, "reconstruction": round(float(np.mean([as_source(x0, i) for i, x0 in enumerate(x0s)])), 4),
            "sigmas": {}}
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         name, measure = ("one_step", one_step) if args.one_step else ("caption_sensitivity", caption_sensitivity)
         result = {"model": model_label(args.model), **measure(pipe)}
         args.out.mkdir(parents=True, exist_ok=True)
-        io.write_json(args.out / f"{name}.json", result)
+        media.write_json(args.out / f"{name}.json", result)
         print(json.dumps(result, indent=2))
         return 0
     summary, rows, clips = evaluate(pipe, args.seed, args.steps, args.guidance, args.pairs, args.held_out)
@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"model": model_label(args.model), "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "pair_seed": HELD_OUT_PAIR_SEED if args.held_out else TEST_PAIR_SEED}
     name = "prompts_held_out" if args.held_out else "prompts"
-    io.write_json(args.out / f"{name}.json", {"settings": settings, "summary": summary, "rows": rows})
+    media.write_json(args.out / f"{name}.json", {"settings": settings, "summary": summary, "rows": rows})
     big = {k: np.repeat(np.repeat(v[:48, 0], 2, 1), 2, 2) for k, v in clips.items()}  # first frames, 2x
     sheet = viz.grid([big[k][i : i + 16] for k in clips for i in range(0, len(big[k]), 16)],
                      max_columns=16)
-    io.write_png(args.out / f"{name}.png", sheet)
+    media.write_png(args.out / f"{name}.png", sheet)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import io
+from videograin import media
 
 from . import judge, world
 from .train import _ema_update, _log, _lr
@@ -176,7 +176,7 @@ def judged_as_source(vae, videos: torch.Tensor, n: int = 160) -> list[float]:
     rec = torch.cat([vae.decode(vae.encode(videos[i : min(i + 32, n)]).latent_dist.mean).sample for i in range(0, n, 32)])
 
     def read(frame: torch.Tensor):
-        background, shapes = judge.detect(io.to_uint8(frame[None])[0])
+        background, shapes = judge.detect(media.to_uint8(frame[None])[0])
         return background, sorted((d.color, d.kind, d.place) for d in shapes)
 
     return [float(np.mean([read(rec[i, :, f]) == read(videos[i, :, f]) for i in range(n)]))

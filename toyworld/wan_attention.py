@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videograin import io
+from videograin import media
 from videograin.backbones.wan_processors import WanLayoutAttnProcessor, wan_qkv
 from videograin.method.attention import modulated_scores
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         method = Method(name, *(float(v) for v in values))
     rows = measure(load_pipeline(args.model), method, args.steps, args.guidance)
     args.out.mkdir(parents=True, exist_ok=True)
-    io.write_json(args.out / "attention.json", {
+    media.write_json(args.out / "attention.json", {
         "model": str(args.model), "method": method.name, "self_strength": method.self_strength,
         "cross_strength": method.cross_strength, "fraction": method.fraction, "steps": args.steps, "rows": rows})
     table = markdown(rows, method, args.steps)

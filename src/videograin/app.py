@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageSequence
 
-from . import io, toy, viz
+from . import media, sizes, toy, viz
 from .config.parse import spec_from_dict
 from .config.preflight import model_recommended, preflight, read_model
 from .config.spec import DEFAULT_MODEL, EditSettings
@@ -40,8 +40,6 @@ from .runner import edit
 
 
 MAX_REGIONS = 6  # region slots in the form
-VIDEO_TYPES = (".mp4", ".webm", ".gif", ".mov", ".avi", ".mkv")
-IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLICK_MODES = ("box corners", "positive click", "negative click")
 
 
@@ -127,13 +125,13 @@ def _unpack_images(files: list[str], folder: Path, field: str) -> Path:
             with zipfile.ZipFile(path) as archive:
                 for member in archive.infolist():
                     name = Path(member.filename).name
-                    if not member.is_dir() and name.lower().endswith(IMAGE_TYPES) and not name.startswith("."):
+                    if not member.is_dir() and name.lower().endswith(media.IMAGE_SUFFIXES) and not name.startswith("."):
                         (folder / name).write_bytes(archive.read(member))
-        elif path.suffix.lower() in IMAGE_TYPES:
+        elif path.suffix.lower() in media.IMAGE_SUFFIXES:
             shutil.copy(path, folder / path.name)
         else:
             raise SpecError(field, f"{path.name} is neither an image nor a zip",
-                            f"upload one image per frame ({'/'.join(IMAGE_TYPES)}) or one zip of them")
+                            f"upload one image per frame ({'/'.join(media.IMAGE_SUFFIXES)}) or one zip of them")
     return folder
 
 
@@ -268,7 +266,7 @@ def enlarged_gif(source: Path, target: Path, fps: float, long_side: int = 512) -
         frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
     scale = display_scale(frames[0], long_side)
     target.parent.mkdir(parents=True, exist_ok=True)
-    io.write_gif(target, frames.repeat(scale, axis=1).repeat(scale, axis=2), fps)
+    media.write_gif(target, frames.repeat(scale, axis=1).repeat(scale, axis=2), fps)
     return target
 
 
@@ -280,7 +278,7 @@ def quick_preview(form: Form, size: tuple[int, int], multiple: int) -> tuple[For
     """``form`` made quick to run: at most PREVIEW_FRAMES frames and PREVIEW_STEPS steps, each side of
     ``size`` (the edit's size) halved to the model's ``multiple`` (at least one multiple); and the
     sentence that says so on the result."""
-    w, h = io.fit_size(size, None, multiple, long_side=max(size) // 2)  # the one size rule, at half the long side
+    w, h = sizes.default_size(size, multiple, long_side=max(size) // 2)
     steps = min(PREVIEW_STEPS, form.steps) if form.steps else PREVIEW_STEPS
     quick = dataclasses.replace(form, frames=min(PREVIEW_FRAMES, int(form.frames)), steps=steps, width=w, height=h)
     return quick, f"quick preview: {quick.frames} frames of {w}x{h}, {steps} steps (Edit runs the full settings)"
@@ -289,8 +287,8 @@ def quick_preview(form: Form, size: tuple[int, int], multiple: int) -> tuple[For
 def result_frames(folder: Path) -> dict[str, np.ndarray]:
     """A finished run's clips for the frame-by-frame view, uint8 (F, H, W, 3) each: its source and
     regions overlay (source.mp4, masks_overlay.mp4) and its edit (the lossless frames/)."""
-    count = len(io.list_images(folder / "frames"))
-    return {name: io.read_video(path, 0, count, 1)[0] for name, path in
+    count = len(media.list_images(folder / "frames"))
+    return {name: media.read_video(path, 0, count, 1)[0] for name, path in
             (("source", folder / "source.mp4"), ("regions", folder / "masks_overlay.mp4"),
              ("edited", folder / "frames"))}
 
@@ -392,7 +390,7 @@ class App:
         """The size a clip of ``source`` (w, h) is edited at by default: its aspect, the long side at most
         512, the model's multiple; (0, 0) (the runner decides) when the model's config is unreadable."""
         facts = self.facts(model)
-        return (0, 0) if isinstance(facts, Exception) else io.fit_size(source, None, facts.size_multiple)
+        return (0, 0) if isinstance(facts, Exception) else sizes.default_size(source, facts.size_multiple)
 
     def tokenizer(self, model: str | None = None):
         """The model's tokenizer (for the prompt checks), or None when its config is unreadable."""
@@ -411,7 +409,7 @@ class App:
             return f"width and height: multiples of the model's size multiple (its config is not readable: {facts})"
         text = f"width and height: multiples of {facts.size_multiple} (0 and 0: the default"
         if source is not None:
-            text += f", {'x'.join(map(str, io.fit_size(source, None, facts.size_multiple)))} for this clip"
+            text += f", {'x'.join(map(str, sizes.default_size(source, facts.size_multiple)))} for this clip"
         return text + ", the long side at most 512)"
 
     def upload(self, files: list[str] | None, session: str) -> str:
@@ -420,12 +418,12 @@ class App:
             raise SpecError("video.path", "nothing uploaded", "drop a video file (or frame images) on the upload box")
         paths = [Path(f) for f in files]
         folder = self.session_folder("uploads", session)
-        if len(paths) == 1 and paths[0].suffix.lower() in VIDEO_TYPES:
+        if len(paths) == 1 and paths[0].suffix.lower() in media.VIDEO_SUFFIXES:
             return str(shutil.copy(paths[0], folder / paths[0].name))
         frames = _unpack_images(files, folder / "frames", "video.path")
         if not any(frames.iterdir()):
             raise SpecError("video.path", "the upload holds no frame images",
-                            f"upload one video ({'/'.join(VIDEO_TYPES)}) or frame images ({'/'.join(IMAGE_TYPES)})")
+                            f"upload one video ({'/'.join(media.VIDEO_SUFFIXES)}) or frame images ({'/'.join(media.IMAGE_SUFFIXES)})")
         return str(frames)
 
     def run(self, form: Form, session: str, on_step) -> tuple[Path, dict]:
@@ -446,7 +444,7 @@ class App:
         finally:
             del self.running[session]
             running.ended.set()
-        io.write_text(folder / "config.yaml", spec.to_yaml(output=False))
+        media.write_text(folder / "config.yaml", spec.to_yaml(output=False))
         zip_folder(folder, folder.with_suffix(".zip"))
         return folder, record
 

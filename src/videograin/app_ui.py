@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 import yaml
 
-from . import io, toy, viz
+from . import media, toy, viz
 from .app import (
     CLICK_MODES, MAX_REGIONS, PREVIEW_FRAMES, PREVIEW_STEPS, App, Form, RegionForm, error_text, swatch, add_click,
     compare_frame, compose_prompt, display_scale, draw_prompts, enlarged_gif, mask_prompt, prompt_checks,
@@ -259,7 +259,7 @@ class Page:
         for its aspect, no regions; the status says what was reset."""
         try:
             path = self.app.upload(uploaded, request.session_hash)
-            count = min(Form.frames, io.count_frames(Path(path)))
+            count = min(Form.frames, media.count_frames(Path(path)))
             state = read_clip(path, 0, count, 1)
         except SpecError as err:
             return self.show(error_text(err), "video")
@@ -332,7 +332,7 @@ class Page:
         masks = np.zeros((len(form.regions), *made.shape[1:]), dtype=bool)  # each region at its own index
         masks[marked] = made
         path = self.app.session_folder("previews", request.session_hash) / "masks_overlay.mp4"
-        io.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
+        media.write_video(path, viz.mask_overlay(state["pixels"], masks), state["fps"])
         drawn = {"masks": masks, "wheres": [data[w] or "" for w in self.wheres]}
         return {self.masks_preview: str(path), self.region_masks: drawn, **self.show()}
 
@@ -500,7 +500,7 @@ def _source_note(recommended) -> str:
 
 def read_clip(path, start, frames, stride) -> dict:
     """The selected frames of a clip as the page keeps them: {"path", "fps", "pixels" (F, H, W, 3) uint8}."""
-    pixels, fps = io.read_video(Path(path), int(start), int(frames), int(stride))
+    pixels, fps = media.read_video(Path(path), int(start), int(frames), int(stride))
     return {"path": path, "fps": fps, "pixels": pixels}
 
 

@@ -5,7 +5,7 @@ Jobs come from a folder of configs, a list of config paths, or a YAML job list::
     jobs:
       - config: examples/two_balls/config.yaml        # relative to the job list's folder
         name: balls_seed1                             # default: the config's file name
-        seed: 1                                       # any of runner.OVERRIDES
+        seed: 1                                       # any of SHORTCUTS
         set: {edit.modulation.cross_strength: 2.0}    # any config key, dotted
 
 Each job writes ``<out>/<name>/`` (the output folder of `videograin edit`). A job whose run.json holds
@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from . import io, runner
-from .config.parse import UniqueKeyLoader, load_spec, spec_from_dict
+from . import media, runner
+from .config.overrides import SHORTCUTS, with_overrides
+from .config.parse import UniqueKeyLoader, load_spec
 from .config.preflight import model_recommended, with_recommended
 from .config.spec import EditSpec, plain_name
 from .errors import SpecError, first_line
@@ -42,7 +43,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 @dataclass(frozen=True)
 class Job:
-    """One edit of a batch: its config file, the overrides (runner.OVERRIDES) and dotted config keys to
+    """One edit of a batch: its config file, the overrides (SHORTCUTS) and dotted config keys to
     set, and the name of its output folder."""
 
     name: str
@@ -52,20 +53,7 @@ class Job:
 
     def spec(self, out_root: Path) -> EditSpec:
         """The resolved config, writing to ``out_root / name``; SpecError for a bad config or key."""
-        spec = load_spec(self.config)
-        if self.sets:
-            data = spec.to_dict()
-            for dotted, value in self.sets.items():
-                *path, last = dotted.split(".")
-                node = data
-                for key in path:
-                    node = node.setdefault(key, {}) if isinstance(node, dict) else None
-                    if not isinstance(node, dict):
-                        raise SpecError(f"set.{dotted}", f"{key} is not a section of the config",
-                                        "name a key of the config, e.g. edit.modulation.cross_strength")
-                node[last] = value
-            spec = spec_from_dict(data, spec.base_dir)
-        spec = runner.with_overrides(spec, **self.overrides)
+        spec = with_overrides(load_spec(self.config), {**self.sets, **self.overrides})
         return dataclasses.replace(spec, output=(Path(out_root) / self.name).resolve())
 
 
@@ -91,10 +79,10 @@ def _job_list(path: Path) -> list[Job]:
         if not isinstance(sets, dict):
             raise SpecError(f"jobs[{i}].set", f"must be a mapping of dotted config keys to values, got {sets!r}",
                             "write e.g. `set: {edit.modulation.cross_strength: 2.0}`")
-        unknown = set(entry) - set(runner.OVERRIDES)
+        unknown = set(entry) - set(SHORTCUTS)
         if unknown:
             raise SpecError(f"jobs[{i}]", f"unknown key(s) {sorted(unknown)}",
-                            f"use config, name, set or one of {', '.join(runner.OVERRIDES)}")
+                            f"use config, name, set or one of {', '.join(SHORTCUTS)}")
         jobs.append(Job(name, config, entry, dict(sets)))
     return jobs
 
@@ -105,7 +93,7 @@ def load_jobs(sources: list[str | Path]) -> list[Job]:
     jobs: list[Job] = []
     for source in map(Path, sources):
         if source.is_dir():
-            configs = sorted((p for p in source.iterdir() if p.suffix in CONFIG_SUFFIXES), key=lambda p: io.natural_key(p.name))
+            configs = sorted((p for p in source.iterdir() if p.suffix in CONFIG_SUFFIXES), key=lambda p: media.natural_key(p.name))
             if not configs:
                 raise SpecError("JOBS", f"{source} holds no .yaml configs", "give a folder of configs or a job list")
             jobs += [Job(p.stem, p.resolve()) for p in configs]
@@ -245,6 +233,6 @@ def run_batch(jobs: list[Job], out_root: str | Path, *, evaluate: bool = False, 
                 torch.set_num_threads(threads)
     finally:
         bar.close()
-    io.write_json(out_root / "batch.json", {"jobs": rows, "counts": counts})
+    media.write_json(out_root / "batch.json", {"jobs": rows, "counts": counts})
     write_report(out_root)
     return rows

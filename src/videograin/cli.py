@@ -1,28 +1,26 @@
 """The `videograin` command: edit, reconstruct, eval, batch, report, masks, segment, app, convert-config,
 make-tiny-model.
 
-Argument parsing only: the work is in runner.py (edit, reconstruct), eval/, segment.py and
-config/official.py, batch.py, masks.py, app.py. Input errors end with one line and exit code 2.
+Argument parsing only: each command calls one library function (runner.edit, eval.evaluate.evaluate_files,
+segment.segment_job, masks.masks_job, config.official.convert_config / convert_folder, batch.run_batch,
+report.write_report, app_ui.build_app, testing.make_tiny_model). Input errors end with one line and exit
+code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 
-from . import __version__, io, runner, viz
-from .config.parse import load_source_spec, resolve_model
-from .config.preflight import ModelFacts, read_model
-from .backbones.base import check_settings
-from .errors import SettingError, SpecError, WeightsUnavailable
+from . import __version__, runner
+from .config.parse import resolve_model
+from .loading import resolve_device
+from .errors import SpecError
 
 logger = logging.getLogger("videograin")
 
@@ -51,28 +49,13 @@ def _edit(args) -> dict:
 
 
 def _eval(args) -> dict:
-    """`videograin eval`: metrics of an edited video against its source, written as JSON (``EvalInputs.default_out``)."""
-    from .eval import evaluate, metrics
-    from .eval.inputs import load
+    """`videograin eval`: metrics of an edited video against its source, written as JSON."""
+    from .eval.evaluate import evaluate_files, format_table
 
-    inputs = load(args.edited, args.source, args.config, args.prompt, args.regions, args.resize)
-    read = [Path(p) for p in (inputs.edited_path, inputs.source_path, args.config) if p is not None]
-    if Path(args.edited).is_dir():  # an edit's output folder: its files are the edit, only metrics JSON may go there
-        read += [p for p in Path(args.edited).iterdir() if p.suffix != ".json" or p.name == "run.json"]
-    out = io.check_output_file(Path(args.out) if args.out else inputs.default_out, read, "--out")
-    device = runner.resolve_device(args.device)
-    evaluation = evaluate.evaluate(
-        inputs.edited, inputs.source, inputs.masks, inputs.prompt, inputs.region_prompts, inputs.region_names,
-        clip=args.clip or metrics.DEFAULT_CLIP, pickscore=args.pickscore, flow=args.flow, device=device,
-    )
-    record = evaluation.to_dict()
-    count, height, width = inputs.edited.shape[:3]
-    record["inputs"] = {"edited": inputs.edited_path.resolve(), "source": Path(inputs.source_path).resolve(),
-                        "prompt": inputs.prompt, "regions": inputs.region_names, "frames": count, "size": [width, height]}
-    record["notes"].extend(inputs.notes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    io.write_json(out, record)
-    print(evaluate.format_table(evaluation))
+    evaluation, record, out = evaluate_files(
+        args.edited, args.source, args.config, prompt=args.prompt, regions=args.regions, resize=args.resize,
+        out=args.out, clip=args.clip, pickscore=args.pickscore, flow=args.flow, device=args.device)
+    print(format_table(evaluation))
     logger.info("wrote %s", out)
     return record
 
@@ -108,7 +91,7 @@ def _app(args) -> None:
 
     out = Path(args.out).resolve()
     model = None if args.model is None else resolve_model(args.model, Path.cwd())
-    device = runner.resolve_device(args.device)
+    device = resolve_device(args.device)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(out / ".gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -120,173 +103,23 @@ def _app(args) -> None:
                                                  quiet=args.quiet, app_kwargs=LAUNCH_APP_KWARGS)
 
 
-def _masks(args) -> None:
-    """`videograin masks`: a mask sequence per region from a box or clicks, into ``--out``."""
-    from .masks import make_masks, parse_region, resolve_engine, write_masks
-
-    for flag, value, minimum in (("--stride", args.stride, 1), ("--start", args.start, 0), ("--frames", args.frames, 1)):
-        if value is not None and value < minimum:
-            raise SpecError(flag, f"must be >= {minimum}, got {value}", f"pass a whole number >= {minimum}")
-    prompts = [parse_region(text) for text in args.region]
-    names = [p.name for p in prompts]
-    if len(set(names)) != len(names):
-        raise SpecError("--region", f"region names repeat: {names}", "give every region its own name")
-    video = Path(args.video)
-    try:
-        count = args.frames or max(1, (io.count_frames(video) - args.start + args.stride - 1) // args.stride)
-        frames, fps = io.read_video(video, args.start, count, args.stride)
-    except SpecError as err:
-        raise SpecError({"video.path": "VIDEO", "video.frames": "--frames"}.get(err.field, err.field), err.problem,
-                        err.fix) from None
-    for prompt in prompts:
-        prompt.check(len(frames), frames.shape[2], frames.shape[1], f"--region {prompt.name}")
-    try:
-        engine = resolve_engine(args.engine, args.model)
-    except ValueError as err:
-        raise SpecError("--engine", str(err), "pass auto, flow or sam2") from None
-    out = Path(args.out)
-    io.check_output_folder(out, args.overwrite, [video])
-    with io.output_lock(out), io.output_folder(out, args.overwrite) as folder:
-        try:
-            masks, record = make_masks(frames, prompts, engine, args.model, runner.resolve_device(args.device),
-                                       progress=not args.quiet)
-        except WeightsUnavailable as err:
-            raise SpecError("--model", str(err), "give a local SAM 2 folder, or --engine flow (no weights)") from None
-        write_masks(folder, frames, masks, names, {**record, "video": str(video.resolve()),
-                                                   "start": args.start, "stride": args.stride}, fps)
-    logger.info("masks of %d regions (%s engine, %.1f s): %s", len(names), record["engine"], record["seconds"], out)
-
-
-def _segment(args) -> dict:
-    """`videograin segment`: K-means segments of the inversion's self-attention features (papers/000
-    App. B) as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
-    segments_overlay.mp4, segments.png and run.json, through a temporary folder renamed on success."""
-    started = time.perf_counter()
-    if args.k < 2:
-        raise SpecError("--k", f"must be at least 2, got {args.k}", "pass the number of segments, e.g. --k 3 "
-                        "for two objects and the background")
-    if args.steps < 1:
-        raise SpecError("--steps", f"must be >= 1, got {args.steps}", "pass a positive number of steps")
-    if args.level is not None and args.level < 0:
-        raise SpecError("--level", f"must be >= 0, got {args.level}", "leave it out for the coarsest level")
-    spec = load_source_spec(args.config)
-    if args.model is not None:
-        spec = dataclasses.replace(spec, model=resolve_model(args.model, Path.cwd()))
-    out = Path(args.out).resolve() if args.out else spec.base_dir / "segments"
-    device = runner.resolve_device(args.device)
-    io.check_output_folder(out, args.overwrite, runner.inputs_of(spec, args.config))
-    with io.output_lock(out):
-        return _segment_locked(args, spec, out, device, started)
-
-
-def _segment_locked(args, spec, out: Path, device: str, started: float) -> dict:
-    from .segment import label_masks, segment_video
-
-    facts = read_model(spec.model)
-    inputs = io.load_inputs(spec, facts.size_multiple)
-    _check_segment_args(args, facts, inputs)
-    pipe = runner.load_pipeline(spec, device)
-    timings = {"load": time.perf_counter() - started}
-    with io.output_folder(out, args.overwrite) as folder:
-        clock, details = time.perf_counter(), {}
-        labels = segment_video(pipe, inputs.frames, spec.source_prompt, args.k, args.steps, args.seed, args.level,
-                               details)
-        timings["segment"] = time.perf_counter() - clock
-        masks = label_masks(labels, args.k)  # (k, F, H, W) at the working size
-        for i, mask in enumerate(io.resize_masks(masks, inputs.source_size)):  # mask folders: source size
-            io.write_frames(folder / f"segment_{i}", np.repeat(mask[..., None] * np.uint8(255), 3, -1))
-        overlay = viz.mask_overlay(inputs.frames_uint8, masks)
-        io.write_video(folder / "segments_overlay.mp4", overlay, inputs.fps)
-        alone = [viz.mask_overlay(inputs.frames_uint8, masks & (np.arange(args.k) == i)[:, None, None, None])
-                 for i in range(args.k)]
-        labels = ["source", "segments", *(f"segment_{i}" for i in range(args.k))]
-        legend = [(f"segment_{i} ({m.mean():.0%} of the clip)", c) for i, (m, c) in
-                  enumerate(zip(masks, viz.region_colors(args.k)))]
-        io.write_png(folder / "segments.png", viz.labelled_grid([inputs.frames_uint8, overlay, *alone], labels, legend))
-        config = spec.to_dict()
-        timings["total"] = time.perf_counter() - started
-        record = runner.run_record({key: config[key] for key in ("model", "video", "source_prompt")}, "segment", pipe,
-                             device, inputs)
-        record.update(
-            k=args.k, steps=args.steps, seed=args.seed,
-            features={"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
-            segments=[{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
-            timings={k: round(v, 3) for k, v in timings.items()}, **runner.peak_memory(device),
-        )
-        io.write_json(folder / "run.json", record)
-    logger.info("name a folder %s/segment_<i> as a region's `masks:` (segments.png shows which)", out)
-    return record
-
-
-def _check_segment_args(args, facts: ModelFacts, inputs: io.VideoInputs) -> None:
-    """`segment`'s --steps, --level and --k against the model and the clip, before weights load."""
-    from .method.layout import token_grid
-
-    try:
-        check_settings(facts.capabilities, num_inference_steps=args.steps)
-    except SettingError as err:
-        raise SpecError("--steps", err.problem, err.fix) from None
-    levels = facts.self_attention_levels
-    if args.level is not None and args.level not in levels:
-        raise SpecError("--level", f"level {args.level} has no decoder self-attention (levels with it: {list(levels)})",
-                        "pick one of those, or leave --level out for the coarsest")
-    level = args.level if args.level is not None else max(levels)
-    width, height = inputs.size
-    grid = token_grid((height // facts.vae_factor, width // facts.vae_factor), level)
-    tokens = inputs.frames.shape[0] * grid[0] * grid[1]
-    if args.k > tokens:
-        raise SpecError("--k", f"{args.k} segments exceed the {tokens} feature tokens ({inputs.frames.shape[0]} "
-                        f"frames of {grid[0]}x{grid[1]} at level {level})", "pick a smaller --k or a finer --level")
-
-
 def _convert_config(args) -> None:
     """`videograin convert-config`: an official VideoGrain config -> this project's spec YAML; a folder
     of them -> one spec each and a job list (jobs.yaml) for `videograin batch`."""
     from .config.official import convert_config
 
     if Path(args.official).is_dir():
-        _convert_folder(args)
+        from .config.official import convert_folder
+
+        convert_folder(args.official, args.out, root=args.root, prompt_index=args.index, overwrite=args.overwrite)
         return
     result = convert_config(args.official, args.out, root=args.root, prompt_index=args.index, overwrite=args.overwrite)
     logger.info("wrote %s (%d regions; %d official option(s) not applied, listed at its top)",
                 result.path, len(result.spec.regions), len(result.unsupported))
 
 
-def _convert_folder(args) -> None:
-    """Every official config under a folder into ``--out`` (a folder), and ``--out/jobs.yaml`` listing
-    the ones that converted; the others are named with their one-line reason."""
-    import yaml
-
-    from .config.official import convert_config
-
-    folder, out = Path(args.official), Path(args.out or "converted")
-    if out.is_file():
-        raise SpecError("--out", f"{out} is a file", "give a folder for the converted configs and jobs.yaml")
-    officials = sorted(folder.rglob("*.yaml"), key=lambda p: io.natural_key(str(p)))
-    if not officials:
-        raise SpecError("OFFICIAL", f"{folder} holds no .yaml configs", "give the official repository's config folder")
-    out.mkdir(parents=True, exist_ok=True)
-    jobs, failed = [], 0
-    for official in officials:
-        name = "_".join(official.relative_to(folder).with_suffix("").parts)
-        try:
-            result = convert_config(official, out / f"{name}.yaml", root=args.root, prompt_index=args.index,
-                                    overwrite=args.overwrite)
-        except SpecError as err:
-            failed += 1
-            logger.warning("not converted: %s (%s)", official, err)
-            continue
-        jobs.append({"config": result.path.name, "name": name})
-    if not jobs:
-        raise SpecError("OFFICIAL", f"none of the {len(officials)} configs in {folder} converted",
-                        "see the reasons above; check --root")
-    (out / "jobs.yaml").write_text(yaml.safe_dump({"jobs": jobs}, sort_keys=False), encoding="utf-8")
-    logger.info("wrote %s: %d jobs (%d configs not converted); run them with `videograin batch %s --out DIR`",
-                out / "jobs.yaml", len(jobs), failed, out / "jobs.yaml")
-
-
-def main(argv: list[str] | None = None) -> int:
-    # long only because it lists every subcommand's flags in one place, as `--help` shows them
+def _parser() -> argparse.ArgumentParser:
+    """Every command and its flags, as `--help` shows them."""
     parser = argparse.ArgumentParser(prog="videograin", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"videograin {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -408,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", parents=[common],
                                  help="rebuild results.csv/.md and report.html from a folder of output folders")
     report.add_argument("folder", help="a batch's --out, or any folder holding edit output folders")
-    args = parser.parse_args(argv)
-    args.argv = argv
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `videograin` command line ``argv`` (default: sys.argv); returns the exit code: 0, 1 when
+    a batch job failed, 2 for an input error (one line naming the field and the fix), 130 interrupted."""
+    args = _parser().parse_args(argv)
+    args.argv = argv
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("videograin").setLevel(level)
@@ -419,44 +257,56 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _interrupt)
     try:
-        if args.command == "make-tiny-model":
-            from .testing import make_tiny_model, make_tiny_wan_model
-
-            folder = Path(args.folder)
-            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-                raise SpecError("folder", f"{folder} exists and is not an empty folder", "give a new or empty folder")
-            variant = "2.1" if args.wan else "2.2-a14b" if args.wan22 else "2.2-ti2v" if args.ti2v else None
-            if variant and args.controlnet:
-                raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet")
-            made = (make_tiny_wan_model(args.folder, args.seed, variant) if variant
-                    else make_tiny_model(args.folder, args.seed, args.controlnet))
-            logger.info("wrote %s", made)
-        elif args.command == "convert-config":
-            _convert_config(args)
-        elif args.command == "eval":
-            _eval(args)
-        elif args.command == "segment":
-            _segment(args)
-        elif args.command == "batch":
-            return _batch(args)
-        elif args.command == "report":
-            _report(args)
-        elif args.command == "masks":
-            _masks(args)
-        elif args.command == "app":
-            _app(args)
-        else:
-            if args.command == "demo":
-                from . import toy
-
-                args.command, args.config = "edit", str(toy.DEMO_WAN_CONFIG if args.wan else toy.DEMO_CONFIG)
-            _edit(args)
+        return _run(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt): the output folders cleaned up on the way out
         print("interrupted; nothing written", file=sys.stderr)
         return 130
+
+
+def _run(args) -> int:
+    """The library call of ``args.command``; its exit code."""
+    if args.command == "make-tiny-model":
+        from .testing import make_tiny_model, make_tiny_wan_model
+
+        folder = Path(args.folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise SpecError("folder", f"{folder} exists and is not an empty folder", "give a new or empty folder")
+        variant = "2.1" if args.wan else "2.2-a14b" if args.wan22 else "2.2-ti2v" if args.ti2v else None
+        if variant and args.controlnet:
+            raise SpecError("--controlnet", "there is no tiny ControlNet for Wan", "drop --controlnet")
+        made = (make_tiny_wan_model(args.folder, args.seed, variant) if variant
+                else make_tiny_model(args.folder, args.seed, args.controlnet))
+        logger.info("wrote %s", made)
+    elif args.command == "convert-config":
+        _convert_config(args)
+    elif args.command == "eval":
+        _eval(args)
+    elif args.command == "segment":
+        from .segment import segment_job
+
+        segment_job(args.config, args.out, k=args.k, steps=args.steps, seed=args.seed, level=args.level,
+                    model=args.model, device=args.device, overwrite=args.overwrite)
+    elif args.command == "batch":
+        return _batch(args)
+    elif args.command == "report":
+        _report(args)
+    elif args.command == "masks":
+        from .masks import masks_job
+
+        masks_job(args.video, args.region, args.out, start=args.start, frames=args.frames, stride=args.stride,
+                  engine=args.engine, model=args.model, device=args.device, overwrite=args.overwrite,
+                  progress=not args.quiet)
+    elif args.command == "app":
+        _app(args)
+    else:
+        if args.command == "demo":
+            from . import toy
+
+            args.command, args.config = "edit", str(toy.DEMO_WAN_CONFIG if args.wan else toy.DEMO_CONFIG)
+        _edit(args)
     return 0
 
 

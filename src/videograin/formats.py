@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from . import io
+from .mask_files import MASK_THRESHOLD, resize_masks
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -82,27 +82,6 @@ def resize_01(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def frame_size(source: tuple[int, int], height: int | None, width: int | None, multiple: int,
-               native: int) -> tuple[int, int]:
-    """The (w, h) an edit runs at: ``height``/``width`` when given (multiples of ``multiple``, else a
-    ValueError naming the nearest valid values); a side left out keeps the source aspect ratio; neither:
-    the source aspect with the long side at most ``native`` (the model's training resolution), each side
-    rounded to the nearest multiple."""
-    if height is None and width is None:
-        return io.fit_size(source, None, multiple, long_side=native)
-    src_w, src_h = source
-    if width is None:
-        width = max(multiple, round(src_w * height / src_h / multiple) * multiple)
-    if height is None:
-        height = max(multiple, round(src_h * width / src_w / multiple) * multiple)
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < multiple or value % multiple:
-            low = max(multiple, int(value) // multiple * multiple) if isinstance(value, (int, float)) else multiple
-            raise ValueError(f"{name} {value!r} must be a positive multiple of {multiple} (the model's total "
-                             f"downsampling): use {low} or {low + multiple}")
-    return width, height
-
-
 def _mask_array(mask: Any, name: str) -> np.ndarray:
     """One region's masks (F, h, w) as bool, from bool / uint8 / float arrays or a list of PIL images."""
     if isinstance(mask, (list, tuple)):
@@ -123,7 +102,7 @@ def _mask_array(mask: Any, name: str) -> np.ndarray:
         if mask.max() == 1:
             raise ValueError(f"{name} is uint8 with values 0/1, but uint8 masks are read 0..255 (>= 128 inside): "
                              "pass masks.astype(bool) or masks * 255")
-        return mask >= io.MASK_THRESHOLD
+        return mask >= MASK_THRESHOLD
     if np.issubdtype(mask.dtype, np.floating):
         if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
             raise ValueError(f"{name} is float outside [0, 1]: pass bool masks or floats in [0, 1] (>= 0.5 inside)")
@@ -148,7 +127,7 @@ def region_masks(masks: Any, num_regions: int, num_frames: int, size: tuple[int,
         mask = _mask_array(mask, f"masks[{r}]")
         if mask.shape[0] != num_frames:
             raise ValueError(f"masks[{r}] has {mask.shape[0]} frames but the video has {num_frames}")
-        out.append(io.resize_masks(mask, size))
+        out.append(resize_masks(mask, size))
     return torch.from_numpy(np.stack(out))
 
 

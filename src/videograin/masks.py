@@ -26,10 +26,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import io, values, viz
+from . import media, outputs, values, viz
 from .config.spec import MASK_ENGINES as ENGINES
 from .config.spec import plain_name
 from .errors import SettingError, SpecError, WeightsUnavailable
+from .loading import resolve_device
 
 logger = logging.getLogger("videograin")
 
@@ -331,10 +332,52 @@ def write_masks(folder: Path, frames: np.ndarray, masks: np.ndarray, names: list
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, mask in zip(names, masks):
-        io.write_frames(folder / name, np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1))
+        media.write_frames(folder / name, np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1))
     overlay = viz.mask_overlay(frames, masks)
-    io.write_video(folder / "masks_overlay.mp4", overlay, fps)
+    media.write_video(folder / "masks_overlay.mp4", overlay, fps)
     legend = viz.region_legend(names, [f"{record['engine']} engine"] * len(names))
-    io.write_png(folder / "masks.png", viz.labelled_grid([frames, overlay], ["source", "masks"], legend))
-    io.write_json(folder / "masks.json", {"command": "masks", **record, "regions": names, "frames": len(frames),
+    media.write_png(folder / "masks.png", viz.labelled_grid([frames, overlay], ["source", "masks"], legend))
+    media.write_json(folder / "masks.json", {"command": "masks", **record, "regions": names, "frames": len(frames),
                                           "size": [frames.shape[2], frames.shape[1]]})
+
+
+# ------------------------------------------------------------------------------------ the `videograin masks` job
+
+
+def masks_job(video: str | Path, regions: list[str], out: str | Path, *, start: int = 0, frames: int | None = None,
+              stride: int = 1, engine: str = "auto", model: str = DEFAULT_SAM2, device: str | None = None,
+              overwrite: bool = False, progress: bool = True) -> dict:
+    """`videograin masks`: a mask sequence per region (``regions``: "NAME:box=...|points=..." as
+    ``parse_region`` reads them) over the frames ``start, start + stride, ...`` (``frames`` of them,
+    default all) of ``video``, written by ``write_masks`` into ``out`` through the edit's output
+    skeleton. Returns the masks.json record; SpecError naming the flag for bad input."""
+    for flag, value, minimum in (("--stride", stride, 1), ("--start", start, 0), ("--frames", frames, 1)):
+        if value is not None and value < minimum:
+            raise SpecError(flag, f"must be >= {minimum}, got {value}", f"pass a whole number >= {minimum}")
+    prompts = [parse_region(text) for text in regions]
+    names = [p.name for p in prompts]
+    if len(set(names)) != len(names):
+        raise SpecError("--region", f"region names repeat: {names}", "give every region its own name")
+    video = Path(video)
+    try:
+        count = frames or max(1, (media.count_frames(video) - start + stride - 1) // stride)
+        pixels, fps = media.read_video(video, start, count, stride)
+    except SpecError as err:
+        raise SpecError({"video.path": "VIDEO", "video.frames": "--frames"}.get(err.field, err.field), err.problem,
+                        err.fix) from None
+    for prompt in prompts:
+        prompt.check(len(pixels), pixels.shape[2], pixels.shape[1], f"--region {prompt.name}")
+    try:
+        engine = resolve_engine(engine, model)
+    except ValueError as err:
+        raise SpecError("--engine", str(err), "pass auto, flow or sam2") from None
+    out = Path(out)
+    with outputs.locked_output(out, overwrite, [video]), outputs.output_folder(out, overwrite) as folder:
+        try:
+            masks, record = make_masks(pixels, prompts, engine, model, resolve_device(device), progress=progress)
+        except WeightsUnavailable as err:
+            raise SpecError("--model", str(err), "give a local SAM 2 folder, or --engine flow (no weights)") from None
+        record = {**record, "video": str(video.resolve()), "start": start, "stride": stride}
+        write_masks(folder, pixels, masks, names, record, fps)
+    logger.info("masks of %d regions (%s engine, %.1f s): %s", len(names), record["engine"], record["seconds"], out)
+    return record

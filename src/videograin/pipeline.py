@@ -43,6 +43,7 @@ from .method.settings import (
     INVERSIONS, MAX_REGIONS, InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window,
 )
 from .method.tokens import region_token_spans, word_token_indices
+from .sizes import edit_size
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +245,8 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
     def prepare_video(self, video, height: int | None, width: int | None, name: str = "video") -> torch.Tensor:
         """Any supported video (see ``formats``) -> float32 (F, 3, H, W) in [0, 1] at the edit size."""
         frames = formats.video_01(video, name)
-        size = formats.frame_size((frames.shape[-1], frames.shape[-2]), height, width, self.size_multiple,
-                                  self.backbone.native_size)
+        size = edit_size((frames.shape[-1], frames.shape[-2]), width, height, self.size_multiple,
+                         self.backbone.native_size)
         return formats.resize_01(frames, size)
 
     def _control(self, control_images, scale: float, size: tuple[int, int]):

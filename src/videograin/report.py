@@ -17,7 +17,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from . import io
+from . import media
 
 logger = logging.getLogger("videograin")
 
@@ -82,7 +82,7 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
             rows[job["name"]] = {"name": job["name"], "status": job["status"], "error": job.get("error")}
         else:
             rows[job["name"]]["status"] = job["status"]
-    return sorted(rows.values(), key=lambda row: io.natural_key(row["name"]))
+    return sorted(rows.values(), key=lambda row: media.natural_key(row["name"]))
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -109,7 +109,7 @@ def write_report(folder: str | Path) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(_cell(row.get(k)).replace("|", "/") for k in columns) + " |" for row in rows]
     for name, text in (("results.csv", table.getvalue()), ("results.md", "\n".join(lines) + "\n"),
                        ("report.html", _html(folder, rows, columns))):
-        io.write_text(folder / name, text)
+        media.write_text(folder / name, text)
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Layouts without masks (papers/000 §3.1, Fig. 3b, App. B): K-means over the self-attention features
+"""Layouts without masks (VideoGrain, arXiv:2502.17258, §3.1, Fig. 3b, App. B): K-means over the self-attention features
 of DDIM inversion gives coarse segments, one cluster id meaning the same thing in every frame.
 
 The features are the self-attention queries of the decoder (up-block) layers at one UNet level, recorded
@@ -8,21 +8,37 @@ again. The points of all frames are clustered jointly (k-means++ initialisation,
 restarts, float64 on the CPU: deterministic), and each token's label is spread to its pixels (nearest).
 
 As the paper notes, such clusters follow semantics, not instances: two objects of one class usually
-share a cluster (SAM-Track separates them in the paper). Everything here is pure; the CLI writes files.
+share a cluster (SAM-Track separates them in the paper). ``segment_job`` is `videograin segment`: it
+writes the segments as mask folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import media, outputs, viz
+from .backbones.base import check_settings
 from .backbones.sd import TemporalAids
 from .backbones.sd_processors import FeatureStore, PnPMode
+from .config.parse import load_source_spec, resolve_model
+from .config.preflight import ModelFacts, read_model
+from .errors import SettingError, SpecError
+from .inputs import VideoInputs, inputs_of, load_inputs
+from .loading import load_pipeline, resolve_device
+from .mask_files import resize_masks
 from .method.layout import token_grid
+from .run_record import peak_memory, run_record
+
+logger = logging.getLogger(__name__)
 
 _LAYER = re.compile(r"up_blocks\.(\d+)\.")
 
@@ -205,3 +221,87 @@ def label_masks(labels: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
     """Labels (F, H, W) -> bool masks (k, F, H, W), one per cluster id."""
     labels = np.asarray(labels)
     return labels[None] == np.arange(k)[:, None, None, None]
+
+
+# ---------------------------------------------------------------------------------- the `videograin segment` job
+
+
+def segment_job(config: str | Path, out: str | Path | None = None, *, k: int, steps: int = 50, seed: int = 0,
+                level: int | None = None, model: str | None = None, device: str | None = None,
+                overwrite: bool = False) -> dict:
+    """`videograin segment`: K-means segments of the inversion's self-attention features of the clip a
+    config names, as mask folders ``segment_<i>/`` (source frame size, ready for a region's ``masks:``),
+    segments_overlay.mp4, segments.png and run.json in ``out`` (default: segments/ beside the config),
+    through the edit's output skeleton (checked, locked, a temporary folder renamed on success).
+    Returns the run.json record; SpecError naming the flag for bad input."""
+    started = time.perf_counter()
+    if k < 2:
+        raise SpecError("--k", f"must be at least 2, got {k}", "pass the number of segments, e.g. --k 3 "
+                        "for two objects and the background")
+    if steps < 1:
+        raise SpecError("--steps", f"must be >= 1, got {steps}", "pass a positive number of steps")
+    if level is not None and level < 0:
+        raise SpecError("--level", f"must be >= 0, got {level}", "leave it out for the coarsest level")
+    spec = load_source_spec(config)
+    if model is not None:
+        spec = dataclasses.replace(spec, model=resolve_model(model, Path.cwd()))
+    out = Path(out).resolve() if out else spec.base_dir / "segments"
+    device = resolve_device(device)
+    with outputs.locked_output(out, overwrite, inputs_of(spec, config)):
+        facts = read_model(spec.model)
+        inputs = load_inputs(spec, facts.size_multiple)
+        _check_segment_args(k, steps, level, facts, inputs)
+        pipe = load_pipeline(spec, device)
+        timings = {"load": time.perf_counter() - started}
+        with outputs.output_folder(out, overwrite) as folder:
+            clock, details = time.perf_counter(), {}
+            labels = segment_video(pipe, inputs.frames, spec.source_prompt, k, steps, seed, level, details)
+            timings["segment"] = time.perf_counter() - clock
+            masks = _write_segments(folder, label_masks(labels, k), inputs)
+            config_data = spec.to_dict()
+            timings["total"] = time.perf_counter() - started
+            record = run_record({key: config_data[key] for key in ("model", "video", "source_prompt")}, "segment",
+                                pipe, device, inputs)
+            record.update(
+                k=k, steps=steps, seed=seed,
+                features={"kind": "decoder self-attention queries, averaged over the DDIM inversion steps", **details},
+                segments=[{"masks": f"segment_{i}", "share": round(float(m.mean()), 4)} for i, m in enumerate(masks)],
+                timings={key: round(v, 3) for key, v in timings.items()}, **peak_memory(device),
+            )
+            media.write_json(folder / "run.json", record)
+    logger.info("name a folder %s/segment_<i> as a region's `masks:` (segments.png shows which)", out)
+    return record
+
+
+def _write_segments(folder: Path, masks: np.ndarray, inputs: VideoInputs) -> np.ndarray:
+    """``segment_<i>/`` mask folders at the source size, segments_overlay.mp4 and segments.png of the
+    segments' masks bool (k, F, H, W) at the working size; returns them."""
+    k = len(masks)
+    for i, mask in enumerate(resize_masks(masks, inputs.source_size)):  # mask folders: source size
+        media.write_frames(folder / f"segment_{i}", np.repeat(mask[..., None] * np.uint8(255), 3, -1))
+    overlay = viz.mask_overlay(inputs.frames_uint8, masks)
+    media.write_video(folder / "segments_overlay.mp4", overlay, inputs.fps)
+    alone = [viz.mask_overlay(inputs.frames_uint8, masks & (np.arange(k) == i)[:, None, None, None]) for i in range(k)]
+    labels = ["source", "segments", *(f"segment_{i}" for i in range(k))]
+    legend = [(f"segment_{i} ({m.mean():.0%} of the clip)", c) for i, (m, c) in enumerate(zip(masks, viz.region_colors(k)))]
+    media.write_png(folder / "segments.png", viz.labelled_grid([inputs.frames_uint8, overlay, *alone], labels, legend))
+    return masks
+
+
+def _check_segment_args(k: int, steps: int, level: int | None, facts: ModelFacts, inputs: VideoInputs) -> None:
+    """`segment`'s --steps, --level and --k against the model and the clip, before weights load."""
+    try:
+        check_settings(facts.capabilities, num_inference_steps=steps)
+    except SettingError as err:
+        raise SpecError("--steps", err.problem, err.fix) from None
+    levels = facts.self_attention_levels
+    if level is not None and level not in levels:
+        raise SpecError("--level", f"level {level} has no decoder self-attention (levels with it: {list(levels)})",
+                        "pick one of those, or leave --level out for the coarsest")
+    level = level if level is not None else max(levels)
+    width, height = inputs.size
+    grid = token_grid((height // facts.vae_factor, width // facts.vae_factor), level)
+    tokens = inputs.frames.shape[0] * grid[0] * grid[1]
+    if k > tokens:
+        raise SpecError("--k", f"{k} segments exceed the {tokens} feature tokens ({inputs.frames.shape[0]} "
+                        f"frames of {grid[0]}x{grid[1]} at level {level})", "pick a smaller --k or a finer --level")

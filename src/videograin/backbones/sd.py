@@ -23,6 +23,7 @@ from ..method.sampling import SOLVERS, DDIMSchedule, Denoiser
 from ..method.settings import TEMPORAL_MODES, Modulation, TemporalAidSettings
 from ..method.tokens import encode_prompt, regional_prompt_embeds
 from ..method.trajectories import Trajectories, trajectories_for_levels
+from ..sizes import check_frame_size
 from .base import Capabilities
 from .sd_processors import FeatureStore, PnPMode, StepContext, layout_processors, residual_injection
 
@@ -110,9 +111,7 @@ class StableDiffusionBackbone:
         self.native_size = pipe.unet.config.sample_size * self.capabilities.vae_factor
 
     def check_size(self, num_frames: int, height: int, width: int) -> None:
-        m = self.capabilities.size_multiple
-        if height % m or width % m:
-            raise ValueError(f"frame size {width}x{height} must be a multiple of {m} (the model's total downsampling)")
+        check_frame_size(width, height, self.capabilities.size_multiple)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, batch: int = 8) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ..method.modulation import ModulationContext, step_context
 from ..method.recorder import AttentionRecorder
 from ..method.sampling import SOLVERS, Denoiser, FlowSchedule
 from ..method.settings import INVERSIONS, Modulation, TemporalAidSettings
+from ..sizes import check_frame_size
 from ..method.tokens import regional_prompt_embeds
 from .base import Capabilities, check_settings
 from .wan_processors import layout_processors
@@ -104,9 +105,7 @@ class WanBackbone:
     def check_size(self, num_frames: int, height: int, width: int) -> None:
         caps = self.capabilities
         check_settings(caps, num_frames=num_frames)
-        if height % caps.size_multiple or width % caps.size_multiple:
-            raise ValueError(f"frame size {width}x{height} must be a multiple of {caps.size_multiple} (VAE "
-                             f"{caps.vae_factor} x patch {self.patch[1]})")
+        check_frame_size(width, height, caps.size_multiple)
 
     def _latent_stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.pipe.vae.config

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .. import io, values
+from .. import media, values
 from ..errors import SettingError, SpecError
 from ..method.sampling import SOLVERS
 from ..method.settings import (
@@ -139,7 +139,7 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
         raise SpecError("video.frames", f"must be a whole number or 'all', got {frames!r}",
                         "give a number of frames, e.g. 16, or `all` (every frame from `start`, every `stride`-th)")
     if frames == "all":  # every frame from start, every stride-th
-        total = io.count_frames(path)
+        total = media.count_frames(path)
         if start >= total:
             raise SpecError("video.start", f"{start} is past the last frame of {path.name} ({total} frames)",
                             f"use a start below {total}")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
-
 from ..errors import WeightsUnavailable
-from ..io import as_uint8_frames
+from ..media import as_uint8_frames
 from .metrics import (
     DEFAULT_CLIP, DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR, ClipScorer, ImageTextScorer, _as_masks, _check_same,
     attention_mass, clip_frame_consistency, clip_text_score, edited_union, instance_accuracy, load_lpips,
@@ -238,3 +238,36 @@ def format_table(result: EvalResult | dict) -> str:
     for note in data.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def evaluate_files(edited: str | Path, source: str | Path | None = None, config: str | Path | None = None, *,
+                   prompt: str | None = None, regions: list[str] | None = None, resize: bool = False,
+                   out: str | Path | None = None, clip: str | None = None, pickscore: str = DEFAULT_PICKSCORE,
+                   flow: str = "dis", device: str | None = None) -> tuple[EvalResult, dict, Path]:
+    """`videograin eval`: the metrics of an edited video (a file, a frames folder or an edit's output
+    folder) against its source, read from disk by ``eval.inputs.load``, written as JSON to ``out``
+    (default: metrics.json in an output folder, else beside the edit), which may not be one of the
+    inputs. Returns (the result, the JSON record, where it was written)."""
+    from ..loading import resolve_device
+    from ..media import write_json
+    from ..outputs import check_output_file
+    from .inputs import load
+
+    inputs = load(edited, source, config, prompt, regions, resize)
+    read = [Path(p) for p in (inputs.edited_path, inputs.source_path, config) if p is not None]
+    if Path(edited).is_dir():  # an edit's output folder: its files are the edit, only metrics JSON may go there
+        read += [p for p in Path(edited).iterdir() if p.suffix != ".json" or p.name == "run.json"]
+    out = check_output_file(Path(out) if out else inputs.default_out, read, "--out")
+    evaluation = evaluate(
+        inputs.edited, inputs.source, inputs.masks, inputs.prompt, inputs.region_prompts, inputs.region_names,
+        clip=clip or DEFAULT_CLIP, pickscore=pickscore, flow=flow, device=resolve_device(device),
+    )
+    record = evaluation.to_dict()
+    count, height, width = inputs.edited.shape[:3]
+    record["inputs"] = {"edited": inputs.edited_path.resolve(), "source": Path(inputs.source_path).resolve(),
+                        "prompt": inputs.prompt, "regions": inputs.region_names, "frames": count, "size": [width, height]}
+    record["notes"].extend(inputs.notes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, record)
+    return evaluation, record, out
+

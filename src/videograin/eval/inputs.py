@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import mask_files, media
+from ..inputs import load_inputs
 from ..config.parse import load_spec, spec_from_dict
 from ..config.spec import EditSpec
 from ..errors import SpecError, first_line
@@ -62,10 +63,10 @@ def read_frames(path: Path, field_name: str, frames: int | None = None, spec: Ed
     """All frames of a video file or frames folder, or, when their count is not ``frames``, the
     config's start/stride selection of ``frames``. Read errors name ``field_name``."""
     try:
-        total = io.count_frames(path)
+        total = media.count_frames(path)
         if frames is None or total == frames or spec is None:
-            return io.read_video(path, 0, total, 1)[0]
-        return io.read_video(path, spec.video.start, frames, spec.video.stride)[0]
+            return media.read_video(path, 0, total, 1)[0]
+        return media.read_video(path, spec.video.start, frames, spec.video.stride)[0]
     except SpecError as err:
         raise SpecError(field_name, err.problem, err.fix) from None
 
@@ -124,10 +125,10 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         if count != spec.video.frames:
             raise SpecError("--edited", f"{edited_path} has {count} frames but the config selects {spec.video.frames}",
                             "give the config the edit was made with")
-        from ..runner import PromptedMasks  # regions given by a box or clicks: the edit's masks/ (or made again)
+        from ..inputs import PromptedMasks  # regions given by a box or clicks: the edit's masks/ (or made again)
 
         # masks (and the source when --source is not given) at the config's size
-        inputs = io.load_inputs(spec, 1, PromptedMasks(spec, "cpu", progress=False))
+        inputs = load_inputs(spec, 1, PromptedMasks(spec, "cpu", progress=False))
         source_frames = inputs.frames_uint8 if source_path is None else read_frames(source_path, "--source", count, spec)
         masks = inputs.masks.numpy()
     else:
@@ -140,11 +141,11 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         if spec is not None:
             _note(notes, f"the source ({source_size[0]}x{source_size[1]}) and the masks were resized to the edit's "
                          f"{width}x{height}")
-            source_frames = io.resize_frames(source_frames, (width, height))
+            source_frames = media.resize_frames(source_frames, (width, height))
         elif resize:
             _note(notes, f"the edited video ({width}x{height}) was resized to the source's "
                          f"{source_size[0]}x{source_size[1]}")
-            frames = io.resize_frames(frames, source_size)
+            frames = media.resize_frames(frames, source_size)
             width, height = source_size
         else:
             raise SpecError("--edited", f"{edited_path} is {width}x{height} but the source is "
@@ -157,9 +158,9 @@ def load(edited: str | Path, source: str | Path | None = None, config: str | Pat
         repeated = sorted({r.name for r in parsed if [q.name for q in parsed].count(r.name) > 1})
         if repeated:
             raise SpecError("--regions", f"region name(s) {repeated} given more than once", "give each region once")
-        masks = np.stack([io.read_mask_folder(r.masks, 0, count, 1, count, "--regions") for r in parsed])
+        masks = np.stack([mask_files.read_mask_folder(r.masks, 0, count, 1, count, "--regions") for r in parsed])
         names, region_prompts = [r.name for r in parsed], [r.prompt for r in parsed]
     if masks is not None and masks.shape[-2:] != (height, width):
-        masks = io.resize_masks(masks, (width, height))
+        masks = mask_files.resize_masks(masks, (width, height))
     return EvalInputs(frames, source_frames, masks, prompt if prompt is not None else (spec.prompt if spec else None),
                       region_prompts, names, edited_path, source_path or spec.video.path, default_out, notes)

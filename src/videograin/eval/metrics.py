@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import WeightsUnavailable, first_line
 from ..hub import obtainable
-from ..io import as_uint8_frames
+from ..media import as_uint8_frames
 from .optical_flow import optical_flow
 
 logger = logging.getLogger(__name__)

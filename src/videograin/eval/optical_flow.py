@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsUnavailable, first_line
-from ..io import as_uint8_frames
+from ..media import as_uint8_frames
 
 FLOW_BACKENDS = ("dis", "raft")
 DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
