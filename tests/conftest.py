@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,7 @@ def sd_pipe():
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs
+# The input-error tests (tests/input_errors/) share the ``case`` fixture and the helpers below.
 
 
 def _tree(root: Path) -> dict[str, object]:
@@ -174,3 +178,27 @@ class Case:
 @pytest.fixture()
 def case(tmp_path, tiny_model_dir, monkeypatch, capsys) -> Case:
     return Case(tmp_path, tiny_model_dir, monkeypatch, capsys)
+
+
+def region_entry(case: Case, name: str) -> dict:
+    """The config entry of the region called ``name``."""
+    return next(r for r in case.config["regions"] if r["name"] == name)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its content hash (and every folder), to compare before and after."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+def start_edit(case: Case, steps: int = 400) -> subprocess.Popen:
+    """A long CLI edit in a subprocess; returns once it writes into its temporary folder."""
+    case.config["edit"]["steps"] = steps
+    proc = subprocess.Popen([sys.executable, "-m", "videograin.cli", "edit", str(case.write())],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(f".{case.out.name}.") and p.is_dir() for p in case.root.iterdir()):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the edit never started writing"
+        time.sleep(0.2)
+    return proc

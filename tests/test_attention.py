@@ -1,6 +1,7 @@
-"""ST-Layout attention (DESIGN.md "Method spec (VideoGrain)") against float64 references written here.
+"""ST-Layout attention (VideoGrain, arXiv:2502.17258, §3.4) against float64 references written here.
 
-The references implement DESIGN.md's first formula literally,
+The references implement the paper's modulation literally (positive pairs raised towards the row
+maximum, negative pairs pushed towards the row minimum),
 
     s'[x,y] = s + λ_x·( R·(rowmax − s) − (1−R)·(s − rowmin) ),   R = (q_bits[x] & k_bits[y]) ≠ 0,
 
@@ -42,7 +43,7 @@ SELF_BIT_VALUES = torch.tensor([0, 0b001, 0b011, 0b100, 0b101])
 
 
 def reference_attention(q, k, v, q_bits, k_bits, strength, scale=None) -> torch.Tensor:
-    """DESIGN.md's formula in float64. q: (B,H,Nq,D); k,v: (B,H,Nk,D); bits (N,) or (B,N);
+    """The modulation formula in float64. q: (B,H,Nq,D); k,v: (B,H,Nk,D); bits (N,) or (B,N);
     strength scalar, (Nq,) or (B,Nq)."""
     q, k, v = q.double(), k.double(), v.double()
     b, _, n_q, d = q.shape

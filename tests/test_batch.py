@@ -81,17 +81,6 @@ def test_batch_runs_resumes_and_reports_and_ray_gives_the_same_frames(job_list, 
         assert _frames(on_ray / name) == _frames(out / name), name
 
 
-def test_job_list_errors_name_the_entry(tmp_path, capsys):
-    from videograin.cli import main
-
-    bad = tmp_path / "jobs.yaml"
-    bad.write_text(yaml.safe_dump({"jobs": [{"config": "a.yaml", "sead": 1}]}))
-    assert main(["batch", str(bad), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "jobs[0]" in err and "sead" in err and len(err.strip().splitlines()) == 1
-    assert main(["batch", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
-
-
 def test_report_shows_metrics_found_beside_a_job_and_survives_junk(tmp_path, caplog):
     """report of a folder whose records are junk: a batch.json that is a list, then not JSON, a run.json
     with wrong types, a run.json that is a FIFO (read, it would block for ever): the good rows, at once."""

@@ -64,15 +64,15 @@ def test_the_import_graph_has_no_cycle():
     for module in MODULES:
         if module not in state:
             visit(module, [])
-    # the old circle: flow <-> metrics
+    # the metrics use optical flow, so optical flow must not import the metrics
     assert "videograin.eval.metrics" not in graph["videograin.eval.optical_flow"]
 
 
 def test_every_module_imports_alone_and_the_core_without_opencv_or_metrics():
     """Each module in a fresh videograin state; the method core and the processors must not pull in cv2,
-    the metrics or the config layer (before, attention.py dragged in OpenCV through flow.py). One
-    interpreter loads torch, diffusers and transformers once, then forks a child per module: the child
-    starts with no videograin module loaded, so a missing import or a cycle still fails there."""
+    the metrics or the config layer. One interpreter loads torch, diffusers and transformers once, then
+    forks a child per module: the child starts with no videograin module loaded, so a missing import or a
+    cycle still fails there."""
     code = (
         "import importlib, os, sys\n"
         "import torch, diffusers, diffusers.models, diffusers.schedulers, transformers\n"

@@ -1,6 +1,6 @@
-"""The Wan 2.1 backbone's pieces that stand today: the tiny offline Wan model (tests' stand-in for
+"""The Wan 2.1 backbone's pieces: the tiny offline Wan model (tests' stand-in for
 Wan-AI/Wan2.1-T2V-1.3B-Diffusers), its tokenizer and the layout-modulated attention processors. The sampler (FlowSchedule) is tested in
-test_flow_matching.py, the latent-frame token masks in test_layout.py."""
+test_flow_matching_sampling.py, the latent-frame token masks in test_layout.py."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def _qkv64(attn, x, context, rotary_emb):
 
 @pytest.mark.parametrize("layer", ["attn1", "attn2"])
 def test_modulated_attention_equals_the_float64_formula_on_the_layers_own_qkv(tiny_transformer, layer):
-    """Block 1's self- (after RoPE) or cross-attention under strength > 0 equals DESIGN.md's formula in
+    """Block 1's self- (after RoPE) or cross-attention under strength > 0 equals the ST-Layout formula in
     float64 (tests/test_attention.py's reference) on q/k/v computed here from the layer's weights and
     its own inputs, then the layer's output projection."""
     from test_attention import reference_attention

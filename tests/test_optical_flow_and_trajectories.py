@@ -1,4 +1,5 @@
-"""flow.py: optical flow, FLATTEN trajectories and flow-guided attention."""
+"""Optical flow between video frames (DIS, and RAFT where torchvision has it), FLATTEN patch trajectories
+per UNet level, and flow-guided (trajectory) attention against a dense masked reference."""
 
 from __future__ import annotations
 
