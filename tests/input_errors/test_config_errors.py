@@ -1,7 +1,11 @@
-"""Bad values in the config's YAML fields. Through ``case.fail`` (conftest.py) each must end the run with
-exit code 2 and one stderr line ``error: <field>: <problem>; fix: <fix>`` naming the field, before the
-weights load, with nothing written and every input untouched; a setting that is valid but has no
-effect is noted instead.
+"""Bad values in the config's YAML fields. Most run the CLI through ``case.fail`` (conftest.py): the
+run ends with exit code 2 and one stderr line ``error: <field>: <problem>; fix: <fix>`` naming the
+field, before the weights load, with nothing written and every input untouched; a setting that is
+valid but has no effect is noted instead.
+
+The parser's own field-by-field table (``load_spec`` alone, no CLI and no model) is tests/test_spec.py;
+the settings of one feature (Wan, ReAtCo, ControlNet, flow editing, masks) are checked beside that
+feature's tests.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Bad arguments to the Python API, held to the config's standard: each is one clean ValueError/TypeError
 (or WeightsUnavailable) naming the argument, raised before any model runs (the UNet is never called).
+The arguments of one feature (Wan, flow editing, ReAtCo) are checked beside that feature's tests.
 """
 
 from __future__ import annotations
