@@ -45,7 +45,7 @@ def build_pipeline(model: str, device: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
     from videograin.testing import make_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="videograin-bench-") as scratch:  # the tiny model, loaded into memory

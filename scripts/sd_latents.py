@@ -40,7 +40,7 @@ def variants() -> dict[str, dict]:
 
 def edited_latents() -> dict[str, torch.Tensor]:
     from videograin import mask_files, media
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
     from videograin.testing import make_tiny_model
 
     example = ROOT / "examples/two_balls"

@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir):
     """VideoGrainPipeline loaded from ``tiny_model_dir`` with progress bars off."""
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
 
     pipe = VideoGrainPipeline.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -93,7 +93,7 @@ def sd_pipe():
     if not folder:
         pytest.skip("needs trained SD 1.x weights: set VIDEOGRAIN_TEST_MODEL to a local diffusers folder (a "
                     "random VAE decoder spreads any latent change over the whole frame, so pixels cannot be checked)")
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
 
     pipe = VideoGrainPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)

@@ -22,9 +22,8 @@ import PIL.Image
 import pytest
 import yaml
 
-from videograin.app import (
-    Form, RegionForm, add_click, compose_prompt, config_from_form, draw_prompts, zip_folder,
-)
+from videograin.app import Form, RegionForm, add_click, compose_prompt, config_from_form, zip_folder
+from videograin.app_pictures import draw_prompts
 from videograin.config.parse import spec_from_dict
 from videograin.toy import DEMO as TOY_EXAMPLE
 from videograin.toy import SD_MODEL
@@ -446,7 +445,7 @@ def test_the_quick_preview_is_the_form_made_small_and_says_so():
 
 
 def test_the_result_view_shows_source_and_edit_of_one_frame_with_the_regions_under_the_source():
-    from videograin.app import compare_frame
+    from videograin.app_pictures import compare_frame
 
     frames = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((5, 4, 6, 3), np.uint8)
     clips = {"source": frames, "edited": 100 + frames, "regions": 200 + frames}
@@ -488,18 +487,19 @@ def test_the_settings_start_from_the_models_recommended_values_and_reset_to_them
 
 def test_the_app_is_made_of_small_functions():
     """The page is built from one small function per panel and per handler: ``build_app`` and every
-    function of the app's two modules (its logic, app.py, and its Gradio page, app_ui.py) at most 60 lines."""
+    function of the app's modules (its logic, app.py; its pictures, app_pictures.py; the page's layout,
+    app_ui.py, and behaviour, app_handlers.py) at most 60 lines."""
     import ast
 
     import videograin.app
 
     folder = Path(videograin.app.__file__).parent
     lengths = {}
-    for module in ("app.py", "app_ui.py"):
+    for module in ("app.py", "app_pictures.py", "app_ui.py", "app_handlers.py"):
         for node in ast.walk(ast.parse((folder / module).read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lengths[f"{module}:{node.name}"] = node.end_lineno - node.lineno + 1
-    assert "app_ui.py:build_app" in lengths and "app_ui.py:on_click" in lengths
+    assert "app_ui.py:build_app" in lengths and "app_handlers.py:on_click" in lengths
     assert {name: n for name, n in lengths.items() if n > 60} == {}
 
 

@@ -14,7 +14,7 @@ from videograin import media
 from videograin.inputs import load_inputs
 from videograin.cli import main
 from videograin.control import annotate
-from videograin.pipeline import VideoGrainPipeline
+from videograin.pipeline_sd import VideoGrainPipeline
 from videograin.errors import SpecError, WeightsUnavailable
 from videograin.config.parse import load_spec, spec_from_dict
 from videograin.testing import make_tiny_model

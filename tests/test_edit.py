@@ -130,7 +130,7 @@ def test_blend_keeps_pixels_away_from_edits_equal_to_the_vae_round_trip(sd_pipe,
     source = pipe.decode_latents(pipe.encode_frames(frames))
     edited_union = masks[[bool(p) for p in region_prompts]].any(0).float()[:, None]
     far = (F.max_pool2d(edited_union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr_masked(formats.to_uint8(edit.frames[0]), to_uint8(source), far)[0] >= 35
+    assert psnr_masked(formats.output_to_uint8(edit.frames[0]), to_uint8(source), far)[0] >= 35
 
 
 def test_same_config_and_seed_give_identical_frames(example_config, tmp_path):
@@ -294,7 +294,7 @@ def test_from_pipe_turns_a_stable_diffusion_pipeline_into_the_same_editor(tiny_m
     its edit equals the one of the pipeline loaded from the folder."""
     from diffusers import StableDiffusionPipeline
 
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
 
     sd = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None, requires_safety_checker=False)
     pipe = VideoGrainPipeline.from_pipe(sd)

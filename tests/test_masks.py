@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import EXAMPLE, copy_example
-from videograin.masks import RegionPrompt, make_masks
+from videograin.config.spec import MaskPrompt
+from videograin.masks import make_masks
 
 
 def _texture(h: int, w: int, rng, low, high, cell: int = 6) -> np.ndarray:
@@ -59,10 +60,10 @@ def _stop_and_turn(f):  # right for 8 frames, still for 3, then down
 
 def test_the_flow_engine_follows_a_moving_growing_shape_from_a_box_or_a_mask():
     frames, truth = _clip(_moving)
-    from_box, record = make_masks(frames, [RegionPrompt("shape", box=_box(truth[0]))], "flow", progress=False)
+    from_box, record = make_masks(frames, [MaskPrompt(box=_box(truth[0]))], "flow", progress=False)
     ious = [_iou(m, t) for m, t in zip(from_box[0], truth)]
     assert np.mean(ious) >= 0.85 and record["engine"] == "flow", ious
-    from_mask, _ = make_masks(frames, [RegionPrompt("shape", mask=truth[0])], "flow", progress=False)
+    from_mask, _ = make_masks(frames, [MaskPrompt(mask=truth[0])], "flow", progress=False)
     assert np.mean([_iou(m, t) for m, t in zip(from_mask[0], truth)]) >= 0.9
     still = np.repeat(from_box[0, :1], len(frames), 0)  # a tracker that does not track scores far lower
     assert np.mean([_iou(m, t) for m, t in zip(still, truth)]) < 0.5
@@ -70,10 +71,10 @@ def test_the_flow_engine_follows_a_moving_growing_shape_from_a_box_or_a_mask():
 
 def test_no_drift_when_the_shape_stops_and_turns_and_prompts_on_a_later_frame_go_backward():
     frames, truth = _clip(_stop_and_turn, seed=1)
-    masks, _ = make_masks(frames, [RegionPrompt("shape", points=((40, 45),))], "flow", progress=False)
+    masks, _ = make_masks(frames, [MaskPrompt(points=((40, 45),))], "flow", progress=False)
     assert _iou(masks[0, -1], truth[-1]) >= 0.8
     assert min(_iou(m, t) for m, t in zip(masks[0], truth)) >= 0.8
-    later, _ = make_masks(frames, [RegionPrompt("shape", box=_box(truth[9]), frame=9)], "flow", progress=False)
+    later, _ = make_masks(frames, [MaskPrompt(box=_box(truth[9]), frame=9)], "flow", progress=False)
     assert min(_iou(m, t) for m, t in zip(later[0], truth)) >= 0.8  # frames 0-8 reached backward
 
 
@@ -183,7 +184,7 @@ def test_an_unknown_engine_and_missing_sam2_weights_are_one_line(case, engine):
                            "facebook/sam2.1-hiera-tiny)")
 def test_sam2_with_real_weights_follows_the_shape():
     frames, truth = _clip(_moving)
-    masks, record = make_masks(frames, [RegionPrompt("shape", box=_box(truth[8]), frame=8)], "sam2",
+    masks, record = make_masks(frames, [MaskPrompt(box=_box(truth[8]), frame=8)], "sam2",
                                model=os.environ["VIDEOGRAIN_SAM2_MODEL"], progress=False)
     assert record["engine"] == "sam2" and np.mean([_iou(m, t) for m, t in zip(masks[0], truth)]) >= 0.85
 
@@ -245,7 +246,7 @@ def test_sam2_gives_each_region_its_masks_on_every_frame_forward_and_backward(ti
 
     left, right = _rect(5, 6, 40, 30), _rect(45, 10, 75, 44)
     count = _Count()
-    masks = sam2_masks(_SAM2_FRAMES, [RegionPrompt("l", mask=left, frame=2), RegionPrompt("r", mask=right, frame=2)],
+    masks = sam2_masks(_SAM2_FRAMES, [MaskPrompt(mask=left, frame=2), MaskPrompt(mask=right, frame=2)],
                        tiny_sam2, progress=count)
     assert masks.shape == (2, 5, 48, 80) and masks.dtype == bool
     assert _iou(masks[0, 2], left) > 0.95 and _iou(masks[1, 2], right) > 0.95  # a mask prompt: its frame's mask
@@ -270,8 +271,8 @@ def test_sam2_prompts_reach_the_session_as_transformers_processor_puts_them(tiny
 
     monkeypatch.setattr(transformers, "Sam2VideoInferenceSession", Recorded)
     mask = _rect(45, 10, 75, 44)
-    prompts = [RegionPrompt("a", box=(5, 6, 40, 30), points=((20, 15),), negative=((60, 40),), frame=2),
-               RegionPrompt("b", points=((70, 12), (50, 30)), frame=1), RegionPrompt("c", mask=mask, frame=3)]
+    prompts = [MaskPrompt(box=(5, 6, 40, 30), points=((20, 15),), negative=((60, 40),), frame=2),
+               MaskPrompt(points=((70, 12), (50, 30)), frame=1), MaskPrompt(mask=mask, frame=3)]
     frames = _SAM2_FRAMES.copy()
     frames[0] = (10, 128, 250)
     count = _Count()
@@ -306,14 +307,14 @@ def test_sam2_regions_are_separate_objects_and_a_run_repeats(tiny_sam2):
     from videograin.masks import sam2_masks
 
     left, right = _rect(5, 6, 40, 30), _rect(45, 10, 75, 44)
-    prompts = [RegionPrompt("l", mask=left, frame=2), RegionPrompt("r", mask=right, frame=2)]
+    prompts = [MaskPrompt(mask=left, frame=2), MaskPrompt(mask=right, frame=2)]
     both = sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2)
     assert np.array_equal(both, sam2_masks(_SAM2_FRAMES, prompts, tiny_sam2))  # nothing left over between runs
-    moved = sam2_masks(_SAM2_FRAMES, [prompts[0], RegionPrompt("r", mask=_rect(10, 20, 70, 40), frame=2)], tiny_sam2)
+    moved = sam2_masks(_SAM2_FRAMES, [prompts[0], MaskPrompt(mask=_rect(10, 20, 70, 40), frame=2)], tiny_sam2)
     assert np.array_equal(moved[0], both[0])  # region 0 does not see region 1's prompt
     assert (moved[1, 2] != both[1, 2]).any() and (moved[1, 3:] != both[1, 3:]).any()  # region 1 does, tracked too
     assert np.array_equal(sam2_masks(_SAM2_FRAMES, prompts[:1], tiny_sam2)[0], both[0])  # nor whether region 1 exists
-    later_first = [RegionPrompt("l", mask=left, frame=3), RegionPrompt("r", mask=right, frame=1)]
+    later_first = [MaskPrompt(mask=left, frame=3), MaskPrompt(mask=right, frame=1)]
     later_first = sam2_masks(_SAM2_FRAMES, later_first, tiny_sam2)  # objects enter the session by frame: region 1 first
     assert _iou(later_first[0, 3], left) > 0.95 and _iou(later_first[1, 1], right) > 0.95
 
@@ -323,7 +324,7 @@ def test_make_masks_loads_a_saved_sam2_folder(tiny_sam2, tmp_path, capsys):
 
     folder = tmp_path / "sam2"
     tiny_sam2.save_pretrained(folder)
-    prompts = [RegionPrompt("a", box=(5, 6, 40, 30), frame=1), RegionPrompt("b", points=((60, 20),), frame=3)]
+    prompts = [MaskPrompt(box=(5, 6, 40, 30), frame=1), MaskPrompt(points=((60, 20),), frame=3)]
     assert resolve_engine("auto", str(folder)) == "sam2"
     capsys.readouterr()
     masks, record = make_masks(_SAM2_FRAMES, prompts, "sam2", model=str(folder))
@@ -342,7 +343,7 @@ def test_a_box_on_the_command_line_follows_the_configs_rule(box, problem):
 
     corners = [float(v) if "." in v else int(v) for v in box.split(",")]
     if problem is None:
-        assert parse_region(f"a:box={box}").box == tuple(corners) == _mask_prompt({"box": corners}, "m", 1).box
+        assert parse_region(f"a:box={box}")[1].box == tuple(corners) == _mask_prompt({"box": corners}, "m", 1).box
         return
     with pytest.raises(SpecError, match=problem):
         parse_region(f"a:box={box}")

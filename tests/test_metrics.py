@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from videograin.eval import evaluate as E
+from videograin.eval import clip_scores as C
 from videograin.eval import metrics as M
 from videograin.method.recorder import AttentionRecorder
 from videograin.method.layout import Layout, LevelLayout, TemporalKeys
@@ -48,7 +49,7 @@ def clip_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tiny_scorer(clip_tokenizer):
-    return M.ClipScorer(_tiny_clip(clip_tokenizer), clip_tokenizer)
+    return C.ClipScorer(_tiny_clip(clip_tokenizer), clip_tokenizer)
 
 
 def _texture(height: int, width: int, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
@@ -72,10 +73,10 @@ def _moving_window(frames: int = 8, size=(96, 128), step=(1, 3), seed: int = 0) 
 
 def test_clip_f_is_100_for_identical_frames_and_lower_otherwise(tiny_scorer):
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    same = M.clip_frame_consistency(tiny_scorer, np.repeat(image[None], 5, 0))
+    same = C.clip_frame_consistency(tiny_scorer, np.repeat(image[None], 5, 0))
     assert same["clip_f"] == pytest.approx(100, abs=1e-3)
     assert same["clip_f_all_pairs"] == pytest.approx(100, abs=1e-3)
-    varied = M.clip_frame_consistency(tiny_scorer, np.random.default_rng(1).integers(0, 256, (5, 48, 64, 3), np.uint8))
+    varied = C.clip_frame_consistency(tiny_scorer, np.random.default_rng(1).integers(0, 256, (5, 48, 64, 3), np.uint8))
     assert varied["clip_f"] < 99.9 and varied["clip_f_all_pairs"] < 99.9
 
 
@@ -90,7 +91,7 @@ def test_clip_f_pairs_consecutive_frames_and_all_pairs():
             return torch.stack([angles.cos(), angles.sin()], -1)
 
     frames = np.stack([np.full((4, 4, 3), a, np.uint8) for a in (0, 60, 120)])
-    out = M.clip_frame_consistency(Angles(), frames)
+    out = C.clip_frame_consistency(Angles(), frames)
     assert out["clip_f"] == pytest.approx(50.0, abs=1e-4)  # cos 60° twice
     assert out["clip_f_all_pairs"] == pytest.approx((50 + 50 - 50) / 3, abs=1e-4)  # and cos 120°
 
@@ -100,13 +101,13 @@ def test_clip_t_matches_the_models_own_forward(tiny_scorer):
     logits_per_image / logit_scale, averaged over frames, ×100."""
     frames = np.stack([_texture(40, 56, seed) for seed in range(3)])
     prompt = "a red apple on the grass"
-    value = M.clip_text_score(tiny_scorer, frames, prompt)
+    value = C.clip_text_score(tiny_scorer, frames, prompt)
     tokens = tiny_scorer.tokenizer([prompt], return_tensors="pt")
     with torch.no_grad():
         out = tiny_scorer.model(input_ids=tokens["input_ids"], pixel_values=tiny_scorer.preprocess(list(frames)))
     expected = float(out.logits_per_image.mean() / tiny_scorer.model.logit_scale.detach().exp() * 100)
     assert value == pytest.approx(expected, abs=1e-3)
-    assert M.pick_score(tiny_scorer, frames, prompt) == pytest.approx(expected * tiny_scorer.logit_scale / 100, abs=1e-3)
+    assert C.pick_score(tiny_scorer, frames, prompt) == pytest.approx(expected * tiny_scorer.logit_scale / 100, abs=1e-3)
 
 
 def test_preprocessing_matches_clip_image_processor(tiny_scorer):
@@ -376,7 +377,7 @@ def test_evaluate_with_a_local_clip_folder_and_missing_weights(tmp_path, clip_to
     bare = tmp_path / "clip_without_tokenizer"
     _tiny_clip(clip_tokenizer).save_pretrained(bare)
     with pytest.raises(M.WeightsUnavailable, match="no tokenizer files"):
-        M.ClipScorer.from_pretrained(str(bare))
+        C.ClipScorer.from_pretrained(str(bare))
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -400,7 +401,7 @@ def test_cli_edit_eval_and_eval_subcommand_offline(short_example, tmp_path, offl
     assert set(evaluation["details"]["attention_mass"]["regions"]) == {"left_ball", "right_ball"}
     for name in ("clip_t", "clip_f", "instance_accuracy", "pickscore"):
         assert name in evaluation["skipped"], name
-    assert M.DEFAULT_CLIP in evaluation["skipped"]["clip_t"]
+    assert C.DEFAULT_CLIP in evaluation["skipped"]["clip_t"]
     capsys.readouterr()
 
     # the output folder: its lossless frames/ and the source as run.json's config reads it
@@ -408,7 +409,7 @@ def test_cli_edit_eval_and_eval_subcommand_offline(short_example, tmp_path, offl
     printed = capsys.readouterr().out
     result = json.loads((out / "metrics.json").read_text())
     assert result["flow"] == "dis" and set(result) >= {"metrics", "skipped", "flow"}
-    assert M.DEFAULT_CLIP in result["skipped"]["clip_t"] and "clip_t" in printed and "warp_err" in printed
+    assert C.DEFAULT_CLIP in result["skipped"]["clip_t"] and "clip_t" in printed and "warp_err" in printed
     assert "attention_mass" in result["skipped"]
     # the same numbers as the in-memory evaluation of the edit (the attention mass needs the edit's maps)
     for name, value in evaluation["metrics"].items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videograin.eval import optical_flow as OF
+from videograin import optical_flow as OF
 from videograin.method import trajectories as FL
 from videograin.method.layout import token_grid
 from videograin.eval import metrics as M

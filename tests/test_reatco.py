@@ -302,4 +302,4 @@ def test_irjs_keeps_pixels_away_from_the_boxes_equal_to_the_vae_round_trip(sd_pi
     source = pipe.decode_latents(pipe.encode_frames(frames))
     union = boxes.any(0).float()[:, None]
     far = (F.max_pool2d(union, kernel_size=33, stride=1, padding=16)[:, 0] == 0).numpy()
-    assert psnr_masked(formats.to_uint8(out.frames[0]), to_uint8(source), far)[0] >= 35
+    assert psnr_masked(formats.output_to_uint8(out.frames[0]), to_uint8(source), far)[0] >= 35

@@ -115,7 +115,7 @@ def run_case(pipe, case: Case, method: Method, blend: bool, steps: int, guidance
                reatco=method.reatco_spec(steps, blend), generator=torch.Generator().manual_seed(0), output_type="np",
                **(options or {}))
     seconds = time.perf_counter() - clock
-    output = formats.to_uint8(out.frames[0])
+    output = formats.output_to_uint8(out.frames[0])
     result = score(case, source, output, masks, shape_masks)
     result["seconds"] = round(seconds, 2)
     # what the latents alone give (the papers' output): decoded without the pixel composite

@@ -82,7 +82,7 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> Path:
 
 def load_pipeline(folder: str | Path = SD_MODEL):
     """The saved toy model as a VideoGrainPipeline (CPU, eval mode, progress bars off)."""
-    from videograin.pipeline import VideoGrainPipeline
+    from videograin.pipeline_sd import VideoGrainPipeline
 
     pipe = VideoGrainPipeline.from_pretrained(str(folder))
     # VideoGrainPipeline.invert/__call__ call set_progress_bar_config(desc=...), which replaces the

@@ -38,7 +38,7 @@ TEST_PAIR_SEED, HELD_OUT_PAIR_SEED = 1, 2
 
 def load_pipeline(folder: str | Path = WAN_MODEL):
     """The saved Wan toy model as a WanVideoGrainPipeline (CPU, eval mode, progress bars off)."""
-    from videograin.pipeline import WanVideoGrainPipeline
+    from videograin.pipeline_wan import WanVideoGrainPipeline
 
     pipe = WanVideoGrainPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)

@@ -20,8 +20,12 @@ def __getattr__(name: str):
         from .runner import edit
 
         return edit
-    if name in ("VideoGrainPipeline", "WanVideoGrainPipeline"):
-        from . import pipeline
+    if name == "VideoGrainPipeline":
+        from .pipeline_sd import VideoGrainPipeline
 
-        return getattr(pipeline, name)
+        return VideoGrainPipeline
+    if name == "WanVideoGrainPipeline":
+        from .pipeline_wan import WanVideoGrainPipeline
+
+        return WanVideoGrainPipeline
     raise AttributeError(f"module 'videograin' has no attribute {name!r}")

@@ -30,7 +30,8 @@ import yaml
 
 from . import media, runner
 from .config.overrides import SHORTCUTS, with_overrides
-from .config.parse import UniqueKeyLoader, load_spec
+from .config.parse import load_spec
+from .config.yaml_fields import UniqueKeyLoader
 from .config.preflight import model_recommended, with_recommended
 from .config.spec import EditSpec, plain_name
 from .errors import SpecError, first_line

@@ -7,6 +7,6 @@ this file alone into its modules cache; the import below reaches the installed p
 part of the pipeline (flow aids, ControlNet, ...) comes from there.
 """
 
-from videograin.pipeline import VideoGrainPipeline
+from videograin.pipeline_sd import VideoGrainPipeline
 
 __all__ = ["VideoGrainPipeline"]

@@ -160,9 +160,9 @@ def postprocess(frames: torch.Tensor, output_type: str, in_place: bool = False):
     return video.cpu().numpy().transpose(0, 2, 3, 1)[None]  # a view: (F, 3, H, W) memory, (F, H, W, 3) axes
 
 
-def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
+def output_to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
     """One video of an "np" or "pt" output (float in [0, 1]) -> uint8 (F, H, W, 3), rounded; the
-    same bytes as ``io.to_uint8`` of the [-1, 1] frames it came from."""
+    same bytes as ``media.to_uint8`` of the [-1, 1] frames it came from."""
     if isinstance(video, torch.Tensor):
         video = video.permute(0, 2, 3, 1).cpu().numpy()
     return (np.asarray(video, dtype=np.float32) * 255).round().astype(np.uint8)

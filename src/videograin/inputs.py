@@ -77,7 +77,7 @@ def _edit_size(source: tuple[int, int], requested: tuple[int, int] | None, multi
     w, h = requested
     problems = [p for p in (side_problem("width", w, multiple), side_problem("height", h, multiple)) if p]
     if problems:
-        raise SpecError("video.size", "; ".join(problems),
+        raise SpecError("video.size", f"{w}x{h}: " + "; ".join(problems),
                         f"use width {near_multiples(w, multiple)} and height {near_multiples(h, multiple)} "
                         "(the edit is made at this size)")
     return w, h
@@ -192,15 +192,13 @@ class PromptedMasks:
     record: dict | None = None
 
     def __call__(self, frames: np.ndarray) -> dict[int, np.ndarray]:
-        from .masks import RegionPrompt, make_masks
+        from .masks import make_masks
 
         spec, video = self.spec, self.spec.video
         indices = [i for i, r in enumerate(spec.regions) if r.prompts is not None]
-        prompts = []
-        for i in indices:
-            p = spec.regions[i].prompts
-            prompts.append(RegionPrompt(spec.regions[i].name, p.box, p.points, p.negative, p.frame))
-            prompts[-1].check(len(frames), frames.shape[2], frames.shape[1], f"regions[{i}].masks")
+        prompts = [spec.regions[i].prompts for i in indices]
+        for i, prompt in zip(indices, prompts):
+            prompt.check(len(frames), frames.shape[2], frames.shape[1], f"regions[{i}].masks")
         key = {"requested_engine": spec.masks_engine, "prompts": [p.to_dict() for p in prompts],
                "video": {"path": str(video.path), "start": video.start, "frames": video.frames, "stride": video.stride}}
         self.frames, self.masks = frames, self._cached(key, indices, len(frames))

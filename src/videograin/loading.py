@@ -34,7 +34,8 @@ def load_pipeline(spec: EditSpec, device: str):
     """The pipeline of ``spec.model`` (and its ControlNet, with its LoRAs) on ``device``: float16 on CUDA
     (Wan: bfloat16), float32 else."""
     from .config.preflight import model_backbone
-    from .pipeline import VideoGrainPipeline, WanVideoGrainPipeline
+    from .pipeline_sd import VideoGrainPipeline
+    from .pipeline_wan import WanVideoGrainPipeline
 
     if model_backbone(str(spec.model)) == "wan":  # bfloat16 on CUDA, as Wan is trained; statistics in float32
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -28,7 +27,7 @@ import numpy as np
 
 from . import media, outputs, values, viz
 from .config.spec import MASK_ENGINES as ENGINES
-from .config.spec import plain_name
+from .config.spec import MaskPrompt, plain_name
 from .errors import SettingError, SpecError, WeightsUnavailable
 from .loading import resolve_device
 
@@ -37,43 +36,7 @@ logger = logging.getLogger("videograin")
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-tiny"
 
 
-@dataclass(frozen=True)
-class RegionPrompt:
-    """A region's prompts on one frame: a box (x0, y0, x1, y1) in pixels of the frame, positive and
-    negative clicks (x, y), or a ready mask (H, W) bool to propagate."""
-
-    name: str
-    box: tuple[int, int, int, int] | None = None
-    points: tuple[tuple[int, int], ...] = ()
-    negative: tuple[tuple[int, int], ...] = ()
-    frame: int = 0
-    mask: np.ndarray | None = field(default=None, compare=False)
-
-    def check(self, num_frames: int, width: int, height: int, field_name: str) -> None:
-        """SpecError naming ``field_name`` for prompts outside the frame or the clip, or no prompt."""
-        if self.box is None and not self.points and self.mask is None:
-            raise SpecError(field_name, "has neither a box, positive points nor a mask",
-                            "give a box [x0, y0, x1, y1] or at least one positive point [x, y]")
-        if not 0 <= self.frame < num_frames:
-            raise SpecError(f"{field_name}.frame", f"{self.frame} is outside the clip's frames 0..{num_frames - 1}",
-                            "give a frame index of the selected clip")
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-                raise SpecError(f"{field_name}.box", f"{list(self.box)} is not inside the {width}x{height} frame "
-                                "with x0 < x1, y0 < y1", f"give pixels within 0..{width} x 0..{height}")
-        for kind, points in (("points", self.points), ("negative", self.negative)):
-            for x, y in points:
-                if not (0 <= x < width and 0 <= y < height):
-                    raise SpecError(f"{field_name}.{kind}", f"[{x}, {y}] is outside the {width}x{height} frame",
-                                    f"give points within 0..{width - 1} x 0..{height - 1}")
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "box": list(self.box) if self.box else None, "points": [list(p) for p in self.points],
-                "negative": [list(p) for p in self.negative], "frame": self.frame, "mask": self.mask is not None}
-
-
-def parse_region(text: str) -> RegionPrompt:
+def parse_region(text: str) -> tuple[str, MaskPrompt]:
     """``NAME:box=x0,y0,x1,y1[@F]`` and/or ``points=x,y[@F],-x,y[@F],...`` (a minus sign marks a negative
     click, ``@F`` the frame, default 0), joined by ``;``. SpecError("--region") when malformed."""
     name, colon, rest = text.partition(":")
@@ -109,7 +72,7 @@ def parse_region(text: str) -> RegionPrompt:
             raise SpecError("--region", f"{text!r}: {err.problem}", err.fix) from None
     if len(frames) > 1:
         raise SpecError("--region", f"{text!r} puts prompts on frames {sorted(frames)}", "give one region's prompts on one frame")
-    return RegionPrompt(name.strip(), box, tuple(points), tuple(negative), frames.pop() if frames else 0)
+    return name.strip(), MaskPrompt(box, tuple(points), tuple(negative), frames.pop() if frames else 0)
 
 
 # ------------------------------------------------------------------------------------------- flow engine
@@ -143,7 +106,7 @@ def _disc(shape: tuple[int, int], points, radius: int) -> np.ndarray:
     return out.astype(bool)
 
 
-def first_mask(frame: np.ndarray, prompt: RegionPrompt, iterations: int = 5) -> np.ndarray:
+def first_mask(frame: np.ndarray, prompt: MaskPrompt, iterations: int = 5) -> np.ndarray:
     """The prompt frame's mask, bool (H, W): the given mask, or GrabCut from the box and clicks. Only
     the connected pieces holding a positive click (or, without clicks, inside the box) are kept."""
     if prompt.mask is not None:
@@ -191,7 +154,7 @@ def propagate(frames: np.ndarray, mask: np.ndarray, start: int, progress=None) -
     """bool (F, H, W): ``mask`` (H, W) on frame ``start`` carried to every other frame of uint8
     (F, H, W, 3), forward then backward, by flow warping and GrabCut re-fitting (``refit``)."""
     from .eval.metrics import consistency_mask
-    from .eval.optical_flow import optical_flow
+    from .optical_flow import optical_flow
 
     out = np.zeros(frames.shape[:3], bool)
     out[start] = mask
@@ -231,7 +194,7 @@ def _load_sam2(model: str, device: str):
         raise WeightsUnavailable(f"cannot load SAM 2 from {model!r} ({str(err).splitlines()[0]})") from None
 
 
-def sam2_masks(frames: np.ndarray, prompts: list[RegionPrompt], model, device: str = "cpu",
+def sam2_masks(frames: np.ndarray, prompts: list[MaskPrompt], model, device: str = "cpu",
                progress=None) -> np.ndarray:
     """bool (R, F, H, W) for uint8 frames (F, H, W, 3) from a loaded Sam2VideoModel: region ``i`` is
     object ``i`` of one inference session, its box and clicks (or mask) added and run on its frame; then
@@ -302,7 +265,7 @@ def resolve_engine(engine: str, model: str = DEFAULT_SAM2) -> str:
     return "sam2" if Path(model).is_dir() or cached(model, "config.json") else "flow"
 
 
-def make_masks(frames: np.ndarray, prompts: list[RegionPrompt], engine: str = "auto", model: str = DEFAULT_SAM2,
+def make_masks(frames: np.ndarray, prompts: list[MaskPrompt], engine: str = "auto", model: str = DEFAULT_SAM2,
                device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, dict]:
     """bool (R, F, H, W) for uint8 frames (F, H, W, 3) and one prompt per region, and the record of how
     (engine, model, prompts, seconds) for masks.json / run.json."""
@@ -354,8 +317,8 @@ def masks_job(video: str | Path, regions: list[str], out: str | Path, *, start: 
     for flag, value, minimum in (("--stride", stride, 1), ("--start", start, 0), ("--frames", frames, 1)):
         if value is not None and value < minimum:
             raise SpecError(flag, f"must be >= {minimum}, got {value}", f"pass a whole number >= {minimum}")
-    prompts = [parse_region(text) for text in regions]
-    names = [p.name for p in prompts]
+    names, prompts = zip(*(parse_region(text) for text in regions))
+    names, prompts = list(names), list(prompts)
     if len(set(names)) != len(names):
         raise SpecError("--region", f"region names repeat: {names}", "give every region its own name")
     video = Path(video)
@@ -365,8 +328,8 @@ def masks_job(video: str | Path, regions: list[str], out: str | Path, *, start: 
     except SpecError as err:
         raise SpecError({"video.path": "VIDEO", "video.frames": "--frames"}.get(err.field, err.field), err.problem,
                         err.fix) from None
-    for prompt in prompts:
-        prompt.check(len(pixels), pixels.shape[2], pixels.shape[1], f"--region {prompt.name}")
+    for name, prompt in zip(names, prompts):
+        prompt.check(len(pixels), pixels.shape[2], pixels.shape[1], f"--region {name}")
     try:
         engine = resolve_engine(engine, model)
     except ValueError as err:

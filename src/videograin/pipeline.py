@@ -15,35 +15,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from diffusers import (
-    AutoencoderKL, AutoencoderKLWan, ControlNetModel, DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
-    UNet2DConditionModel, UniPCMultistepScheduler, WanTransformer3DModel,
+    DiffusionPipeline,
 )
-from diffusers.loaders import FromSingleFileMixin, StableDiffusionLoraLoaderMixin, WanLoraLoaderMixin
-from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
-from . import formats, values
-from .backbones.base import Backbone, Capabilities, check_settings
+from . import formats
+from .backbones.base import Backbone, Capabilities
 from .backbones.recommended import Recommended, recommended_settings, resolve_modulation
-from .backbones.sd import StableDiffusionBackbone
-from .backbones.wan import WanBackbone
-from .inversion_cache import InversionCache, inversion_key, weights_fingerprint
-from .method.attention import KernelChoice
+from .inversion_cache import InversionCache
 from .method.inversion_free import inversion_free_latents, start_step
-from .method.layout import Layout, TemporalKeys, blend_mask, composite_applies, composite_weights, temporal_keys
-from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
+from .method.layout import Layout, composite_applies, composite_weights, temporal_keys
 from .method.recorder import AttentionRecorder
 from .method.sampling import (
-    SOLVERS, Callback, Guide, Schedule, invert_latents, sample_latents, latent_blend, temporal_windows,
+    Callback, sample_latents, temporal_windows,
     windowed_denoise_fn,
 )
 from .method.settings import (
-    INVERSIONS, MAX_REGIONS, InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window,
+    InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window,
 )
-from .method.tokens import region_token_spans, word_token_indices
+from .method.tokens import is_edited, region_token_spans, word_token_indices
 from .sizes import edit_size
+from .call_checks import check_call
+from .edit_plan import EditPlan
+from .pipeline_inversion import InversionMixin
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +59,7 @@ class VideoGrainPipelineOutput(BaseOutput):
     guidance: list[dict] = field(default_factory=list)
 
 
-@dataclass
-class _EditPlan:
-    """What stage 5 needs, built by stages 1-4: text embeddings, windows (of latent frames) with their
-    layouts and recorders, the schedule, the trajectory, the edited-region mask at latent resolution."""
-
-    cond: torch.Tensor
-    uncond: torch.Tensor | None
-    windows: list[slice]
-    layouts: list[Layout]
-    recorders: list[AttentionRecorder | None]
-    schedule: Schedule
-    trajectory: list[torch.Tensor]
-    edited_mask: torch.Tensor
-    aids: object
-    control: object
-    kernels: KernelChoice
-
-
-class BaseVideoGrainPipeline(DiffusionPipeline):
+class BaseVideoGrainPipeline(DiffusionPipeline, InversionMixin):
     """The stages of a VideoGrain edit (check -> encode -> layout -> invert -> edit -> decode) against
     ``self.backbone``; a subclass declares a model family's components in its ``__init__`` (so
     ``from_pretrained`` loads them) and returns its backbone."""
@@ -172,75 +149,10 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, region_prompts, output_type: str, generator, num_frames: int,
                      callback_on_step_end_tensor_inputs: list[str] | None = None, **arguments) -> str:
         """Raise ValueError/TypeError naming the argument for any call argument that cannot work, before
-        any model runs: types, values and lengths (the rules of ``values`` and the settings
-        dataclasses, the config's too), then what this model supports (``check_settings``). Returns the
-        prompt as one string. ``arguments``: the call's other arguments by name (those not given are
-        their defaults)."""
-        a = {"num_inference_steps": None, "guidance_scale": None, "guidance_scale_2": None, "modulation": None,
-             "reatco": None, "window": None, "temporal_aids": None, "control_images": None, "record_attention": False,
-             "words": None, "latents": None, "blend": True, "composite": True, "callback_on_step_end": None,
-             "callback_on_invert_step": None, "solver": None, "inversion": None, "inversion_free": None} | arguments
-        for name, kind in (("modulation", Modulation), ("reatco", ReAtCoSettings), ("window", Window),
-                           ("temporal_aids", TemporalAidSettings), ("latents", torch.Tensor),
-                           ("inversion_free", InversionFree)):
-            values.of_type(a[name], name, kind)
-        for name, options in (("solver", tuple(SOLVERS)), ("inversion", INVERSIONS)):
-            if a[name] is not None:
-                values.choice(a[name], name, options)
-        if a["inversion"] == "none" and a["latents"] is not None:
-            raise ValueError("latents: inversion-free editing starts from the source itself, not from given latents; "
-                             "remove latents, or use inversion='ode'")
-        if a["num_inference_steps"] is not None:
-            values.whole(a["num_inference_steps"], "num_inference_steps", 1)
-        for name in ("guidance_scale", "guidance_scale_2"):
-            if a[name] is not None:
-                values.guidance(a[name], name)
-        values.record_attention(a["record_attention"], "record_attention")
-        values.boolean(a["blend"], "blend")
-        values.boolean(a["composite"], "composite")
-        for name in ("callback_on_step_end", "callback_on_invert_step"):
-            if a[name] is not None and not callable(a[name]):
-                raise TypeError(f"{name} must be callable (pipe, step, t, ...), got {values.describe(a[name])}")
-        if a["latents"] is not None and not torch.isfinite(a["latents"]).all():
-            raise ValueError("latents hold NaN or infinite values")
-        if isinstance(prompt, (list, tuple)) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be one string (one video per call), got {type(prompt).__name__}")
-        if not isinstance(region_prompts, (list, tuple)) or not all(isinstance(p, str) for p in region_prompts):
-            raise ValueError("region_prompts must be a list of strings, one per mask sequence")
-        values.prompt(prompt, "prompt")
-        for r, text in enumerate(region_prompts):
-            values.prompt(text, f"region_prompts[{r}]")
-        for name in ("source_prompt", "negative_prompt"):
-            values.prompt(a.get(name, ""), name)
-        if not 1 <= len(region_prompts) <= MAX_REGIONS:
-            raise ValueError(f"region_prompts: {len(region_prompts)} regions; give 1 to {MAX_REGIONS} (one per mask "
-                             "sequence; an empty prompt keeps its region)")
-        words = a["words"]
-        if words is not None and (not isinstance(words, (list, tuple)) or len(words) != len(region_prompts)
-                                  or not all(w is None or isinstance(w, str) for w in words)):
-            raise ValueError(f"words must be a list of {len(region_prompts)} (one per region) words or None, got "
-                             f"{values.describe(words)}")
-        if output_type not in formats.OUTPUT_TYPES:
-            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
-        latent_frames = self.capabilities.latent_frames(num_frames)
-        generators = generator if isinstance(generator, list) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
-            raise TypeError(f"generator must be a torch.Generator or a list of them, got {values.describe(generator)}")
-        if isinstance(generator, list) and len(generator) != latent_frames:
-            raise ValueError(f"a list of generators needs one per latent frame: {len(generator)} for {latent_frames} "
-                             f"({num_frames} frames)")
-        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} are not among "
-                             f"{self._callback_tensor_inputs}")
-        check_settings(self.capabilities, num_frames=num_frames, num_inference_steps=a["num_inference_steps"],
-                       modulation=a["modulation"], reatco=a["reatco"],
-                       temporal_aids=a["temporal_aids"], control=a["control_images"] is not None,
-                       guidance_scale_2=a["guidance_scale_2"], solver=a["solver"], inversion=a["inversion"],
-                       scheduler=type(self.scheduler).__name__ if hasattr(self, "scheduler") else None)
-        return prompt
+        any model runs (``call_checks.check_call``: the rules the config shares). Returns the prompt as
+        one string."""
+        return check_call(self, prompt, region_prompts, output_type, generator, num_frames,
+                          callback_on_step_end_tensor_inputs, **arguments)
 
     def prepare_video(self, video, height: int | None, width: int | None, name: str = "video") -> torch.Tensor:
         """Any supported video (see ``formats``) -> float32 (F, 3, H, W) in [0, 1] at the edit size."""
@@ -260,70 +172,6 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         """Each region prompt's token span (None when empty), after the backbone's size rules."""
         self.backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
         return region_token_spans(self.backbone.tokenizer, prompt, region_prompts)
-
-    # -- 4. invert --------------------------------------------------------------------------------
-
-    def invert(
-        self,
-        latents: torch.Tensor,
-        source_prompt: str,
-        steps: int,
-        temporal: TemporalKeys = TemporalKeys(),
-        aids=None,
-        control=None,
-        schedule: Schedule | None = None,
-        callback: Callable | None = None,
-        solver: str = "euler",
-        windows: list[slice] | None = None,
-    ) -> list[torch.Tensor]:
-        """Invert latents (T, C, h, w) on the backbone's schedule (DDIM, or ``solver`` on the flow) under
-        ``source_prompt`` (guidance 1), with the same spatio-temporal self-attention the edit uses
-        (and its temporal ``aids``: flow-guided attention on every step, PnP features recorded; its
-        structure ``control``) and its temporal ``windows`` (None: one; with PnP always one, its
-        features are recorded for the whole clip). ``schedule``: the edit's, when it has one (else
-        built for ``steps``). ``callback(pipe, step, t)`` runs after every step; ``pipe._interrupt =
-        True`` stops the inversion early. Returns the trajectory (see ``invert_latents``)."""
-        backbone = self.backbone
-        schedule = schedule if schedule is not None else backbone.schedule(steps)
-        cond = backbone.encode_prompt(source_prompt)
-        aids = aids.for_inversion() if aids is not None else None
-        if windows is None or (aids is not None and aids.features is not None):
-            windows = [slice(0, latents.shape[0])]
-        denoise = windowed_denoise_fn([
-            (w, backbone.denoise_fn(cond, None, 1.0, w.stop - w.start, schedule, temporal=temporal,
-                                    aids=aids.frames(w) if aids is not None and len(windows) > 1 else aids,
-                                    control=control.frames(w) if control is not None else None))
-            for w in windows
-        ])
-        with backbone.attention_processors(), self._progress(steps, "invert", len(latents)) as bar:
-            return invert_latents(denoise, latents, schedule, progress=bar, interrupt=lambda: self.interrupt,
-                                  on_step=None if callback is None else lambda step, t: callback(self, step, t),
-                                  solver=solver)
-
-    def _cached_inversion(self, cache: InversionCache | None, latents, source_prompt: str, steps: int, temporal, aids,
-                          control, schedule: Schedule, callback, solver: str, control_inputs: tuple,
-                          aid_settings: TemporalAidSettings | None, windows: list[slice]) -> list[torch.Tensor]:
-        """``invert``, read from ``cache`` when it holds this inversion and stored there otherwise
-        (``control_inputs``: the condition images as [0, 1] floats and their scale). Not cached with PnP,
-        whose features the inversion records."""
-        if cache is None or (aid_settings is not None and aid_settings.pnp is not None):
-            return self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver, windows)
-        modules = {name: weights_fingerprint(module) for name, module in self.components.items()
-                   if isinstance(module, torch.nn.Module)}
-        key = inversion_key(weights=modules, latents=latents, source_prompt=source_prompt, solver=solver,
-                            temporal=temporal, windows=windows, control=control_inputs, flow=aid_settings,
-                            timesteps=schedule.timesteps,
-                            levels=[schedule.signal_noise(i) for i in range(len(schedule) + 1)])
-        trajectory = cache.load(key, tuple(latents.shape), len(schedule) + 1)
-        if trajectory is not None:
-            logger.info("inversion: read from the cache (%s)", cache.folder)
-            # in the source latents' memory layout (the VAE's may be channels-last), so the edit runs as on a fresh one
-            return [torch.empty_like(latents).copy_(entry) for entry in trajectory]
-        trajectory = self.invert(latents, source_prompt, steps, temporal, aids, control, schedule, callback, solver,
-                                 windows)
-        if len(trajectory) == len(schedule) + 1:  # not interrupted
-            cache.store(key, trajectory)
-        return trajectory
 
     def temporal_aids(self, frames: torch.Tensor, latent_size: tuple[int, int], settings: TemporalAidSettings | None):
         """The runtime aids of an edit (see ``Backbone.temporal_aids``)."""
@@ -461,13 +309,13 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         guidance: list[dict] = []
         edited_latents, recorder = trajectory[0], None  # an interrupted inversion: nothing to edit
         if not self.interrupt:
-            plan = self._plan(masks, spans, prompt, region_prompts, negative_prompt,
-                              (guidance_scale, guidance_scale_2 or 0.0), schedule, windows,
-                              layout, latent_size, record_attention, trajectory, aids, control)
-            denoise = self._edit_denoise_fn(plan, (guidance_scale, guidance_scale_2), modulation, temporal)
-            callback = self._step_end(self._edit_callback(plan, source_latents, blend, reatco, generator),
+            plan = EditPlan.build(self.backbone, masks, spans, prompt, region_prompts, negative_prompt,
+                                  (guidance_scale, guidance_scale_2 or 0.0), schedule, windows,
+                                  layout, latent_size, record_attention, trajectory, aids, control)
+            denoise = plan.denoise_fn((guidance_scale, guidance_scale_2), modulation, temporal)
+            callback = self._step_end(plan.step_callback(source_latents, blend, reatco, generator),
                                       callback_on_step_end, tensor_inputs)
-            guide = self._rad_guide(plan, prompt, modulation, temporal, reatco, token_indices, guidance)
+            guide = plan.rad_guide(prompt, modulation, temporal, reatco, token_indices, guidance)
             if inversion == "none":
                 edited_latents = self._edit_inversion_free(
                     plan, denoise, source_latents, source_prompt, negative_prompt, inversion_free or InversionFree(),
@@ -487,7 +335,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
         else:
             out = self.decode_latents(edited_latents)
             if composite_applies(composite, blend, reatco):
-                edited = [bool(p.strip()) for p in region_prompts]
+                edited = [is_edited(p) for p in region_prompts]
                 for chunk in formats.frame_chunks(len(out)):  # in place: a long clip holds one decoded copy
                     weights = composite_weights(masks[:, chunk].cpu(), edited, self.capabilities.vae_factor)
                     out[chunk] = weights * out[chunk] + (1 - weights) * frames[chunk]
@@ -511,42 +359,7 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
                             self.capabilities.trained_frames, window.size, window.stride)
         return temporal_windows(latent_frames, window.size, window.stride) if window else [slice(0, latent_frames)]
 
-    def _plan(self, masks, spans, prompt, region_prompts, negative_prompt, guidance: tuple[float, float], schedule,
-              windows, layout, latent_size, record_attention, trajectory, aids, control) -> _EditPlan:
-        """Text embeddings (the unconditional one when any ``guidance`` scale is above 1), temporal windows
-        of latent frames (one layout and recorder each), schedule and blend mask."""
-        backbone = self.backbone
-        cond = backbone.regional_prompt_embeds(prompt, region_prompts, spans)
-        uncond = backbone.encode_prompt(negative_prompt) if max(guidance) > 1 else None
-        layouts = [layout] if len(windows) == 1 else [layout.frames(w) for w in windows]
-        compare = record_attention == "compare"  # also the maps without modulation
-        recorders = [
-            AttentionRecorder(unmodulated=AttentionRecorder() if compare else None) if record_attention else None
-            for _ in windows
-        ]
-        edited_mask = blend_mask(backbone.latent_frames(masks), [bool(p.strip()) for p in region_prompts], latent_size)
-        return _EditPlan(cond, uncond, windows, layouts, recorders, schedule, trajectory, edited_mask,
-                         aids, control, KernelChoice())
-
-    def _window_denoise_fn(self, plan: _EditPlan, w: slice, layout: Layout, uncond, guidance: tuple[float, float | None],
-                           modulation, temporal, recorder):
-        """The backbone's denoiser for the latent frames ``w``; ``guidance``: (scale, the second expert's
-        scale or None)."""
-        second = {} if guidance[1] is None else {"guidance_scale_2": guidance[1]}  # two-expert models only
-        return self.backbone.denoise_fn(
-            plan.cond, uncond, guidance[0], w.stop - w.start, plan.schedule, temporal=temporal, layout=layout,
-            modulation=modulation, recorder=recorder, aids=plan.aids.frames(w) if plan.aids is not None else None,
-            control=plan.control.frames(w) if plan.control is not None else None, kernels=plan.kernels, **second,
-        )
-
-    def _edit_denoise_fn(self, plan: _EditPlan, guidance: tuple[float, float | None], modulation, temporal):
-        """The guided denoiser of the edit: one per temporal window, averaged where they overlap."""
-        return windowed_denoise_fn([
-            (w, self._window_denoise_fn(plan, w, lay, plan.uncond, guidance, modulation, temporal, rec))
-            for w, lay, rec in zip(plan.windows, plan.layouts, plan.recorders)
-        ])
-
-    def _edit_inversion_free(self, plan: _EditPlan, target_fn, source, source_prompt: str, negative_prompt: str,
+    def _edit_inversion_free(self, plan: EditPlan, target_fn, source, source_prompt: str, negative_prompt: str,
                              settings: InversionFree, guidance: tuple[float, float | None], temporal, callback,
                              generator) -> torch.Tensor:
         """The edited latents of inversion-free editing (``method.inversion_free``): ``target_fn`` the
@@ -573,14 +386,6 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             return inversion_free_latents(source_fn, target_fn, source, plan.schedule, settings.skip, noise,
                                           settings.draws, callback, progress=bar, interrupt=lambda: self.interrupt)
 
-    def _edit_callback(self, plan: _EditPlan, latents, blend: bool, reatco, generator) -> Callback | None:
-        """After each step: IRJS (ReAtCo) or the latent blend with the inversion trajectory, or nothing."""
-        if reatco is not None and reatco.irjs:
-            return invariant_region_sampling(latents, plan.edited_mask, plan.schedule, generator)
-        if blend:
-            return latent_blend(plan.trajectory, plan.edited_mask)
-        return None
-
     def _step_end(self, method_callback: Callback | None, user_callback, tensor_inputs: list[str]) -> Callback | None:
         """The method's step callback, then the user's ``callback_on_step_end`` (diffusers' contract:
         ``(pipe, step, t, {"latents": ...}) -> dict``; returned latents replace the pipeline's)."""
@@ -595,135 +400,3 @@ class BaseVideoGrainPipeline(DiffusionPipeline):
             return returned.get("latents", latents)
 
         return step_end
-
-    def _rad_guide(self, plan: _EditPlan, prompt, modulation, temporal, reatco, token_indices, log) -> Guide | None:
-        """ReAtCo's RAD guidance on the conditional branch of each window, or None. The maps are those
-        of ``reatco.level`` (None: the backbone's ``rad_levels``), averaged over heads and layers."""
-        if reatco is None:
-            return None
-        levels = (reatco.level,) if reatco.level is not None else self.capabilities.rad_levels
-        words = self.backbone.word_positions(prompt)
-        regions = [r for r, index in enumerate(token_indices) if index is not None]
-        rad_windows = []
-        for w, window_layout in zip(plan.windows, plan.layouts):
-            recorder = AttentionRecorder(levels=frozenset(levels), keep_graph=True)
-            attend = self._window_denoise_fn(plan, w, window_layout, None, (1.0, None), modulation, temporal, recorder)
-            rad_windows.append(RadWindow(w, attend, recorder, window_layout.region_masks(levels[0], regions), words))
-        alphas = step_sizes(len(plan.schedule), reatco.step_size)
-        return rad_guide(rad_windows, [token_indices[r] for r in regions], alphas, reatco, log)
-
-    @torch.no_grad()
-    def reconstruct(
-        self,
-        video,
-        source_prompt: str = "",
-        num_inference_steps: int | None = None,
-        temporal: str = "auto",
-        control_images=None,
-        control_scale: float = 1.0,
-        height: int | None = None,
-        width: int | None = None,
-        output_type: str = "pil",
-        solver: str | None = None,
-    ):
-        """Invert and re-sample under the source prompt with no edit: shows inversion fidelity. Takes
-        ``video`` (and ``control_images``) as ``__call__`` does; returns the frames in ``output_type``
-        (a batch of one video, "latent" excepted). ``num_inference_steps`` and ``solver`` None: the
-        recommended."""
-        if output_type not in formats.OUTPUT_TYPES:
-            raise ValueError(f"output_type {output_type!r} is not one of {', '.join(formats.OUTPUT_TYPES)}")
-        if solver is not None:
-            values.choice(solver, "solver", tuple(SOLVERS))
-        num_inference_steps = num_inference_steps if num_inference_steps is not None else self.recommended.steps
-        solver = solver if solver is not None else self.recommended.solver
-        frames = self.prepare_video(video, height, width) * 2 - 1
-        backbone = self.backbone
-        settings = Modulation(temporal=temporal)
-        check_settings(self.capabilities, num_frames=frames.shape[0], modulation=settings,
-                       control=control_images is not None, solver=solver)
-        backbone.check_size(*frames.shape[:1], *frames.shape[-2:])
-        control = self._control(control_images, control_scale, (frames.shape[-1], frames.shape[-2]))
-        latents = self.encode_frames(frames)
-        temporal = temporal_keys(settings, len(latents), self.capabilities.temporal_modes)
-        schedule = backbone.schedule(num_inference_steps)
-        trajectory = self.invert(latents, source_prompt, num_inference_steps, temporal, control=control,
-                                 schedule=schedule, solver=solver)
-        cond = backbone.encode_prompt(source_prompt)
-        denoise = backbone.denoise_fn(cond, None, 1.0, len(latents), schedule, temporal=temporal, control=control)
-        with backbone.attention_processors(), self._progress(num_inference_steps, "reconstruct", len(latents)) as bar:
-            latents = sample_latents(denoise, trajectory[0], schedule, progress=bar, solver=solver)
-        self.maybe_free_model_hooks()
-        if output_type == "latent":
-            return latents.unsqueeze(0)
-        return formats.postprocess(self.decode_latents(latents), output_type)
-
-
-class VideoGrainPipeline(BaseVideoGrainPipeline, StableDiffusionLoraLoaderMixin, FromSingleFileMixin):
-    """Multi-grained zero-shot video editing with a frozen SD 1.x/2.x checkpoint (papers/000).
-
-    Frames travel as the batch dimension; the spatio-temporal and layout-modulated attention lives in
-    processors installed for the duration of a call. Extra components of a Stable Diffusion folder
-    (safety checker, feature extractor) are ignored; any scheduler is replaced by DDIM with its config.
-    ``load_lora_weights`` (diffusers' LoRA loader, with PEFT) applies LoRAs to the UNet and text encoder;
-    ``from_single_file`` loads a single-file checkpoint (``config=``: a diffusers folder or hub id of
-    the same architecture, for its config files and tokenizer).
-    """
-
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
-    _optional_components = ["controlnet"]
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: KarrasDiffusionSchedulers,
-        controlnet: ControlNetModel | None = None,
-    ):
-        super().__init__()
-        if not isinstance(scheduler, DDIMScheduler):
-            scheduler = DDIMScheduler.from_config(scheduler.config)
-        self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, controlnet=controlnet
-        )
-
-    @property
-    def backbone(self) -> Backbone:
-        return StableDiffusionBackbone(self)
-
-
-class WanVideoGrainPipeline(BaseVideoGrainPipeline, WanLoraLoaderMixin):
-    """VideoGrain on a Wan 2.x text-to-video model (``backbones.wan``): the same call, the same stages.
-
-    The components of diffusers' ``WanPipeline``: Wan 2.2 A14B's second expert ``transformer_2`` takes
-    the steps below ``boundary_ratio`` (both experts carry the layout processors) and Wan 2.2 TI2V-5B's
-    ``expand_timesteps`` gives each token its time. Frames must number 4k + 1 and their sides be
-    multiples of the VAE's factor times the patch (16; TI2V-5B: 32); the inversion and the edit are Euler
-    steps on the velocity over the flow scheduler's σ grid (its ``flow_shift``). ``modulation.levels``
-    and ``reatco.level`` name transformer blocks here; ``temporal`` is always "full"; ``window`` counts
-    latent frames. The temporal aids and ControlNet are not on Wan (``capabilities``).
-    """
-
-    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
-    _optional_components = ["transformer_2"]
-
-    def __init__(
-        self,
-        vae: AutoencoderKLWan,
-        text_encoder: UMT5EncoderModel,
-        tokenizer: AutoTokenizer,
-        transformer: WanTransformer3DModel,
-        scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
-        transformer_2: WanTransformer3DModel | None = None,
-        boundary_ratio: float | None = None,
-        expand_timesteps: bool = False,
-    ):
-        super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                              scheduler=scheduler, transformer_2=transformer_2)
-        self.register_to_config(boundary_ratio=boundary_ratio, expand_timesteps=expand_timesteps)
-
-    @property
-    def backbone(self) -> Backbone:
-        return WanBackbone(self)

@@ -246,7 +246,7 @@ class _Run:
         timings.update(result.timings)
         if settings.uses_reatco:
             record["reatco_losses"] = result.guidance
-        edited = formats.to_uint8(result.frames[0])
+        edited = formats.output_to_uint8(result.frames[0])
         clock = time.perf_counter()
         media.write_video(folder / "edited.mp4", edited, inputs.fps)
         videos = [folder / "edited.mp4"]
@@ -293,7 +293,7 @@ def _reconstruct(spec: EditSpec, pipe, inputs: VideoInputs, control: dict, folde
     from .eval.metrics import psnr_masked
 
     settings, clock = spec.edit, time.perf_counter()
-    recon = formats.to_uint8(pipe.reconstruct(inputs.frames_uint8, spec.source_prompt, settings.steps,
+    recon = formats.output_to_uint8(pipe.reconstruct(inputs.frames_uint8, spec.source_prompt, settings.steps,
                                               settings.modulation.temporal, height=inputs.size[1], width=inputs.size[0],
                                               output_type="np", solver=settings.solver, **control)[0])
     timings["reconstruct"] = time.perf_counter() - clock
@@ -323,12 +323,13 @@ def _eval_edit(spec: EditSpec, inputs: VideoInputs, edited: np.ndarray, result, 
                clip: str | None) -> dict:
     """Metrics of a finished edit for `edit --eval` (in memory, attention mass included). A failure is
     recorded in run.json and logged, so it never costs the edit."""
-    from .eval import evaluate, metrics
+    from .eval import evaluate
+    from .eval.clip_scores import DEFAULT_CLIP
 
     try:
         evaluation = evaluate.evaluate(
             edited, inputs.frames_uint8, inputs.masks, spec.prompt, [r.prompt for r in spec.regions],
-            [r.name for r in spec.regions], clip=clip or metrics.DEFAULT_CLIP, device=device,
+            [r.name for r in spec.regions], clip=clip or DEFAULT_CLIP, device=device,
             recorder=result.recorder, layout=result.layout,
         )
     except Exception as err:  # noqa: BLE001 - keep the edit whatever the metrics do

@@ -117,7 +117,7 @@ def test_a_scheduler_the_method_cannot_use_is_refused_with_the_fix(tiny_model_di
 def test_uncached_metric_weights_offline_fail_at_once():
     """CLIP weights that are not in the cache, offline: WeightsUnavailable within 2 s, no hub retries."""
     from videograin.errors import WeightsUnavailable
-    from videograin.eval.metrics import DEFAULT_CLIP, ClipScorer
+    from videograin.eval.clip_scores import DEFAULT_CLIP, ClipScorer
 
     start = time.monotonic()
     with pytest.raises(WeightsUnavailable, match="hub cannot be reached"):

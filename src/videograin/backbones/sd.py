@@ -162,7 +162,7 @@ class StableDiffusionBackbone:
     ) -> TemporalAids:
         """FLATTEN trajectories from the optical flow of ``frames`` (F, 3, H, W) at the chosen levels,
         and an empty PnP feature store to record into."""
-        from ..eval.optical_flow import video_flow  # OpenCV, only when flow aids are on
+        from ..optical_flow import video_flow  # OpenCV, only when flow aids are on
 
         trajectories = features = None
         flow, pnp = (settings.flow, settings.pnp) if settings is not None else (None, None)

@@ -55,7 +55,8 @@ from ..errors import SpecError
 from ..media import natural_key
 from . import official_dataset, official_editing
 from .official_fields import dump, fmt_value, official_field, relative, section
-from .parse import UniqueKeyLoader, load_spec
+from .parse import load_spec
+from .yaml_fields import UniqueKeyLoader
 from .spec import EditSpec
 
 logger = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecError
+from ..method.tokens import is_edited
 from .official_fields import (
     check_masks, closest, fmt_value, image_size, occurs, official_path, relative, require, whole_number, words,
 )
@@ -151,7 +152,7 @@ def regions(dataset: dict, root: Path, out_dir: Path, sel: Frames, order: list[s
         if safe != name:
             notes.append(f"{field}: region named {safe!r} (folder names allow only letters, digits, _ - .)")
         regions.append({"name": safe, "masks": relative(folder, out_dir), "prompt": local})
-        if local.strip() and not occurs(words(local), words(global_prompt)):
+        if is_edited(local) and not occurs(words(local), words(global_prompt)):
             near = closest(local, global_prompt)
             hint = f" (closest words there: {near!r})" if near else ""
             warnings.append(
@@ -166,7 +167,7 @@ def blend_notes(regions: list[dict], key: str, global_prompt: str, notes: list[s
     """Map the official latent blending of the layouts to a note or warning about regions without a prompt."""
     # Official latent blending keeps only the pixels outside the union of *all* layouts; videograin's keeps
     # everything outside the regions that have a prompt.
-    kept = [r["name"] for r in regions if not r["prompt"].strip()]
+    kept = [r["name"] for r in regions if not is_edited(r["prompt"])]
     if kept and len(kept) == len(regions):
         warnings.append(f"{key}: no layout has a local prompt; the official code re-generates the layouts {kept} "
                         "under the global prompt, but videograin's latent blend keeps regions without a prompt, so "

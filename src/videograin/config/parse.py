@@ -7,8 +7,6 @@ header or the model's config files are in config/preflight.py, also before any w
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +18,18 @@ from ..method.sampling import SOLVERS
 from ..method.settings import (
     INVERSIONS, MAX_REGIONS, FlowAid, InversionFree, Modulation, PnPAid, ReAtCoSettings, TemporalAidSettings, Window,
 )
+from .yaml_fields import (
+    UniqueKeyLoader, boolean, check_keys, checked, choice, guidance, keys_of, mapping, number, path_value,
+    prompt_text, require, text, unless_none, whole, yaml_problem,
+)
 from .spec import (
     ANNOTATORS, DEFAULT_MODEL, MASK_ENGINES, METHODS, ControlSpec, EditSettings, EditSpec, LoraSpec, MaskPrompt, RegionSpec,
     VideoSpec, config_field, plain_name,
 )
 
-_TOP_KEYS = ("model", "model_config", "video", "source_prompt", "prompt", "negative_prompt", "regions", "edit",
-             "control", "lora", "output", "masks_engine")
-_LORA_KEYS = ("path", "scale")
-_MASK_PROMPT_KEYS = ("box", "points", "negative", "frame")
-_CONTROL_KEYS = ("model", "condition", "scale")
-_VIDEO_KEYS = ("path", "frames", "start", "stride", "size")
+#: A region's YAML keys: ``masks:`` holds a folder, boxes, or a box/clicks mapping (RegionSpec's masks,
+#: boxes or prompts).
 _REGION_KEYS = ("name", "masks", "prompt", "word")
-_EDIT_KEYS = (
-    "steps", "guidance_scale", "guidance_scale_2", "seed", "blend", "composite", "record_attention", "method",
-    "modulation", "reatco", "window", "temporal_aids", "solver", "inversion", "inversion_free",
-)
-_MODULATION_KEYS = tuple(f.name for f in dataclasses.fields(Modulation))
-_REATCO_KEYS = ("steps", "iterations", "step_size", "top_k", "level", "irjs")
-_WINDOW_KEYS = ("size", "stride")
-_INVERSION_FREE_KEYS = ("skip", "draws", "source_guidance")
-_AIDS_KEYS = ("flow", "pnp")
-_FLOW_KEYS = ("levels", "steps")
-_PNP_KEYS = ("steps",)
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator takes
 
 
@@ -56,7 +43,7 @@ def read_config(path: str | Path) -> tuple[Any, Path]:
     except UnicodeDecodeError as err:
         raise SpecError("config", f"{path} is not UTF-8 text", "save the config as UTF-8 YAML") from err
     except yaml.YAMLError as err:
-        raise SpecError("config", f"invalid YAML in {path}: {_yaml_problem(err)}",
+        raise SpecError("config", f"invalid YAML in {path}: {yaml_problem(err)}",
                         "fix the YAML syntax there (indentation, colons, quotes)") from err
     return data, path.resolve().parent
 
@@ -75,15 +62,15 @@ def load_source_spec(path: str | Path) -> EditSpec:
     if not isinstance(data, dict):
         raise SpecError("config", f"top level must be a mapping of keys, got {values.describe(data)}",
                         "write `key: value` lines such as `video: ...`, `source_prompt: ...`")
-    _check_keys(data, _TOP_KEYS, "")
-    video = _video(_require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
+    check_keys(data, keys_of(EditSpec, "base_dir"), "")
+    video = _video(require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
     return EditSpec(
         prompt="",
         video=video,
         regions=(),
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
-        model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
-        source_prompt=_prompt(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
+        model_config=unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
+        source_prompt=prompt_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
         base_dir=base_dir,
     )
 
@@ -94,11 +81,11 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
     if not isinstance(data, dict):
         raise SpecError("config", f"top level must be a mapping of keys, got {values.describe(data)}",
                         "write `key: value` lines such as `prompt: ...`, `video: ...`, `regions: ...`")
-    _check_keys(data, _TOP_KEYS, "")
-    prompt = _prompt(_require(data, "prompt", "", 'add `prompt: "<the edited video in words>"`'), "prompt",
+    check_keys(data, keys_of(EditSpec, "base_dir"), "")
+    prompt = prompt_text(require(data, "prompt", "", 'add `prompt: "<the edited video in words>"`'), "prompt",
                      nonempty=True)
-    video = _video(_require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
-    regions = _regions(_require(data, "regions", "", "add a `regions:` list with one entry per region"),
+    video = _video(require(data, "video", "", "add `video: {path: <video file or frame folder>}`"), base_dir)
+    regions = _regions(require(data, "regions", "", "add a `regions:` list with one entry per region"),
                        video.frames, base_dir)
     output = data.get("output")
     return EditSpec(
@@ -106,14 +93,14 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
         video=video,
         regions=regions,
         model=resolve_model(data.get("model", EditSpec.model), base_dir),
-        model_config=_unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
-        source_prompt=_prompt(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
-        negative_prompt=_prompt(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
+        model_config=unless_none(resolve_model, data.get("model_config"), base_dir, "model_config"),
+        source_prompt=prompt_text(data.get("source_prompt", EditSpec.source_prompt), "source_prompt"),
+        negative_prompt=prompt_text(data.get("negative_prompt", EditSpec.negative_prompt), "negative_prompt"),
         edit=_edit(data.get("edit")),
         control=_control(data.get("control"), base_dir),
         lora=_loras(data.get("lora"), base_dir),
-        output=None if output is None else _path(output, "output", base_dir),
-        masks_engine=_choice(data.get("masks_engine", EditSpec.masks_engine), "masks_engine", MASK_ENGINES),
+        output=None if output is None else path_value(output, "output", base_dir),
+        masks_engine=choice(data.get("masks_engine", EditSpec.masks_engine), "masks_engine", MASK_ENGINES),
         base_dir=base_dir,
     )
 
@@ -122,9 +109,9 @@ def spec_from_dict(data: dict, base_dir: Path) -> EditSpec:
 
 
 def _video(value: Any, base_dir: Path) -> VideoSpec:
-    data = _mapping(value, "video")
-    _check_keys(data, _VIDEO_KEYS, "video")
-    path = _path(_require(data, "path", "video", "add `path: <video file or folder of frames>` under video"),
+    data = mapping(value, "video")
+    check_keys(data, keys_of(VideoSpec), "video")
+    path = path_value(require(data, "path", "video", "add `path: <video file or folder of frames>` under video"),
                  "video.path", base_dir)
     if not path.exists():
         raise SpecError("video.path", f"{path} does not exist",
@@ -132,8 +119,8 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
     if not (path.is_file() or path.is_dir()):  # a FIFO, device or socket would block the read
         raise SpecError("video.path", f"{path} is not a regular file or folder", "give a video file or a folder of frames")
     size = data.get("size")
-    start = _int(data.get("start", VideoSpec.start), "video.start", 0)
-    stride = _int(data.get("stride", VideoSpec.stride), "video.stride", 1)
+    start = whole(data.get("start", VideoSpec.start), "video.start", 0)
+    stride = whole(data.get("stride", VideoSpec.stride), "video.stride", 1)
     frames = data.get("frames", VideoSpec.frames)
     if isinstance(frames, str) and frames != "all":
         raise SpecError("video.frames", f"must be a whole number or 'all', got {frames!r}",
@@ -146,7 +133,7 @@ def _video(value: Any, base_dir: Path) -> VideoSpec:
         frames = (total - start - 1) // stride + 1
     return VideoSpec(
         path=path,
-        frames=_int(frames, "video.frames", 1),
+        frames=whole(frames, "video.frames", 1),
         start=start,
         stride=stride,
         size=None if size is None else _size(size),
@@ -182,19 +169,19 @@ def _regions(value: Any, frames: int, base_dir: Path) -> tuple[RegionSpec, ...]:
 
 
 def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
-    data = _mapping(value, prefix, fix="write each region as `- {name: ..., masks: ..., prompt: ...}`")
-    _check_keys(data, _REGION_KEYS, prefix)
-    name = _text(_require(data, "name", prefix, "add `name: <folder-safe name>`, e.g. `name: left_man`"),
+    data = mapping(value, prefix, fix="write each region as `- {name: ..., masks: ..., prompt: ...}`")
+    check_keys(data, _REGION_KEYS, prefix)
+    name = text(require(data, "name", prefix, "add `name: <folder-safe name>`, e.g. `name: left_man`"),
                  f"{prefix}.name", nonempty=True)
     plain_name(name, f"{prefix}.name")
-    masks = _require(data, "masks", prefix,
+    masks = require(data, "masks", prefix,
                      "add `masks: <folder of per-frame PNGs>` or a box `masks: [x0, y0, x1, y1]`")
-    prompt = _prompt(_require(data, "prompt", prefix,
+    prompt = prompt_text(require(data, "prompt", prefix,
                               'add `prompt: <its words in the global prompt>` (`prompt: ""` keeps it unedited)'),
                      f"{prefix}.prompt")
     word = data.get("word")
     if word is not None:
-        word = _text(word, f"{prefix}.word", nonempty=True).strip()
+        word = text(word, f"{prefix}.word", nonempty=True).strip()
         if word not in prompt.split():
             raise SpecError(f"{prefix}.word", f"{word!r} is not a word of the region prompt {prompt!r}",
                             "name one word of the region's prompt (its head noun), or leave `word` out")
@@ -212,7 +199,7 @@ def _region(value: Any, prefix: str, frames: int, base_dir: Path) -> RegionSpec:
 def _mask_prompt(value: dict, field: str, frames: int) -> MaskPrompt:
     """``{box: [x0, y0, x1, y1], points: [[x, y], ...], negative: [[x, y], ...], frame: N}`` (a box or
     points at least); whether they lie inside the frame is checked once the video's size is known."""
-    _check_keys(value, _MASK_PROMPT_KEYS, field)
+    check_keys(value, keys_of(MaskPrompt, "mask"), field)
     if value.get("box") is None and not value.get("points"):
         raise SpecError(field, "has neither `box` nor `points`",
                         "give `box: [x0, y0, x1, y1]` or `points: [[x, y]]` (and optionally `negative:`) on `frame:`")
@@ -231,11 +218,11 @@ def _mask_prompt(value: dict, field: str, frames: int) -> MaskPrompt:
         raise SpecError(f"{field}.frame", f"must be a frame index of the selected clip, 0..{frames - 1}, got {frame!r}",
                         f"give a frame between 0 and {frames - 1} (counted in the selected frames)")
     box = value.get("box")
-    return MaskPrompt(None if box is None else _checked(values.box, box, f"{field}.box"), points("points"), points("negative"), frame)
+    return MaskPrompt(None if box is None else checked(values.box, box, f"{field}.box"), points("points"), points("negative"), frame)
 
 
 def _mask_folder(value: str, field: str, base_dir: Path) -> Path:
-    path = _path(value, field, base_dir)
+    path = path_value(value, field, base_dir)
     if not path.exists():
         raise SpecError(field, f"mask folder {path} does not exist",
                         f"fix the path (relative paths are resolved against the config folder {base_dir})")
@@ -247,32 +234,32 @@ def _mask_folder(value: str, field: str, base_dir: Path) -> Path:
 
 def _boxes(value: list, field: str, frames: int) -> tuple[tuple[int, int, int, int], ...]:
     if not any(isinstance(item, list) for item in value):
-        return (_checked(values.box, value, field),)
+        return (checked(values.box, value, field),)
     if len(value) != frames:
         raise SpecError(field, f"has {len(value)} per-frame boxes but video.frames is {frames}",
                         f"give exactly {frames} boxes, one per frame, or a single [x0, y0, x1, y1] for all frames")
-    return tuple(_checked(values.box, item, f"{field}[{i}]") for i, item in enumerate(value))
+    return tuple(checked(values.box, item, f"{field}[{i}]") for i, item in enumerate(value))
 
 
 def _edit(value: Any) -> EditSettings:
-    data = _mapping(value, "edit", optional=True)
-    _check_keys(data, _EDIT_KEYS, "edit")
+    data = mapping(value, "edit", optional=True)
+    check_keys(data, keys_of(EditSettings), "edit")
     settings = EditSettings(
-        steps=_unless_none(_int, data.get("steps"), "edit.steps", 1),
-        guidance_scale=_unless_none(_guidance, data.get("guidance_scale"), "edit.guidance_scale"),
-        guidance_scale_2=_unless_none(_guidance, data.get("guidance_scale_2"), "edit.guidance_scale_2"),
-        seed=_int(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
-        blend=_bool(data.get("blend", EditSettings.blend), "edit.blend"),
-        composite=_bool(data.get("composite", EditSettings.composite), "edit.composite"),
-        record_attention=_checked(values.record_attention, data.get("record_attention", EditSettings.record_attention),
+        steps=unless_none(whole, data.get("steps"), "edit.steps", 1),
+        guidance_scale=unless_none(guidance, data.get("guidance_scale"), "edit.guidance_scale"),
+        guidance_scale_2=unless_none(guidance, data.get("guidance_scale_2"), "edit.guidance_scale_2"),
+        seed=whole(data.get("seed", EditSettings.seed), "edit.seed", 0, MAX_SEED),
+        blend=boolean(data.get("blend", EditSettings.blend), "edit.blend"),
+        composite=boolean(data.get("composite", EditSettings.composite), "edit.composite"),
+        record_attention=checked(values.record_attention, data.get("record_attention", EditSettings.record_attention),
                                   "edit.record_attention"),
-        method=_choice(data.get("method", EditSettings.method), "edit.method", METHODS),
+        method=choice(data.get("method", EditSettings.method), "edit.method", METHODS),
         modulation=_modulation(data.get("modulation")),
         reatco=_reatco(data.get("reatco")),
         window=_window(data.get("window")),
         temporal_aids=_temporal_aids(data.get("temporal_aids")),
-        solver=_unless_none(_choice, data.get("solver"), "edit.solver", tuple(SOLVERS)),
-        inversion=_unless_none(_choice, data.get("inversion"), "edit.inversion", INVERSIONS),
+        solver=unless_none(choice, data.get("solver"), "edit.solver", tuple(SOLVERS)),
+        inversion=unless_none(choice, data.get("inversion"), "edit.inversion", INVERSIONS),
         inversion_free=_inversion_free(data.get("inversion_free")),
     )
     return settings
@@ -280,23 +267,23 @@ def _edit(value: Any) -> EditSettings:
 
 def _inversion_free(value: Any) -> InversionFree:
     prefix = "edit.inversion_free"
-    data = _mapping(value, prefix, optional=True)
-    _check_keys(data, _INVERSION_FREE_KEYS, prefix)
+    data = mapping(value, prefix, optional=True)
+    check_keys(data, keys_of(InversionFree), prefix)
     return _settings(InversionFree, data)
 
 
 def _temporal_aids(value: Any) -> TemporalAidSettings:
     prefix = "edit.temporal_aids"
-    data = _mapping(value, prefix, optional=True)
-    _check_keys(data, _AIDS_KEYS, prefix)
+    data = mapping(value, prefix, optional=True)
+    check_keys(data, keys_of(TemporalAidSettings), prefix)
     flow = pnp = None
     if data.get("flow") is not None:
-        section = _mapping(data["flow"], f"{prefix}.flow", fix="write e.g. `flow: {levels: [0]}`")
-        _check_keys(section, _FLOW_KEYS, f"{prefix}.flow")
+        section = mapping(data["flow"], f"{prefix}.flow", fix="write e.g. `flow: {levels: [0]}`")
+        check_keys(section, keys_of(FlowAid), f"{prefix}.flow")
         flow = _settings(FlowAid, section)
     if data.get("pnp") is not None:
-        section = _mapping(data["pnp"], f"{prefix}.pnp", fix="write e.g. `pnp: {steps: 5}`")
-        _check_keys(section, _PNP_KEYS, f"{prefix}.pnp")
+        section = mapping(data["pnp"], f"{prefix}.pnp", fix="write e.g. `pnp: {steps: 5}`")
+        check_keys(section, keys_of(PnPAid), f"{prefix}.pnp")
         pnp = _settings(PnPAid, section)
     return TemporalAidSettings(flow=flow, pnp=pnp)
 
@@ -313,22 +300,22 @@ def _settings(cls, data: dict):
 def _control(value: Any, base_dir: Path) -> ControlSpec | None:
     if value is None:
         return None
-    data = _mapping(value, "control", fix="write `control: {model: <ControlNet>, condition: canny}`")
-    _check_keys(data, _CONTROL_KEYS, "control")
-    model = resolve_model(_require(data, "model", "control", "add `model: <ControlNet hub id or folder>` under control"),
+    data = mapping(value, "control", fix="write `control: {model: <ControlNet>, condition: canny}`")
+    check_keys(data, keys_of(ControlSpec), "control")
+    model = resolve_model(require(data, "model", "control", "add `model: <ControlNet hub id or folder>` under control"),
                    base_dir, "control.model")
-    condition = _text(_require(data, "condition", "control",
+    condition = text(require(data, "condition", "control",
                                f"add `condition:` ({', '.join(ANNOTATORS)}, or a folder/video of condition images)"),
                       "control.condition", nonempty=True)
     if condition not in ANNOTATORS:
-        path = _path(condition, "control.condition", base_dir)
+        path = path_value(condition, "control.condition", base_dir)
         if not path.exists():
             raise SpecError("control.condition", f"{condition!r} is neither an annotator nor an existing path",
                             f"use one of {', '.join(ANNOTATORS)}, or a folder/video of condition images "
                             f"(relative paths are resolved against {base_dir})")
         condition = path
     return ControlSpec(model=model, condition=condition,
-                       scale=_number(data.get("scale", ControlSpec.scale), "control.scale"))
+                       scale=number(data.get("scale", ControlSpec.scale), "control.scale"))
 
 
 def _loras(value: Any, base_dir: Path) -> tuple[LoraSpec, ...]:
@@ -342,20 +329,20 @@ def _loras(value: Any, base_dir: Path) -> tuple[LoraSpec, ...]:
     loras = []
     for i, item in enumerate(items):
         field = f"lora[{i}]"
-        data = _mapping(item, field, fix="write `{path: <file.safetensors>, scale: 1.0}`")
-        _check_keys(data, _LORA_KEYS, field)
-        path = _path(_require(data, "path", field, "add `path: <LoRA file.safetensors>`"), f"{field}.path", base_dir)
+        data = mapping(item, field, fix="write `{path: <file.safetensors>, scale: 1.0}`")
+        check_keys(data, keys_of(LoraSpec), field)
+        path = path_value(require(data, "path", field, "add `path: <LoRA file.safetensors>`"), f"{field}.path", base_dir)
         if not path.is_file() or path.suffix != ".safetensors":
             raise SpecError(f"{field}.path", f"{path} is not a .safetensors file", "give a LoRA saved as .safetensors "
                             "(pickled .bin/.ckpt files are not loaded)")
-        loras.append(LoraSpec(path, _number(data.get("scale", LoraSpec.scale), f"{field}.scale")))
+        loras.append(LoraSpec(path, number(data.get("scale", LoraSpec.scale), f"{field}.scale")))
     return tuple(loras)
 
 
 def _reatco(value: Any) -> ReAtCoSettings:
     prefix = "edit.reatco"
-    data = _mapping(value, prefix, optional=True)
-    _check_keys(data, _REATCO_KEYS, prefix)
+    data = mapping(value, prefix, optional=True)
+    check_keys(data, keys_of(ReAtCoSettings), prefix)
     return _settings(ReAtCoSettings, data)
 
 
@@ -363,40 +350,22 @@ def _window(value: Any) -> Window | None:
     if value is None:
         return None
     prefix = "edit.window"
-    data = _mapping(value, prefix, fix="write `window: {size: 4, stride: 2}`, or leave it out to denoise all frames at once")
-    _check_keys(data, _WINDOW_KEYS, prefix)
+    data = mapping(value, prefix, fix="write `window: {size: 4, stride: 2}`, or leave it out to denoise all frames at once")
+    check_keys(data, keys_of(Window), prefix)
     return _settings(Window, data)
 
 
 def _modulation(value: Any) -> Modulation:
     prefix = "edit.modulation"
-    data = _mapping(value, prefix, optional=True)
-    _check_keys(data, _MODULATION_KEYS, prefix)
+    data = mapping(value, prefix, optional=True)
+    check_keys(data, keys_of(Modulation), prefix)
     return _settings(Modulation, data)
-
-
-def _unless_none(check, value: Any, *args):
-    """None (the key left out or null: the model's recommended value, ``backbones.recommended``) or
-    ``check(value, *args)``."""
-    return None if value is None else check(value, *args)
-
-
-def _choice(value: Any, field: str, options: tuple[str, ...]) -> str:
-    return _checked(values.choice, value, field, options)
-
-
-def _checked(rule, value: Any, field: str, *args):
-    """``rule(value, field, *args)`` (a shared value rule, ``values``) with its error as a SpecError."""
-    try:
-        return rule(value, field, *args)
-    except SettingError as err:
-        raise SpecError(err.name, err.problem, err.fix) from None
 
 
 def resolve_model(value: Any, base_dir: Path, field: str = "model") -> str:
     """A model given as a local folder (made absolute against ``base_dir``) or a hub id "org/name";
     SpecError(``field``) for a path that does not exist."""
-    name = _text(value, field, nonempty=True)
+    name = text(value, field, nonempty=True)
     local = (base_dir / Path(name).expanduser()).resolve()
     if local.exists():
         return str(local)
@@ -405,99 +374,3 @@ def resolve_model(value: Any, base_dir: Path, field: str = "model") -> str:
         raise SpecError(field, f"local model folder {local} does not exist",
                         f"fix the path, or give a Hugging Face hub id such as {DEFAULT_MODEL}")
     return name
-
-
-# --- value checks -----------------------------------------------------------------------------------
-
-
-def _check_keys(data: dict, valid: tuple[str, ...], prefix: str) -> None:
-    for key in data:
-        if key not in valid:
-            raise SpecError(_join(prefix, str(key)), f"unknown key {str(key)!r}",
-                            values.suggest(str(key), valid, "remove it or use one of the valid keys:"))
-
-
-def _require(data: dict, key: str, prefix: str, fix: str) -> Any:
-    if key not in data:
-        raise SpecError(_join(prefix, key), "is missing (required)", fix)
-    return data[key]
-
-
-def _mapping(value: Any, field: str, optional: bool = False, fix: str = "") -> dict:
-    """A config section; for an ``optional`` one, null (``edit:`` with nothing under it) means defaults."""
-    if value is None and optional:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(field, f"must be a mapping of keys, got {values.describe(value)}",
-                        fix or f"write `key: value` lines indented under `{field.rsplit('.', 1)[-1]}:`")
-    return value
-
-
-def _int(value: Any, field: str, minimum: int, maximum: int | None = None) -> int:
-    return _checked(values.whole, value, field, minimum, maximum)
-
-
-def _number(value: Any, field: str) -> float:
-    """A finite float >= 0 (ints accepted, booleans not)."""
-    return _checked(values.number, value, field)
-
-
-def _bool(value: Any, field: str) -> bool:
-    return _checked(values.boolean, value, field)
-
-
-def _guidance(value: Any, field: str) -> float:
-    return _checked(values.guidance, value, field)
-
-
-def _text(value: Any, field: str, nonempty: bool = False) -> str:
-    if not isinstance(value, str):
-        fix = 'write "" for an empty value' if value is None else "write it as text, in quotes if in doubt"
-        raise SpecError(field, f"must be text, got {values.describe(value)}", fix)
-    if nonempty and not value.strip():
-        raise SpecError(field, "is empty", "write a non-empty value")
-    return value
-
-
-def _prompt(value: Any, field: str, nonempty: bool = False) -> str:
-    """Text (``_text``) no longer than a prompt may be (``values.prompt``), checked before any tokenizer."""
-    return _checked(values.prompt, _text(value, field, nonempty), field)
-
-
-def _path(value: Any, field: str, base_dir: Path) -> Path:
-    text = _text(value, field, nonempty=True)
-    return (base_dir / Path(text).expanduser()).resolve()
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-# --- YAML and serialisation -------------------------------------------------------------------------
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (plain PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by super(), overridable
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                continue  # super() reports unhashable keys
-            if key in seen:
-                raise SpecError("config", f"duplicate key {key!r} at line {key_node.start_mark.line + 1}",
-                                "keep only one of them")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return " ".join(f"{where}{problem}".split())
-
-

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import SpecError
 from ..method.settings import InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from ..method.tokens import is_edited
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What a name that becomes a file or folder name inside an output may hold (region names, batch job names).
@@ -47,13 +49,41 @@ class VideoSpec:
 
 @dataclass(frozen=True)
 class MaskPrompt:
-    """A region to segment and track through the clip (videograin.masks): a box (x0, y0, x1, y1) and/or
-    positive and negative clicks (x, y), in source-frame pixels, on ``frame`` of the selected clip."""
+    """A region to segment and track through the clip (``videograin.masks``): a box (x0, y0, x1, y1)
+    and/or positive and negative clicks (x, y), in source-frame pixels, on ``frame`` of the selected
+    clip; or, from Python, a ready ``mask`` (H, W) bool of that frame to propagate (never in a config)."""
 
     box: tuple[int, int, int, int] | None = None
     points: tuple[tuple[int, int], ...] = ()
     negative: tuple[tuple[int, int], ...] = ()
     frame: int = 0
+    mask: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def check(self, num_frames: int, width: int, height: int, field_name: str) -> None:
+        """SpecError naming ``field_name`` for prompts outside the frame or the clip, or no prompt."""
+        if self.box is None and not self.points and self.mask is None:
+            raise SpecError(field_name, "has neither a box, positive points nor a mask",
+                            "give a box [x0, y0, x1, y1] or at least one positive point [x, y]")
+        if not 0 <= self.frame < num_frames:
+            raise SpecError(f"{field_name}.frame", f"{self.frame} is outside the clip's frames 0..{num_frames - 1}",
+                            "give a frame index of the selected clip")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise SpecError(f"{field_name}.box", f"{list(self.box)} is not inside the {width}x{height} frame "
+                                "with x0 < x1, y0 < y1", f"give pixels within 0..{width} x 0..{height}")
+        for kind, points in (("points", self.points), ("negative", self.negative)):
+            for x, y in points:
+                if not (0 <= x < width and 0 <= y < height):
+                    raise SpecError(f"{field_name}.{kind}", f"[{x}, {y}] is outside the {width}x{height} frame",
+                                    f"give points within 0..{width - 1} x 0..{height - 1}")
+
+    def to_dict(self) -> dict:
+        """The prompt as recorded in masks.json / run.json (a ready mask as ``mask: true``)."""
+        return {"box": list(self.box) if self.box else None, "points": [list(p) for p in self.points],
+                "negative": [list(p) for p in self.negative], "frame": self.frame, "mask": self.mask is not None}
+
+
 
 
 @dataclass(frozen=True)
@@ -79,7 +109,7 @@ class RegionSpec:
     @property
     def edited(self) -> bool:
         """Whether the region's content changes (an empty prompt keeps it as it is)."""
-        return self.prompt.strip() != ""
+        return is_edited(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -183,7 +213,7 @@ def _masks_value(region: RegionSpec) -> Path | tuple | dict:
     if region.masks is not None:
         return region.masks
     if region.prompts is not None:
-        return dataclasses.asdict(region.prompts)
+        return {key: value for key, value in dataclasses.asdict(region.prompts).items() if key != "mask"}
     return region.boxes[0] if len(region.boxes) == 1 else region.boxes
 
 

@@ -1,6 +1,6 @@
 """One call that runs every metric its inputs and weights allow (``evaluate``), and its text table.
 
-Metrics that need weights load them through eval/metrics.py; when they cannot (offline, not installed)
+Metrics that need weights load them through eval/clip_scores.py and eval/metrics.py; when they cannot (offline, not installed)
 the reason is recorded under ``skipped`` and the other metrics still run.
 """
 
@@ -13,12 +13,15 @@ from typing import Any, Sequence
 
 from ..errors import WeightsUnavailable
 from ..media import as_uint8_frames
-from .metrics import (
-    DEFAULT_CLIP, DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR, ClipScorer, ImageTextScorer, _as_masks, _check_same,
-    attention_mass, clip_frame_consistency, clip_text_score, edited_union, instance_accuracy, load_lpips,
-    masked_fidelity, pick_score, warp_error,
+from ..method.tokens import is_edited
+from .clip_scores import (
+    DEFAULT_CLIP, DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR, ClipScorer, ImageTextScorer, clip_frame_consistency,
+    clip_text_score, pick_score,
 )
-from .optical_flow import DIS_MIN_SIZE, optical_flow
+from .metrics import (
+    _as_masks, _check_same, attention_mass, edited_union, instance_accuracy, load_lpips, masked_fidelity, warp_error,
+)
+from ..optical_flow import DIS_MIN_SIZE, optical_flow
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def _clip_metrics(result: EvalResult, clip, edited, masks, prompt, region_prompt
         metrics.update(clip_frame_consistency(scorer, edited))
     else:
         skipped["clip_f"] = skipped["clip_f_all_pairs"] = "needs at least 2 frames"
-    edited_count = sum(1 for p in region_prompts or [] if p.strip())
+    edited_count = sum(1 for p in region_prompts or [] if is_edited(p))
     if masks is None:
         skipped["instance_accuracy"] = "needs region masks and prompts"
     elif edited_count < 2:

@@ -1,11 +1,12 @@
-"""Evaluation: the paper's metrics (CLIP-T, CLIP-F, Warp-Err, Q-edit, PickScore), masked fidelity,
-per-instance accuracy and attention mass.
+"""Evaluation: the paper's Warp-Err and Q-edit, masked fidelity (PSNR, SSIM, LPIPS outside the edited
+regions), per-instance accuracy and attention mass; the CLIP scores (CLIP-T, CLIP-F, PickScore) are in
+clip_scores.py.
 
 Inputs follow the package conventions: frames are uint8 ``(F, H, W, 3)`` RGB arrays or float tensors
 ``(F, 3, H, W)`` in [-1, 1]; masks are bool ``(R, F, H, W)``, regions in config order; a region is
 *edited* when its prompt is not empty. Every function returns plain Python numbers (JSON-ready).
 
-Metrics that need weights (CLIP, PickScore, LPIPS, RAFT) load them with the library's own
+Metrics that need weights (LPIPS, RAFT; the CLIP scorer for instance accuracy) load them with the library's own
 ``from_pretrained`` (or the package's loader); when that fails (offline, not installed) they raise
 :class:`WeightsUnavailable`, and :func:`evaluate` records the reason under ``skipped`` while the other
 metrics still run. Nothing here reads or writes files other than model weights.
@@ -18,28 +19,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import WeightsUnavailable, first_line
-from ..hub import obtainable
 from ..media import as_uint8_frames
-from .optical_flow import optical_flow
+from ..method.tokens import is_edited
+from .clip_scores import ImageTextScorer
+from ..optical_flow import optical_flow
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-DEFAULT_PICKSCORE = "yuvalkirstain/PickScore_v1"
-#: PickScore_v1 ships the model only; its tokenizer is the one of the CLIP it was fine-tuned from.
-DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PSNR_CAP_DB = 100.0
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MIN_VOCAB = 256  # a byte-level BPE has at least its 256 byte symbols; fewer means no vocabulary was read
 CROP_FILL = 128  # grey put outside a region's mask (and around non-square boxes) in instance crops
 
 
@@ -58,157 +52,7 @@ def _check_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
 
 
-# ----------------------------------------------------------------------------------------------- CLIP
-
-
-class ImageTextScorer(Protocol):
-    """What the CLIP-based metrics need; :class:`ClipScorer` is the real one, tests may pass stubs.
-
-    ``embed_images`` takes uint8 ``(H, W, 3)`` images (sizes may differ) and returns unit-norm
-    embeddings ``(N, D)``; ``embed_texts`` returns unit-norm ``(T, D)``; ``logit_scale`` turns cosine
-    similarities into softmax logits (CLIP: 100).
-    """
-
-    logit_scale: float
-
-    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor: ...
-
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
-
-
-class ClipScorer:
-    """A ``transformers`` CLIPModel with its tokenizer and a torch image preprocessing.
-
-    Images are resized (bicubic, antialiased) so the short side is the model's ``image_size``,
-    centre-cropped and normalised with CLIP's mean and std, as CLIPImageProcessor does, without
-    torchvision. ``model`` may be any CLIPModel (a random-weight one built from a small CLIPConfig in
-    tests); :meth:`from_pretrained` loads one.
-    """
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        image_size: int | None = None,
-        mean: Sequence[float] = CLIP_MEAN,
-        std: Sequence[float] = CLIP_STD,
-        batch_size: int = 16,
-        name: str | None = None,
-    ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.image_size = int(image_size or model.config.vision_config.image_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.batch_size = batch_size
-        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.logit_scale = float(model.logit_scale.detach().exp())
-
-    @classmethod
-    def from_pretrained(
-        cls, model_id: str, tokenizer_id: str | None = None, device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None, **kwargs,
-    ) -> "ClipScorer":
-        """Load ``CLIPModel.from_pretrained(model_id)`` (safetensors) and the CLIP tokenizer of
-        ``tokenizer_id`` (else, or when that fails, of ``model_id``). Raises WeightsUnavailable when the
-        model or every tokenizer source cannot be read."""
-        if not obtainable(model_id, "config.json"):
-            raise WeightsUnavailable(f"cannot load CLIP model {model_id!r}: not on disk and the hub cannot be reached")
-        from transformers import CLIPModel, CLIPTokenizer
-
-        try:
-            model = CLIPModel.from_pretrained(model_id, use_safetensors=True)
-        except OSError as err:
-            raise WeightsUnavailable(f"cannot load CLIP model {model_id!r}: {first_line(err)}") from err
-        tokenizer, errors = None, []
-        for source in dict.fromkeys([tokenizer_id or model_id, model_id]):  # then the model's own, if any
-            try:
-                candidate = CLIPTokenizer.from_pretrained(source)
-            except OSError as err:
-                errors.append(f"{source!r}: {first_line(err)}")
-                continue
-            # transformers 5 returns an empty tokenizer (special tokens only) when it finds no files
-            if len(candidate) >= MIN_VOCAB:
-                tokenizer = candidate
-                break
-            errors.append(f"{source!r}: no tokenizer files found ({len(candidate)} tokens)")
-        if tokenizer is None:
-            raise WeightsUnavailable(f"cannot load a CLIP tokenizer ({'; '.join(errors)})")
-        model = model.to(device or "cpu", dtype or torch.float32)
-        return cls(model, tokenizer, name=model_id, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 ``(H, W, 3)`` images -> normalised ``(N, 3, S, S)`` float32 (S = image_size)."""
-        size, out = self.image_size, []
-        for image in images:
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)[None]
-            h, w = x.shape[-2:]
-            # short side to `size`, long side truncated, as transformers' get_resize_output_image_size
-            new_h, new_w = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
-            if (new_h, new_w) != (h, w):
-                x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-            top, left = (new_h - size) // 2, (new_w - size) // 2
-            x = x[0, :, top : top + size, left : left + size].clamp(0, 1)
-            out.append((x - self.mean) / self.std)
-        return torch.stack(out)
-
-    @torch.no_grad()
-    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Unit-norm image embeddings ``(N, D)`` float32 on the CPU."""
-        chunks = []
-        dtype = next(self.model.parameters()).dtype
-        for start in range(0, len(images), self.batch_size):
-            pixels = self.preprocess(images[start : start + self.batch_size]).to(self.device, dtype)
-            chunks.append(_features(self.model.get_image_features(pixel_values=pixels)))
-        return F.normalize(torch.cat(chunks).float().cpu(), dim=-1)
-
-    @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm text embeddings ``(T, D)`` float32 on the CPU (prompts truncated to 77 tokens)."""
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-        tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-        return F.normalize(_features(self.model.get_text_features(**tokens)).float().cpu(), dim=-1)
-
-
-def _features(output) -> torch.Tensor:
-    """CLIPModel.get_*_features returns a tensor (transformers 4) or an output whose pooler_output is
-    the projected embedding (transformers 5)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def clip_text_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
-    """CLIP-T: mean over frames of cos(frame, prompt) × 100."""
-    images = list(as_uint8_frames(frames))
-    return float((scorer.embed_images(images) @ scorer.embed_texts([prompt]).T).mean() * 100)
-
-
-def clip_frame_consistency(scorer: ImageTextScorer, frames: Any) -> dict[str, float]:
-    """CLIP-F: mean cos of consecutive frames × 100 (``clip_f``) and of all frame pairs i < j
-    (``clip_f_all_pairs``). Needs at least 2 frames."""
-    frames = as_uint8_frames(frames)
-    if len(frames) < 2:
-        raise ValueError("frame consistency needs at least 2 frames")
-    emb = scorer.embed_images(list(frames))
-    sims = emb @ emb.T
-    consecutive = sims.diagonal(offset=1)
-    i, j = torch.triu_indices(len(frames), len(frames), offset=1)
-    return {"clip_f": float(consecutive.mean() * 100), "clip_f_all_pairs": float(sims[i, j].mean() * 100)}
-
-
-def pick_score(scorer: ImageTextScorer, frames: Any, prompt: str) -> float:
-    """PickScore: mean over frames of logit_scale · cos(frame, prompt) with the PickScore model."""
-    images = list(as_uint8_frames(frames))
-    return float((scorer.embed_images(images) @ scorer.embed_texts([prompt]).T).mean() * scorer.logit_scale)
-
-
 # ----------------------------------------------------------------------------------------------- flow
-
-
-# optical_flow comes from eval/optical_flow.py (the one place for DIS/RAFT).
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +188,7 @@ def edited_union(masks: Any, region_prompts: Sequence[str]) -> np.ndarray:
     masks = _as_masks(masks)
     if len(region_prompts) != len(masks):
         raise ValueError(f"{len(masks)} mask sequences but {len(region_prompts)} region prompts")
-    chosen = [m for m, p in zip(masks, region_prompts) if p.strip()]
+    chosen = [m for m, p in zip(masks, region_prompts) if is_edited(p)]
     return np.any(chosen, axis=0) if chosen else np.zeros(masks.shape[1:], dtype=bool)
 
 
@@ -417,7 +261,7 @@ def instance_accuracy(
     if len(region_prompts) != len(masks):
         raise ValueError(f"{len(masks)} mask sequences but {len(region_prompts)} region prompts")
     names = list(region_names) if region_names is not None else [f"region{r}" for r in range(len(masks))]
-    edited = [r for r, p in enumerate(region_prompts) if p.strip()]
+    edited = [r for r, p in enumerate(region_prompts) if is_edited(p)]
     if len(edited) < 2:
         raise ValueError(f"needs at least 2 edited regions (non-empty prompts), got {len(edited)}")
     prompts = [region_prompts[r] for r in edited]

@@ -24,6 +24,11 @@ class PromptError(ValueError):
         super().__init__(f"{where}: {problem}; {fix}")
 
 
+def is_edited(region_prompt: str) -> bool:
+    """Whether a region changes: an empty (or blank) region prompt keeps the region as it is."""
+    return bool(region_prompt.strip())
+
+
 def _word_ids(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` without start/end tokens."""
     return list(tokenizer(text, add_special_tokens=False).input_ids)
@@ -56,7 +61,7 @@ def region_token_spans(tokenizer, prompt: str, region_prompts: list[str]) -> lis
     taken: set[int] = set()
     spans: list[Span | None] = []
     for i, region_prompt in enumerate(region_prompts):
-        if not region_prompt.strip():
+        if not is_edited(region_prompt):
             spans.append(None)
             continue
         sub = _word_ids(tokenizer, region_prompt)

@@ -2,7 +2,7 @@
 used by VideoGrain, papers/000 §4.1, for temporal consistency).
 
 Flow. The trajectories are built from the forward flow of the source, ``(F-1, 2, H, W)`` float32,
-channels (x, y) in pixels: ``frame[t](p) ≈ frame[t+1](p + flow[t](p))`` (``eval.optical_flow.video_flow``
+channels (x, y) in pixels: ``frame[t](p) ≈ frame[t+1](p + flow[t](p))`` (``optical_flow.video_flow``
 computes it; this module is pure torch).
 
 Trajectories. For each UNet level the per-frame token grid is ``h×w`` (the latent grid halved

@@ -1,7 +1,7 @@
 """Optical flow of a video: OpenCV DIS (no weights) or torchvision RAFT-large (its weights on disk).
 
-Used by the metrics' Warp-Err (forward and backward, numpy) and, as the forward flow tensor, by the
-FLATTEN trajectories of method/trajectories.py. Frames are uint8 ``(F, H, W, 3)`` or float
+Used by the metrics' Warp-Err (forward and backward, numpy), the mask tracker (masks.py) and, as the
+forward flow tensor, by the FLATTEN trajectories of method/trajectories.py. Frames are uint8 ``(F, H, W, 3)`` or float
 ``(F, 3, H, W)`` in [-1, 1].
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import WeightsUnavailable, first_line
-from ..media import as_uint8_frames
+from .errors import WeightsUnavailable, first_line
+from .media import as_uint8_frames
 
 FLOW_BACKENDS = ("dis", "raft")
 DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
