@@ -1,6 +1,7 @@
-"""The package's structure: every module imports alone, the method core stays free of OpenCV and the
-metrics, the import graph has no cycle, and a second backbone needs one module (a fake one runs the
-pipeline end to end here)."""
+"""The package's structure: every module imports alone, the import graph has no cycle and points one way
+(the layers below), the method core stays free of OpenCV, files and config, modules and functions stay
+short, each rule the entrances share lives in one module, and a second backbone needs one module (a
+fake one runs the pipeline end to end here)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,48 @@ def test_the_import_graph_has_no_cycle():
     for module in MODULES:
         if module not in state:
             visit(module, [])
-    # the metrics use optical flow, so optical flow must not import the metrics
-    assert "videograin.eval.metrics" not in graph["videograin.eval.optical_flow"]
+
+
+#: The package's layers, lowest first: a module imports only from its own layer and the ones below.
+#: ``videograin`` itself (``__version__``, lazy exports) may be read by any module.
+LAYERS = {
+    "core (pure torch, no files)": ("errors", "values", "sizes", "hub", "toy", "testing", "inversion_cache",
+                                    "method."),
+    "backbones and media (files, pictures, optical flow)": ("backbones.", "media", "mask_files", "outputs",
+                                                            "optical_flow", "viz", "control", "formats"),
+    "the pipelines (the Python API)": ("pipeline", "pipeline_sd", "pipeline_wan", "pipeline_inversion", "edit_plan",
+                                       "call_checks", "custom_pipeline"),
+    "the config (YAML -> EditSpec)": ("config.",),
+    "the jobs' parts (inputs, loading, records, masks, segments, evaluation)": (
+        "inputs", "loading", "run_record", "masks", "segment", "report", "eval."),
+    "the jobs (an edit, a batch)": ("runner", "batch"),
+    "the entrances (command line, web app)": ("cli", "__main__", "app", "app_ui", "app_handlers", "app_pictures"),
+}
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("videograin.")
+    for index, prefixes in enumerate(LAYERS.values()):
+        if any(name == p or (p.endswith(".") and name.startswith(p)) for p in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it where it belongs")
+
+
+def test_each_module_imports_only_from_its_layer_and_below():
+    """Imports point one way: entrances -> jobs -> their parts -> config -> pipelines -> backbones and
+    media -> core. The method core imports nothing but itself, errors and values; the command line only
+    parses arguments (it writes no file itself)."""
+    names = list(LAYERS)
+    for module in [m for m in MODULES if m != "videograin" and not m.endswith(("backbones", "config", "eval", "method"))]:
+        for imported in _imports(module) - {"videograin", "videograin.backbones", "videograin.config",
+                                            "videograin.eval", "videograin.method"}:
+            assert _layer(imported) <= _layer(module), (
+                f"{module} ({names[_layer(module)]}) imports {imported} ({names[_layer(imported)]}), a layer above")
+    for module in [m for m in MODULES if m.startswith("videograin.method.")]:
+        outside = {m for m in _imports(module) if not m.startswith("videograin.method.")}
+        assert outside <= {"videograin.errors", "videograin.values"}, f"{module} imports {outside}"
+    writers = {"videograin.media", "videograin.outputs", "videograin.inputs", "videograin.mask_files", "videograin.viz"}
+    assert not _imports("videograin.cli") & writers, "cli.py reads or writes files itself; call a library function"
 
 
 def test_every_module_imports_alone_and_the_core_without_opencv_or_metrics():
@@ -95,7 +136,8 @@ def test_every_module_imports_alone_and_the_core_without_opencv_or_metrics():
     assert sorted(loaded) == sorted(modules)
     for module in PURE:
         assert "cv2" not in loaded[module], f"{module} imports OpenCV"
-        bad = {m for m in loaded[module] if m.startswith(("videograin.eval", "videograin.config", "videograin.io"))}
+        bad = {m for m in loaded[module] if m.startswith(("videograin.eval", "videograin.config", "videograin.media",
+                                                           "videograin.inputs", "videograin.outputs"))}
         assert not bad, f"{module} imports {bad}"
 
 
@@ -235,6 +277,68 @@ def test_each_rule_shared_by_the_backbones_lives_in_one_module(rule):
 
     home, pattern = SHARED_RULES[rule]
     assert re.search(pattern, (SRC / home).read_text()), f"{rule}: not found in {home}"
-    users = [*sorted((SRC / "backbones").glob("*.py")), SRC / "pipeline.py", *sorted((SRC / "method").glob("*.py"))]
+    users = [*sorted((SRC / "backbones").glob("*.py")), *sorted(SRC.glob("pipeline*.py")), SRC / "edit_plan.py",
+             SRC / "call_checks.py", *sorted((SRC / "method").glob("*.py"))]
     copies = [str(p.relative_to(SRC)) for p in users if p != SRC / home and re.search(pattern, p.read_text())]
     assert not copies, f"{rule} is written again in {copies}; use {home}"
+
+
+# ------------------------------------------------------------------------------ rules every entrance shares
+
+#: Each rule more than one entrance (config, Python API, CLI, batch, app, masks, eval) needs: the one module
+#: that holds it, and a pattern that writing it again elsewhere shows.
+PACKAGE_RULES = {
+    "the frame-size rule (sides multiples of the model's size multiple, at most MAX_SIDE; the default size)": (
+        "sizes.py", r" %\s*(multiple|m|[\w.]*size_multiple)\b|/\s*multiple\s*\+\s*0\.5|round\([^)]*/\s*multiple\)|long_side\s*/\s*max\(|MAX_SIDE\s*="),
+    "a region is edited when its prompt is not empty": (
+        "method/tokens.py", r"(\bif|\bnot|bool\()\s*(?!global)[\w.]*(prompt|\bp|\blocal)(\[\"prompt\"\])?\.strip\(\)|prompt\.strip\(\) != \"\""),
+    "a region given by a box or clicks (one type)": ("config/spec.py", r"^\s+box: tuple\[int, int, int, int\]"),
+    "the video and image file suffixes": ("media.py", r"\"\.mp4\", \"\.webm\"|\"\.png\", \"\.jpg\""),
+    "config values set on top of a config (CLI flags, edit() keywords, batch jobs)": (
+        "config/overrides.py", r"OVERRIDES\s*=|\*\w+, last = \w+\.split\(\"\.\"\)"),
+    "a config section's keys are its dataclass's fields": ("config/yaml_fields.py", r"def keys_of\b|check_keys\(\w+, _(?!REGION)\w*KEYS"),
+    "frames in [-1, 1] to uint8": ("media.py", r"def to_uint8\b"),
+    "an output folder's checks and lock (every job that writes one)": ("outputs.py", r"def (check_output_folder|output_lock)\b|\bcheck_output_folder\(|\boutput_lock\("),
+}
+
+
+@pytest.mark.parametrize("rule", PACKAGE_RULES)
+def test_each_rule_the_entrances_share_lives_in_one_module(rule):
+    import re
+
+    home, pattern = PACKAGE_RULES[rule]
+    assert re.search(pattern, (SRC / home).read_text(), re.M), f"{rule}: not found in {home}"
+    copies = [str(p.relative_to(SRC)) for p in sorted(SRC.rglob("*.py"))
+              if p != SRC / home and re.search(pattern, p.read_text(), re.M)]
+    assert not copies, f"{rule} is written again in {copies}; use {home}"
+
+
+# ----------------------------------------------------------------------------------------- size of the parts
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
+#: Functions allowed past MAX_FUNCTION_LINES, each with its reason.
+LONG_FUNCTIONS = {
+    "method/triton_layout.py:_layout_attention_kernel": "a Triton kernel is one function: its loads, the online "
+                                                        "softmax and the stores share registers",
+    "cli.py:_parser": "the argparse table: every command's flags in one place, as --help lists them",
+    "pipeline.py:__call__": "the diffusers call contract: every argument of the call, checked and then passed "
+                            "stage by stage, reads as one function as in diffusers' own pipelines",
+}
+
+
+def test_no_module_or_function_is_too_long_to_read():
+    """No module of the package over 450 lines, no function over 80 (the listed exceptions aside): a
+    concern that grows past that is two concerns."""
+    long_modules, long_functions = [], {}
+    for path in sorted(SRC.rglob("*.py")):
+        text, name = path.read_text(), str(path.relative_to(SRC))
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{name} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long_functions[f"{name}:{node.name}"] = length
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    assert set(long_functions) == set(LONG_FUNCTIONS), (
+        f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}; LONG_FUNCTIONS lists {sorted(LONG_FUNCTIONS)}")

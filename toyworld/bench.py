@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 0
 
-    methods = [m for m in (*METHODS, tuned_method) if not (wan and m.reatco)]  # ReAtCo on Wan: not benchmarked yet
+    methods = [m for m in (*METHODS, tuned_method) if not (wan and m.reatco)]  # ReAtCo is not benchmarked on Wan
     extra = [Method(name, float(s), float(c), float(f)) for name, s, c, f in (spec.split(":") for spec in args.extra)]
     methods += extra
     if args.attention:

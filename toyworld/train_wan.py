@@ -7,8 +7,8 @@ Two phases, deterministic given ``--seed`` (one thread, seeded generators, data 
 1. VAE: AutoencoderKLWan trained to reconstruct world clips (random scenes, each shape moving and
    scaling smoothly within its third; L1 + L2 with the shapes' pixels weighted 10x + a tiny KL term, on
    the decoder's output before its clamp, gradients clipped to norm 1) on all 9 frames (trained on 5,
-   it drew frames 5-8 wrong: 29% to 100% of their pixels more than 25/255 off, as the second group's
-   causal cache was never seen); ``--decoder-steps`` then trains the decoder alone on the encoder's
+   it draws frames 5-8 wrong: 29% to 100% of their pixels more than 25/255 off, as it never sees the
+   second group's causal cache); ``--decoder-steps`` then trains the decoder alone on the encoder's
    posterior means, as the SD toy's phase 3. Its ``latents_mean`` / ``latents_std`` are set to the
    per-channel statistics of the clips' latents (as Wan's VAE ships them).
 2. Flow matching: WanTransformer3DModel and UMT5EncoderModel trained jointly on the frozen VAE's
@@ -107,7 +107,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, rng:
               shape_weight: float = 9.0, decoder_only: bool = False):
     """videos (n, 3, F, H, W) in [-1, 1]. Returns (vae in eval mode, losses). Pixels of the shapes (those
     off the frame's corner colour, the background) weigh ``1 + shape_weight`` in the loss: unweighted,
-    the VAE drew the background right and the shapes grey (chroma kept 0.04 of 0.78 in a single-frame
+    the VAE draws the background right and the shapes grey (chroma keeps 0.04 of 0.78 in a single-frame
     probe, against 0.73 with the weight). ``decoder_only``: the encoder frozen, the decoder learns to
     draw the posterior means (what the pipeline decodes), so the latent space stays as it is."""
     vae.train()
@@ -129,7 +129,7 @@ def train_vae(vae, videos: torch.Tensor, steps: int, batch: int, lr: float, rng:
         loss = (weight * err.abs()).mean() + (weight * err.square()).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)  # unclipped, the loss jumped and stalled
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # unclipped, the loss jumps and stalls
         opt.step()
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:

@@ -49,7 +49,7 @@ def make_vae(stages: int = 2, channels: int = LATENT_CHANNELS, time_stages: int 
     Wan 2.1's first stage is not (2 and 2: 4x in space and time; 2 and 1: 4x in space, 2x in time; 1: 2x),
     ``channels`` latent channels. Its latents_mean / latents_std are set after training (``train_wan``). The posterior's log-variance
     starts at -8 (std 0.02): from the default 0 (std 1, as large as the latents) the trained decoder
-    gave the same error on a sample as on the mean, i.e. it ignored the latents' detail."""
+    gives the same error on a sample as on the mean, i.e. it ignores the latents' detail."""
     time_stages = stages if time_stages is None else time_stages
     vae = AutoencoderKLWan(base_dim=16, z_dim=channels, dim_mult=[1] + [2] * stages, num_res_blocks=1,
                            temperal_downsample=[i >= stages - time_stages for i in range(stages)],

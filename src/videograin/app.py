@@ -197,7 +197,7 @@ def prompt_checks(tokenizer, prompt: str, region_prompts: list[str]) -> list[str
 def add_click(where: str, mode: str, x: int, y: int, frame: int, corner: tuple[int, int] | None):
     """A click on frame ``frame`` at (x, y) added to a region's ``where`` text. ``mode`` "box corners":
     the first click is kept as ``corner``, the second completes the box. Returns (where, corner)."""
-    parts = [p.strip() for p in where.split(";") if p.strip()]
+    parts = [part.strip() for part in where.split(";") if part.strip()]
     if mode == "box corners":
         if corner is None:
             return where, (x, y)

@@ -1,4 +1,5 @@
-"""ControlNet condition images (papers/000 App. F: depth or pose ControlNet in inversion and editing).
+"""ControlNet condition images (VideoGrain (arXiv:2502.17258) App. F: depth or pose ControlNet in
+inversion and editing).
 
 Condition images come from a folder/video aligned with the source (read by ``io``) or from an
 annotator run on the source frames: ``canny`` (OpenCV, no weights), ``depth`` (a DPT depth model

@@ -153,8 +153,7 @@ def refit(frame: np.ndarray, warped: np.ndarray, valid: np.ndarray, iterations: 
 def propagate(frames: np.ndarray, mask: np.ndarray, start: int, progress=None) -> np.ndarray:
     """bool (F, H, W): ``mask`` (H, W) on frame ``start`` carried to every other frame of uint8
     (F, H, W, 3), forward then backward, by flow warping and GrabCut re-fitting (``refit``)."""
-    from .eval.metrics import consistency_mask
-    from .optical_flow import optical_flow
+    from .optical_flow import consistency_mask, optical_flow
 
     out = np.zeros(frames.shape[:3], bool)
     out[start] = mask

@@ -94,3 +94,26 @@ def video_flow(frames: Any) -> torch.Tensor:
         raise ValueError("optical flow needs at least 2 frames")
     fwd, _ = _dis_flow(frames, backward=False)
     return torch.from_numpy(np.ascontiguousarray(fwd)).permute(0, 3, 1, 2).contiguous()
+
+
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every pixel, float32 (H, W) each (cv2.remap's maps of the identity)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def consistency_mask(forward: np.ndarray, backward: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
+    """Pixels of frame t+1 whose backward flow is trusted: bool ``(H, W)``.
+
+    forward, backward: ``(H, W, 2)`` flows t→t+1 and t+1→t. A pixel p is valid when p + b(p) lies inside
+    the frame and the round trip closes (Sundaram et al. 2010):
+    ``|b(p) + f(p + b(p))|² ≤ alpha·(|b(p)|² + |f(p + b(p))|²) + beta``; occluded pixels fail it.
+    """
+    h, w = backward.shape[:2]
+    xs, ys = pixel_grid(h, w)
+    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    f_at = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    loop = ((backward + f_at) ** 2).sum(-1)
+    bound = alpha * ((backward**2).sum(-1) + (f_at**2).sum(-1)) + beta
+    return inside & (loop <= bound)

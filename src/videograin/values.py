@@ -13,7 +13,7 @@ from .errors import SettingError
 #: Guidance scales past this only blow the prediction up (SD uses 7.5, Wan 5).
 MAX_GUIDANCE = 100.0
 #: Characters a prompt may have: far more than any text encoder reads (CLIP 75 tokens, umT5 512), checked
-#: before a tokenizer sees it (a 20 MB prompt took a minute to tokenize only to be refused).
+#: before a tokenizer sees it (tokenizing a 20 MB prompt takes about a minute).
 MAX_PROMPT_CHARS = 10_000
 
 

@@ -44,7 +44,8 @@ class FeatureStore:
 
     @staticmethod
     def takes(layer: str) -> bool:
-        """PnP injects the decoder's self-attention (papers/000 §4.1 uses PnP's choice of layers)."""
+        """PnP injects the decoder's self-attention (VideoGrain (arXiv:2502.17258) §4.1 uses PnP's
+        choice of layers)."""
         return layer.startswith("up_blocks") and ".attn1" in layer
 
 

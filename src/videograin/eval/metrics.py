@@ -29,7 +29,7 @@ from ..errors import WeightsUnavailable, first_line
 from ..media import as_uint8_frames
 from ..method.tokens import is_edited
 from .clip_scores import ImageTextScorer
-from ..optical_flow import optical_flow
+from ..optical_flow import consistency_mask, optical_flow, pixel_grid
 
 logger = logging.getLogger(__name__)
 
@@ -53,28 +53,6 @@ def _check_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- flow
-
-
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return xs, ys
-
-
-def consistency_mask(forward: np.ndarray, backward: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
-    """Pixels of frame t+1 whose backward flow is trusted: bool ``(H, W)``.
-
-    forward, backward: ``(H, W, 2)`` flows t→t+1 and t+1→t. A pixel p is valid when p + b(p) lies inside
-    the frame and the round trip closes (Sundaram et al. 2010):
-    ``|b(p) + f(p + b(p))|² ≤ alpha·(|b(p)|² + |f(p + b(p))|²) + beta``; occluded pixels fail it.
-    """
-    h, w = backward.shape[:2]
-    xs, ys = _grid(h, w)
-    map_x, map_y = xs + backward[..., 0], ys + backward[..., 1]
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    f_at = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    loop = ((backward + f_at) ** 2).sum(-1)
-    bound = alpha * ((backward**2).sum(-1) + (f_at**2).sum(-1)) + beta
-    return inside & (loop <= bound)
 
 
 def warp_error(
@@ -102,7 +80,7 @@ def warp_error(
     if forward.shape != (len(edited) - 1, *edited.shape[1:3], 2):
         raise ValueError(f"flows {forward.shape} do not fit frames {edited.shape}")
     h, w = edited.shape[1:3]
-    xs, ys = _grid(h, w)
+    xs, ys = pixel_grid(h, w)
     images = edited.astype(np.float32) / 255.0
     total, count = 0.0, 0
     for t in range(len(edited) - 1):

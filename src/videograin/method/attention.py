@@ -1,12 +1,13 @@
-"""ST-Layout attention (papers/000 §3.4): the modulation math and its kernels, backbone-agnostic.
+"""ST-Layout attention (VideoGrain (arXiv:2502.17258) §3.4): the modulation math and its kernels,
+backbone-agnostic.
 
 For scaled scores s = (q·kᵀ)·scale, a query x with strength λ_x and a key y:
 
     s'[x, y] = (1 − λ_x)·s[x, y] + λ_x·(rowmax_y s[x, ·]  if R[x, y] else  rowmin_y s[x, ·])
     out      = softmax(s')·v,    R[x, y] = (q_bits[x] & k_bits[y]) ≠ 0
 
-which is DESIGN.md's "raise positive pairs towards the row max, push negative pairs towards the row
-min" written with the row statistics only.
+that is, positive pairs are raised towards the row max and negative pairs pushed towards the row
+min, written with the row statistics only.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def flex_layout_attention(q, k, v, q_bits, k_bits, lam, scale) -> torch.Tensor:
     if q.device.type != "cuda":
         return flex_attention(q, k, v, score_mod=modulate, scale=scale)
     # head dims above 128 (SD 1.5's 160) round up to 256: smaller key blocks keep the kernel within
-    # shared memory (not yet run on a GPU here)
+    # shared memory
     options = {"BLOCK_N": 32, "num_stages": 2} if q.shape[-1] > 128 else None
     return _compiled_flex_attention()(q, k, v, score_mod=modulate, scale=scale, kernel_options=options)
 

@@ -1,7 +1,7 @@
 """One model call's ST-Layout modulation, built once per step and read by every processor family.
 
-The strength rule of papers/000 §3.3 lives here and nowhere else: for a query token x at a modulated
-level, λ_x = c · ξ(t) · (1 − S_x), with c the self- or cross-attention strength of ``Modulation``,
+The strength rule of VideoGrain (arXiv:2502.17258) §3.3 lives here and nowhere else: for a query
+token x at a modulated level, λ_x = c · ξ(t) · (1 − S_x), with c the self- or cross-attention strength of ``Modulation``,
 ξ(t) the schedule's time factor and S_x the size term of x's region (``LevelLayout``). A backbone's
 denoiser calls ``step_context`` before each model call and hands the context to its processors (SD:
 ``cross_attention_kwargs``; Wan, whose blocks forward no attention arguments: processors bound for

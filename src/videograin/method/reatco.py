@@ -1,4 +1,4 @@
-"""ReAtCo (papers/003): attention refocusing by latent guidance (RAD) and invariant-region joint
+"""ReAtCo (arXiv:2412.11710): attention refocusing by latent guidance (RAD) and invariant-region joint
 sampling (IRJS), as a guide and a callback for ``sampling.sample_latents``.
 
 RAD (Eq. 3-7): before a denoising step, the noisy latents x_t move against the gradient of
@@ -49,7 +49,7 @@ def word_attention(maps: torch.Tensor, words: slice = CLIP_WORDS) -> torch.Tenso
 def rad_losses(
     maps: torch.Tensor, token_indices: list[int], masks: torch.Tensor, top_k: float, words: slice = CLIP_WORDS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_IR and L_OR (papers/003 Eq. 3-6) of one set of maps.
+    """L_IR and L_OR (ReAtCo, arXiv:2412.11710, Eq. 3-6) of one set of maps.
 
     maps: (F, h, w, L) cross-attention probabilities; token_indices: J token positions (in L);
     masks: (J, F, h, w) bool, each word's region; top_k: K as a share of the region's area in each
@@ -79,7 +79,8 @@ def rad_losses(
 
 def step_sizes(num_steps: int, scale: float) -> list[float]:
     """α_t for every sampling step: ``scale`` times a factor falling linearly from 1 to 0.5 over the
-    whole schedule (papers/003, implementation details; the official code uses its square root)."""
+    whole schedule (ReAtCo (arXiv:2412.11710), implementation details; the official code uses its
+    square root)."""
     if num_steps == 1:
         return [scale]
     return [scale * (1 - 0.5 * i / (num_steps - 1)) for i in range(num_steps)]
@@ -145,8 +146,8 @@ def invariant_region_sampling(
     source: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
     generator: torch.Generator | list[torch.Generator] | None = None,
 ):
-    """IRJS (papers/003 Eq. 8) as a ``callback(step, t, latents)`` for ``sampling.sample_latents``, on
-    any ``Schedule`` (DDIM's ᾱ or flow matching's σ).
+    """IRJS (ReAtCo, arXiv:2412.11710, Eq. 8) as a ``callback(step, t, latents)`` for
+    ``sampling.sample_latents``, on any ``Schedule`` (DDIM's ᾱ or flow matching's σ).
 
     source: clean source latents (T, C, h, w); mask: (T, 1, h, w) in {0, 1}, 1 where the edit may
     change the video. After step i the latents sit at level i + 1; outside the mask they become the

@@ -115,8 +115,8 @@ class DDIMSchedule:
         return len(self.timesteps)
 
     def time_factor(self, t: int) -> float:
-        """ξ(t) = t̂⁵ with t̂ = t / (T − 1) in [0, 1] (papers/000 §4.1). The official code uses
-        t̂ = (t − 1) / 1000, which differs by under 0.2% at every step."""
+        """ξ(t) = t̂⁵ with t̂ = t / (T − 1) in [0, 1] (VideoGrain (arXiv:2502.17258) §4.1).
+        The official code uses t̂ = (t − 1) / 1000, which differs by under 0.2% at every step."""
         return (t / (self.num_train_timesteps - 1)) ** 5
 
     def signal_noise(self, level: int) -> tuple[float, float]:
@@ -276,7 +276,8 @@ def invert_latents(denoise_fn: Denoiser, latents: torch.Tensor, schedule: Schedu
 
 
 def latent_blend(trajectory: list[torch.Tensor], mask: torch.Tensor) -> Callback:
-    """Callback keeping latents outside ``mask`` on the inversion trajectory (papers/000 App. I).
+    """Callback keeping latents outside ``mask`` on the inversion trajectory (VideoGrain
+    (arXiv:2502.17258) App. I).
 
     trajectory[i]: inverted latents at the noise level of sampling step i (the last entry clean);
     mask: (F, 1, h, w) in {0, 1}, 1 where the edit may change the video. After step i the latents sit
@@ -305,7 +306,8 @@ def temporal_windows(num_frames: int, size: int, stride: int) -> list[slice]:
 def windowed_denoise_fn(windows: list[tuple[slice, Denoiser]]) -> Denoiser:
     """Temporal co-denoising: each (frames, denoise_fn) window predicts the noise of its frames and
     frames covered by several windows take the mean. As a DDIM step is linear in ε for fixed
-    latents, this equals averaging the windows' next latents (papers/003's resource-friendly mode)."""
+    latents, this equals averaging the windows' next latents (ReAtCo (arXiv:2412.11710): its
+    resource-friendly mode)."""
 
     def denoise(latents: torch.Tensor, t: int, step: int) -> torch.Tensor:
         total = torch.zeros_like(latents)

@@ -73,7 +73,7 @@ class Modulation:
 
 @dataclass(frozen=True)
 class ReAtCoSettings:
-    """ReAtCo (papers/003): RAD guidance on the first ``steps`` denoising steps, ``iterations``
+    """ReAtCo (arXiv:2412.11710): RAD guidance on the first ``steps`` denoising steps, ``iterations``
     gradient steps each, of size ``step_size`` times a factor falling linearly from 1 to 0.5; top-K
     share ``top_k`` of each mask's area; cross-attention maps of ``level`` (None: the level at H/32,
     the paper's, or the coarsest the model has); ``irjs``: invariant-region joint sampling."""
@@ -160,7 +160,7 @@ class PnPAid:
 
 @dataclass(frozen=True)
 class TemporalAidSettings:
-    """Optional aids for temporal consistency used by the paper (§4.1); None: off."""
+    """Optional aids for temporal consistency used by VideoGrain (arXiv:2502.17258) §4.1; None: off."""
 
     flow: FlowAid | None = None
     pnp: PnPAid | None = None

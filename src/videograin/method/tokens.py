@@ -124,8 +124,8 @@ def regional_prompt_embeds(
     The causal CLIP encoder lets earlier words colour later ones ("Spiderman and Polar Bear": the
     bear's tokens have seen Spiderman); T5's bidirectional one mixes them both ways. Encoding each
     region prompt on its own and writing its word embeddings into its span keeps every instance's
-    words to their own meaning (papers/000 §3.4). ``encode(text)``: the backbone's padded prompt
-    embedding (1, L, D). Returns (1, L, D).
+    words to their own meaning (VideoGrain (arXiv:2502.17258) §3.4). ``encode(text)``: the
+    backbone's padded prompt embedding (1, L, D). Returns (1, L, D).
     """
     embeds = encode(prompt).clone()
     first = start_tokens(tokenizer)

@@ -1,5 +1,5 @@
 """FLATTEN patch trajectories and flow-guided attention (Cong et al. 2023, "FLATTEN";
-used by VideoGrain, papers/000 §4.1, for temporal consistency).
+used by VideoGrain, arXiv:2502.17258 §4.1, for temporal consistency).
 
 Flow. The trajectories are built from the forward flow of the source, ``(F-1, 2, H, W)`` float32,
 channels (x, y) in pixels: ``frame[t](p) ≈ frame[t+1](p + flow[t](p))`` (``optical_flow.video_flow``
