@@ -286,7 +286,7 @@ def test_the_app_edits_the_example_and_its_zip_holds_the_frames(page, server, tm
 
 @pytest.mark.parametrize(("change", "box", "text"), [
     (lambda page: _fill(page, "prompt", "a green circle on a black background"), "prompt-error", "does not occur"),
-    (lambda page: _fill(page, "width", 30), "video-error", "not a multiple of 8"),
+    (lambda page: _fill(page, "width", 30), "video-error", "must be a positive multiple of 8"),
     (lambda page: [page.click("#remove-region") or time.sleep(0.5) for _ in range(2)], "region-error", "no regions"),
 ])
 def test_bad_input_shows_the_one_line_error_next_to_its_field_and_starts_no_run(page, server, change, box, text):

@@ -1,8 +1,8 @@
 """ControlNet condition images (VideoGrain (arXiv:2502.17258) App. F: depth or pose ControlNet in
 inversion and editing).
 
-Condition images come from a folder/video aligned with the source (read by ``io``) or from an
-annotator run on the source frames: ``canny`` (OpenCV, no weights), ``depth`` (a DPT depth model
+Condition images come from a folder/video aligned with the source (read by
+``inputs.read_condition_images``) or from an annotator run on the source frames: ``canny`` (OpenCV, no weights), ``depth`` (a DPT depth model
 from transformers, when its weights are on disk) or ``pose`` (controlnet_aux's OpenPose, when
 installed with its weights). The ControlNet itself is called by the backbone (backbones/sd.py).
 """

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 FULL_REGION_SHARE = 0.95
 
 
-
 @dataclass
 class VideoInputs:
     """Everything the pipeline needs from disk, at the working size.
@@ -174,7 +173,6 @@ def _region_masks(spec: "EditSpec", i: int, n: int, source_size: tuple[int, int]
         notes.append(f"region '{region.name}' covers {m.mean():.0%} of the clip: check its masks (a mask pixel "
                      f"counts from {MASK_THRESHOLD} of 255)")
     return m
-
 
 
 @dataclass

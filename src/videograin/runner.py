@@ -19,22 +19,20 @@ import numpy as np
 import torch
 
 from . import formats, media, outputs, viz
-from .loading import load_pipeline, loading_bars, resolve_device
-from .run_record import peak_memory, run_record, summary
-from .inputs import PromptedMasks, inputs_of, VideoInputs, load_inputs, read_condition_images
 from .config.overrides import SHORTCUTS, with_overrides
 from .config.parse import load_spec, resolve_model
 from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
 from .config.spec import EditSpec
 from .errors import EditCancelled, SpecError, WeightsUnavailable
+from .inputs import PromptedMasks, VideoInputs, inputs_of, load_inputs, read_condition_images
 from .inversion_cache import InversionCache
+from .loading import load_pipeline, loading_bars, resolve_device
 from .method.layout import composite_applies, composite_weights
 from .method.tokens import region_token_spans
+from .run_record import peak_memory, run_record, summary
 
 logger = logging.getLogger("videograin")
-
-
 
 
 def _control_inputs(spec: EditSpec, inputs: VideoInputs) -> tuple[np.ndarray | None, dict]:
@@ -286,7 +284,6 @@ class _Run:
             pipe._interrupt = True
 
 
-
 def _reconstruct(spec: EditSpec, pipe, inputs: VideoInputs, control: dict, folder: Path, record: dict,
                  timings: dict) -> None:
     """reconstruction.mp4: inversion and re-sampling under the source prompt; its PSNR into ``record``."""
@@ -316,7 +313,6 @@ def full_resolution(edited: np.ndarray, inputs: VideoInputs, edited_regions: lis
                                                  align_corners=False)[0, 0, :, :, None].numpy()
         upsampled[f] = np.round(weight * upsampled[f] + (1 - weight) * inputs.source_uint8[f])
     return upsampled
-
 
 
 def _eval_edit(spec: EditSpec, inputs: VideoInputs, edited: np.ndarray, result, device: str,

@@ -90,7 +90,6 @@ _EDITING_KEYS = ("editing_prompts", "guidance_scale", "num_inference_steps", "sa
                  "cluster_inversion_feature", "vis_cross_attn", "strength")
 
 
-
 @dataclass(frozen=True)
 class Conversion:
     """The result of :func:`convert_config`.

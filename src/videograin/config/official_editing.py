@@ -72,7 +72,6 @@ def control_section(data: dict, control: dict, root: Path, out_dir: Path, sel: F
                     unsupported, notes, warnings, inert)
 
 
-
 # SD 1.5 UNet levels with self-attention: 64, 32, 16 (down/up blocks) and 8 (mid block) tokens a side for
 # 512² frames. The official flatten_res factor f selects the grid (H/8 // f); level k halves it k times.
 _SD_LEVELS = 4

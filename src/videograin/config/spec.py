@@ -84,8 +84,6 @@ class MaskPrompt:
                 "negative": [list(p) for p in self.negative], "frame": self.frame, "mask": self.mask is not None}
 
 
-
-
 @dataclass(frozen=True)
 class RegionSpec:
     """One region and its prompt; located by a folder of per-frame mask PNGs, by boxes, or by a

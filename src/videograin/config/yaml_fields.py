@@ -33,8 +33,6 @@ def checked(rule, value: Any, field: str, *args):
         raise SpecError(err.name, err.problem, err.fix) from None
 
 
-
-
 def keys_of(cls, *without: str) -> tuple[str, ...]:
     """A section's YAML keys: the fields of the dataclass it becomes (less ``without``)."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in without)

@@ -26,7 +26,6 @@ from ..optical_flow import DIS_MIN_SIZE, optical_flow
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EvalResult:
     """What :func:`evaluate` found: ``metrics`` (name -> number), ``skipped`` (name -> reason),
