@@ -9,13 +9,13 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import yaml
 
 from . import media, toy, viz
 from .app import (
     MAX_REGIONS, App, Form, RegionForm, error_text, add_click, compose_prompt, mask_prompt, prompt_checks, quick_preview,
 )
 from .app_pictures import swatch, compare_frame, display_scale, draw_prompts, enlarged_gif, result_frames
+from .config.parse import load_spec
 from .errors import EditCancelled, SpecError, first_line
 from .masks import make_masks, parse_region
 
@@ -132,18 +132,18 @@ class PageHandlers:
     def on_example(self) -> dict:
         """The bundled example, its selection and size, the model's recommended settings; what to do next
         under the button."""
-        config = yaml.safe_load((toy.DEMO / "config.yaml").read_text(encoding="utf-8"))
-        video = config["video"]
-        state = read_clip(str(toy.DEMO / video["path"]), 0, video["frames"], 1)
-        regions = [r["prompt"] for r in config["regions"][:2]]
+        spec = load_spec(toy.DEMO_CONFIG)  # through the config gate, as `videograin demo` reads it
+        video = spec.video
+        state = read_clip(str(video.path), 0, video.frames, 1)
+        regions = [r.prompt for r in spec.regions[:2]]
         return {**self.loaded(state), **self.cleared_regions(), **self.recommended_fields, self.model: self.app.model,
-                self.model_help: self.app.model_help(self.app.model), self.frames: video["frames"],
-                self.start: 0, self.stride: 1, self.width: video["size"][0], self.height: video["size"][1],
-                self.source_prompt: config["source_prompt"],
-                self.clip_help: f"**loaded the example**: {config['source_prompt']}. Add a region per shape (two "
+                self.model_help: self.app.model_help(self.app.model), self.frames: video.frames,
+                self.start: 0, self.stride: 1, self.width: video.size[0], self.height: video.size[1],
+                self.source_prompt: spec.source_prompt,
+                self.clip_help: f"**loaded the example**: {spec.source_prompt}. Add a region per shape (two "
                                 f"clicks on the frame for a box around each), write what each becomes (e.g. "
                                 f"`{regions[0]}` on the left, `{regions[1]}` on the right), the prompt "
-                                f"(`{config['prompt']}`), press Edit."}
+                                f"(`{spec.prompt}`), press Edit."}
 
     def on_reselect(self, state, start, frames, stride, model) -> dict:
         if state is None:
