@@ -22,7 +22,7 @@ from .config.spec import EditSpec, VideoSpec
 from .errors import SpecError, WeightsUnavailable
 from .mask_files import MASK_THRESHOLD, boxes_to_masks, read_mask_folder, resize_masks
 from .media import count_frames, from_uint8, list_images, read_video, resize_frames
-from .sizes import default_size, near_multiples, side_problem
+from .sizes import default_size, side_problem
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,12 @@ def _edit_size(source: tuple[int, int], requested: tuple[int, int] | None, multi
     if requested is None:
         return default_size(source, multiple)
     w, h = requested
-    problems = [p for p in (side_problem("width", w, multiple), side_problem("height", h, multiple)) if p]
+    found = {name: side_problem(name, value, multiple) for name, value in (("width", w), ("height", h))}
+    problems = [f[0] for f in found.values() if f is not None]
     if problems:
+        near = {name: f[1] if f is not None else str(value) for (name, f), value in zip(found.items(), (w, h))}
         raise SpecError("video.size", f"{w}x{h}: " + "; ".join(problems),
-                        f"use width {near_multiples(w, multiple)} and height {near_multiples(h, multiple)} "
-                        "(the edit is made at this size)")
+                        f"use width {near['width']} and height {near['height']} (the edit is made at this size)")
     return w, h
 
 

@@ -14,30 +14,27 @@ def nearest_multiple(value: float, multiple: int) -> int:
     return max(multiple, int(value / multiple + 0.5) * multiple)
 
 
-def near_multiples(value: int, multiple: int) -> str:
-    """The valid sides nearest ``value``: "32 or 48", or "16" below one multiple."""
-    low = max(multiple, int(value) // multiple * multiple)
-    return f"{low} or {low + multiple}" if low < value else str(low)
-
-
-def side_problem(name: str, value: object, multiple: int) -> str | None:
-    """Why ``value`` cannot be the frame side ``name`` ("width", "height"), naming the nearest valid
-    sides; None when it can."""
+def side_problem(name: str, value: object, multiple: int) -> tuple[str, str] | None:
+    """Why ``value`` cannot be the frame side ``name`` ("width", "height") and the nearest valid sides
+    ("32 or 48"); None when it can."""
     if not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple:
-        near = near_multiples(value, multiple) if isinstance(value, (int, float)) else str(multiple)
-        return (f"{name} {value!r} must be a positive multiple of {multiple} (the model's total downsampling): "
-                f"use {near}")
+        if not isinstance(value, (int, float)):
+            return f"{name} {value!r} must be a positive multiple of {multiple}", str(multiple)
+        low = min(max(multiple, int(value) // multiple * multiple), MAX_SIDE // multiple * multiple)
+        near = f"{low} or {low + multiple}" if low < value and low + multiple <= MAX_SIDE else str(low)
+        return f"{name} {value!r} must be a positive multiple of {multiple} (the model's total downsampling)", near
     if value > MAX_SIDE:
-        return f"{name} {value} is above {MAX_SIDE}, the most the mp4 writer (H.264) takes"
+        return (f"{name} {value} is above {MAX_SIDE}, the most the mp4 writer (H.264) takes",
+                str(MAX_SIDE // multiple * multiple))
     return None
 
 
 def check_frame_size(width: int, height: int, multiple: int) -> None:
     """ValueError naming the side that breaks the rule and the nearest valid values."""
     for name, value in (("width", width), ("height", height)):
-        problem = side_problem(name, value, multiple)
-        if problem is not None:
-            raise ValueError(f"frame size {width}x{height}: {problem}")
+        found = side_problem(name, value, multiple)
+        if found is not None:
+            raise ValueError(f"frame size {width}x{height}: {found[0]}: use {found[1]}")
 
 
 def default_size(source: tuple[int, int], multiple: int, long_side: int = 512) -> tuple[int, int]:
@@ -58,7 +55,7 @@ def edit_size(source: tuple[int, int], width: int | None, height: int | None, mu
     if height is None:
         height = nearest_multiple(source[1] * width / source[0], multiple)
     for name, value in (("height", height), ("width", width)):
-        problem = side_problem(name, value, multiple)
-        if problem is not None:
-            raise ValueError(problem)
+        found = side_problem(name, value, multiple)
+        if found is not None:
+            raise ValueError(f"{found[0]}: use {found[1]}")
     return width, height
