@@ -9,7 +9,7 @@ Writes into ``examples/two_balls/``:
   from the same geometry as the pixels (ground = grass not covered by a ball; the sky is no region);
 - ``config.yaml``.
 
-Only numpy, PIL, PyAV and ``videograin.io`` are used.
+Only numpy, PIL, PyAV and ``videograin.media`` are used.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
 
-from videograin import io  # noqa: E402
+from videograin import media  # noqa: E402
 
 OUT = HERE / "two_balls"
 W, H, FRAMES, FPS = 192, 128, 16, 8
@@ -157,7 +157,7 @@ def main() -> None:
     assert not (masks["left_ball"] & masks["right_ball"]).any()
 
     OUT.mkdir(exist_ok=True)
-    io.write_video(OUT / "video.mp4", frames, FPS, crf=12)
+    media.write_video(OUT / "video.mp4", frames, FPS, crf=12)
     for name, m in masks.items():
         folder = OUT / "masks" / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def main() -> None:
             Image.fromarray(m[f].astype(np.uint8) * 255, mode="L").save(folder / f"{f:05d}.png", optimize=True)
     (OUT / "config.yaml").write_text(CONFIG)
 
-    decoded, _ = io.read_video(OUT / "video.mp4", 0, FRAMES, 1)  # the file really holds these frames
+    decoded, _ = media.read_video(OUT / "video.mp4", 0, FRAMES, 1)  # the file really holds these frames
     err = np.abs(decoded.astype(np.int16) - frames).mean()
     assert decoded.shape == frames.shape and err < 3, err
     size = (OUT / "video.mp4").stat().st_size

@@ -151,9 +151,9 @@ class Case:
         def tripwire(*args, **kwargs):
             raise AssertionError("weights were loaded: the input error was not caught before the edit")
 
-        from videograin import runner
+        from videograin import loading
 
-        self.monkeypatch.setattr(runner, "load_pipeline", tripwire)
+        self.monkeypatch.setattr(loading, "load_pipeline", tripwire)
         existed = out.exists()
         before = _tree(self.root)
         self.capsys.readouterr()

@@ -36,12 +36,12 @@ def _frames(folder):
 
 
 def test_batch_runs_resumes_and_reports_and_ray_gives_the_same_frames(job_list, tmp_path, capsys, monkeypatch):
-    from videograin import runner
+    from videograin import loading
     from videograin.cli import main
 
     loads = []
-    load = runner.load_pipeline
-    monkeypatch.setattr(runner, "load_pipeline", lambda *a, **k: loads.append(1) or load(*a, **k))
+    load = loading.load_pipeline
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: loads.append(1) or load(*a, **k))
     out = tmp_path / "batch"
     assert main(["batch", str(job_list), "--out", str(out), "--quiet"]) == 1  # one job failed
     assert len(loads) == 1  # three jobs of one model: loaded once

@@ -70,8 +70,8 @@ def test_the_import_graph_has_no_cycle():
 #: The package's layers, lowest first: a module imports only from its own layer and the ones below.
 #: ``videograin`` itself (``__version__``, lazy exports) may be read by any module.
 LAYERS = {
-    "core (pure torch, no files)": ("errors", "values", "sizes", "hub", "toy", "testing", "inversion_cache",
-                                    "method."),
+    "core (the method, the value rules, no config and no pipeline)": (
+        "errors", "values", "sizes", "hub", "toy", "testing", "inversion_cache", "method."),
     "backbones and media (files, pictures, optical flow)": ("backbones.", "media", "mask_files", "outputs",
                                                             "optical_flow", "viz", "control", "formats"),
     "the pipelines (the Python API)": ("pipeline", "pipeline_sd", "pipeline_wan", "pipeline_inversion", "edit_plan",
@@ -95,7 +95,7 @@ def _layer(module: str) -> int:
 def test_each_module_imports_only_from_its_layer_and_below():
     """Imports point one way: entrances -> jobs -> their parts -> config -> pipelines -> backbones and
     media -> core. The method core imports nothing but itself, errors and values; the command line only
-    parses arguments (it writes no file itself)."""
+    parses arguments (it writes no file itself); the config's dataclasses load without torch."""
     names = list(LAYERS)
     for module in [m for m in MODULES if m != "videograin" and not m.endswith(("backbones", "config", "eval", "method"))]:
         for imported in _imports(module) - {"videograin", "videograin.backbones", "videograin.config",
@@ -105,6 +105,8 @@ def test_each_module_imports_only_from_its_layer_and_below():
     for module in [m for m in MODULES if m.startswith("videograin.method.")]:
         outside = {m for m in _imports(module) if not m.startswith("videograin.method.")}
         assert outside <= {"videograin.errors", "videograin.values"}, f"{module} imports {outside}"
+    code = "import sys, videograin.config.spec; assert not {'torch', 'cv2'} & set(sys.modules), 'heavy imports'"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "config/spec.py loads torch or OpenCV"
     writers = {"videograin.media", "videograin.outputs", "videograin.inputs", "videograin.mask_files", "videograin.viz"}
     assert not _imports("videograin.cli") & writers, "cli.py reads or writes files itself; call a library function"
 
@@ -289,15 +291,15 @@ def test_each_rule_shared_by_the_backbones_lives_in_one_module(rule):
 #: that holds it, and a pattern that writing it again elsewhere shows.
 PACKAGE_RULES = {
     "the frame-size rule (sides multiples of the model's size multiple, at most MAX_SIDE; the default size)": (
-        "sizes.py", r" %\s*(multiple|m|[\w.]*size_multiple)\b|/\s*multiple\s*\+\s*0\.5|round\([^)]*/\s*multiple\)|long_side\s*/\s*max\(|MAX_SIDE\s*="),
+        "sizes.py", r" %\s*(multiple|[\w.]*size_multiple)\b|multiple of \{|/\s*multiple\s*\+\s*0\.5|round\([^)]*/\s*multiple\)|long_side\s*/\s*max\(|MAX_SIDE\s*="),
     "a region is edited when its prompt is not empty": (
-        "method/tokens.py", r"(\bif|\bnot|bool\()\s*(?!global)[\w.]*(prompt|\bp|\blocal)(\[\"prompt\"\])?\.strip\(\)|prompt\.strip\(\) != \"\""),
+        "values.py", r"(\bif|\bnot|bool\()\s*(?!global)[\w.]*(prompt|\bp|\blocal)(\[\"prompt\"\])?\.strip\(\)|prompt\.strip\(\) != \"\""),
     "a region given by a box or clicks (one type)": ("config/spec.py", r"^\s+box: tuple\[int, int, int, int\]"),
     "the video and image file suffixes": ("media.py", r"\"\.mp4\", \"\.webm\"|\"\.png\", \"\.jpg\""),
     "config values set on top of a config (CLI flags, edit() keywords, batch jobs)": (
         "config/overrides.py", r"OVERRIDES\s*=|\*\w+, last = \w+\.split\(\"\.\"\)"),
     "a config section's keys are its dataclass's fields": ("config/yaml_fields.py", r"def keys_of\b|check_keys\(\w+, _(?!REGION)\w*KEYS"),
-    "frames in [-1, 1] to uint8": ("media.py", r"def to_uint8\b"),
+    "frames in [-1, 1] to uint8 and back": ("media.py", r"def to_uint8\b|div\(127\.5\)\.sub\(1"),
     "an output folder's checks and lock (every job that writes one)": ("outputs.py", r"def (check_output_folder|output_lock)\b|\bcheck_output_folder\(|\boutput_lock\("),
 }
 

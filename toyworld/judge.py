@@ -13,7 +13,7 @@
    STRIPE_ASPECT times as wide as high, else "dot". Classes are fitted to the shape's filled outline,
    so a shape with a part reads as the same shape without one.
 
-On frames rendered by :mod:`toyworld.world` the judge is exact (see tests/test_toyworld.py).
+On frames rendered by :mod:`toyworld.world` the judge is exact (see tests/test_toyworld_world.py).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ The form's values become a config (``config_from_form``) that ``videograin.edit`
 checks and edits exactly as ``videograin edit`` does. Everything it writes lies under its output
 folder (default ``out/app``): ``uploads/``, ``previews/``, ``runs/<time>/`` and ``runs/<time>.zip``.
 This module holds the app's logic without Gradio (the form, its config, ``App``: the state across
-sessions; its pictures are in ``app_pictures``); the page itself, one method per panel and per handler, is ``app_ui.Page``,
-and ``app_ui.build_app`` builds it.
+sessions); its pictures are in ``app_pictures``, the page's layout in ``app_ui.Page`` (one method per
+panel, built by ``app_ui.build_app``) and its handlers in ``app_handlers.PageHandlers``.
 """
 
 import dataclasses
@@ -32,7 +32,8 @@ from .config.spec import DEFAULT_MODEL, EditSettings
 from .errors import EditCancelled, SpecError
 from .inversion_cache import INVERSIONS, InversionCache
 from .masks import parse_region
-from .method.tokens import PromptError, is_edited, region_token_spans
+from .method.tokens import PromptError, region_token_spans
+from .values import is_edited
 from .backbones.recommended import FAMILY_DEFAULTS, Recommended
 from .runner import edit
 

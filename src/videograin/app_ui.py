@@ -1,7 +1,8 @@
-"""The web app's page (Gradio): its panels, laid out by ``Page.build``, and what each control does, wired
-by ``Page.wire``. The logic without Gradio (the form as plain values, the config it becomes, the app's
-state across sessions, the pictures it shows) is in :mod:`videograin.app`; this module is imported
-only when a page is built (``videograin.app.build_app``), so the core runs without the ``[app]`` extra.
+"""The web app's page (Gradio): its panels, laid out by ``Page.build``, and its controls wired by
+``Page.wire`` to the handlers of ``app_handlers.PageHandlers``. The logic without Gradio (the form as
+plain values, the config it becomes, the app's state across sessions) is in :mod:`videograin.app`, its
+pictures in :mod:`videograin.app_pictures`; this module is imported only when a page is built
+(``build_app``), so the core runs without the ``[app]`` extra.
 """
 
 from __future__ import annotations

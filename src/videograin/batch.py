@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from . import media, runner
-from .config.overrides import SHORTCUTS, with_overrides
+from .config.overrides import SHORTCUTS, shortcut_keys, with_overrides
 from .config.parse import load_spec
 from .config.yaml_fields import UniqueKeyLoader
 from .config.preflight import model_recommended, with_recommended
@@ -54,7 +54,7 @@ class Job:
 
     def spec(self, out_root: Path) -> EditSpec:
         """The resolved config, writing to ``out_root / name``; SpecError for a bad config or key."""
-        spec = with_overrides(load_spec(self.config), {**self.sets, **self.overrides})
+        spec = with_overrides(load_spec(self.config), {**self.sets, **shortcut_keys(self.overrides)})
         return dataclasses.replace(spec, output=(Path(out_root) / self.name).resolve())
 
 

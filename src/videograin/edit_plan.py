@@ -14,7 +14,7 @@ from .method.layout import Layout, blend_mask
 from .method.reatco import RadWindow, invariant_region_sampling, rad_guide, step_sizes
 from .method.recorder import AttentionRecorder
 from .method.sampling import Callback, Guide, Schedule, latent_blend, windowed_denoise_fn
-from .method.tokens import is_edited
+from .values import is_edited
 
 
 @dataclass

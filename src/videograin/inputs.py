@@ -68,7 +68,7 @@ def inputs_of(spec: EditSpec, config: str | Path | None) -> list[Path]:
     return paths + [lora.path for lora in spec.lora]
 
 
-def _edit_size(source: tuple[int, int], requested: tuple[int, int] | None, multiple: int) -> tuple[int, int]:
+def requested_size(source: tuple[int, int], requested: tuple[int, int] | None, multiple: int) -> tuple[int, int]:
     """``video.size`` when set (SpecError naming the nearest valid sizes when it breaks the size rule),
     else the source's default edit size."""
     if requested is None:
@@ -110,7 +110,7 @@ def load_inputs(spec: "EditSpec", multiple: int,
     video = spec.video
     frames_u8, fps = read_video(video.path, video.start, video.frames, video.stride)
     n, src_h, src_w = frames_u8.shape[:3]
-    w, h = _edit_size((src_w, src_h), video.size, multiple)
+    w, h = requested_size((src_w, src_h), video.size, multiple)
     notes: list[str] = []
     source_frames = functools.cache(lambda: count_frames(video.path))  # decoded once, and only if a folder needs it
     made = prompted(frames_u8) if prompted is not None and any(r.prompts for r in spec.regions) else {}

@@ -316,6 +316,8 @@ def masks_job(video: str | Path, regions: list[str], out: str | Path, *, start: 
     for flag, value, minimum in (("--stride", stride, 1), ("--start", start, 0), ("--frames", frames, 1)):
         if value is not None and value < minimum:
             raise SpecError(flag, f"must be >= {minimum}, got {value}", f"pass a whole number >= {minimum}")
+    if not regions:
+        raise SpecError("--region", "no region given", "give one --region NAME:box=...|points=... per region")
     names, prompts = zip(*(parse_region(text) for text in regions))
     names, prompts = list(names), list(prompts)
     if len(set(names)) != len(names):

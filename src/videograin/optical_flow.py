@@ -1,7 +1,8 @@
 """Optical flow of a video: OpenCV DIS (no weights) or torchvision RAFT-large (its weights on disk).
 
 Used by the metrics' Warp-Err (forward and backward, numpy), the mask tracker (masks.py) and, as the
-forward flow tensor, by the FLATTEN trajectories of method/trajectories.py. Frames are uint8 ``(F, H, W, 3)`` or float
+forward flow tensor, by the FLATTEN trajectories of method/trajectories.py; ``consistency_mask`` is the
+forward-backward check both the metrics and the tracker use. Frames are uint8 ``(F, H, W, 3)`` or float
 ``(F, 3, H, W)`` in [-1, 1].
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WeightsUnavailable, first_line
-from .media import as_uint8_frames
+from .media import as_uint8_frames, from_uint8
 
 FLOW_BACKENDS = ("dis", "raft")
 DIS_MIN_SIZE = 12  # OpenCV's DIS refuses smaller frames
@@ -51,7 +52,7 @@ def _raft_flow(frames: np.ndarray, device):
     model = _raft_model()
     device = torch.device(device or "cpu")
     model = model.eval().to(device)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = from_uint8(frames)
     h, w = x.shape[-2:]
     x = F.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")  # RAFT needs sizes divisible by 8
     fwd, bwd = [], []

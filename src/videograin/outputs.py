@@ -171,8 +171,8 @@ def _lock_owner(lock: Path) -> int | None:
 def output_folder(final: Path, overwrite: bool) -> Iterator[Path]:
     """Write outputs into a temporary sibling folder and move it to ``final`` only on success.
 
-    Raises SpecError("output") as ``check_output_folder`` does. Yields the temporary folder (same parent, name ``.<final.name>.<random>``). On normal exit the
-    old ``final`` (if any) is moved aside, the temporary folder renamed to ``final``, and the old one
+    Raises SpecError("output") as ``check_output_folder`` does. Yields the temporary folder (same parent,
+    name ``.<final.name>.<random>``). On normal exit the old ``final`` (if any) is moved aside, the temporary folder renamed to ``final``, and the old one
     removed. On an exception the temporary folder is deleted and the exception re-raised; ``final`` is
     untouched. The parent of ``final`` is created if missing.
     """

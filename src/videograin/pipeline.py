@@ -1,7 +1,9 @@
-"""VideoGrainPipeline: check -> encode -> layout -> invert -> edit -> decode, on any backbone.
+"""BaseVideoGrainPipeline: check -> encode -> layout -> invert -> edit -> decode, on any backbone.
 
-Each stage is a short method written against ``backbones.base.Backbone``; the SD pipeline's backbone
-is ``StableDiffusionBackbone``. The method's math lives in method/, the backbone's calls in backbones/.
+Each stage is a short method written against ``backbones.base.Backbone``; ``pipeline_sd.VideoGrainPipeline``
+(Stable Diffusion) and ``pipeline_wan.WanVideoGrainPipeline`` (Wan) declare their components and
+backbone. The method's math lives in method/, the backbone's calls in backbones/, the inversion in
+pipeline_inversion.py, the edit's plan in edit_plan.py and the argument checks in call_checks.py.
 """
 
 from __future__ import annotations
@@ -14,31 +16,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import (
-    DiffusionPipeline,
-)
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import formats
 from .backbones.base import Backbone, Capabilities
 from .backbones.recommended import Recommended, recommended_settings, resolve_modulation
+from .call_checks import check_call
+from .edit_plan import EditPlan
 from .inversion_cache import InversionCache
 from .method.inversion_free import inversion_free_latents, start_step
 from .method.layout import Layout, composite_applies, composite_weights, temporal_keys
 from .method.recorder import AttentionRecorder
-from .method.sampling import (
-    Callback, sample_latents, temporal_windows,
-    windowed_denoise_fn,
-)
-from .method.settings import (
-    InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window,
-)
-from .method.tokens import is_edited, region_token_spans, word_token_indices
-from .sizes import edit_size
-from .call_checks import check_call
-from .edit_plan import EditPlan
+from .method.sampling import Callback, sample_latents, temporal_windows, windowed_denoise_fn
+from .method.settings import InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window
+from .method.tokens import region_token_spans, word_token_indices
 from .pipeline_inversion import InversionMixin
+from .sizes import edit_size
+from .values import is_edited
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import formats, media, outputs, viz
-from .config.overrides import SHORTCUTS, with_overrides
+from . import formats, loading, media, outputs, viz
+from .config.overrides import shortcut_keys, with_overrides
 from .config.parse import load_spec, resolve_model
 from .config.preflight import notes as spec_notes
 from .config.preflight import preflight
@@ -27,7 +27,7 @@ from .config.spec import EditSpec
 from .errors import EditCancelled, SpecError, WeightsUnavailable
 from .inputs import PromptedMasks, VideoInputs, inputs_of, load_inputs, read_condition_images
 from .inversion_cache import InversionCache
-from .loading import load_pipeline, loading_bars, resolve_device
+from .loading import loading_bars, resolve_device
 from .method.layout import composite_applies, composite_weights
 from .method.tokens import region_token_spans
 from .run_record import peak_memory, run_record, summary
@@ -123,10 +123,7 @@ def edit(
     started = time.perf_counter()
     config = Path(spec) if isinstance(spec, (str, Path)) else None
     spec = load_spec(config) if config is not None else spec
-    unknown = set(overrides) - set(SHORTCUTS)
-    if unknown:
-        raise TypeError(f"unknown override(s) {sorted(unknown)}; known: {', '.join(SHORTCUTS)}")
-    spec = with_overrides(spec, overrides)
+    spec = with_overrides(spec, shortcut_keys(overrides))
     if model is not None:
         spec = dataclasses.replace(spec, model=resolve_model(model, Path.cwd()))
     if out is not None:
@@ -179,7 +176,7 @@ class _Run:
         pipe = (self.pipelines or {}).get(key)
         if pipe is None:
             with loading_bars(self.progress):
-                pipe = load_pipeline(spec, self.device)
+                pipe = loading.load_pipeline(spec, self.device)
             if self.pipelines is not None:
                 self.pipelines[key] = pipe
         pipe.set_progress_bar_config(disable=not self.progress)
@@ -271,7 +268,6 @@ class _Run:
             record["eval"] = _eval_edit(spec, inputs, edited, result, self.device, self.clip)
             timings["eval"] = time.perf_counter() - clock
 
-
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise EditCancelled("the edit was cancelled; nothing was written")
@@ -290,9 +286,9 @@ def _reconstruct(spec: EditSpec, pipe, inputs: VideoInputs, control: dict, folde
     from .eval.metrics import psnr_masked
 
     settings, clock = spec.edit, time.perf_counter()
-    recon = formats.output_to_uint8(pipe.reconstruct(inputs.frames_uint8, spec.source_prompt, settings.steps,
-                                              settings.modulation.temporal, height=inputs.size[1], width=inputs.size[0],
-                                              output_type="np", solver=settings.solver, **control)[0])
+    recon = formats.output_to_uint8(pipe.reconstruct(
+        inputs.frames_uint8, spec.source_prompt, settings.steps, settings.modulation.temporal, height=inputs.size[1],
+        width=inputs.size[0], output_type="np", solver=settings.solver, **control)[0])
     timings["reconstruct"] = time.perf_counter() - clock
     media.write_video(folder / "reconstruction.mp4", recon, inputs.fps)
     record["reconstruction_psnr_db"] = psnr_masked(recon, inputs.frames_uint8)[0]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import media, outputs, viz
+from . import loading, media, outputs, viz
 from .backbones.base import check_settings
 from .backbones.sd import TemporalAids
 from .backbones.sd_processors import FeatureStore, PnPMode
@@ -33,7 +33,7 @@ from .config.parse import load_source_spec, resolve_model
 from .config.preflight import ModelFacts, read_model
 from .errors import SettingError, SpecError
 from .inputs import VideoInputs, inputs_of, load_inputs
-from .loading import load_pipeline, resolve_device
+from .loading import resolve_device
 from .mask_files import resize_masks
 from .method.layout import token_grid
 from .run_record import peak_memory, run_record
@@ -251,7 +251,7 @@ def segment_job(config: str | Path, out: str | Path | None = None, *, k: int, st
         facts = read_model(spec.model)
         inputs = load_inputs(spec, facts.size_multiple)
         _check_segment_args(k, steps, level, facts, inputs)
-        pipe = load_pipeline(spec, device)
+        pipe = loading.load_pipeline(spec, device)
         timings = {"load": time.perf_counter() - started}
         with outputs.output_folder(out, overwrite) as folder:
             clock, details = time.perf_counter(), {}

@@ -17,6 +17,11 @@ MAX_GUIDANCE = 100.0
 MAX_PROMPT_CHARS = 10_000
 
 
+def is_edited(region_prompt: str) -> bool:
+    """Whether a region changes: an empty (or blank) region prompt keeps the region as it is."""
+    return bool(region_prompt.strip())
+
+
 def describe(value: Any) -> str:
     """A value as an error message shows it: its repr (cut at 60 characters) and type."""
     text = " ".join(repr(value).split())  # one line, also for arrays

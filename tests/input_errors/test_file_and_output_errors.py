@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from videograin import media, outputs, runner
+from videograin import loading, media, outputs
 from videograin.cli import main
 from videograin.config.parse import spec_from_dict
 from videograin.inputs import load_inputs
@@ -333,7 +333,7 @@ def test_a_second_run_into_an_output_being_written_is_refused_at_once(case):
     goes on (ended here with SIGTERM) and leaves nothing behind."""
     proc = start_edit(case)
     try:
-        case.monkeypatch.setattr(runner, "load_pipeline", lambda *a: pytest.fail("the second run loaded weights"))
+        case.monkeypatch.setattr(loading, "load_pipeline", lambda *a: pytest.fail("the second run loaded weights"))
         case.capsys.readouterr()
         assert main(["edit", str(case.path)]) == 2
         line = case.capsys.readouterr().err.strip()

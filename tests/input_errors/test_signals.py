@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from videograin import runner
+from videograin import loading
 from videograin.cli import main
 
 from conftest import start_edit
@@ -42,7 +42,7 @@ def test_a_killed_runs_leftovers_are_cleaned_by_the_next_run(case):
     case.config["edit"]["steps"] = 50
     case.config["video"]["frames"] = 40  # too many: an input error after the lock
     config = case.write()
-    case.monkeypatch.setattr(runner, "load_pipeline", lambda *a: pytest.fail("weights were loaded"))
+    case.monkeypatch.setattr(loading, "load_pipeline", lambda *a: pytest.fail("weights were loaded"))
     assert main(["edit", str(config)]) == 2
     assert not [p.name for p in case.root.iterdir() if p.name.startswith(".out")]
 

@@ -23,8 +23,8 @@ from ..method.modulation import ModulationContext, step_context
 from ..method.recorder import AttentionRecorder
 from ..method.sampling import SOLVERS, Denoiser, FlowSchedule
 from ..method.settings import INVERSIONS, Modulation, TemporalAidSettings
-from ..sizes import check_frame_size
 from ..method.tokens import regional_prompt_embeds
+from ..sizes import check_frame_size
 from .base import Capabilities, check_settings
 from .wan_processors import layout_processors
 

@@ -203,7 +203,7 @@ def official_to_spec_data(
     warnings: list[str] = []
 
     sel = official_dataset.frames(dataset, root, warnings)
-    size, first = official_dataset.frame_size(dataset, sel.first_frame, unsupported, warnings)
+    size, first = official_dataset.video_size(dataset, sel.first_frame, unsupported, warnings)
     key, global_prompt, local_prompts, order = official_dataset.prompts(dataset, editing, prompt_index, warnings)
     regions = official_dataset.regions(dataset, root, out_dir, sel, order, local_prompts, key, global_prompt, notes, warnings)
     official_dataset.blend_notes(regions, key, global_prompt, notes, warnings)

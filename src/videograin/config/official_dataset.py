@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecError
-from ..method.tokens import is_edited
+from ..values import is_edited
 from .official_fields import (
     check_masks, closest, fmt_value, image_size, occurs, official_path, relative, require, whole_number, words,
 )
@@ -65,7 +65,7 @@ def frames(dataset: dict, root: Path, warnings: list[str]) -> Frames:
                    first_frame=video_dir / official_names[0])
 
 
-def frame_size(dataset: dict, first_frame: Path, unsupported: list[str],
+def video_size(dataset: dict, first_frame: Path, unsupported: list[str],
                 warnings: list[str]) -> tuple[int, tuple[int, int] | None]:
     """Map ``dataset_config.image_size`` (and crop/offset/stride/class_data_root) to ``video.size``."""
     size = whole_number(dataset.get("image_size", OFFICIAL_IMAGE_SIZE), "dataset_config.image_size", 1)

@@ -1,5 +1,6 @@
 """Reading an official VideoGrain config's fields: sections, numbers, paths under its root, the files its
-loaders pick, prompt words, and the official key a videograin field came from."""
+loaders pick, prompt words, the official key a videograin field came from, and the spec YAML written
+(``dump``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Config values set on top of a config file, the one way for every entrance: a CLI flag (``--seed``),
 a keyword of ``videograin.edit`` (``seed=3``) and a batch job's keys (``seed: 1``, ``set:
-{edit.modulation.cross_strength: 2.0}``). Each names a config key (dotted, or a ``SHORTCUTS`` name); the
-result is parsed again as if written in the config, so errors name the config field."""
+{edit.modulation.cross_strength: 2.0}``). Each names a config key (``SHORTCUTS`` name the common ones);
+the result is parsed again as if written in the config, so errors name the config field."""
 
 from __future__ import annotations
 
@@ -17,11 +17,18 @@ SHORTCUTS = {"steps": "edit.steps", "seed": "edit.seed", "guidance_scale": "edit
              "negative_prompt": "negative_prompt"}
 
 
+def shortcut_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``SHORTCUTS`` names -> their config keys; a None value (a flag or keyword not given) is left out,
+    keeping the config's value. TypeError for a name that is not a shortcut."""
+    unknown = set(values) - set(SHORTCUTS)
+    if unknown:
+        raise TypeError(f"unknown override(s) {sorted(unknown)}; known: {', '.join(SHORTCUTS)}")
+    return {SHORTCUTS[name]: value for name, value in values.items() if value is not None}
+
+
 def with_overrides(spec: EditSpec, values: dict[str, Any], field: str = "set") -> EditSpec:
-    """``spec`` with ``values`` ({dotted config key or SHORTCUTS name: value}; None keeps the config's)
-    set and parsed again. A dotted key whose section is not a section of the config is a
-    SpecError(``field.key``)."""
-    values = {SHORTCUTS.get(key, key): value for key, value in values.items() if value is not None}
+    """``spec`` with ``values`` ({dotted config key: value}, null included) set and parsed again. A
+    dotted key whose section is not a section of the config is a SpecError(``field.key``)."""
     if not values:
         return spec
     data = spec.to_dict()

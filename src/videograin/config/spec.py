@@ -10,14 +10,16 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
 from ..errors import SpecError
 from ..method.settings import InversionFree, Modulation, ReAtCoSettings, TemporalAidSettings, Window
-from ..method.tokens import is_edited
+from ..values import is_edited
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: What a name that becomes a file or folder name inside an output may hold (region names, batch job names).
@@ -103,6 +105,9 @@ class RegionSpec:
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.masks, self.boxes, self.prompts)) != 1:
             raise ValueError(f"RegionSpec {self.name!r} needs exactly one of masks, boxes or prompts")
+        if self.prompts is not None and self.prompts.mask is not None:
+            raise ValueError(f"RegionSpec {self.name!r}: a config's region is given by a box or clicks; a ready mask "
+                             "goes to videograin.masks.make_masks, or as a mask folder in `masks:`")
 
     @property
     def edited(self) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..errors import WeightsUnavailable
 from ..media import as_uint8_frames
-from ..method.tokens import is_edited
+from ..values import is_edited
 from .clip_scores import (
     DEFAULT_CLIP, DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR, ClipScorer, ImageTextScorer, clip_frame_consistency,
     clip_text_score, pick_score,

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import WeightsUnavailable, first_line
-from ..media import as_uint8_frames
-from ..method.tokens import is_edited
+from ..media import as_uint8_frames, from_uint8
+from ..values import is_edited
 from .clip_scores import ImageTextScorer
 from ..optical_flow import consistency_mask, optical_flow, pixel_grid
 
@@ -152,11 +152,8 @@ def load_lpips(net: str = "alex"):
 
 @torch.no_grad()
 def _lpips_map(model, a: np.ndarray, b: np.ndarray, batch: int = 8) -> np.ndarray:
-    def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
     device = next(model.parameters()).device
-    maps = [model(tensor(a[i : i + batch]).to(device), tensor(b[i : i + batch]).to(device))[:, 0].float().cpu()
+    maps = [model(from_uint8(a[i : i + batch]).to(device), from_uint8(b[i : i + batch]).to(device))[:, 0].float().cpu()
             for i in range(0, len(a), batch)]
     return torch.cat(maps).numpy()
 

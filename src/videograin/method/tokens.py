@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..values import is_edited
+
 Span = tuple[int, int]
 
 
@@ -22,11 +24,6 @@ class PromptError(ValueError):
         self.region, self.part, self.problem, self.fix = region, part, problem, fix
         where = "prompt" if region is None else f"region {region} {part}"
         super().__init__(f"{where}: {problem}; {fix}")
-
-
-def is_edited(region_prompt: str) -> bool:
-    """Whether a region changes: an empty (or blank) region prompt keeps the region as it is."""
-    return bool(region_prompt.strip())
 
 
 def _word_ids(tokenizer, text: str) -> list[int]:

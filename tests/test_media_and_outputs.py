@@ -1,4 +1,6 @@
-"""io (reading/writing/resizing/output folder) and viz.mask_overlay, on small synthetic inputs."""
+"""Files in and out on small synthetic inputs: media (video and image reading, writing, resizing),
+mask_files (mask folders, boxes), inputs (an edit's inputs from its config), sizes (the frame-size
+rule), outputs (the output folder) and viz's overlays and grids."""
 
 from __future__ import annotations
 
@@ -408,11 +410,11 @@ def test_grid_and_side_by_side():
 def test_the_size_rule_checks_a_requested_size_and_fits_the_default():
     """One rule for every entrance (sizes.py): the config's video.size, the pipeline's width/height."""
     from videograin import sizes
-    from videograin.inputs import _edit_size
+    from videograin.inputs import requested_size
 
-    assert _edit_size((1920, 1080), (512, 256), 64) == (512, 256)
+    assert requested_size((1920, 1080), (512, 256), 64) == (512, 256)
     with pytest.raises(SpecError) as exc:
-        _edit_size((1920, 1080), (500, 288), 64)
+        requested_size((1920, 1080), (500, 288), 64)
     assert exc.value.field == "video.size" and "448 or 512" in str(exc.value) and "256 or 320" in str(exc.value)
     assert sizes.default_size((1920, 1080), 64) == (512, 320)  # 288 rounds to the nearest multiple, 320
     assert sizes.default_size((192, 128), 16) == (192, 128)  # small sources keep their size
