@@ -160,6 +160,33 @@ def test_region_needs_exactly_one_of_masks_or_boxes() -> None:
         RegionSpec(name="a", prompt="", masks=Path("m"), boxes=((0, 0, 1, 1),))
 
 
+def test_a_config_region_given_by_clicks_cannot_carry_a_ready_mask() -> None:
+    import numpy as np
+
+    from videograin.config.spec import MaskPrompt
+
+    assert RegionSpec(name="a", prompt="", prompts=MaskPrompt(box=(0, 0, 4, 4))).prompts.box == (0, 0, 4, 4)
+    with pytest.raises(ValueError, match="ready mask"):
+        RegionSpec(name="a", prompt="", prompts=MaskPrompt(mask=np.ones((4, 4), bool)))
+
+
+def test_overrides_by_shortcut_keep_the_config_on_none_and_a_dotted_null_sets_null(project: Path) -> None:
+    """One mechanism for CLI flags, edit() keywords and a batch job's keys: a shortcut left at None (a
+    flag not given) keeps the config's value, a dotted key set to null sets null (a batch's ``set:``)."""
+    from videograin.config.overrides import shortcut_keys, with_overrides
+
+    spec = load_spec(write_config(project, {**base_config(), "edit": {"seed": 7}, "video": {**base_config()["video"],
+                                                                                            "size": [64, 32]}}))
+    kept = with_overrides(spec, shortcut_keys({"seed": None, "steps": 3}))
+    assert kept.edit.seed == 7 and kept.edit.steps == 3
+    assert with_overrides(spec, {"video.size": None}).video.size is None
+    with pytest.raises(TypeError, match="unknown override"):
+        shortcut_keys({"sede": 1})
+    with pytest.raises(SpecError) as err:
+        with_overrides(spec, {"prompt.text": "x"})
+    assert err.value.field == "set.prompt.text"
+
+
 def test_spec_error_is_one_line() -> None:
     err = SpecError("video.path", "missing", "add it")
     assert str(err) == "video.path: missing; fix: add it"
